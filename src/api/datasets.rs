@@ -1,0 +1,121 @@
+//! Dataset endpoints: the public list and schema (so device makers know what to send), and
+//! the recent rejects a provider reads to see what its devices get wrong.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::require_key;
+use super::error::ApiError;
+use crate::pipeline::DatasetPipeline;
+use crate::pipeline::reject::{Reason, RejectRecord};
+
+fn describe(p: &DatasetPipeline) -> Value {
+    let ds = &p.dataset;
+    let rejected: u64 = Reason::ALL
+        .iter()
+        .map(|r| p.metrics.rejected(*r).get())
+        .sum();
+    json!({
+        "id": ds.id,
+        "title": ds.title,
+        "description": ds.description,
+        "publisher": ds.publisher,
+        "provider": ds.provider,
+        "licence": ds.licence,
+        "schema_version": ds.schema_version,
+        "fields": ds.fields,
+        "reject_unknown_fields": ds.reject_unknown_fields,
+        "timestamp_window": {
+            "max_future": humantime::format_duration(ds.max_future).to_string(),
+            "max_age": humantime::format_duration(ds.max_age).to_string(),
+        },
+        "rate_limit_per_device": ds.rate_limit,
+        "intake": {
+            "json": format!("/v1/datasets/{}/readings", ds.id),
+            "influx_v2": format!("/api/v2/write?bucket={}", ds.id),
+            "influx_v1": format!("/write?db={}", ds.id),
+        },
+        "since_start": {
+            "readings_accepted": p.metrics.accepted.get(),
+            "readings_rejected": rejected,
+        },
+    })
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    let all: Vec<Value> = state
+        .pipeline
+        .datasets()
+        .into_iter()
+        .map(|p| describe(p))
+        .collect();
+    Json(json!({ "datasets": all }))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = state
+        .pipeline
+        .dataset(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
+    Ok(Json(describe(p)))
+}
+
+#[derive(Deserialize)]
+pub struct RejectsQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct RejectsPage {
+    dataset: String,
+    /// Rejects since start, by reason.
+    counts: Vec<ReasonCount>,
+    /// The most recent rejects, newest first.
+    recent: Vec<RejectRecord>,
+}
+
+#[derive(Serialize)]
+struct ReasonCount {
+    reason: Reason,
+    count: u64,
+}
+
+/// `GET /v1/datasets/{id}/rejects`: for the dataset's provider.
+pub async fn rejects(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<RejectsQuery>,
+    headers: HeaderMap,
+) -> Result<Json<RejectsPage>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    let p = state
+        .pipeline
+        .dataset(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
+    if !key.may_administer(&p.dataset.provider) {
+        return Err(ApiError::Forbidden(format!(
+            "only a provider key of `{}` may read the rejects of `{id}`",
+            p.dataset.provider
+        )));
+    }
+    let counts = Reason::ALL
+        .iter()
+        .map(|&reason| ReasonCount {
+            reason,
+            count: p.metrics.rejected(reason).get(),
+        })
+        .filter(|c| c.count > 0)
+        .collect();
+    Ok(Json(RejectsPage {
+        dataset: id,
+        counts,
+        recent: p.rejects.recent(q.limit.unwrap_or(100)),
+    }))
+}

@@ -1,0 +1,154 @@
+//! The one HTTP error type. Every status mapping lives in [`ApiError::into_response`]; the
+//! body is always `{"error": code, "message": …}`, plus `rejected` when readings were
+//! rejected. Internal details are logged, never sent.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::market::keys::KeyError;
+use crate::pipeline::IngestError;
+use crate::pipeline::limit::{LimitError, retry_after_secs};
+use crate::pipeline::reject::Rejected;
+
+/// Rejects listed in one response at most; `rejected_count` has the total.
+pub const MAX_LISTED_REJECTS: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required (Authorization: Bearer <key> or Token <key>)")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("the request did not arrive within {0:?}")]
+    RequestTimeout(Duration),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("every reading was rejected")]
+    AllRejected(Vec<Rejected>),
+    #[error("rate limit exceeded; retry after {0:?}")]
+    RateLimited(Duration),
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u64 },
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<&'a [Rejected]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_count: Option<usize>,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, code, retry_after) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", None),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
+            }
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+            ),
+            ApiError::AllRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "all_rejected", None),
+            ApiError::RateLimited(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(retry_after_secs(*wait)),
+            ),
+            ApiError::Unavailable { retry_after, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(*retry_after),
+            ),
+            ApiError::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
+        };
+        let (rejected, rejected_count) = match &self {
+            ApiError::AllRejected(r) => {
+                (Some(&r[..r.len().min(MAX_LISTED_REJECTS)]), Some(r.len()))
+            }
+            _ => (None, None),
+        };
+        let body = ErrorBody {
+            error: code,
+            message,
+            rejected,
+            rejected_count,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"citygate\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Malformed(e) => ApiError::bad_request("malformed", e.0),
+            IngestError::NoReadings => ApiError::bad_request("no_readings", e.to_string()),
+            IngestError::RateLimited(LimitError::Exceeded { retry_after }) => {
+                ApiError::RateLimited(retry_after)
+            }
+            // Telegraf answers 413 by splitting the batch, which is what this needs.
+            e @ IngestError::RateLimited(LimitError::BatchExceedsBurst { .. }) => {
+                ApiError::PayloadTooLarge(e.to_string())
+            }
+            e @ IngestError::QueueFull(_) => ApiError::Unavailable {
+                message: format!("{e}; retry shortly"),
+                retry_after: 1,
+            },
+            IngestError::ShuttingDown => ApiError::Unavailable {
+                message: "citygate is shutting down; retry shortly".into(),
+                retry_after: 5,
+            },
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}

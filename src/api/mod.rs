@@ -1,0 +1,71 @@
+//! The HTTP API: one router for intake, datasets and operations; the error type; key
+//! extraction; the accept loop.
+
+pub mod auth;
+pub mod datasets;
+pub mod error;
+pub mod ops;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::config::HttpConfig;
+use crate::ingest;
+use crate::market::Keyring;
+use crate::pipeline::Pipeline;
+use crate::telemetry::Metrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pipeline: Arc<Pipeline>,
+    pub keyring: Arc<Keyring>,
+    pub metrics: Arc<Metrics>,
+    pub http: Arc<HttpConfig>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/datasets/{id}/readings",
+            post(ingest::http::post_readings),
+        )
+        .route("/api/v2/write", post(ingest::http::influx_v2_write))
+        .route("/write", post(ingest::http::influx_v1_write))
+        .route("/v1/datasets", get(datasets::list))
+        .route("/v1/datasets/{id}", get(datasets::show))
+        .route("/v1/datasets/{id}/rejects", get(datasets::rejects))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/ping", get(ops::ping).head(ops::ping))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        // Intake reads bodies itself under `max_body`; this covers any extractor-based route.
+        .layer(DefaultBodyLimit::max(state.http.max_body.as_usize()))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts every answered request by route template and status.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.http_request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,0 +1,183 @@
+//! Builds every component from [`Config`], wires the channels, and shuts down in order.
+//!
+//! Start: data directory → database (migrated) → pipelines and their Parquet sinks → HTTP.
+//! Shutdown, edges first: stop intake (new requests get 503, the listener closes, in-flight
+//! requests finish), then stop the sinks (they take what is still queued, flush it to
+//! Parquet, close their files), all within `shutdown.timeout`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::market::{Keyring, Store, StoreError};
+use crate::pipeline::Pipeline;
+use crate::sink::parquet::{EncodeError, remove_stale_temp_files};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up the Parquet sink: {0}")]
+    Sink(#[from] EncodeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("shutdown did not finish within {0:?}; readings still buffered may be lost")]
+    ShutdownTimeout(Duration),
+}
+
+/// A running gateway.
+pub struct App {
+    http_addr: SocketAddr,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Fired first: intake stops.
+    closing: CancellationToken,
+    /// Fired once intake is done: sinks drain and flush.
+    sinks_stop: CancellationToken,
+    http_task: JoinHandle<()>,
+    sinks: TaskTracker,
+    background: JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Starts everything `config` describes. Listeners are bound before this returns, so a
+    /// config with port 0 has its real port in [`App::http_addr`].
+    pub async fn start(config: Config) -> Result<App, AppError> {
+        let data_dir = config.storage.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| AppError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let parquet_dir = config.parquet_dir();
+        let stale = remove_stale_temp_files(&parquet_dir);
+        if stale > 0 {
+            tracing::warn!(files = stale, dir = %parquet_dir.display(), "removed temporary Parquet files left by a crash");
+        }
+
+        let store = Store::open(&config.database_path()).await?;
+        let keyring = Arc::new(Keyring::new(store.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let closing = CancellationToken::new();
+        let sinks_stop = CancellationToken::new();
+
+        let (pipeline, sink_tasks) = Pipeline::new(&config, &metrics, closing.clone())?;
+        let pipeline = Arc::new(pipeline);
+        let sinks = TaskTracker::new();
+        for task in sink_tasks {
+            sinks.spawn(task.sink.run(task.rx, sinks_stop.clone()));
+        }
+        sinks.close();
+
+        let listener = TcpListener::bind(&config.http.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.http.listen.clone(),
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+        let state = AppState {
+            pipeline: pipeline.clone(),
+            keyring,
+            metrics: metrics.clone(),
+            http: Arc::new(config.http.clone()),
+        };
+        let http_task = tokio::spawn(api::server::serve(
+            listener,
+            api::router(state),
+            config.http.clone(),
+            metrics.clone(),
+            closing.clone(),
+            config.shutdown.timeout,
+        ));
+
+        let background = tokio::spawn({
+            let pipeline = pipeline.clone();
+            let closing = closing.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => pipeline.forget_idle_limits(),
+                        _ = closing.cancelled() => break,
+                    }
+                }
+            }
+        });
+
+        tracing::info!(
+            http = %http_addr,
+            data_dir = %data_dir.display(),
+            datasets = config.datasets.len(),
+            "citygate started"
+        );
+        Ok(App {
+            http_addr,
+            store,
+            metrics,
+            closing,
+            sinks_stop,
+            http_task,
+            sinks,
+            background,
+            shutdown_timeout: config.shutdown.timeout,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The marketplace database (device keys).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops intake, drains and flushes every sink, and returns when all is written, or
+    /// with an error at the shutdown deadline.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        tracing::info!("shutting down: intake stops, buffers flush");
+        self.closing.cancel();
+        let _ = self.background.await;
+        // The server itself bounds its connection drain by the same timeout.
+        let _ = self.http_task.await;
+        self.sinks_stop.cancel();
+        match tokio::time::timeout_at(deadline, self.sinks.wait()).await {
+            Ok(()) => {
+                tracing::info!("shutdown complete");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::error!(timeout = ?self.shutdown_timeout, "shutdown deadline passed with readings still buffered");
+                Err(AppError::ShutdownTimeout(self.shutdown_timeout))
+            }
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Configuration: one TOML file plus `CITYGATE__SECTION__KEY` environment overrides.
+//!
+//! The `*Config` structs here are plain serde data with defaults; the running components
+//! are built from them in `app.rs`. [`Config::load`] reports every problem it can find at
+//! once (unknown keys, then semantic problems from [`Config::validate`]) rather than
+//! stopping at the first, so an operator fixes a file in one pass.
+//!
+//! Unknown keys are errors. We detect them with `serde_ignored` instead of
+//! `#[serde(deny_unknown_fields)]`, because the latter stops at the first unknown key.
+
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::ByteSize;
+
+use crate::model::{Dataset, FieldSpec, RateLimit};
+
+/// The shipped configuration; also the embedded default when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/citygate.toml");
+/// Where `serve` looks for a config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/citygate.toml";
+/// Prefix of environment overrides: `CITYGATE__HTTP__LISTEN=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "CITYGATE__";
+
+/// Everything a config load found wrong, each with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in {}:\n  {}", .problems.len(), .source_name, .problems.join("\n  "))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub storage: StorageConfig,
+    pub pipeline: PipelineConfig,
+    pub parquet: ParquetConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub datasets: Vec<DatasetConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Address to listen on, `host:port`; port 0 picks a free port.
+    pub listen: String,
+    /// Largest request body as sent (compressed or not). Bigger answers 413.
+    pub max_body: ByteSize,
+    /// Largest body after gzip decompression: the guard against gzip bombs.
+    pub max_decompressed_body: ByteSize,
+    /// Time a client has to send its request headers (slowloris guard).
+    #[serde(with = "units::duration")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send its request body. Slower answers 408.
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body: ByteSize::mib(10),
+            max_decompressed_body: ByteSize::mib(64),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct MqttConfig {
+    /// Address of the MQTT endpoint, `host:port`.
+    pub listen: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "127.0.0.1:1883".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// Root of everything citygate writes: the database, Parquet files.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct PipelineConfig {
+    /// Batches that may wait in front of each dataset's sink.
+    pub queue_depth: usize,
+    /// How long intake waits for room in a full queue before answering 503.
+    #[serde(with = "units::duration")]
+    pub queue_timeout: Duration,
+    /// Rejected readings kept per dataset for `GET /v1/datasets/{id}/rejects`.
+    pub rejects_kept: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_depth: 64,
+            queue_timeout: Duration::from_secs(5),
+            rejects_kept: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ParquetConfig {
+    /// Flush a dataset's buffer once it holds this many readings...
+    pub max_rows: usize,
+    /// ...or about this many bytes in memory...
+    pub max_bytes: ByteSize,
+    /// ...or once its oldest reading has waited this long.
+    #[serde(with = "units::duration")]
+    pub max_age: Duration,
+    /// zstd level, 1 (fast) to 22 (small).
+    pub zstd_level: i32,
+}
+
+impl Default for ParquetConfig {
+    fn default() -> Self {
+        ParquetConfig {
+            max_rows: 100_000,
+            max_bytes: ByteSize::mib(64),
+            max_age: Duration::from_secs(10),
+            zstd_level: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// Time allowed, after SIGTERM / Ctrl-C, to finish requests and flush every sink.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log shippers.
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_schema_version() -> u32 {
+    1
+}
+
+fn default_max_future() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_rate_limit() -> RateLimit {
+    RateLimit {
+        per_second: 500.0,
+        burst: 5000,
+    }
+}
+
+/// One dataset: catalog facts and the schema its readings must follow.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatasetConfig {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// Who publishes the data, as shown in the catalog.
+    #[serde(default)]
+    pub publisher: String,
+    /// The account that owns the dataset (mints its device keys, reads its rejects).
+    pub provider: String,
+    /// An SPDX licence id such as `CC-BY-4.0`, or `commercial`.
+    pub licence: String,
+    #[serde(default = "default_schema_version")]
+    pub schema_version: u32,
+    #[serde(default = "default_true")]
+    pub reject_unknown_fields: bool,
+    #[serde(default = "default_max_future", with = "units::duration")]
+    pub max_future: Duration,
+    #[serde(default = "default_max_age", with = "units::duration")]
+    pub max_age: Duration,
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: RateLimit,
+    pub fields: Vec<FieldSpec>,
+}
+
+impl DatasetConfig {
+    pub fn build(&self) -> Dataset {
+        Dataset {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            description: self.description.clone(),
+            publisher: self.publisher.clone(),
+            provider: self.provider.clone(),
+            licence: self.licence.clone(),
+            schema_version: self.schema_version,
+            fields: self.fields.clone(),
+            reject_unknown_fields: self.reject_unknown_fields,
+            max_future: self.max_future,
+            max_age: self.max_age,
+            rate_limit: self.rate_limit,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default config when `path` is `None`, applies the
+    /// `CITYGATE__…` variables from the process environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        match path {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    source_name: name.clone(),
+                    problems: vec![format!("cannot read the file: {e}")],
+                })?;
+                Config::from_toml(&text, &name, &env)
+            }
+            None => Config::from_toml(DEFAULT_CONFIG, "the embedded default config", &env),
+        }
+    }
+
+    /// Parses TOML text with environment overrides `env` (`(name, value)` pairs) applied.
+    pub fn from_toml(
+        text: &str,
+        source_name: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
+        let mut problems = Vec::new();
+        for (name, raw) in env {
+            if let Err(p) = apply_env_override(&mut table, name, raw) {
+                problems.push(p);
+            }
+        }
+
+        let mut unknown = Vec::new();
+        let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(toml::Value::Table(table), &mut note_unknown);
+        let config: Result<Config, _> = serde_path_to_error::deserialize(de);
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => {
+                let path = e.path().to_string();
+                problems.push(format!("{path}: {}", e.into_inner()));
+                return Err(fail(problems));
+            }
+        };
+        problems.extend(unknown.into_iter().map(|k| format!("{k}: unknown key")));
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Every semantic problem of this config, each naming its key. Empty when valid.
+    pub fn validate(&self) -> Vec<String> {
+        validate::validate(self)
+    }
+
+    /// Where the SQLite database lives.
+    pub fn database_path(&self) -> PathBuf {
+        self.storage.data_dir.join("citygate.db")
+    }
+
+    /// Root of the Parquet lake.
+    pub fn parquet_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("parquet")
+    }
+
+    /// The configured datasets by id.
+    pub fn datasets_by_id(&self) -> BTreeMap<&str, &DatasetConfig> {
+        self.datasets.iter().map(|d| (d.id.as_str(), d)).collect()
+    }
+}
+
+/// Applies `CITYGATE__A__B=value` as `a.b = value`. The value is read as a TOML value when it
+/// parses as one (`100`, `true`, `"x"`) and as a plain string otherwise (`0.0.0.0:8080`, `5s`).
+fn apply_env_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), String> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|s| s.is_empty()) {
+        return Err(format!(
+            "{name}: malformed override name (expected CITYGATE__SECTION__KEY)"
+        ));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = path
+        .split_last()
+        .expect("split yields one segment at least");
+    let mut current = table;
+    for segment in parents {
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("{name}: `{segment}` is not a section")),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use std::time::Duration;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_file_under_config_parses_and_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::from_toml(&text, &path.display().to_string(), &[]) {
+                panic!("{e}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no config files found in {}", dir.display());
+}
+
+#[test]
+fn shipped_config_declares_the_four_city_datasets() {
+    let config = Config::from_toml(DEFAULT_CONFIG, "default", &[]).unwrap();
+    let ids: Vec<&str> = config.datasets.iter().map(|d| d.id.as_str()).collect();
+    for id in ["traffic-counts", "weather", "energy-meters", "air-quality"] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    assert_eq!(config.http.listen, "127.0.0.1:8080");
+    assert_eq!(config.mqtt.listen, "127.0.0.1:1883");
+    assert_eq!(config.storage.data_dir, PathBuf::from("data"));
+    let traffic = config.datasets_by_id()["traffic-counts"].build();
+    assert_eq!(traffic.max_future, Duration::from_secs(300));
+    assert_eq!(traffic.max_age, Duration::from_secs(7 * 86400));
+    assert_eq!(traffic.fields[0].name, "vehicle_count");
+}
+
+#[test]
+fn env_overrides_replace_values_and_parse_types() {
+    let config = Config::from_toml(
+        DEFAULT_CONFIG,
+        "default",
+        &env(&[
+            ("CITYGATE__HTTP__LISTEN", "0.0.0.0:9999"),
+            ("CITYGATE__HTTP__MAX_CONNECTIONS", "7"),
+            ("CITYGATE__PARQUET__MAX_AGE", "250ms"),
+            ("CITYGATE__STORAGE__DATA_DIR", "/tmp/x"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.http.listen, "0.0.0.0:9999");
+    assert_eq!(config.http.max_connections, 7);
+    assert_eq!(config.parquet.max_age, Duration::from_millis(250));
+    assert_eq!(config.storage.data_dir, PathBuf::from("/tmp/x"));
+}
+
+#[test]
+fn unknown_keys_from_file_and_env_are_all_reported() {
+    let text = format!("{DEFAULT_CONFIG}\n[extra]\nx = 1\n").replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nlisten_port = 1",
+    );
+    let err = Config::from_toml(&text, "t", &env(&[("CITYGATE__HTTP__LISTN", "x")])).unwrap_err();
+    let all = err.problems.join("\n");
+    assert!(all.contains("http.listen_port: unknown key"), "{all}");
+    assert!(all.contains("extra: unknown key"), "{all}");
+    assert!(all.contains("http.listn: unknown key"), "{all}");
+    assert_eq!(err.problems.len(), 3, "{all}");
+}
+
+#[test]
+fn semantic_problems_are_reported_together() {
+    let text = r#"
+[http]
+listen = "nowhere"
+max_body = "0"
+[parquet]
+zstd_level = 40
+[[datasets]]
+id = "Bad Id"
+title = ""
+provider = "p"
+licence = "CC0-1.0"
+rate_limit = { per_second = 0, burst = 0 }
+[[datasets.fields]]
+name = "ts"
+type = "float"
+min = 10
+max = 5
+[[datasets.fields]]
+name = "label"
+type = "string"
+min = 1
+[[datasets.fields]]
+name = "label"
+type = "string"
+"#;
+    let err = Config::from_toml(text, "t", &[]).unwrap_err();
+    let all = err.problems.join("\n");
+    for needle in [
+        "http.listen",
+        "http.max_body",
+        "parquet.zstd_level",
+        "id: `Bad Id`",
+        "title: must not be empty",
+        "rate_limit.per_second",
+        "rate_limit.burst",
+        "`ts` is reserved",
+        "min (10) is greater than max (5)",
+        "only numeric fields have bounds",
+        "`label` is declared twice",
+    ] {
+        assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+    }
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let err = Config::from_toml("[http]\nmax_connections = \"many\"\n", "t", &[]).unwrap_err();
+    assert!(
+        err.problems[0].starts_with("http.max_connections"),
+        "{:?}",
+        err.problems
+    );
+    let err = Config::from_toml("[parquet]\nmax_age = \"soon\"\n", "t", &[]).unwrap_err();
+    assert!(
+        err.problems[0].contains("`soon` is not a duration"),
+        "{:?}",
+        err.problems
+    );
+}

@@ -1,0 +1,173 @@
+//! Semantic checks of a parsed config. Each problem names its key; all are returned at once.
+
+use std::collections::HashSet;
+
+use super::{Config, DatasetConfig};
+use crate::model::{FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name};
+
+/// Most fields a schema may have (duplicate detection uses a 64-bit mask).
+pub const MAX_FIELDS: usize = 64;
+
+pub(super) fn validate(config: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    check_listen(&mut p, "http.listen", &config.http.listen);
+    check_listen(&mut p, "mqtt.listen", &config.mqtt.listen);
+
+    let http = &config.http;
+    if http.max_body.0 == 0 {
+        p.push("http.max_body: must be more than 0".into());
+    }
+    if http.max_decompressed_body < http.max_body {
+        p.push(format!(
+            "http.max_decompressed_body: {} is smaller than http.max_body ({})",
+            http.max_decompressed_body, http.max_body
+        ));
+    }
+    if http.header_read_timeout.is_zero() {
+        p.push("http.header_read_timeout: must be more than 0".into());
+    }
+    if http.request_timeout.is_zero() {
+        p.push("http.request_timeout: must be more than 0".into());
+    }
+    if http.max_connections == 0 {
+        p.push("http.max_connections: must be at least 1".into());
+    }
+
+    if config.storage.data_dir.as_os_str().is_empty() {
+        p.push("storage.data_dir: must not be empty".into());
+    }
+
+    let pipeline = &config.pipeline;
+    if pipeline.queue_depth == 0 {
+        p.push("pipeline.queue_depth: must be at least 1".into());
+    }
+    if pipeline.queue_timeout.is_zero() {
+        p.push("pipeline.queue_timeout: must be more than 0".into());
+    }
+
+    let parquet = &config.parquet;
+    if parquet.max_rows == 0 {
+        p.push("parquet.max_rows: must be at least 1".into());
+    }
+    if parquet.max_bytes.0 < 1024 {
+        p.push("parquet.max_bytes: must be at least 1 KiB".into());
+    }
+    if parquet.max_age.is_zero() {
+        p.push("parquet.max_age: must be more than 0".into());
+    }
+    if !(1..=22).contains(&parquet.zstd_level) {
+        p.push(format!(
+            "parquet.zstd_level: {} is not in 1..=22",
+            parquet.zstd_level
+        ));
+    }
+
+    if config.shutdown.timeout.is_zero() {
+        p.push("shutdown.timeout: must be more than 0".into());
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        p.push(format!(
+            "log.level: `{}` is not a log filter ({e})",
+            config.log.level
+        ));
+    }
+
+    if config.datasets.is_empty() {
+        p.push("datasets: at least one dataset is needed".into());
+    }
+    let mut ids = HashSet::new();
+    for (i, ds) in config.datasets.iter().enumerate() {
+        let at = format!("datasets[{i}] ({})", ds.id);
+        if !ids.insert(ds.id.as_str()) {
+            p.push(format!("{at}.id: `{}` is declared twice", ds.id));
+        }
+        check_dataset(&mut p, &at, ds);
+    }
+    p
+}
+
+fn check_listen(p: &mut Vec<String>, key: &str, addr: &str) {
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port_ok {
+        p.push(format!("{key}: `{addr}` is not host:port"));
+    }
+}
+
+fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
+    if !is_valid_dataset_id(&ds.id) {
+        p.push(format!(
+            "{at}.id: `{}` must be 1-64 of a-z, 0-9 and `-`, not starting with `-`",
+            ds.id
+        ));
+    }
+    if ds.title.trim().is_empty() {
+        p.push(format!("{at}.title: must not be empty"));
+    }
+    if ds.provider.trim().is_empty() {
+        p.push(format!("{at}.provider: must not be empty"));
+    }
+    if ds.licence.trim().is_empty() {
+        p.push(format!(
+            "{at}.licence: must not be empty (an SPDX id or `commercial`)"
+        ));
+    }
+    if ds.max_age.is_zero() {
+        p.push(format!("{at}.max_age: must be more than 0"));
+    }
+    let rate = ds.rate_limit;
+    if !(rate.per_second.is_finite() && rate.per_second > 0.0) {
+        p.push(format!(
+            "{at}.rate_limit.per_second: must be a number above 0"
+        ));
+    } else if rate.per_second > 1e9 {
+        p.push(format!("{at}.rate_limit.per_second: must be at most 1e9"));
+    }
+    if rate.burst == 0 {
+        p.push(format!("{at}.rate_limit.burst: must be at least 1"));
+    }
+
+    if ds.fields.is_empty() {
+        p.push(format!("{at}.fields: a dataset needs at least one field"));
+    }
+    if ds.fields.len() > MAX_FIELDS {
+        p.push(format!("{at}.fields: at most {MAX_FIELDS} fields"));
+    }
+    let mut names = HashSet::new();
+    for (j, f) in ds.fields.iter().enumerate() {
+        let at = format!("{at}.fields[{j}] ({})", f.name);
+        if !is_valid_field_name(&f.name) {
+            p.push(format!("{at}.name: must match [a-z][a-z0-9_]{{0,63}}"));
+        }
+        if RESERVED_NAMES.contains(&f.name.as_str()) {
+            p.push(format!(
+                "{at}.name: `{}` is reserved for a built-in column",
+                f.name
+            ));
+        }
+        if !names.insert(f.name.as_str()) {
+            p.push(format!("{at}.name: `{}` is declared twice", f.name));
+        }
+        for (key, bound) in [("min", f.min), ("max", f.max)] {
+            match bound {
+                Some(_) if !f.ty.is_numeric() => {
+                    p.push(format!("{at}.{key}: only numeric fields have bounds"))
+                }
+                Some(b) if !b.is_finite() => p.push(format!("{at}.{key}: must be finite")),
+                _ => {}
+            }
+        }
+        if let (Some(min), Some(max)) = (f.min, f.max)
+            && min > max
+        {
+            p.push(format!("{at}: min ({min}) is greater than max ({max})"));
+        }
+        if f.max_length.is_some() && f.ty != FieldType::String {
+            p.push(format!("{at}.max_length: only string fields have a length"));
+        }
+        if f.max_length == Some(0) {
+            p.push(format!("{at}.max_length: must be at least 1"));
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! HTTP intake: citygate's own JSON / NDJSON / SenML route and the InfluxDB v1 and v2 write
+//! APIs, answering the way the clients that already speak them expect.
+//!
+//! | status | when |
+//! |---|---|
+//! | 204 | every reading accepted (kept) |
+//! | 200 | some accepted, some rejected: `{"accepted": n, "rejected": [{index, reason, message}]}` |
+//! | 422 | every reading rejected (nothing kept) |
+//! | 400 | the body cannot be parsed at all, or holds no readings |
+//! | 401 / 403 / 404 | no or unknown key / key not allowed on the dataset / no such dataset |
+//! | 408 | the body did not arrive within `http.request_timeout` |
+//! | 413 | body over `http.max_body` (or over `max_decompressed_body` once gunzipped), or a batch larger than the device's burst |
+//! | 415 | unknown `Content-Type` or `Content-Encoding` |
+//! | 429 | over the device's rate limit; `Retry-After` says when to retry; nothing kept |
+//! | 503 | shutting down, or the dataset's queue stayed full; `Retry-After`; nothing kept |
+//!
+//! Bodies may be gzip-compressed (`Content-Encoding: gzip`) on every route: Telegraf sends
+//! gzip by default.
+
+use std::io::Read;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::api::auth::require_key;
+use crate::api::error::{ApiError, MAX_LISTED_REJECTS};
+use crate::model::now_micros;
+use crate::pipeline::decode::{Format, Precision};
+use crate::pipeline::reject::Rejected;
+use crate::pipeline::{Batch, Outcome};
+
+#[derive(Deserialize)]
+pub struct ReadingsQuery {
+    precision: Option<String>,
+}
+
+/// `POST /v1/datasets/{id}/readings`, format by `Content-Type`.
+pub async fn post_readings(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ReadingsQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers);
+    intake(
+        &state,
+        &id,
+        format,
+        q.precision.as_deref(),
+        None,
+        &headers,
+        body,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct InfluxV2Query {
+    bucket: Option<String>,
+    precision: Option<String>,
+}
+
+/// `POST /api/v2/write?org=&bucket=&precision=`: the bucket is the dataset; `org` is
+/// accepted and not used.
+pub async fn influx_v2_write(
+    State(state): State<AppState>,
+    Query(q): Query<InfluxV2Query>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bucket = q.bucket.filter(|b| !b.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("missing_bucket", "`bucket` (the dataset id) is required")
+    })?;
+    intake(
+        &state,
+        &bucket,
+        Ok(Format::LineProtocol),
+        q.precision.as_deref(),
+        None,
+        &headers,
+        body,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct InfluxV1Query {
+    db: Option<String>,
+    precision: Option<String>,
+    p: Option<String>,
+}
+
+/// `POST /write?db=&precision=`: the database is the dataset; the key may come as `p=`.
+pub async fn influx_v1_write(
+    State(state): State<AppState>,
+    Query(q): Query<InfluxV1Query>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let db = q
+        .db
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_db", "`db` (the dataset id) is required"))?;
+    intake(
+        &state,
+        &db,
+        Ok(Format::LineProtocol),
+        q.precision.as_deref(),
+        q.p.as_deref(),
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn intake(
+    state: &AppState,
+    dataset: &str,
+    format: Result<Format, ApiError>,
+    precision: Option<&str>,
+    query_secret: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = now_micros();
+    let key = require_key(state, headers, query_secret).await?;
+    let ds = state
+        .pipeline
+        .dataset(dataset)
+        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{dataset}`")))?;
+    if !key.may_write(dataset) {
+        return Err(ApiError::Forbidden(format!(
+            "key {} may not write to dataset `{dataset}`",
+            key.id
+        )));
+    }
+    let format = format?;
+    let precision = precision
+        .map(|p| {
+            Precision::parse(p).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_precision",
+                    format!("precision `{p}` is not ns, us, ms or s"),
+                )
+            })
+        })
+        .transpose()?;
+    let raw = read_body(state, headers, body).await?;
+    let body = decompress(state, headers, raw)?;
+    let outcome = state
+        .pipeline
+        .ingest(
+            ds,
+            &key.id,
+            Batch {
+                format,
+                body: &body,
+                precision,
+                received_at,
+            },
+        )
+        .await?;
+    answer(outcome)
+}
+
+#[derive(Serialize)]
+struct Partial<'a> {
+    accepted: usize,
+    rejected: &'a [Rejected],
+    rejected_count: usize,
+}
+
+fn answer(outcome: Outcome) -> Result<Response, ApiError> {
+    if outcome.rejected.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if outcome.accepted == 0 {
+        return Err(ApiError::AllRejected(outcome.rejected));
+    }
+    let listed = &outcome.rejected[..outcome.rejected.len().min(MAX_LISTED_REJECTS)];
+    Ok((
+        StatusCode::OK,
+        Json(Partial {
+            accepted: outcome.accepted,
+            rejected: listed,
+            rejected_count: outcome.rejected.len(),
+        }),
+    )
+        .into_response())
+}
+
+/// The body format of the citygate route, from `Content-Type` (JSON when absent).
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Json);
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "" => Ok(Format::Json),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/jsonlines"
+        | "application/x-jsonlines" => Ok(Format::Ndjson),
+        "application/senml+json" => Ok(Format::Senml),
+        "text/plain" => Ok(Format::LineProtocol),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type `{other}` is not one of application/json, application/x-ndjson, \
+             application/senml+json, text/plain (line protocol)"
+        ))),
+    }
+}
+
+/// Reads the whole body, bounded in size (413) and time (408).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let max = state.http.max_body.as_usize();
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("the body is larger than {}", state.http.max_body));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let limit = state.http.request_timeout;
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(ApiError::RequestTimeout(limit)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                Err(too_large())
+            } else {
+                Err(ApiError::bad_request(
+                    "body_read",
+                    format!("the body could not be read: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Undoes `Content-Encoding: gzip`, bounded by `max_decompressed_body` (gzip bombs).
+fn decompress(state: &AppState, headers: &HeaderMap, raw: Bytes) -> Result<Bytes, ApiError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(raw),
+        "gzip" | "x-gzip" => {
+            let max = state.http.max_decompressed_body.as_usize();
+            let mut out = Vec::with_capacity((raw.len() * 4).min(max));
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .take(max as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    ApiError::bad_request("invalid_gzip", format!("the gzip body is corrupt: {e}"))
+                })?;
+            if out.len() > max {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "the body is larger than {} once decompressed",
+                    state.http.max_decompressed_body
+                )));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding `{other}` is not supported (use gzip or none)"
+        ))),
+    }
+}

@@ -1,0 +1,303 @@
+//! The `citygate` command line: serve (the default), check-config, keys, datasets, simulate.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use citygate::config::{Config, DEFAULT_CONFIG_PATH};
+use citygate::market::Store;
+use citygate::market::keys::{KeyKind, check_device_scope};
+use citygate::simulate::{self, SimFormat, SimulateOptions};
+use citygate::{App, telemetry};
+
+#[derive(Parser)]
+#[command(name = "citygate", version, about = "A gateway for city sensor data")]
+struct Cli {
+    /// Config file; default: config/citygate.toml if it exists, else the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Check a config file; print every problem and exit 1 if there are any.
+    CheckConfig,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Inspect datasets.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
+    /// Push realistic readings to a running gateway.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a device key; prints the secret (shown once) alone on stdout.
+    CreateDevice {
+        /// The provider account that owns the datasets.
+        #[arg(long)]
+        provider: String,
+        /// Datasets the key may write, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        datasets: Vec<String>,
+    },
+    /// Create a provider key (reads the provider's dataset rejects); prints the secret.
+    CreateProvider {
+        #[arg(long)]
+        provider: String,
+    },
+    /// List keys (never secrets).
+    List,
+    /// Revoke a key by id; it stops working within a second.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// List the configured datasets and their fields.
+    List,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Base URL of the gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http: String,
+    /// Device key (or CITYGATE_KEY).
+    #[arg(long, env = "CITYGATE_KEY", hide_env_values = true)]
+    key: String,
+    /// Readings per second in total; 0 for as fast as possible.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Sensors per dataset.
+    #[arg(long, default_value_t = 50)]
+    sensors: usize,
+    /// How long to run, e.g. 30s or 5m.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Readings per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Datasets to fill, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "traffic-counts,weather,energy-meters,air-quality"
+    )]
+    datasets: Vec<String>,
+    /// Wire format.
+    #[arg(long, value_enum, default_value_t = SimFormat::Json)]
+    format: SimFormat,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// No live counter line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config to use: `--config`, else `config/citygate.toml` when present, else built in.
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    let path = path.or_else(|| default.exists().then_some(default));
+    Ok(Config::load(path)?)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config.as_deref()).await,
+        Command::CheckConfig => {
+            let default = Path::new(DEFAULT_CONFIG_PATH);
+            let path = cli
+                .config
+                .as_deref()
+                .or_else(|| default.exists().then_some(default));
+            match Config::load(path) {
+                Ok(config) => {
+                    println!(
+                        "{}: ok ({} datasets)",
+                        path.map_or("built-in config".to_string(), |p| p.display().to_string()),
+                        config.datasets.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Keys { command } => {
+            let config = load_config(cli.config.as_deref())?;
+            let store = Store::open(&config.database_path())
+                .await
+                .with_context(|| format!("opening {}", config.database_path().display()))?;
+            keys(&config, &store, command).await
+        }
+        Command::Datasets {
+            command: DatasetsCommand::List,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            for ds in &config.datasets {
+                println!(
+                    "{}  ({}, {}, provider {})",
+                    ds.id, ds.title, ds.licence, ds.provider
+                );
+                for f in &ds.fields {
+                    let unit = f.unit.as_deref().unwrap_or("-");
+                    let req = if f.required { " required" } else { "" };
+                    println!("    {:<16} {:<6} {unit}{req}", f.name, f.ty.name());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            let opts = SimulateOptions {
+                http: args.http,
+                key: args.key,
+                rate: args.rate,
+                sensors: args.sensors,
+                duration: args.duration,
+                batch: args.batch,
+                datasets: args.datasets,
+                format: args.format,
+                concurrency: args.concurrency,
+                progress: !args.quiet,
+            };
+            let summary = simulate::run(opts).await?;
+            println!("{summary}");
+            if let Some(first) = &summary.first_error {
+                eprintln!("first error: {first}");
+            }
+            Ok(if summary.accepted > 0 || summary.sent == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::CreateDevice { provider, datasets } => {
+            check_device_scope(config, &provider, &datasets)?;
+            let new = store
+                .create_key(KeyKind::Device, &provider, &datasets)
+                .await?;
+            eprintln!(
+                "created device key {} for {provider} ({}); the secret is shown once:",
+                new.key.id,
+                datasets.join(", ")
+            );
+            println!("{}", new.secret);
+        }
+        KeysCommand::CreateProvider { provider } => {
+            if !config.datasets.iter().any(|d| d.provider == provider) {
+                bail!("no dataset in the config belongs to provider `{provider}`");
+            }
+            let new = store.create_key(KeyKind::Provider, &provider, &[]).await?;
+            eprintln!(
+                "created provider key {} for {provider}; the secret is shown once:",
+                new.key.id
+            );
+            println!("{}", new.secret);
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<18} {:<9} {:<20} {:<8} datasets",
+                "id", "kind", "owner", "state"
+            );
+            for key in store.list_keys().await? {
+                let state = if key.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<18} {:<9} {:<20} {:<8} {}",
+                    key.id,
+                    key.kind.as_str(),
+                    key.owner,
+                    state,
+                    key.datasets.join(",")
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if store.revoke_key(&id).await? {
+                println!("revoked {id}");
+            } else {
+                bail!("no active key with id `{id}`");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    telemetry::init_tracing(&config.log);
+    let app = App::start(config).await?;
+    shutdown_signal().await;
+    app.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,256 @@
+//! The pipeline: bytes in, acknowledged readings out. `decode → validate → limit → submit`.
+//!
+//! The first three stages are pure functions chained in the caller's task (an HTTP handler or,
+//! later, an MQTT session): no channel, no actor. `submit` crosses to the dataset's sink over a
+//! bounded queue and waits for its acknowledgement; only then does the caller answer the
+//! device. Overload at that edge blocks for at most `pipeline.queue_timeout`, then the request
+//! is refused (`QueueFull` → 503): never acknowledged and dropped.
+
+pub mod decode;
+pub mod limit;
+pub mod reject;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use compact_str::CompactString;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::model::{Dataset, Micros, Reading};
+use crate::sink::parquet::{EncodeError, ParquetSink, SinkMsg};
+use crate::telemetry::{DatasetMetrics, Metrics};
+use decode::{DecodeCtx, DecodeError, Format, Precision};
+use limit::{LimitError, LimitKey, Limiter};
+use reject::{RejectLog, RejectRecord, Rejected};
+
+/// Why a whole request was refused. Per-reading problems are not errors: see [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the body cannot be read: {0}")]
+    Malformed(#[from] DecodeError),
+    #[error("the body holds no readings")]
+    NoReadings,
+    #[error(transparent)]
+    RateLimited(#[from] LimitError),
+    #[error("the dataset's queue stayed full for {0:?}")]
+    QueueFull(Duration),
+    #[error("citygate is shutting down")]
+    ShuttingDown,
+}
+
+/// What became of a request's readings. `accepted` readings are acknowledged (kept);
+/// `rejected` ones are not, each with its position and reason. Zero accepted means none
+/// were stored.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub accepted: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+/// One request's bytes and how to read them.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub format: Format,
+    pub body: &'a [u8],
+    /// Unit of numeric timestamps; the format's default when `None`.
+    pub precision: Option<Precision>,
+    pub received_at: Micros,
+}
+
+/// Everything the pipeline keeps per dataset.
+pub struct DatasetPipeline {
+    pub dataset: Arc<Dataset>,
+    pub rejects: RejectLog,
+    pub metrics: DatasetMetrics,
+    limiter: Limiter,
+    sink_tx: mpsc::Sender<SinkMsg>,
+}
+
+/// The pipelines of all datasets.
+pub struct Pipeline {
+    datasets: HashMap<String, Arc<DatasetPipeline>>,
+    queue_timeout: Duration,
+    closing: CancellationToken,
+}
+
+/// A sink task to spawn, with the queue it reads.
+pub struct SinkTask {
+    pub sink: ParquetSink,
+    pub rx: mpsc::Receiver<SinkMsg>,
+}
+
+impl Pipeline {
+    /// Builds every dataset's pipeline and the sink tasks the caller must spawn.
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        closing: CancellationToken,
+    ) -> Result<(Pipeline, Vec<SinkTask>), EncodeError> {
+        let mut datasets = HashMap::new();
+        let mut sinks = Vec::new();
+        for ds_config in &config.datasets {
+            let dataset = Arc::new(ds_config.build());
+            let ds_metrics = metrics.dataset(&dataset.id);
+            let (sink_tx, rx) = mpsc::channel(config.pipeline.queue_depth);
+            let sink = ParquetSink::new(
+                dataset.clone(),
+                config.parquet_dir(),
+                config.parquet.clone(),
+                ds_metrics.clone(),
+            )?;
+            sinks.push(SinkTask { sink, rx });
+            datasets.insert(
+                dataset.id.clone(),
+                Arc::new(DatasetPipeline {
+                    limiter: Limiter::new(dataset.rate_limit),
+                    rejects: RejectLog::new(config.pipeline.rejects_kept),
+                    metrics: ds_metrics,
+                    dataset,
+                    sink_tx,
+                }),
+            );
+        }
+        let pipeline = Pipeline {
+            datasets,
+            queue_timeout: config.pipeline.queue_timeout,
+            closing,
+        };
+        Ok((pipeline, sinks))
+    }
+
+    pub fn dataset(&self, id: &str) -> Option<&Arc<DatasetPipeline>> {
+        self.datasets.get(id)
+    }
+
+    /// Datasets sorted by id.
+    pub fn datasets(&self) -> Vec<&Arc<DatasetPipeline>> {
+        let mut all: Vec<_> = self.datasets.values().collect();
+        all.sort_by(|a, b| a.dataset.id.cmp(&b.dataset.id));
+        all
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Forgets idle rate-limit state of every dataset (called periodically).
+    pub fn forget_idle_limits(&self) {
+        for ds in self.datasets.values() {
+            ds.limiter.forget_idle();
+        }
+    }
+
+    /// Runs one request through the pipeline for the device key `key`, already
+    /// authorised for `ds`. Returns once the accepted readings are acknowledged.
+    pub async fn ingest(
+        &self,
+        ds: &DatasetPipeline,
+        key: &LimitKey,
+        batch: Batch<'_>,
+    ) -> Result<Outcome, IngestError> {
+        if self.is_closing() {
+            return Err(IngestError::ShuttingDown);
+        }
+        let (accepted, rejected) = check(&ds.dataset, batch)?;
+        if accepted.is_empty() && rejected.is_empty() {
+            return Err(IngestError::NoReadings);
+        }
+        let count = accepted.len();
+        if count > 0 {
+            if let Err(e) = ds.limiter.check(key, count) {
+                ds.metrics.limited.inc();
+                return Err(e.into());
+            }
+            self.submit(ds, accepted).await?;
+            ds.metrics.accepted.inc_by(count as u64);
+        }
+        for (r, _) in &rejected {
+            ds.metrics.rejected(r.reason).inc();
+        }
+        if !rejected.is_empty() {
+            ds.rejects
+                .record(rejected.iter().map(|(r, sensor)| RejectRecord {
+                    at: batch.received_at,
+                    key_id: key.to_string(),
+                    sensor_id: sensor.as_ref().map(|s| s.to_string()),
+                    index: r.index,
+                    reason: r.reason,
+                    message: r.message.clone(),
+                }));
+        }
+        Ok(Outcome {
+            accepted: count,
+            rejected: rejected.into_iter().map(|(r, _)| r).collect(),
+        })
+    }
+
+    /// Hands readings to the dataset's sink and waits for its acknowledgement.
+    async fn submit(
+        &self,
+        ds: &DatasetPipeline,
+        readings: Vec<Reading>,
+    ) -> Result<(), IngestError> {
+        let (ack, acked) = oneshot::channel();
+        match ds
+            .sink_tx
+            .send_timeout(SinkMsg { readings, ack }, self.queue_timeout)
+            .await
+        {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                return Err(IngestError::QueueFull(self.queue_timeout));
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(IngestError::ShuttingDown),
+        }
+        acked.await.map_err(|_| IngestError::ShuttingDown)
+    }
+}
+
+/// Decode and validate: the pure part of the pipeline. Accepted readings, and rejects with
+/// the sensor id where one was read.
+#[allow(clippy::type_complexity)]
+pub fn check(
+    ds: &Dataset,
+    batch: Batch<'_>,
+) -> Result<(Vec<Reading>, Vec<(Rejected, Option<CompactString>)>), DecodeError> {
+    let ctx = DecodeCtx {
+        received_at: batch.received_at,
+        precision: batch
+            .precision
+            .unwrap_or_else(|| batch.format.default_precision()),
+    };
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    decode::decode(
+        batch.format,
+        batch.body,
+        ds,
+        &ctx,
+        &mut |index, outcome| match outcome {
+            Ok(reading) => match validate::validate(&reading, ds, batch.received_at) {
+                Ok(()) => accepted.push(reading),
+                Err(r) => rejected.push((
+                    Rejected {
+                        index,
+                        reason: r.reason,
+                        message: r.message,
+                    },
+                    Some(reading.sensor_id),
+                )),
+            },
+            Err(r) => rejected.push((
+                Rejected {
+                    index,
+                    reason: r.reason,
+                    message: r.message,
+                },
+                None,
+            )),
+        },
+    )?;
+    Ok((accepted, rejected))
+}

@@ -1,0 +1,202 @@
+//! Rejected readings: why (a machine-readable [`Reason`] and a message), and the per-dataset
+//! log of recent rejects that providers read at `GET /v1/datasets/{id}/rejects`.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::model::Micros;
+
+/// Why a reading was rejected. `code()` is the stable, machine-readable name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The reading's own syntax is broken (an NDJSON line, a line-protocol line).
+    Malformed,
+    /// An element of a JSON array is not an object.
+    NotAnObject,
+    MissingSensorId,
+    InvalidSensorId,
+    InvalidTimestamp,
+    TimestampInFuture,
+    TimestampTooOld,
+    UnknownField,
+    DuplicateField,
+    MissingField,
+    WrongType,
+    /// NaN or infinity.
+    NotFinite,
+    BelowMin,
+    AboveMax,
+    StringTooLong,
+    InvalidLocation,
+    InvalidSeq,
+    UnitMismatch,
+    /// The reading carries no schema field at all.
+    NoFields,
+    /// A construct we do not store (SenML data values, sums, must-understand labels).
+    Unsupported,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::Malformed,
+        Reason::NotAnObject,
+        Reason::MissingSensorId,
+        Reason::InvalidSensorId,
+        Reason::InvalidTimestamp,
+        Reason::TimestampInFuture,
+        Reason::TimestampTooOld,
+        Reason::UnknownField,
+        Reason::DuplicateField,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::NotFinite,
+        Reason::BelowMin,
+        Reason::AboveMax,
+        Reason::StringTooLong,
+        Reason::InvalidLocation,
+        Reason::InvalidSeq,
+        Reason::UnitMismatch,
+        Reason::NoFields,
+        Reason::Unsupported,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::NotAnObject => "not_an_object",
+            Reason::MissingSensorId => "missing_sensor_id",
+            Reason::InvalidSensorId => "invalid_sensor_id",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::TimestampInFuture => "timestamp_in_future",
+            Reason::TimestampTooOld => "timestamp_too_old",
+            Reason::UnknownField => "unknown_field",
+            Reason::DuplicateField => "duplicate_field",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::NotFinite => "not_finite",
+            Reason::BelowMin => "below_min",
+            Reason::AboveMax => "above_max",
+            Reason::StringTooLong => "string_too_long",
+            Reason::InvalidLocation => "invalid_location",
+            Reason::InvalidSeq => "invalid_seq",
+            Reason::UnitMismatch => "unit_mismatch",
+            Reason::NoFields => "no_fields",
+            Reason::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// One reading's rejection, before we know its position in the request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reject {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Reject {
+        Reject {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A rejected reading of a request: its position in the body (array element, NDJSON or
+/// line-protocol line, first SenML record of the reading; 0-based) and why.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rejected {
+    pub index: u32,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// A reject as a provider sees it later: when, which key sent it, which sensor.
+#[derive(Clone, Debug, Serialize)]
+pub struct RejectRecord {
+    /// Receive time, µs since the epoch.
+    pub at: Micros,
+    pub key_id: String,
+    pub sensor_id: Option<String>,
+    pub index: u32,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// The last `capacity` rejects of one dataset, newest last.
+#[derive(Debug)]
+pub struct RejectLog {
+    capacity: usize,
+    entries: Mutex<VecDeque<RejectRecord>>,
+}
+
+impl RejectLog {
+    pub fn new(capacity: usize) -> RejectLog {
+        RejectLog {
+            capacity,
+            entries: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+        }
+    }
+
+    pub fn record(&self, records: impl IntoIterator<Item = RejectRecord>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            if entries.len() == self.capacity {
+                entries.pop_front();
+            }
+            entries.push_back(record);
+        }
+    }
+
+    /// Up to `limit` most recent rejects, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<RejectRecord> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().rev().take(limit).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u32) -> RejectRecord {
+        RejectRecord {
+            at: i as i64,
+            key_id: "k".into(),
+            sensor_id: None,
+            index: i,
+            reason: Reason::AboveMax,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn log_keeps_the_newest() {
+        let log = RejectLog::new(3);
+        log.record((0..5).map(rec));
+        let got: Vec<u32> = log.recent(10).iter().map(|r| r.index).collect();
+        assert_eq!(got, vec![4, 3, 2]);
+        assert_eq!(log.recent(1)[0].index, 4);
+    }
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        for code in &codes {
+            assert!(code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            let json =
+                serde_json::to_string(&Reason::ALL[codes.iter().position(|c| c == code).unwrap()])
+                    .unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+}
