@@ -41,8 +41,9 @@ pub enum Value {
 }
 
 /// Field values in schema order; `None` where the reading did not carry the field.
-/// Inline up to eight fields, so a typical reading costs no allocation for its values.
-pub type Values = SmallVec<[Option<Value>; 8]>;
+/// Inline up to four fields (most sensor schemas), so a typical reading costs no allocation
+/// for its values and stays small enough (200 bytes) to move and scan cheaply.
+pub type Values = SmallVec<[Option<Value>; 4]>;
 
 /// One sensor observation after decoding.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,6 +5,7 @@
 //! Hot paths hold pre-created per-dataset handles ([`DatasetMetrics`]) instead of looking
 //! label sets up per request.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,6 +27,7 @@ pub fn init_tracing(log: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),

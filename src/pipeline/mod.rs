@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use compact_str::CompactString;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -23,9 +22,9 @@ use crate::config::Config;
 use crate::model::{Dataset, Micros, Reading};
 use crate::sink::parquet::{EncodeError, ParquetSink, SinkMsg};
 use crate::telemetry::{DatasetMetrics, Metrics};
-use decode::{DecodeCtx, DecodeError, Format, Precision};
+use decode::{Collect, DecodeCtx, DecodeError, Format, Precision};
 use limit::{LimitError, LimitKey, Limiter};
-use reject::{RejectLog, RejectRecord, Rejected};
+use reject::{Reject, RejectLog, RejectRecord, Rejected};
 
 /// Why a whole request was refused. Per-reading problems are not errors: see [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -162,29 +161,30 @@ impl Pipeline {
         let count = accepted.len();
         if count > 0 {
             if let Err(e) = ds.limiter.check(key, count) {
-                ds.metrics.limited.inc();
+                if matches!(e, LimitError::Exceeded { .. }) {
+                    ds.metrics.limited.inc();
+                }
                 return Err(e.into());
             }
             self.submit(ds, accepted).await?;
             ds.metrics.accepted.inc_by(count as u64);
         }
-        for (r, _) in &rejected {
+        for r in &rejected {
             ds.metrics.rejected(r.reason).inc();
         }
         if !rejected.is_empty() {
-            ds.rejects
-                .record(rejected.iter().map(|(r, sensor)| RejectRecord {
-                    at: batch.received_at,
-                    key_id: key.to_string(),
-                    sensor_id: sensor.as_ref().map(|s| s.to_string()),
-                    index: r.index,
-                    reason: r.reason,
-                    message: r.message.clone(),
-                }));
+            ds.rejects.record(rejected.iter().map(|r| RejectRecord {
+                at: batch.received_at,
+                key_id: key.to_string(),
+                sensor_id: r.sensor_id.clone(),
+                index: r.index,
+                reason: r.reason,
+                message: r.message.clone(),
+            }));
         }
         Ok(Outcome {
             accepted: count,
-            rejected: rejected.into_iter().map(|(r, _)| r).collect(),
+            rejected,
         })
     }
 
@@ -210,47 +210,56 @@ impl Pipeline {
     }
 }
 
-/// Decode and validate: the pure part of the pipeline. Accepted readings, and rejects with
-/// the sensor id where one was read.
-#[allow(clippy::type_complexity)]
-pub fn check(
-    ds: &Dataset,
-    batch: Batch<'_>,
-) -> Result<(Vec<Reading>, Vec<(Rejected, Option<CompactString>)>), DecodeError> {
+/// Decode and validate: the pure part of the pipeline, in one pass over the body. Returns
+/// the accepted readings and the rejects.
+pub fn check(ds: &Dataset, batch: Batch<'_>) -> Result<(Vec<Reading>, Vec<Rejected>), DecodeError> {
     let ctx = DecodeCtx {
         received_at: batch.received_at,
         precision: batch
             .precision
             .unwrap_or_else(|| batch.format.default_precision()),
     };
-    let mut accepted = Vec::new();
-    let mut rejected = Vec::new();
-    decode::decode(
-        batch.format,
-        batch.body,
+    let mut checked = Checked {
         ds,
-        &ctx,
-        &mut |index, outcome| match outcome {
-            Ok(reading) => match validate::validate(&reading, ds, batch.received_at) {
-                Ok(()) => accepted.push(reading),
-                Err(r) => rejected.push((
-                    Rejected {
-                        index,
-                        reason: r.reason,
-                        message: r.message,
-                    },
-                    Some(reading.sensor_id),
-                )),
-            },
-            Err(r) => rejected.push((
-                Rejected {
-                    index,
-                    reason: r.reason,
-                    message: r.message,
-                },
-                None,
-            )),
-        },
-    )?;
-    Ok((accepted, rejected))
+        now: batch.received_at,
+        accepted: Vec::new(),
+        rejected: Vec::new(),
+    };
+    decode::decode(batch.format, batch.body, ds, &ctx, &mut checked)?;
+    Ok((checked.accepted, checked.rejected))
+}
+
+/// Validates each reading as the decoder completes it, while it is still hot in cache.
+struct Checked<'d> {
+    ds: &'d Dataset,
+    now: Micros,
+    accepted: Vec<Reading>,
+    rejected: Vec<Rejected>,
+}
+
+impl Collect for Checked<'_> {
+    fn readings(&mut self) -> &mut Vec<Reading> {
+        &mut self.accepted
+    }
+
+    fn accept_last(&mut self, index: u32) {
+        let Some(last) = self.accepted.last() else {
+            return;
+        };
+        if let Err(problem) = validate::validate(last, self.ds, self.now) {
+            let partial = self.accepted.pop();
+            self.reject(index, problem, partial);
+        }
+    }
+
+    fn reject(&mut self, index: u32, problem: Reject, partial: Option<Reading>) {
+        self.rejected.push(Rejected {
+            index,
+            reason: problem.reason,
+            message: problem.message,
+            sensor_id: partial
+                .map(|r| r.sensor_id.to_string())
+                .filter(|s| !s.is_empty()),
+        });
+    }
 }

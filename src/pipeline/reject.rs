@@ -112,6 +112,9 @@ pub struct Rejected {
     pub index: u32,
     pub reason: Reason,
     pub message: String,
+    /// The sensor id, when the reading got far enough to have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor_id: Option<String>,
 }
 
 /// A reject as a provider sees it later: when, which key sent it, which sensor.

@@ -16,169 +16,199 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Builder, DecodeCtx, DecodeError, ENV_FIELDS, ENV_LAT, ENV_LON, Scalar, truncate};
-use crate::model::{Dataset, Reading};
+use super::{Builder, Collect, DecodeCtx, DecodeError, ENV_FIELDS, ENV_LAT, ENV_LON, Scalar};
+use crate::model::Dataset;
 use crate::pipeline::reject::{Reason, Reject};
 
-type Outcome = Result<Reading, Reject>;
-
-pub(super) fn decode_json<F>(
+pub(super) fn decode_json<C: Collect>(
     body: &[u8],
     ds: &Dataset,
     ctx: &DecodeCtx,
-    out: &mut F,
-) -> Result<(), DecodeError>
-where
-    F: FnMut(u32, Outcome),
-{
+    out: &mut C,
+) -> Result<(), DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    de.deserialize_any(TopVisitor { ds, ctx, out })
-        .and_then(|()| de.end())
-        .map_err(|e| DecodeError(format!("invalid JSON: {e}")))
+    let single = de
+        .deserialize_any(TopVisitor { ds, ctx, out })
+        .and_then(|single| de.end().map(|()| single))
+        .map_err(|e| DecodeError(format!("invalid JSON: {e}")))?;
+    if let Some(reading) = single {
+        reading.finish(0);
+    }
+    Ok(())
 }
 
-pub(super) fn decode_ndjson<F>(
+pub(super) fn decode_ndjson<C: Collect>(
     body: &[u8],
     ds: &Dataset,
     ctx: &DecodeCtx,
-    out: &mut F,
-) -> Result<(), DecodeError>
-where
-    F: FnMut(u32, Outcome),
-{
+    out: &mut C,
+) -> Result<(), DecodeError> {
     for (index, line) in body.split(|&b| b == b'\n').enumerate() {
         let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
         let mut de = serde_json::Deserializer::from_slice(line);
-        let outcome = de
-            .deserialize_any(ReadingVisitor { ds, ctx })
-            .and_then(|outcome| de.end().map(|()| outcome))
-            .unwrap_or_else(|e| Err(Reject::new(Reason::Malformed, format!("invalid JSON: {e}"))));
-        out(u32::try_from(index).unwrap_or(u32::MAX), outcome);
+        let seed = ReadingSeed {
+            ds,
+            ctx,
+            out: &mut *out,
+            index,
+        };
+        // The reading is finished only once the whole line has parsed.
+        let problem = match de.deserialize_any(seed).and_then(|r| de.end().map(|()| r)) {
+            Ok(Some(reading)) => {
+                reading.finish(index);
+                continue;
+            }
+            Ok(None) => continue,
+            Err(e) => Reject::new(Reason::Malformed, format!("invalid JSON: {e}")),
+        };
+        out.reject(index, problem, None);
     }
     Ok(())
 }
 
-/// The top of a JSON body: one reading object, or an array of them.
-struct TopVisitor<'a, F> {
+/// The top of a JSON body: one reading object (returned unfinished, so it is only kept if
+/// nothing follows it), or an array of them (each finished as it completes).
+struct TopVisitor<'a, C: Collect> {
     ds: &'a Dataset,
     ctx: &'a DecodeCtx,
-    out: &'a mut F,
+    out: &'a mut C,
 }
 
-impl<'de, F: FnMut(u32, Outcome)> Visitor<'de> for TopVisitor<'_, F> {
-    type Value = ();
+impl<'de, 'a, C: Collect> Visitor<'de> for TopVisitor<'a, C> {
+    type Value = Option<Builder<'a, C>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a reading object or an array of reading objects")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let outcome = read_reading(map, self.ds, self.ctx)?;
-        (self.out)(0, outcome);
-        Ok(())
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        read_reading(map, self.ds, self.ctx, self.out).map(Some)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut index = 0u32;
-        let seed = ReadingVisitor {
-            ds: self.ds,
-            ctx: self.ctx,
-        };
-        while let Some(outcome) = seq.next_element_seed(seed)? {
-            (self.out)(index, outcome);
+        loop {
+            let seed = ReadingSeed {
+                ds: self.ds,
+                ctx: self.ctx,
+                out: &mut *self.out,
+                index,
+            };
+            match seq.next_element_seed(seed)? {
+                None => return Ok(None),
+                Some(Some(reading)) => {
+                    reading.finish(index);
+                }
+                Some(None) => {}
+            }
             index = index.saturating_add(1);
         }
-        Ok(())
     }
 }
 
-/// One array element or NDJSON line: a reading if it is an object.
-#[derive(Clone, Copy)]
-struct ReadingVisitor<'a> {
+/// One array element or NDJSON line: a reading under construction if it is an object;
+/// anything else is rejected as reading `index` right here (`None`).
+struct ReadingSeed<'a, C: Collect> {
     ds: &'a Dataset,
     ctx: &'a DecodeCtx,
+    out: &'a mut C,
+    index: u32,
 }
 
-impl<'de> DeserializeSeed<'de> for ReadingVisitor<'_> {
-    type Value = Outcome;
+type Element<'a, C> = Option<Builder<'a, C>>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Outcome, D::Error> {
+impl<'de, 'a, C: Collect> DeserializeSeed<'de> for ReadingSeed<'a, C> {
+    type Value = Element<'a, C>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-fn not_an_object(kind: &str) -> Outcome {
-    Err(Reject::new(
-        Reason::NotAnObject,
-        format!("a reading must be a JSON object, got {kind}"),
-    ))
+impl<C: Collect> ReadingSeed<'_, C> {
+    fn not_an_object<'x>(self, kind: &str) -> Element<'x, C> {
+        let problem = Reject::new(
+            Reason::NotAnObject,
+            format!("a reading must be a JSON object, got {kind}"),
+        );
+        self.out.reject(self.index, problem, None);
+        None
+    }
 }
 
-impl<'de> Visitor<'de> for ReadingVisitor<'_> {
-    type Value = Outcome;
+impl<'de, 'a, C: Collect> Visitor<'de> for ReadingSeed<'a, C> {
+    type Value = Element<'a, C>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a reading object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Outcome, A::Error> {
-        read_reading(map, self.ds, self.ctx)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        read_reading(map, self.ds, self.ctx, self.out).map(Some)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Outcome, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(not_an_object("an array"))
+        Ok(self.not_an_object("an array"))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Outcome, E> {
-        Ok(not_an_object("a boolean"))
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self.not_an_object("a boolean"))
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Outcome, E> {
-        Ok(not_an_object("a number"))
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self.not_an_object("a number"))
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Outcome, E> {
-        Ok(not_an_object("a number"))
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self.not_an_object("a number"))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Outcome, E> {
-        Ok(not_an_object("a number"))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self.not_an_object("a number"))
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Outcome, E> {
-        Ok(not_an_object("a string"))
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(self.not_an_object("a string"))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Outcome, E> {
-        Ok(not_an_object("null"))
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.not_an_object("null"))
     }
 }
 
-/// A key of a reading object.
+/// A key of a reading object. Unknown keys are reported to the builder by [`KeySeed`]
+/// itself, so a `Key` is small and never carries a name.
+#[derive(Clone, Copy)]
 enum Key {
+    Envelope(Target),
+    Fields,
+    Unknown,
+}
+
+/// Where a value goes in the reading.
+#[derive(Clone, Copy)]
+enum Target {
     Sensor,
     Ts,
     Lat,
     Lon,
     Seq,
-    Fields,
     Field(usize),
-    Unknown(compact_str::CompactString),
 }
 
 /// Resolves keys against the envelope names, then the schema.
-#[derive(Clone, Copy)]
-struct KeySeed<'a> {
-    ds: &'a Dataset,
+struct KeySeed<'b, 'a, C: Collect> {
+    b: &'b mut Builder<'a, C>,
     /// Inside `fields`: only schema names count.
     fields_only: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+impl<'de, C: Collect> DeserializeSeed<'de> for KeySeed<'_, '_, C> {
     type Value = Key;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
@@ -186,7 +216,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     }
 }
 
-impl Visitor<'_> for KeySeed<'_> {
+impl<C: Collect> Visitor<'_> for KeySeed<'_, '_, C> {
     type Value = Key;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -195,57 +225,51 @@ impl Visitor<'_> for KeySeed<'_> {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
         if !self.fields_only {
-            match key {
-                "sensor_id" | "sensor" => return Ok(Key::Sensor),
-                "ts" | "time" | "timestamp" => return Ok(Key::Ts),
-                "lat" => return Ok(Key::Lat),
-                "lon" => return Ok(Key::Lon),
-                "seq" => return Ok(Key::Seq),
+            let target = match key {
+                "sensor_id" | "sensor" => Some(Target::Sensor),
+                "ts" | "time" | "timestamp" => Some(Target::Ts),
+                "lat" => Some(Target::Lat),
+                "lon" => Some(Target::Lon),
+                "seq" => Some(Target::Seq),
                 "fields" => return Ok(Key::Fields),
-                _ => {}
+                _ => None,
+            };
+            if let Some(target) = target {
+                return Ok(Key::Envelope(target));
             }
         }
-        Ok(match self.ds.field_index(key) {
-            Some(i) => Key::Field(i),
-            None => Key::Unknown(truncate(key, 64).into()),
+        Ok(match self.b.dataset().field_index(key) {
+            Some(i) => Key::Envelope(Target::Field(i)),
+            None => {
+                self.b.unknown_field(key);
+                Key::Unknown
+            }
         })
     }
 }
 
-fn read_reading<'de, A: MapAccess<'de>>(
-    mut map: A,
-    ds: &Dataset,
-    ctx: &DecodeCtx,
-) -> Result<Outcome, A::Error> {
-    let mut b = Builder::new(ds, ctx);
-    let keys = KeySeed {
-        ds,
-        fields_only: false,
-    };
-    while let Some(key) = map.next_key_seed(keys)? {
-        match key {
-            Key::Sensor => b.set_sensor(map.next_value()?),
-            Key::Ts => b.set_ts(map.next_value()?),
-            Key::Lat => b.set_location(ENV_LAT, "lat", map.next_value()?),
-            Key::Lon => b.set_location(ENV_LON, "lon", map.next_value()?),
-            Key::Seq => b.set_seq(map.next_value()?),
-            Key::Fields => map.next_value_seed(FieldsSeed { b: &mut b })?,
-            Key::Field(i) => b.set_field(i, map.next_value()?),
-            Key::Unknown(name) => {
-                map.next_value::<IgnoredAny>()?;
-                b.unknown_field(&name);
-            }
+/// A value, delivered straight to its place in the reading: strings are read borrowed
+/// (a timestamp is parsed where it lies), numbers never go through memory.
+struct ValueSeed<'b, 'a, C: Collect> {
+    b: &'b mut Builder<'a, C>,
+    target: Target,
+}
+
+impl<C: Collect> ValueSeed<'_, '_, C> {
+    #[inline]
+    fn apply(self, value: Scalar) {
+        match self.target {
+            Target::Sensor => self.b.set_sensor(value),
+            Target::Ts => self.b.set_ts(value),
+            Target::Lat => self.b.set_location(ENV_LAT, "lat", value),
+            Target::Lon => self.b.set_location(ENV_LON, "lon", value),
+            Target::Seq => self.b.set_seq(value),
+            Target::Field(i) => self.b.set_field(i, value),
         }
     }
-    Ok(b.finish())
 }
 
-/// The `fields` object of a reading.
-struct FieldsSeed<'b, 'a> {
-    b: &'b mut Builder<'a>,
-}
-
-impl<'de> DeserializeSeed<'de> for FieldsSeed<'_, '_> {
+impl<'de, C: Collect> DeserializeSeed<'de> for ValueSeed<'_, '_, C> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -253,7 +277,107 @@ impl<'de> DeserializeSeed<'de> for FieldsSeed<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for FieldsSeed<'_, '_> {
+impl<'de, C: Collect> Visitor<'de> for ValueSeed<'_, '_, C> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.apply(Scalar::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.apply(Scalar::Int(v));
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.apply(Scalar::UInt(v));
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.apply(Scalar::Float(v));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        match self.target {
+            Target::Sensor => self.b.set_sensor_str(v),
+            Target::Ts => self.b.set_ts_str(v),
+            _ => self.apply(Scalar::Str(v.into())),
+        }
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.apply(Scalar::Null);
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.apply(Scalar::Null);
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.apply(Scalar::Composite("an object"));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.apply(Scalar::Composite("an array"));
+        Ok(())
+    }
+}
+
+/// Reads a reading object into a new builder, left unfinished for the caller.
+fn read_reading<'de, 'a, A: MapAccess<'de>, C: Collect>(
+    mut map: A,
+    ds: &'a Dataset,
+    ctx: &'a DecodeCtx,
+    out: &'a mut C,
+) -> Result<Builder<'a, C>, A::Error> {
+    let mut b = Builder::new(ds, ctx, out);
+    loop {
+        let keys = KeySeed {
+            b: &mut b,
+            fields_only: false,
+        };
+        match map.next_key_seed(keys)? {
+            None => return Ok(b),
+            Some(Key::Envelope(target)) => map.next_value_seed(ValueSeed { b: &mut b, target })?,
+            Some(Key::Fields) => map.next_value_seed(FieldsSeed { b: &mut b })?,
+            Some(Key::Unknown) => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+}
+
+/// The `fields` object of a reading.
+struct FieldsSeed<'b, 'a, C: Collect> {
+    b: &'b mut Builder<'a, C>,
+}
+
+impl<'de, C: Collect> DeserializeSeed<'de> for FieldsSeed<'_, '_, C> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, C: Collect> Visitor<'de> for FieldsSeed<'_, '_, C> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -265,21 +389,22 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, '_> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             return Ok(());
         }
-        let keys = KeySeed {
-            ds: self.b.dataset(),
-            fields_only: true,
-        };
-        while let Some(key) = map.next_key_seed(keys)? {
-            match key {
-                Key::Field(i) => self.b.set_field(i, map.next_value()?),
-                Key::Unknown(name) => {
+        loop {
+            let keys = KeySeed {
+                b: &mut *self.b,
+                fields_only: true,
+            };
+            match map.next_key_seed(keys)? {
+                None => return Ok(()),
+                Some(Key::Envelope(target)) => map.next_value_seed(ValueSeed {
+                    b: &mut *self.b,
+                    target,
+                })?,
+                Some(_) => {
                     map.next_value::<IgnoredAny>()?;
-                    self.b.unknown_field(&name);
                 }
-                _ => unreachable!("fields_only keys are fields or unknown"),
             }
         }
-        Ok(())
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
@@ -318,7 +443,7 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, '_> {
     }
 }
 
-impl FieldsSeed<'_, '_> {
+impl<C: Collect> FieldsSeed<'_, '_, C> {
     fn fields_not_object(self, kind: &str) {
         self.b.fail(Reason::WrongType, || {
             format!("`fields` must be an object, got {kind}")

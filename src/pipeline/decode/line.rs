@@ -13,30 +13,30 @@ use std::borrow::Cow;
 
 use compact_str::CompactString;
 
-use super::{Builder, DecodeCtx, DecodeError, ENV_LAT, ENV_LON, Scalar, truncate};
-use crate::model::{Dataset, Reading};
+use super::{Builder, Collect, DecodeCtx, DecodeError, ENV_LAT, ENV_LON, Scalar, truncate};
+use crate::model::Dataset;
 use crate::pipeline::reject::{Reason, Reject};
 
-pub(super) fn decode_line_protocol<F>(
+pub(super) fn decode_line_protocol<C: Collect>(
     body: &[u8],
     ds: &Dataset,
     ctx: &DecodeCtx,
-    out: &mut F,
-) -> Result<(), DecodeError>
-where
-    F: FnMut(u32, Result<Reading, Reject>),
-{
+    out: &mut C,
+) -> Result<(), DecodeError> {
     for (index, line) in body.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() || trimmed[0] == b'#' {
             continue;
         }
-        let outcome = match std::str::from_utf8(line) {
-            Ok(text) => decode_line(text.trim_start(), ds, ctx),
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let decoded = match std::str::from_utf8(line) {
+            Ok(text) => decode_line(text.trim_start(), ds, ctx, &mut *out, index),
             Err(_) => Err(Reject::new(Reason::Malformed, "line is not valid UTF-8")),
         };
-        out(u32::try_from(index).unwrap_or(u32::MAX), outcome);
+        if let Err(problem) = decoded {
+            out.reject(index, problem, None);
+        }
     }
     Ok(())
 }
@@ -105,9 +105,17 @@ fn unescape_string(raw: &str) -> CompactString {
     out
 }
 
-fn decode_line(line: &str, ds: &Dataset, ctx: &DecodeCtx) -> Result<Reading, Reject> {
+/// Decodes one line into `out` as reading `index`; `Err` for a line that does not parse
+/// (its half-built reading is removed when the builder drops).
+fn decode_line<C: Collect>(
+    line: &str,
+    ds: &Dataset,
+    ctx: &DecodeCtx,
+    out: &mut C,
+    index: u32,
+) -> Result<(), Reject> {
     let b = line.as_bytes();
-    let mut b_ = Builder::new(ds, ctx);
+    let mut b_ = Builder::new(ds, ctx, out);
 
     // Measurement.
     let mut i = token_end(b, 0, b", ");
@@ -181,7 +189,8 @@ fn decode_line(line: &str, ds: &Dataset, ctx: &DecodeCtx) -> Result<Reading, Rej
             }),
         }
     }
-    b_.finish()
+    b_.finish(index);
+    Ok(())
 }
 
 /// Parses the field value starting at `start`; returns it and the index after it.

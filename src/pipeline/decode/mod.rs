@@ -61,19 +61,29 @@ pub struct DecodeCtx {
 #[error("{0}")]
 pub struct DecodeError(pub String);
 
-/// Decodes `body` as `format`, calling `out(index, reading_or_reject)` for each reading in
-/// body order. `index` is the reading's 0-based position: array element, NDJSON or
-/// line-protocol line, or first SenML record of the reading.
-pub fn decode<F>(
+/// Where decoders put what they read. The reading under construction is always the last
+/// of [`Collect::readings`], built in place: a reading is never moved while it is decoded.
+pub trait Collect {
+    /// The vector readings are built in.
+    fn readings(&mut self) -> &mut Vec<Reading>;
+    /// The last reading is complete and decoded cleanly. `index` is its position in the body.
+    fn accept_last(&mut self, index: u32);
+    /// Reading `index` could not be decoded. `partial` is what was read of it, if anything
+    /// (it has already been removed from `readings()`).
+    fn reject(&mut self, index: u32, problem: Reject, partial: Option<Reading>);
+}
+
+/// Decodes `body` as `format` into `out`, reading by reading in body order. `index` is the
+/// reading's 0-based position: array element, NDJSON or line-protocol line, or first SenML
+/// record of the reading. On `Err` the body as a whole is unreadable and whatever `out` holds
+/// must be discarded.
+pub fn decode<C: Collect>(
     format: Format,
     body: &[u8],
     ds: &Dataset,
     ctx: &DecodeCtx,
-    out: &mut F,
-) -> Result<(), DecodeError>
-where
-    F: FnMut(u32, Result<Reading, Reject>),
-{
+    out: &mut C,
+) -> Result<(), DecodeError> {
     match format {
         Format::Json => json::decode_json(body, ds, ctx, out),
         Format::Ndjson => json::decode_ndjson(body, ds, ctx, out),
@@ -132,11 +142,14 @@ impl Scalar {
 /// Largest integer a float carries exactly.
 const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
 
-/// Builds one reading field by field, keeping the first problem. Every decoder drives one.
-pub(crate) struct Builder<'a> {
+/// Builds one reading in place, field by field, keeping the first problem. Every decoder
+/// drives one. Dropped without [`Builder::finish`] (a syntax error mid-reading), it removes
+/// its half-built reading.
+pub(crate) struct Builder<'a, C: Collect> {
     ds: &'a Dataset,
     ctx: &'a DecodeCtx,
-    reading: Reading,
+    /// Always `Some` until [`Builder::finish`] hands it back.
+    out: Option<&'a mut C>,
     /// Schema fields already set (duplicate detection); schemas have at most 64 fields.
     seen_fields: u64,
     /// Envelope parts already set: sensor, ts, lat, lon, seq, fields object.
@@ -151,16 +164,35 @@ pub(crate) const ENV_LON: u8 = 8;
 pub(crate) const ENV_SEQ: u8 = 16;
 pub(crate) const ENV_FIELDS: u8 = 32;
 
-impl<'a> Builder<'a> {
-    pub(crate) fn new(ds: &'a Dataset, ctx: &'a DecodeCtx) -> Builder<'a> {
+impl<C: Collect> Drop for Builder<'_, C> {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            out.readings().pop();
+        }
+    }
+}
+
+impl<'a, C: Collect> Builder<'a, C> {
+    pub(crate) fn new(ds: &'a Dataset, ctx: &'a DecodeCtx, out: &'a mut C) -> Builder<'a, C> {
+        out.readings()
+            .push(Reading::empty(ds.fields.len(), ctx.received_at));
         Builder {
             ds,
             ctx,
-            reading: Reading::empty(ds.fields.len(), ctx.received_at),
+            out: Some(out),
             seen_fields: 0,
             seen_envelope: 0,
             problem: None,
         }
+    }
+
+    /// The reading under construction.
+    #[inline]
+    fn reading(&mut self) -> &mut Reading {
+        self.out
+            .as_mut()
+            .and_then(|out| out.readings().last_mut())
+            .expect("Builder::new pushed the reading")
     }
 
     /// Records a problem; only the first one of a reading is reported.
@@ -171,6 +203,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Marks envelope part `bit` as seen; `false` (and a problem) if it was seen before.
+    #[inline]
     pub(crate) fn envelope_once(&mut self, bit: u8, name: &str) -> bool {
         if self.seen_envelope & bit != 0 {
             self.fail(Reason::DuplicateField, || format!("`{name}` appears twice"));
@@ -180,6 +213,7 @@ impl<'a> Builder<'a> {
         true
     }
 
+    #[inline]
     pub(crate) fn set_sensor_str(&mut self, id: &str) {
         if !self.envelope_once(ENV_SENSOR, "sensor_id") {
             return;
@@ -194,9 +228,10 @@ impl<'a> Builder<'a> {
             });
             return;
         }
-        self.reading.sensor_id = CompactString::new(id);
+        self.reading().sensor_id = CompactString::new(id);
     }
 
+    #[inline]
     pub(crate) fn set_sensor(&mut self, value: Scalar) {
         match value {
             Scalar::Str(s) => {
@@ -209,7 +244,7 @@ impl<'a> Builder<'a> {
                             )
                         });
                     } else {
-                        self.reading.sensor_id = s;
+                        self.reading().sensor_id = s;
                     }
                 }
             }
@@ -224,10 +259,23 @@ impl<'a> Builder<'a> {
     }
 
     /// Sets the device timestamp in µs.
+    #[inline]
     pub(crate) fn set_ts_micros(&mut self, ts: Micros) {
         if self.envelope_once(ENV_TS, "ts") {
-            self.reading.ts = ts;
-            self.reading.ts_missing = false;
+            let reading = self.reading();
+            reading.ts = ts;
+            reading.ts_missing = false;
+        }
+    }
+
+    /// Sets the device timestamp from an RFC 3339 string.
+    #[inline]
+    pub(crate) fn set_ts_str(&mut self, text: &str) {
+        match parse_rfc3339(text) {
+            Some(ts) => self.set_ts_micros(ts),
+            None => self.fail(Reason::InvalidTimestamp, || {
+                format!("`{}` is not an RFC 3339 timestamp", truncate(text, 64))
+            }),
         }
     }
 
@@ -256,6 +304,7 @@ impl<'a> Builder<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn set_location(&mut self, bit: u8, name: &'static str, value: Scalar) {
         if !self.envelope_once(bit, name) {
             return;
@@ -272,12 +321,13 @@ impl<'a> Builder<'a> {
             },
         };
         if bit == ENV_LAT {
-            self.reading.lat = Some(v);
+            self.reading().lat = Some(v);
         } else {
-            self.reading.lon = Some(v);
+            self.reading().lon = Some(v);
         }
     }
 
+    #[inline]
     pub(crate) fn set_seq(&mut self, value: Scalar) {
         if !self.envelope_once(ENV_SEQ, "seq") {
             return;
@@ -298,10 +348,11 @@ impl<'a> Builder<'a> {
                 });
             }
         };
-        self.reading.seq = Some(seq);
+        self.reading().seq = Some(seq);
     }
 
     /// Sets schema field `index`, converting the wire value to the field's type.
+    #[inline]
     pub(crate) fn set_field(&mut self, index: usize, value: Scalar) {
         let spec = &self.ds.fields[index];
         let bit = 1u64 << index;
@@ -337,7 +388,7 @@ impl<'a> Builder<'a> {
                 });
             }
         };
-        self.reading.values[index] = Some(typed);
+        self.reading().values[index] = Some(typed);
     }
 
     /// A key that is neither envelope nor schema field.
@@ -353,11 +404,18 @@ impl<'a> Builder<'a> {
         self.ds
     }
 
-    pub(crate) fn finish(self) -> Result<Reading, Reject> {
-        match self.problem {
-            Some(problem) => Err(problem),
-            None => Ok(self.reading),
+    /// Hands the reading (or its problem) to the collector as reading `index`, and the
+    /// collector back to the caller for the next reading.
+    pub(crate) fn finish(mut self, index: u32) -> &'a mut C {
+        let out = self.out.take().expect("finish is called once");
+        match self.problem.take() {
+            None => out.accept_last(index),
+            Some(problem) => {
+                let partial = out.readings().pop();
+                out.reject(index, problem, partial);
+            }
         }
+        out
     }
 }
 

@@ -17,39 +17,35 @@ use std::fmt;
 use compact_str::CompactString;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Builder, DecodeCtx, DecodeError, Scalar, truncate};
-use crate::model::{Dataset, Micros, Reading};
+use super::{Builder, Collect, DecodeCtx, DecodeError, Scalar, truncate};
+use crate::model::{Dataset, Micros};
 use crate::pipeline::reject::{Reason, Reject};
 
 /// Times below this are relative to now (RFC 8428 §4.5.3).
 const RELATIVE_TIME_LIMIT: f64 = (1u64 << 28) as f64;
 
-pub(super) fn decode_senml<F>(
+pub(super) fn decode_senml<C: Collect>(
     body: &[u8],
     ds: &Dataset,
     ctx: &DecodeCtx,
-    out: &mut F,
-) -> Result<(), DecodeError>
-where
-    F: FnMut(u32, Result<Reading, Reject>),
-{
+    out: &mut C,
+) -> Result<(), DecodeError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let records = de
-        .deserialize_any(PackVisitor)
-        .and_then(|records| de.end().map(|()| records))
-        .map_err(|e| DecodeError(format!("invalid SenML: {e}")))?;
-    resolve(records, ds, ctx, out);
-    Ok(())
+    de.deserialize_any(PackVisitor { ds, ctx, out })
+        .and_then(|()| de.end())
+        .map_err(|e| DecodeError(format!("invalid SenML: {e}")))
 }
 
-/// One SenML record as written, before base values are applied.
+/// One SenML record as written, before base values are applied. One `Record` is reused for
+/// every record of a pack, filled in place.
 #[derive(Default, Debug)]
 struct Record {
     bn: Option<CompactString>,
     bt: Option<f64>,
     bu: Option<CompactString>,
     bv: Option<f64>,
-    n: Option<CompactString>,
+    /// `n`, already looked up in the schema.
+    n: Option<Name>,
     u: Option<CompactString>,
     v: Option<Scalar>,
     vs: Option<CompactString>,
@@ -60,7 +56,20 @@ struct Record {
     problem: Option<Reject>,
 }
 
+/// A record name resolved against the schema.
+#[derive(Debug)]
+enum Name {
+    Field(usize),
+    Unknown(CompactString),
+    /// `n` held something other than a string.
+    NotText(String),
+}
+
 impl Record {
+    fn clear(&mut self) {
+        *self = Record::default();
+    }
+
     fn fail(&mut self, reason: Reason, message: String) {
         if self.problem.is_none() {
             self.problem = Some(Reject::new(reason, message));
@@ -68,115 +77,126 @@ impl Record {
     }
 }
 
-/// The reading being assembled from consecutive records.
-struct Group<'a> {
+/// The base values in force at a record (RFC 8428 §4.1: they apply to every later record
+/// until changed).
+#[derive(Default)]
+struct Base {
+    /// The sensor id: the base name without its trailing separator.
+    sensor: Option<CompactString>,
+    time: Option<f64>,
+    unit: Option<CompactString>,
+    value: Option<f64>,
+}
+
+impl Base {
+    /// Takes the base fields of `rec` into force.
+    fn update(&mut self, rec: &mut Record) {
+        if let Some(bn) = rec.bn.take() {
+            self.sensor = Some(CompactString::new(
+                bn.strip_suffix([':', '/']).unwrap_or(&bn),
+            ));
+        }
+        if rec.bt.is_some() {
+            self.time = rec.bt;
+        }
+        if let Some(bu) = rec.bu.take() {
+            self.unit = Some(bu);
+        }
+        if rec.bv.is_some() {
+            self.value = rec.bv;
+        }
+    }
+
+    /// The record's time in µs: `None` when neither `bt` nor `t` was ever given.
+    fn time_of(&self, rec: &mut Record, ctx: &DecodeCtx) -> Option<Micros> {
+        if self.time.is_none() && rec.t.is_none() {
+            return None;
+        }
+        let total = self.time.unwrap_or(0.0) + rec.t.unwrap_or(0.0);
+        let micros = if total < RELATIVE_TIME_LIMIT {
+            ctx.received_at as f64 + total * 1e6
+        } else {
+            total * 1e6
+        };
+        if micros.is_finite() && micros.abs() < 9.2e18 {
+            Some(micros.round() as i64)
+        } else {
+            rec.fail(
+                Reason::InvalidTimestamp,
+                format!("time {total} is out of range"),
+            );
+            None
+        }
+    }
+}
+
+/// The reading being assembled from consecutive records of one sensor and time.
+struct Group<'a, C: Collect> {
     first_record: u32,
     sensor: Option<CompactString>,
     ts: Option<Micros>,
-    builder: Builder<'a>,
+    builder: Builder<'a, C>,
 }
 
-fn resolve<'a, F>(records: Vec<Record>, ds: &'a Dataset, ctx: &'a DecodeCtx, out: &mut F)
-where
-    F: FnMut(u32, Result<Reading, Reject>),
-{
-    let mut base_name: Option<CompactString> = None;
-    let mut base_time: Option<f64> = None;
-    let mut base_unit: Option<CompactString> = None;
-    let mut base_value: Option<f64> = None;
-    let mut group: Option<Group<'a>> = None;
+impl<'a, C: Collect> Group<'a, C> {
+    fn start(
+        ds: &'a Dataset,
+        ctx: &'a DecodeCtx,
+        out: &'a mut C,
+        first_record: u32,
+        sensor: Option<CompactString>,
+        ts: Option<Micros>,
+    ) -> Group<'a, C> {
+        let mut builder = Builder::new(ds, ctx, out);
+        if let Some(id) = &sensor {
+            builder.set_sensor_str(id);
+        }
+        if let Some(ts) = ts {
+            builder.set_ts_micros(ts);
+        }
+        Group {
+            first_record,
+            sensor,
+            ts,
+            builder,
+        }
+    }
 
-    for (index, mut rec) in records.into_iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        if let Some(bn) = rec.bn.take() {
-            base_name = Some(bn);
-        }
-        if rec.bt.is_some() {
-            base_time = rec.bt;
-        }
-        if let Some(bu) = rec.bu.take() {
-            base_unit = Some(bu);
-        }
-        if rec.bv.is_some() {
-            base_value = rec.bv;
-        }
-
-        let sensor = base_name
-            .as_deref()
-            .map(|n| CompactString::new(n.strip_suffix([':', '/']).unwrap_or(n)));
-        let ts = match (base_time, rec.t) {
-            (None, None) => None,
-            (bt, t) => {
-                let total = bt.unwrap_or(0.0) + t.unwrap_or(0.0);
-                let micros = if total < RELATIVE_TIME_LIMIT {
-                    ctx.received_at as f64 + total * 1e6
-                } else {
-                    total * 1e6
-                };
-                if micros.is_finite() && micros.abs() < 9.2e18 {
-                    Some(micros.round() as i64)
-                } else {
-                    rec.fail(
-                        Reason::InvalidTimestamp,
-                        format!("time {total} is out of range"),
-                    );
-                    None
-                }
-            }
-        };
-
-        let same = group
-            .as_ref()
-            .is_some_and(|g| g.sensor == sensor && g.ts == ts);
-        if !same {
-            if let Some(done) = group.take() {
-                out(done.first_record, done.builder.finish());
-            }
-            let mut builder = Builder::new(ds, ctx);
-            if let Some(id) = &sensor {
-                builder.set_sensor_str(id);
-            }
-            if let Some(ts) = ts {
-                builder.set_ts_micros(ts);
-            }
-            group = Some(Group {
-                first_record: index,
-                sensor,
-                ts,
-                builder,
-            });
-        }
-        let Some(g) = group.as_mut() else { continue };
-        apply_record(&mut g.builder, rec, base_unit.as_deref(), base_value, ds);
-        if g.sensor.is_none() {
-            // After the record, so a record's own problem (not an object, say) comes first.
-            g.builder.fail(Reason::MissingSensorId, || {
+    /// Finishes the reading and hands the collector back for the next one.
+    fn close(mut self) -> &'a mut C {
+        if self.sensor.is_none() {
+            // After the records, so a record's own problem (not an object, say) comes first.
+            self.builder.fail(Reason::MissingSensorId, || {
                 "no base name `bn`: the base name is the sensor id".into()
             });
         }
-    }
-    if let Some(done) = group {
-        out(done.first_record, done.builder.finish());
+        self.builder.finish(self.first_record)
     }
 }
 
-fn apply_record(
-    b: &mut Builder<'_>,
-    rec: Record,
+/// Adds one record's field to the reading, with the base unit and value in force.
+fn apply_record<C: Collect>(
+    b: &mut Builder<'_, C>,
+    rec: &mut Record,
     base_unit: Option<&str>,
     base_value: Option<f64>,
     ds: &Dataset,
 ) {
-    if let Some(problem) = rec.problem {
+    if let Some(problem) = rec.problem.take() {
         return b.fail(problem.reason, || problem.message);
     }
-    let Some(name) = rec.n.filter(|n| !n.is_empty()) else {
-        return b.fail(Reason::Malformed, || "record has no name `n`".into());
-    };
-    let Some(index) = ds.field_index(&name) else {
-        return b.unknown_field(&name);
+    let index = match rec.n.take() {
+        Some(Name::Field(index)) => index,
+        Some(Name::Unknown(name)) if !name.is_empty() => return b.unknown_field(&name),
+        Some(Name::NotText(got)) => {
+            return b.fail(Reason::WrongType, || {
+                format!("SenML `n` must be a string, got {got}")
+            });
+        }
+        _ => return b.fail(Reason::Malformed, || "record has no name `n`".into()),
     };
     let spec = &ds.fields[index];
+    let name = &spec.name;
     if let (Some(expected), Some(unit)) = (spec.unit.as_deref(), rec.u.as_deref().or(base_unit))
         && expected != unit
     {
@@ -193,12 +213,12 @@ fn apply_record(
             format!("record `{name}` has more than one value")
         });
     }
-    let value = if let Some(v) = rec.v {
+    let value = if let Some(v) = rec.v.take() {
         match (base_value, v) {
             (None, v) => v,
             (Some(bv), v) => Scalar::Float(bv + v.as_f64().unwrap_or(f64::NAN)),
         }
-    } else if let Some(vs) = rec.vs {
+    } else if let Some(vs) = rec.vs.take() {
         Scalar::Str(vs)
     } else if let Some(vb) = rec.vb {
         Scalar::Bool(vb)
@@ -217,66 +237,100 @@ fn apply_record(
     b.set_field(index, value);
 }
 
-/// The SenML pack: an array of records.
-struct PackVisitor;
+/// The SenML pack: an array of records, resolved and grouped into readings as they stream
+/// by (no intermediate list of records).
+struct PackVisitor<'a, C: Collect> {
+    ds: &'a Dataset,
+    ctx: &'a DecodeCtx,
+    out: &'a mut C,
+}
 
-impl<'de> Visitor<'de> for PackVisitor {
-    type Value = Vec<Record>;
+impl<'de, 'a, C: Collect> Visitor<'de> for PackVisitor<'a, C> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a SenML pack (a JSON array of records)")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Record>, A::Error> {
-        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(16).min(4096));
-        while let Some(record) = seq.next_element_seed(RecordSeed)? {
-            records.push(record);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let PackVisitor { ds, ctx, out } = self;
+        let mut base = Base::default();
+        // The collector is owned by the open group's builder, or idle here between groups.
+        let mut idle: Option<&'a mut C> = Some(out);
+        let mut group: Option<Group<'a, C>> = None;
+        let mut index = 0u32;
+        let mut rec = Record::default();
+        while seq
+            .next_element_seed(RecordSeed { rec: &mut rec, ds })?
+            .is_some()
+        {
+            base.update(&mut rec);
+            let ts = base.time_of(&mut rec, ctx);
+            let same = group
+                .as_ref()
+                .is_some_and(|g| g.sensor == base.sensor && g.ts == ts);
+            if !same {
+                let out = match group.take() {
+                    Some(done) => done.close(),
+                    None => idle.take().expect("the collector is idle without a group"),
+                };
+                group = Some(Group::start(ds, ctx, out, index, base.sensor.clone(), ts));
+            }
+            if let Some(g) = group.as_mut() {
+                apply_record(
+                    &mut g.builder,
+                    &mut rec,
+                    base.unit.as_deref(),
+                    base.value,
+                    ds,
+                );
+            }
+            rec.clear();
+            index = index.saturating_add(1);
         }
-        Ok(records)
+        if let Some(done) = group {
+            done.close();
+        }
+        Ok(())
     }
 }
 
-struct RecordSeed;
+/// Parses one record into `rec` (cleared by the caller).
+struct RecordSeed<'r> {
+    rec: &'r mut Record,
+    ds: &'r Dataset,
+}
 
-impl<'de> DeserializeSeed<'de> for RecordSeed {
-    type Value = Record;
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
-        d.deserialize_any(RecordVisitor)
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct RecordVisitor;
-
-fn not_a_record(kind: &str) -> Record {
-    let mut rec = Record::default();
-    rec.fail(
-        Reason::NotAnObject,
-        format!("a SenML record must be a JSON object, got {kind}"),
-    );
-    rec
+impl RecordSeed<'_> {
+    fn not_a_record(self, kind: &str) {
+        self.rec.fail(
+            Reason::NotAnObject,
+            format!("a SenML record must be a JSON object, got {kind}"),
+        );
+    }
 }
 
-impl<'de> Visitor<'de> for RecordVisitor {
-    type Value = Record;
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a SenML record")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
-        let mut rec = Record::default();
-        while let Some(label) = map.next_key_seed(LabelSeed)? {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let rec = self.rec;
+        while let Some(label) = map.next_key_seed(LabelSeed { rec: &mut *rec })? {
             match label {
                 Label::Other => {
                     map.next_value::<IgnoredAny>()?;
-                }
-                Label::MustUnderstand(name) => {
-                    map.next_value::<IgnoredAny>()?;
-                    rec.fail(
-                        Reason::Unsupported,
-                        format!("must-understand label `{name}` is not supported"),
-                    );
                 }
                 Label::Vd => {
                     map.next_value::<IgnoredAny>()?;
@@ -286,42 +340,114 @@ impl<'de> Visitor<'de> for RecordVisitor {
                     map.next_value::<IgnoredAny>()?;
                     rec.s = true;
                 }
+                Label::N => {
+                    let name = map.next_value_seed(NameSeed { ds: self.ds })?;
+                    if rec.n.is_some() {
+                        rec.fail(Reason::DuplicateField, "`n` appears twice".into());
+                    }
+                    rec.n = Some(name);
+                }
                 label => {
                     let value: Scalar = map.next_value()?;
-                    store(&mut rec, label, value);
+                    store(rec, label, value);
                 }
             }
         }
-        Ok(rec)
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Record, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(not_a_record("an array"))
+        self.not_a_record("an array");
+        Ok(())
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Record, E> {
-        Ok(not_a_record("a boolean"))
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.not_a_record("a boolean");
+        Ok(())
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Record, E> {
-        Ok(not_a_record("a number"))
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.not_a_record("a number");
+        Ok(())
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Record, E> {
-        Ok(not_a_record("a number"))
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.not_a_record("a number");
+        Ok(())
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Record, E> {
-        Ok(not_a_record("a number"))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.not_a_record("a number");
+        Ok(())
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Record, E> {
-        Ok(not_a_record("a string"))
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.not_a_record("a string");
+        Ok(())
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Record, E> {
-        Ok(not_a_record("null"))
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.not_a_record("null");
+        Ok(())
+    }
+}
+
+/// The value of `n`, looked up in the schema as it is read (no copy of known names).
+struct NameSeed<'r> {
+    ds: &'r Dataset,
+}
+
+impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
+    type Value = Name;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed<'_> {
+    type Value = Name;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a record name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Name, E> {
+        Ok(match self.ds.field_index(v) {
+            Some(index) => Name::Field(index),
+            None => Name::Unknown(truncate(v, 64).into()),
+        })
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Name, E> {
+        Ok(Name::NotText(v.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Name, E> {
+        Ok(Name::NotText(v.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Name, E> {
+        Ok(Name::NotText(v.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Name, E> {
+        Ok(Name::NotText(v.to_string()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Name, E> {
+        Ok(Name::NotText("null".into()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Name, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Name::NotText("an object".into()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Name, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Name::NotText("an array".into()))
     }
 }
 
@@ -355,7 +481,6 @@ fn store(rec: &mut Record, label: Label, value: Scalar) {
     match label {
         Label::Bn => text(rec, |r| &mut r.bn, "bn", value),
         Label::Bu => text(rec, |r| &mut r.bu, "bu", value),
-        Label::N => text(rec, |r| &mut r.n, "n", value),
         Label::U => text(rec, |r| &mut r.u, "u", value),
         Label::Vs => text(rec, |r| &mut r.vs, "vs", value),
         Label::Bt => number(rec, |r| &mut r.bt, "bt", value),
@@ -374,7 +499,7 @@ fn store(rec: &mut Record, label: Label, value: Scalar) {
             Scalar::Bool(b) => rec.vb = Some(b),
             other => wrong(rec, "vb", "a boolean", &other),
         },
-        Label::Vd | Label::S | Label::Other | Label::MustUnderstand(_) => {}
+        Label::N | Label::Vd | Label::S | Label::Other => {}
     }
 }
 
@@ -391,14 +516,18 @@ enum Label {
     Vd,
     S,
     T,
-    MustUnderstand(CompactString),
-    /// Known labels we do not use (`bver`, `bs`, `ut`) and extension labels.
+    /// Known labels we do not use (`bver`, `bs`, `ut`), extension labels, and must-understand
+    /// labels (which have already failed the record).
     Other,
 }
 
-struct LabelSeed;
+/// Reads a label; a must-understand label (ending in `_`) fails the record right away, so
+/// `Label` stays one byte.
+struct LabelSeed<'r> {
+    rec: &'r mut Record,
+}
 
-impl<'de> DeserializeSeed<'de> for LabelSeed {
+impl<'de> DeserializeSeed<'de> for LabelSeed<'_> {
     type Value = Label;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Label, D::Error> {
@@ -406,7 +535,7 @@ impl<'de> DeserializeSeed<'de> for LabelSeed {
     }
 }
 
-impl Visitor<'_> for LabelSeed {
+impl Visitor<'_> for LabelSeed<'_> {
     type Value = Label;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -427,7 +556,16 @@ impl Visitor<'_> for LabelSeed {
             "vd" => Label::Vd,
             "s" => Label::S,
             "t" => Label::T,
-            other if other.ends_with('_') => Label::MustUnderstand(truncate(other, 32).into()),
+            other if other.ends_with('_') => {
+                self.rec.fail(
+                    Reason::Unsupported,
+                    format!(
+                        "must-understand label `{}` is not supported",
+                        truncate(other, 32)
+                    ),
+                );
+                Label::Other
+            }
             _ => Label::Other,
         })
     }

@@ -96,16 +96,44 @@ fn ctx(format: Format) -> DecodeCtx {
 
 type Out = Vec<(u32, Result<Reading, Reject>)>;
 
+/// Keeps every outcome in body order, accepted or not.
+#[derive(Default)]
+struct Collected {
+    building: Vec<Reading>,
+    out: Out,
+}
+
+impl Collect for Collected {
+    fn readings(&mut self) -> &mut Vec<Reading> {
+        &mut self.building
+    }
+
+    fn accept_last(&mut self, index: u32) {
+        let reading = self.building.pop().expect("a reading was built");
+        assert!(self.building.is_empty(), "one reading at a time");
+        self.out.push((index, Ok(reading)));
+    }
+
+    fn reject(&mut self, index: u32, problem: Reject, _partial: Option<Reading>) {
+        assert!(self.building.is_empty(), "the rejected reading was removed");
+        self.out.push((index, Err(problem)));
+    }
+}
+
 fn run(format: Format, ds: &Dataset, body: &str) -> Result<Out, DecodeError> {
     run_ctx(format, ds, body, ctx(format))
 }
 
 fn run_ctx(format: Format, ds: &Dataset, body: &str, ctx: DecodeCtx) -> Result<Out, DecodeError> {
-    let mut out = Vec::new();
-    decode(format, body.as_bytes(), ds, &ctx, &mut |i, r| {
-        out.push((i, r))
-    })?;
-    Ok(out)
+    let mut collected = Collected::default();
+    let result = decode(format, body.as_bytes(), ds, &ctx, &mut collected);
+    if result.is_ok() {
+        assert!(
+            collected.building.is_empty(),
+            "no half-built reading left behind"
+        );
+    }
+    result.map(|()| collected.out)
 }
 
 fn ok(out: &Out, i: usize) -> &Reading {
@@ -622,7 +650,10 @@ proptest! {
         let ds = mixed();
         let c = ctx(Format::Json);
         for format in [Format::Json, Format::Ndjson, Format::Senml, Format::LineProtocol] {
-            let _ = decode(format, &bytes, &ds, &c, &mut |_, _| {});
+            let mut collected = Collected::default();
+            if decode(format, &bytes, &ds, &c, &mut collected).is_ok() {
+                prop_assert!(collected.building.is_empty());
+            }
         }
     }
 
@@ -631,7 +662,10 @@ proptest! {
         let ds = mixed();
         let c = ctx(Format::Json);
         for format in [Format::Json, Format::Ndjson, Format::Senml, Format::LineProtocol] {
-            let _ = decode(format, text.as_bytes(), &ds, &c, &mut |_, _| {});
+            let mut collected = Collected::default();
+            if decode(format, text.as_bytes(), &ds, &c, &mut collected).is_ok() {
+                prop_assert!(collected.building.is_empty());
+            }
         }
     }
 }

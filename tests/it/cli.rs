@@ -1,0 +1,249 @@
+//! The real binary: check-config, keys, serve, and SIGTERM flushing everything.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_citygate"));
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CITYGATE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/citygate.toml")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("runs")
+}
+
+#[test]
+fn check_config_prints_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = run(bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(shipped_config()));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (4 datasets)"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[http]\nlisten = \"nowhere\"\nlisten_typo = 1\n[parquet]\nzstd_level = 99\n\
+         [[datasets]]\nid = \"x\"\ntitle = \"X\"\nprovider = \"p\"\nlicence = \"CC0-1.0\"\nfields = []\n",
+    )
+    .unwrap();
+    let out = run(bin().arg("check-config").arg("--config").arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "http.listen:",
+        "http.listen_typo: unknown key",
+        "parquet.zstd_level",
+        "at least one field",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+
+    // An environment override is checked like the file.
+    let out = run(bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(shipped_config())
+        .env("CITYGATE__HTTP__MAX_CONNECTIONS", "none"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.max_connections"));
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `citygate serve` on `data_dir` and reads its listening address from the JSON log.
+fn serve(data_dir: &Path) -> Server {
+    let mut child = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(shipped_config())
+        .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__STORAGE__DATA_DIR", data_dir)
+        .env("CITYGATE__LOG__FORMAT", "json")
+        .env("CITYGATE__PARQUET__MAX_AGE", "1h")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                && event["message"] == "citygate started"
+            {
+                let _ = tx.send(event["http"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("logs its address");
+    Server { child, addr }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn keys_cli_serve_and_sigterm_flushes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keys = |args: &[&str]| {
+        run(bin()
+            .arg("keys")
+            .args(args)
+            .arg("--config")
+            .arg(shipped_config())
+            .env("CITYGATE__STORAGE__DATA_DIR", &data))
+    };
+
+    let created = keys(&[
+        "create-device",
+        "--provider",
+        "copenhagen",
+        "--datasets",
+        "traffic-counts,weather",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stdout = String::from_utf8(created.stdout).unwrap();
+    let secret = stdout.trim_end_matches('\n');
+    assert!(
+        !secret.contains('\n'),
+        "the secret alone on stdout: {stdout:?}"
+    );
+    assert!(
+        secret.starts_with("cg_") && secret.len() >= 3 + 43,
+        "{secret}"
+    );
+
+    let refused = keys(&[
+        "create-device",
+        "--provider",
+        "copenhagen",
+        "--datasets",
+        "energy-meters",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("belongs to provider `copenhagen-energy`")
+    );
+
+    let listed = String::from_utf8(keys(&["list"]).stdout).unwrap();
+    assert!(
+        listed.contains("device") && listed.contains("traffic-counts,weather"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret[3..]), "secrets are never listed");
+
+    let server = serve(&data);
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/datasets/traffic-counts/readings", server.addr);
+    let mut sent = 0;
+    for batch in 0..10 {
+        let body: Vec<serde_json::Value> = (0..50)
+            .map(|i| json!({"sensor_id": format!("b{batch}-{i}"), "vehicle_count": i}))
+            .collect();
+        let resp = client
+            .post(&url)
+            .bearer_auth(secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        sent += 50;
+    }
+    assert!(
+        parquet_files(&data, TRAFFIC).is_empty(),
+        "still buffered (max_age 1h)"
+    );
+
+    let mut server = server;
+    terminate(&server.child);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        drop(server);
+        status
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0 after flushing");
+    assert_eq!(
+        row_count(&data, TRAFFIC),
+        sent,
+        "everything acknowledged was flushed"
+    );
+
+    let listed = String::from_utf8(keys(&["list"]).stdout).unwrap();
+    let id = listed
+        .lines()
+        .find(|l| l.contains("device"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(keys(&["revoke", &id]).status.success());
+    assert_eq!(
+        keys(&["revoke", &id]).status.code(),
+        Some(1),
+        "already revoked"
+    );
+    assert!(
+        String::from_utf8(keys(&["list"]).stdout)
+            .unwrap()
+            .contains("revoked")
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config() {
+    let out = run(bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(shipped_config())
+        .env("CITYGATE__PARQUET__ZSTD_LEVEL", "0"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("parquet.zstd_level"));
+}

@@ -1,0 +1,202 @@
+//! A gateway per test: shipped config, port 0, a temp data dir; shut down on drop.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use citygate::App;
+use citygate::config::{Config, DEFAULT_CONFIG};
+use citygate::market::KeyKind;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub const TRAFFIC: &str = "traffic-counts";
+
+pub struct Gateway {
+    app: Option<App>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+/// The shipped config, pointed at `dir`, on a free port.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::from_toml(DEFAULT_CONFIG, "default", &[]).expect("shipped config");
+    config.http.listen = "127.0.0.1:0".into();
+    config.storage.data_dir = dir.to_path_buf();
+    config
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Gateway::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let problems = config.validate();
+        assert!(problems.is_empty(), "test config invalid: {problems:?}");
+        let app = App::start(config).await.expect("gateway starts");
+        let base = format!("http://{}", app.http_addr());
+        Gateway {
+            app: Some(app),
+            dir,
+            base,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("running")
+    }
+
+    /// A device key of provider `copenhagen` for `datasets`.
+    pub async fn device_key(&self, datasets: &[&str]) -> String {
+        let datasets: Vec<String> = datasets.iter().map(|s| s.to_string()).collect();
+        self.app()
+            .store()
+            .create_key(KeyKind::Device, "copenhagen", &datasets)
+            .await
+            .unwrap()
+            .secret
+    }
+
+    pub async fn provider_key(&self, provider: &str) -> String {
+        self.app()
+            .store()
+            .create_key(KeyKind::Provider, provider, &[])
+            .await
+            .unwrap()
+            .secret
+    }
+
+    /// POSTs `body` to the JSON intake of `dataset`.
+    pub async fn post(
+        &self,
+        dataset: &str,
+        key: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/datasets/{dataset}/readings")))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json(
+        &self,
+        dataset: &str,
+        key: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.post(dataset, key, "application/json", body.to_string())
+            .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Shuts down (flushing every sink) and keeps the data dir for inspection.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let app = self.app.take().expect("running");
+        app.shutdown().await.expect("clean shutdown");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(app) = self.app.take() {
+            // Tests that do not call stop(): shut down in the background; the runtime of the
+            // test ends right after, which is fine for what they check.
+            tokio::spawn(async move {
+                let _ = app.shutdown().await;
+            });
+        }
+    }
+}
+
+/// Every Parquet file under `dir/parquet/dataset=<dataset>`.
+pub fn parquet_files(dir: &Path, dataset: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &dir.join("parquet").join(format!("dataset={dataset}")),
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+/// All rows of `dataset` under `dir`, one batch per file.
+pub fn read_rows(dir: &Path, dataset: &str) -> Vec<RecordBatch> {
+    parquet_files(dir, dataset)
+        .iter()
+        .flat_map(|path| {
+            let file = std::fs::File::open(path).unwrap();
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn row_count(dir: &Path, dataset: &str) -> usize {
+    read_rows(dir, dataset).iter().map(|b| b.num_rows()).sum()
+}
+
+/// The sensor ids of every row of `dataset`, in file order.
+pub fn sensor_ids(dir: &Path, dataset: &str) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int32Type;
+    let mut out = Vec::new();
+    for batch in read_rows(dir, dataset) {
+        let dict = batch.column(0).as_dictionary::<Int32Type>();
+        let values = dict.values().as_string::<i32>();
+        for key in dict.keys().values() {
+            out.push(values.value(*key as usize).to_string());
+        }
+    }
+    out
+}
+
+/// Now as epoch milliseconds.
+pub fn now_ms() -> i64 {
+    citygate::model::now_micros() / 1000
+}

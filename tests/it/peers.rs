@@ -1,0 +1,116 @@
+//! Real peers nobody here wrote: pyarrow and DuckDB read our Parquet; the official InfluxDB
+//! Python client writes to our `/api/v2/write`. `scripts/test.sh` installs them into a
+//! virtualenv and points `CITYGATE_TEST_PYTHON` at it.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn python() -> Command {
+    let exe = std::env::var("CITYGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    Command::new(exe)
+}
+
+fn peer_script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Runs a peer script (off the runtime: the gateway under test shares it); a missing
+/// Python module is a failure that says how to install it.
+async fn run_peer(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || python().args(&args).output().expect("python runs")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{stderr}\n(peers come from scripts/test.sh: pyarrow, duckdb, influxdb-client)"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn pyarrow_and_duckdb_read_our_files() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let ts = now_ms();
+    let resp = gw
+        .post_json(
+            TRAFFIC,
+            &key,
+            json!([
+                {"sensor_id": "tc-b", "ts": ts, "vehicle_count": 17, "mean_speed": 33.25, "lat": 55.7, "lon": 12.6, "seq": 4},
+                {"sensor_id": "tc-a", "ts": ts - 3_600_000, "vehicle_count": 5},
+                {"sensor_id": "tc-c", "vehicle_count": 0, "mean_speed": 0.5}
+            ]),
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
+    let dir = gw.stop().await;
+    let root = dir.path().join("parquet");
+    let out = run_peer(&[
+        &peer_script("read_parquet.py"),
+        root.to_str().unwrap(),
+        TRAFFIC,
+    ])
+    .await;
+    let seen: Value = serde_json::from_str(&out).unwrap();
+
+    let pa = &seen["pyarrow"];
+    assert_eq!(pa["rows"], 3);
+    assert_eq!(pa["sensor_id"], json!(["tc-a", "tc-b", "tc-c"]));
+    assert_eq!(pa["vehicle_count"], json!([5, 17, 0]));
+    assert_eq!(pa["mean_speed"], json!([null, 33.25, 0.5]));
+    assert_eq!(pa["types"]["ts"], "timestamp[us, tz=UTC]");
+    assert_eq!(pa["types"]["vehicle_count"], "int64");
+    assert_eq!(pa["types"]["mean_speed"], "double");
+    assert_eq!(
+        pa["types"]["sensor_id"],
+        "dictionary<values=string, indices=int32, ordered=0>"
+    );
+    assert_eq!(pa["metadata"]["citygate.dataset"], TRAFFIC);
+    assert_eq!(pa["metadata"]["citygate.licence"], "CC-BY-4.0");
+
+    let db = &seen["duckdb"];
+    assert_eq!(
+        db["types"],
+        json!(["VARCHAR", "TIMESTAMP WITH TIME ZONE", "BIGINT", "DOUBLE"])
+    );
+    let rows = db["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1]["sensor_id"], "tc-b");
+    assert_eq!(rows[1]["vehicle_count"], 17);
+    assert_eq!(rows[1]["ts_us"], ts * 1000);
+    assert_eq!(rows[1]["lat"], 55.7);
+    assert_eq!(rows[1]["seq"], 4);
+    assert_eq!(rows[2]["ts_missing"], true);
+    // Hive partition columns come from the directory names, by device time.
+    let hour_of = |ms: i64| (ms / 3_600_000) % 24;
+    assert_eq!(rows[0]["hour"], hour_of(ts - 3_600_000));
+    assert_eq!(rows[1]["hour"], hour_of(ts));
+}
+
+#[tokio::test]
+async fn influxdb_python_client_writes_through_api_v2() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let out = run_peer(&[&peer_script("influx_write.py"), &gw.base, &key, TRAFFIC]).await;
+    assert_eq!(out.trim(), "25");
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), TRAFFIC);
+    ids.sort();
+    assert_eq!(ids.len(), 25);
+    assert_eq!(ids[0], "py-000");
+    assert_eq!(ids[24], "py-024");
+}
