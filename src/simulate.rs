@@ -577,11 +577,11 @@ mod tests {
                 city.batch(&ds.id, 20, 0, sim, &mut rng, &mut body);
                 let batch = Batch {
                     format,
-                    body: body.as_bytes(),
+                    body: body.clone().into(),
                     precision: None,
                     received_at: now_micros(),
                 };
-                let (accepted, rejected) = check(&ds, batch).unwrap();
+                let (accepted, rejected) = check(&ds, &batch).unwrap();
                 assert!(
                     rejected.is_empty(),
                     "{} {sim:?}: {rejected:?}\n{body}",

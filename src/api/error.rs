@@ -143,6 +143,7 @@ impl From<IngestError> for ApiError {
                 message: "citygate is shutting down; retry shortly".into(),
                 retry_after: 5,
             },
+            IngestError::Internal(detail) => ApiError::Internal(detail),
         }
     }
 }

@@ -160,7 +160,7 @@ async fn intake(
             &key.id,
             Batch {
                 format,
-                body: &body,
+                body,
                 precision,
                 received_at,
             },

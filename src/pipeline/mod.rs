@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +41,13 @@ pub enum IngestError {
     QueueFull(Duration),
     #[error("citygate is shutting down")]
     ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
+
+/// Bodies at least this big are decoded on a blocking thread, so one large upload does not
+/// hold up the async workers serving everyone else (about a millisecond of decoding).
+pub const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 
 /// What became of a request's readings. `accepted` readings are acknowledged (kept);
 /// `rejected` ones are not, each with its position and reason. Zero accepted means none
@@ -51,10 +59,10 @@ pub struct Outcome {
 }
 
 /// One request's bytes and how to read them.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
+#[derive(Clone, Debug)]
+pub struct Batch {
     pub format: Format,
-    pub body: &'a [u8],
+    pub body: Bytes,
     /// Unit of numeric timestamps; the format's default when `None`.
     pub precision: Option<Precision>,
     pub received_at: Micros,
@@ -149,12 +157,20 @@ impl Pipeline {
         &self,
         ds: &DatasetPipeline,
         key: &LimitKey,
-        batch: Batch<'_>,
+        batch: Batch,
     ) -> Result<Outcome, IngestError> {
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
         }
-        let (accepted, rejected) = check(&ds.dataset, batch)?;
+        let received_at = batch.received_at;
+        let (accepted, rejected) = if batch.body.len() >= BLOCKING_DECODE_BYTES {
+            let dataset = ds.dataset.clone();
+            tokio::task::spawn_blocking(move || check(&dataset, &batch))
+                .await
+                .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??
+        } else {
+            check(&ds.dataset, &batch)?
+        };
         if accepted.is_empty() && rejected.is_empty() {
             return Err(IngestError::NoReadings);
         }
@@ -174,7 +190,7 @@ impl Pipeline {
         }
         if !rejected.is_empty() {
             ds.rejects.record(rejected.iter().map(|r| RejectRecord {
-                at: batch.received_at,
+                at: received_at,
                 key_id: key.to_string(),
                 sensor_id: r.sensor_id.clone(),
                 index: r.index,
@@ -212,7 +228,7 @@ impl Pipeline {
 
 /// Decode and validate: the pure part of the pipeline, in one pass over the body. Returns
 /// the accepted readings and the rejects.
-pub fn check(ds: &Dataset, batch: Batch<'_>) -> Result<(Vec<Reading>, Vec<Rejected>), DecodeError> {
+pub fn check(ds: &Dataset, batch: &Batch) -> Result<(Vec<Reading>, Vec<Rejected>), DecodeError> {
     let ctx = DecodeCtx {
         received_at: batch.received_at,
         precision: batch
@@ -225,7 +241,7 @@ pub fn check(ds: &Dataset, batch: Batch<'_>) -> Result<(Vec<Reading>, Vec<Reject
         accepted: Vec::new(),
         rejected: Vec::new(),
     };
-    decode::decode(batch.format, batch.body, ds, &ctx, &mut checked)?;
+    decode::decode(batch.format, &batch.body, ds, &ctx, &mut checked)?;
     Ok((checked.accepted, checked.rejected))
 }
 

@@ -184,14 +184,10 @@ pub fn row_count(dir: &Path, dataset: &str) -> usize {
 /// The sensor ids of every row of `dataset`, in file order.
 pub fn sensor_ids(dir: &Path, dataset: &str) -> Vec<String> {
     use arrow_array::cast::AsArray;
-    use arrow_array::types::Int32Type;
     let mut out = Vec::new();
     for batch in read_rows(dir, dataset) {
-        let dict = batch.column(0).as_dictionary::<Int32Type>();
-        let values = dict.values().as_string::<i32>();
-        for key in dict.keys().values() {
-            out.push(values.value(*key as usize).to_string());
-        }
+        let ids = batch.column(0).as_string::<i32>();
+        out.extend(ids.iter().map(|id| id.unwrap_or_default().to_string()));
     }
     out
 }

@@ -670,3 +670,61 @@ async fn files_appear_by_age_while_running_and_metrics_count_them() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn large_bodies_are_decoded_whole() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let body: Vec<Value> = (0..4000)
+        .map(|i| {
+            let count = if i == 1234 { -1 } else { i };
+            json!({"sensor_id": format!("big-{i:05}"), "vehicle_count": count, "mean_speed": 30.5, "lat": 55.6, "lon": 12.5})
+        })
+        .collect();
+    let text = Value::Array(body).to_string();
+    assert!(text.len() > citygate::pipeline::BLOCKING_DECODE_BYTES);
+    let resp = gw.post(TRAFFIC, &key, "application/json", text).await;
+    assert_eq!(resp.status(), 200);
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(json["accepted"], 3999);
+    assert_eq!(json["rejected"][0]["index"], 1234);
+    assert_eq!(json["rejected"][0]["sensor_id"], "big-01234");
+    let dir = gw.stop().await;
+    assert_eq!(row_count(dir.path(), TRAFFIC), 3999);
+}
+
+/// The bodies the README's curl examples send are accepted as the README says.
+#[tokio::test]
+async fn readme_example_bodies() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC, "weather", "air-quality"]).await;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bodies");
+    let read = |name: &str| std::fs::read(examples.join(name)).unwrap();
+    let cases = [
+        ("traffic.json", TRAFFIC, "application/json"),
+        ("air-quality.ndjson", "air-quality", "application/x-ndjson"),
+        ("weather.senml.json", "weather", "application/senml+json"),
+    ];
+    for (file, dataset, content_type) in cases {
+        let resp = gw.post(dataset, &key, content_type, read(file)).await;
+        assert_eq!(resp.status(), 204, "{file}: {}", resp.text().await.unwrap());
+    }
+    let resp = gw
+        .client
+        .post(gw.url("/api/v2/write?org=city&bucket=traffic-counts"))
+        .header("authorization", format!("Token {key}"))
+        .body(read("traffic.lp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = gw.post(TRAFFIC, &key, "application/json", read("mixed.json")).await;
+    assert_eq!(resp.status(), 200);
+    let json: Value = resp.json().await.unwrap();
+    let reasons: Vec<&str> = json["rejected"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["above_max", "invalid_sensor_id", "wrong_type"]);
+    let dir = gw.stop().await;
+    assert_eq!(row_count(dir.path(), TRAFFIC), 3 + 2 + 1);
+    assert_eq!(row_count(dir.path(), "weather"), 1);
+    assert_eq!(row_count(dir.path(), "air-quality"), 2);
+}

@@ -75,9 +75,16 @@ async fn pyarrow_and_duckdb_read_our_files() {
     assert_eq!(pa["types"]["ts"], "timestamp[us, tz=UTC]");
     assert_eq!(pa["types"]["vehicle_count"], "int64");
     assert_eq!(pa["types"]["mean_speed"], "double");
-    assert_eq!(
-        pa["types"]["sensor_id"],
-        "dictionary<values=string, indices=int32, ordered=0>"
+    assert_eq!(pa["types"]["sensor_id"], "string");
+    assert!(
+        pa["sensor_id_encodings"].as_array().unwrap().iter().any(|e| e == "RLE_DICTIONARY"),
+        "sensor_id is dictionary-encoded in the file: {}",
+        pa["sensor_id_encodings"]
+    );
+    assert!(
+        pa["ts_encodings"].as_array().unwrap().iter().any(|e| e == "DELTA_BINARY_PACKED"),
+        "{}",
+        pa["ts_encodings"]
     );
     assert_eq!(pa["metadata"]["citygate.dataset"], TRAFFIC);
     assert_eq!(pa["metadata"]["citygate.licence"], "CC-BY-4.0");

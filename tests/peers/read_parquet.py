@@ -6,7 +6,6 @@ import json
 import sys
 
 import duckdb
-import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -15,12 +14,14 @@ base = f"{root}/dataset={dataset}"
 
 table = pads.dataset(base, format="parquet", partitioning="hive").to_table()
 types = {f.name: str(f.type) for f in table.schema}
-# Sorting needs plain strings; the file keeps sensor_id dictionary-encoded.
-column = table.schema.get_field_index("sensor_id")
-table = table.set_column(column, "sensor_id", table.column("sensor_id").cast(pa.string()))
 table = table.sort_by([("sensor_id", "ascending")])
 first_file = sorted(pads.dataset(base, format="parquet").files)[0]
-meta = pq.read_metadata(first_file).metadata or {}
+file_meta = pq.read_metadata(first_file)
+meta = file_meta.metadata or {}
+columns_meta = {
+    file_meta.row_group(0).column(i).path_in_schema: file_meta.row_group(0).column(i)
+    for i in range(file_meta.num_columns)
+}
 
 con = duckdb.connect()
 rows = con.execute(
@@ -47,6 +48,8 @@ print(
                 "vehicle_count": table.column("vehicle_count").to_pylist(),
                 "mean_speed": table.column("mean_speed").to_pylist(),
                 "metadata": {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"citygate")},
+                "sensor_id_encodings": list(columns_meta["sensor_id"].encodings),
+                "ts_encodings": list(columns_meta["ts"].encodings),
             },
             "duckdb": {
                 "rows": [dict(zip(columns, [str(v) if k in ("date",) else v for k, v in zip(columns, r)])) for r in rows],

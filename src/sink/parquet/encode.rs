@@ -1,19 +1,25 @@
 //! Readings to Parquet: the column layout of a dataset and the crash-safe file write.
 //!
-//! Columns, in order: `sensor_id` (dictionary), `ts` (timestamp µs UTC), one typed column per
-//! schema field (with its unit in the Arrow field metadata), `lat`, `lon`, `seq`,
-//! `received_at`, `ts_missing`. The file's key-value metadata names the dataset, its licence
+//! Columns, in order: `sensor_id` (string, dictionary-encoded in the file), `ts` (timestamp µs
+//! UTC), one typed column per schema field (with its unit in the Arrow field metadata), `lat`,
+//! `lon`, `seq`, `received_at`, `ts_missing`.
+//!
+//! `sensor_id` is a plain string column in Arrow and a dictionary in Parquet: the Parquet
+//! writer builds its own dictionary from the values whatever the Arrow type (it re-interns an
+//! Arrow dictionary row by row), so an Arrow dictionary would only cost a second hash per row. The file's key-value metadata names the dataset, its licence
 //! and schema version, so a file found alone still says what it is.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
-use arrow_array::types::Int32Type;
-use arrow_array::{ArrayRef, DictionaryArray, Int32Array, RecordBatch, TimestampMicrosecondArray};
+use arrow_array::builder::{BooleanBufferBuilder, BooleanBuilder, StringBuilder};
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{
+    ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch, TimestampMicrosecondArray,
+};
+use arrow_buffer::{ArrowNativeType, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -57,7 +63,7 @@ fn utc_micros() -> DataType {
 impl ParquetLayout {
     pub fn new(ds: &Dataset, zstd_level: i32) -> Result<ParquetLayout, EncodeError> {
         let mut columns = vec![
-            Field::new_dictionary("sensor_id", DataType::Int32, DataType::Utf8, false),
+            Field::new("sensor_id", DataType::Utf8, false),
             Field::new("ts", utc_micros(), false),
         ];
         for spec in &ds.fields {
@@ -84,6 +90,8 @@ impl ParquetLayout {
 
         let schema_json = serde_json::to_string(&ds.fields).unwrap_or_default();
         let mut props = WriterProperties::builder();
+        // Sensor ids repeat in every file: always a dictionary.
+        props = props.set_column_dictionary_enabled(ColumnPath::from("sensor_id"), true);
         // Times and sequence numbers rise steadily and rarely repeat: a dictionary would only
         // be built to be abandoned, while delta encoding stores them in a few bits each.
         for column in ["ts", "received_at", "seq"] {
@@ -126,11 +134,11 @@ impl ParquetLayout {
         readings: impl ExactSizeIterator<Item = &'r Reading>,
     ) -> Result<RecordBatch, EncodeError> {
         let n = readings.len();
-        let mut sensors = SensorDictionary::with_capacity(n);
+        let mut sensors = StringBuilder::with_capacity(n, n * 12);
         let mut ts = Vec::with_capacity(n);
-        let mut lat = Float64Builder::with_capacity(n);
-        let mut lon = Float64Builder::with_capacity(n);
-        let mut seq = Int64Builder::with_capacity(n);
+        let mut lat = Nullable::<f64>::with_capacity(n);
+        let mut lon = Nullable::<f64>::with_capacity(n);
+        let mut seq = Nullable::<i64>::with_capacity(n);
         let mut received = Vec::with_capacity(n);
         let mut missing = BooleanBuilder::with_capacity(n);
         let mut fields: Vec<FieldColumn> = self
@@ -139,27 +147,27 @@ impl ParquetLayout {
             .map(|ty| FieldColumn::new(*ty, n))
             .collect();
         for r in readings {
-            sensors.push(&r.sensor_id);
+            sensors.append_value(&r.sensor_id);
             ts.push(r.ts);
             for (column, value) in fields.iter_mut().zip(r.values.iter()) {
                 column.push(value.as_ref());
             }
-            lat.append_option(r.lat);
-            lon.append_option(r.lon);
-            seq.append_option(r.seq);
+            lat.push(r.lat);
+            lon.push(r.lon);
+            seq.push(r.seq);
             received.push(r.received_at);
             missing.append_value(r.ts_missing);
         }
 
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        columns.push(Arc::new(sensors.finish()?));
+        columns.push(Arc::new(sensors.finish()));
         columns.push(Arc::new(
             TimestampMicrosecondArray::from(ts).with_timezone("UTC"),
         ));
         columns.extend(fields.into_iter().map(FieldColumn::finish));
-        columns.push(Arc::new(lat.finish()));
-        columns.push(Arc::new(lon.finish()));
-        columns.push(Arc::new(seq.finish()));
+        columns.push(Arc::new(lat.finish::<Float64Type>()));
+        columns.push(Arc::new(lon.finish::<Float64Type>()));
+        columns.push(Arc::new(seq.finish::<Int64Type>()));
         columns.push(Arc::new(
             TimestampMicrosecondArray::from(received).with_timezone("UTC"),
         ));
@@ -206,91 +214,71 @@ impl ParquetLayout {
     }
 }
 
-/// The `sensor_id` column: a dictionary of the distinct ids and one key per row. Ids of up to
-/// 15 bytes (nearly all) are looked up as one `u128`, which hashes and compares in a few
-/// instructions; longer ones by string. Readings often repeat the previous row's sensor, so
-/// that is checked first.
-struct SensorDictionary<'r> {
-    short: HashMap<u128, i32, foldhash::fast::RandomState>,
-    long: HashMap<&'r str, i32, foldhash::fast::RandomState>,
-    values: StringBuilder,
-    keys: Vec<i32>,
-    last: Option<(u128, i32)>,
+/// A nullable primitive column. Sensor columns are nearly always all present or all absent
+/// (a fixed sensor sends no position), so validity bits are only kept once a column mixes
+/// values and nulls; the common cases cost one `Vec` push per row.
+struct Nullable<T> {
+    values: Vec<T>,
+    validity: Validity,
 }
 
-/// `id` and its length packed into a `u128`, if it is at most 15 bytes: bytes 0..8 in the low
-/// half, bytes 8..n and the length in the high half. Loaded with overlapping word reads, so
-/// there is no byte loop and no memcpy (whose narrow stores stall the wide load after them).
-#[inline]
-fn pack_short(id: &str) -> Option<u128> {
-    let b = id.as_bytes();
-    let n = b.len();
-    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
-    let half = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4])) as u64;
-    let (lo, hi) = match n {
-        // n == 8: nothing beyond the first word (and a 64-bit shift would overflow).
-        8..=15 => (
-            word(0),
-            word(n - 8).checked_shr((16 - n as u32) * 8).unwrap_or(0),
-        ),
-        4..=7 => (half(0) | (half(n - 4) >> ((8 - n) * 8)) << 32, 0),
-        0..=3 => (
-            b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64),
-            0,
-        ),
-        _ => return None,
-    };
-    Some(lo as u128 | ((hi | (n as u64) << 56) as u128) << 64)
+enum Validity {
+    AllValid,
+    AllNull,
+    Mixed(BooleanBufferBuilder),
 }
 
-impl<'r> SensorDictionary<'r> {
+impl<T: ArrowNativeType + Default> Nullable<T> {
     fn with_capacity(n: usize) -> Self {
-        SensorDictionary {
-            short: HashMap::with_capacity_and_hasher(256, Default::default()),
-            long: HashMap::default(),
-            values: StringBuilder::with_capacity(256, 256 * 16),
-            keys: Vec::with_capacity(n),
-            last: None,
+        Nullable {
+            values: Vec::with_capacity(n),
+            validity: Validity::AllValid,
         }
     }
 
-    #[inline]
-    fn push(&mut self, id: &'r str) {
-        let next = (self.short.len() + self.long.len()) as i32;
-        let values = &mut self.values;
-        let key = match pack_short(id) {
-            Some(packed) => match self.last {
-                Some((last, key)) if last == packed => key,
-                _ => {
-                    let key = *self.short.entry(packed).or_insert_with(|| {
-                        values.append_value(id);
-                        next
-                    });
-                    self.last = Some((packed, key));
-                    key
-                }
-            },
-            None => *self.long.entry(id).or_insert_with(|| {
-                values.append_value(id);
-                next
-            }),
-        };
-        self.keys.push(key);
+    #[inline(always)]
+    fn push(&mut self, value: Option<T>) {
+        match (&mut self.validity, value.is_some()) {
+            (Validity::AllValid, true) | (Validity::AllNull, false) => {}
+            (Validity::Mixed(bits), valid) => bits.append(valid),
+            (_, valid) => self.switch(valid),
+        }
+        self.values.push(value.unwrap_or_default());
     }
 
-    fn finish(mut self) -> Result<DictionaryArray<Int32Type>, EncodeError> {
-        let keys = Int32Array::from(self.keys);
-        Ok(DictionaryArray::try_new(
-            keys,
-            Arc::new(self.values.finish()),
-        )?)
+    /// The first row unlike all before it: from here on validity is kept bit by bit.
+    #[cold]
+    fn switch(&mut self, valid: bool) {
+        let len = self.values.len();
+        if len == 0 {
+            self.validity = if valid {
+                Validity::AllValid
+            } else {
+                Validity::AllNull
+            };
+            return;
+        }
+        let mut bits = BooleanBufferBuilder::new(self.values.capacity());
+        bits.append_n(len, !valid);
+        bits.append(valid);
+        self.validity = Validity::Mixed(bits);
+    }
+
+    fn finish<P: ArrowPrimitiveType<Native = T>>(self) -> PrimitiveArray<P> {
+        let len = self.values.len();
+        let nulls = match self.validity {
+            Validity::AllValid => None,
+            Validity::AllNull => Some(NullBuffer::new_null(len)),
+            Validity::Mixed(mut bits) => Some(NullBuffer::new(bits.finish())),
+        };
+        PrimitiveArray::new(ScalarBuffer::from(self.values), nulls)
     }
 }
 
 /// One schema field's column under construction.
 enum FieldColumn {
-    Float(Float64Builder),
-    Int(Int64Builder),
+    Float(Nullable<f64>),
+    Int(Nullable<i64>),
     Bool(BooleanBuilder),
     Str(StringBuilder),
 }
@@ -298,8 +286,8 @@ enum FieldColumn {
 impl FieldColumn {
     fn new(ty: FieldType, n: usize) -> FieldColumn {
         match ty {
-            FieldType::Float => FieldColumn::Float(Float64Builder::with_capacity(n)),
-            FieldType::Int => FieldColumn::Int(Int64Builder::with_capacity(n)),
+            FieldType::Float => FieldColumn::Float(Nullable::with_capacity(n)),
+            FieldType::Int => FieldColumn::Int(Nullable::with_capacity(n)),
             FieldType::Bool => FieldColumn::Bool(BooleanBuilder::with_capacity(n)),
             FieldType::String => FieldColumn::Str(StringBuilder::with_capacity(n, n * 8)),
         }
@@ -309,12 +297,12 @@ impl FieldColumn {
     #[inline]
     fn push(&mut self, value: Option<&Value>) {
         match (self, value) {
-            (FieldColumn::Float(b), Some(Value::Float(f))) => b.append_value(*f),
-            (FieldColumn::Int(b), Some(Value::Int(i))) => b.append_value(*i),
+            (FieldColumn::Float(b), Some(Value::Float(f))) => b.push(Some(*f)),
+            (FieldColumn::Int(b), Some(Value::Int(i))) => b.push(Some(*i)),
             (FieldColumn::Bool(b), Some(Value::Bool(x))) => b.append_value(*x),
             (FieldColumn::Str(b), Some(Value::Str(s))) => b.append_value(s),
-            (FieldColumn::Float(b), _) => b.append_null(),
-            (FieldColumn::Int(b), _) => b.append_null(),
+            (FieldColumn::Float(b), _) => b.push(None),
+            (FieldColumn::Int(b), _) => b.push(None),
             (FieldColumn::Bool(b), _) => b.append_null(),
             (FieldColumn::Str(b), _) => b.append_null(),
         }
@@ -322,8 +310,8 @@ impl FieldColumn {
 
     fn finish(self) -> ArrayRef {
         match self {
-            FieldColumn::Float(mut b) => Arc::new(b.finish()),
-            FieldColumn::Int(mut b) => Arc::new(b.finish()),
+            FieldColumn::Float(b) => Arc::new(b.finish::<Float64Type>()),
+            FieldColumn::Int(b) => Arc::new(b.finish::<Int64Type>()),
             FieldColumn::Bool(mut b) => Arc::new(b.finish()),
             FieldColumn::Str(mut b) => Arc::new(b.finish()),
         }
@@ -337,29 +325,28 @@ pub fn sync_dir(dir: &Path) -> Result<(), EncodeError> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
-    use super::pack_short;
-
     #[test]
-    fn packs_ids_up_to_15_bytes() {
-        assert_eq!(pack_short(""), Some(0));
-        assert_ne!(pack_short("a"), pack_short("a\0"));
-        assert_ne!(pack_short("abcd"), pack_short("abcd\0"));
-        assert!(pack_short(&"x".repeat(15)).is_some());
-        assert_eq!(pack_short(&"x".repeat(16)), None);
-    }
-
-    proptest! {
-        #[test]
-        fn packing_is_injective(a in "[A-Za-z0-9._-]{0,15}", b in "[A-Za-z0-9._-]{0,15}") {
-            prop_assert_eq!(pack_short(&a) == pack_short(&b), a == b);
-        }
-
-        #[test]
-        fn packing_is_injective_on_near_strings(a in "[ab]{0,15}", cut in 0usize..15) {
-            let b = &a[..cut.min(a.len())];
-            prop_assert_eq!(pack_short(&a) == pack_short(b), a == b);
+    fn nullable_columns_in_every_shape() {
+        use arrow_array::Array;
+        let column = |values: &[Option<i64>]| {
+            let mut c = super::Nullable::<i64>::with_capacity(values.len());
+            for v in values {
+                c.push(*v);
+            }
+            let array = c.finish::<super::Int64Type>();
+            (0..array.len())
+                .map(|i| array.is_valid(i).then(|| array.value(i)))
+                .collect::<Vec<_>>()
+        };
+        for case in [
+            vec![],
+            vec![Some(1), Some(2)],
+            vec![None, None],
+            vec![Some(1), None, Some(3)],
+            vec![None, Some(2), None],
+            vec![None, None, Some(3)],
+        ] {
+            assert_eq!(column(&case), case);
         }
     }
 }

@@ -194,10 +194,19 @@ fn stale_temp_files_are_removed() {
 }
 
 fn sink(root: &Path, max_rows: usize, max_age: Duration) -> (ParquetSink, DatasetMetrics) {
+    sink_with_bytes(root, max_rows, ByteSize::mib(64), max_age)
+}
+
+fn sink_with_bytes(
+    root: &Path,
+    max_rows: usize,
+    max_bytes: ByteSize,
+    max_age: Duration,
+) -> (ParquetSink, DatasetMetrics) {
     let metrics = Metrics::new().dataset("traffic-counts");
     let cfg = ParquetConfig {
         max_rows,
-        max_bytes: ByteSize::mib(64),
+        max_bytes,
         max_age,
         zstd_level: 1,
     };
@@ -330,6 +339,28 @@ async fn flushes_on_row_count_and_drains_on_stop() {
         .is_err(),
         "closed after stop"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn flushes_on_buffered_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_reading = traffic_reading("a", T0, 0, None).approx_size();
+    // Room for 10 readings by bytes, far more by rows and age.
+    let budget = ByteSize((per_reading * 10) as u64);
+    let (s, metrics) = sink_with_bytes(dir.path(), 1_000_000, budget, Duration::from_secs(3600));
+    let (tx, rx) = mpsc::channel(8);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(s.run(rx, stop.clone()));
+    send(&tx, (0..9).map(|i| traffic_reading("a", T0, i, None)).collect()).await;
+    settle().await;
+    assert!(parquet_files(dir.path()).is_empty(), "below the byte budget");
+    send(&tx, vec![traffic_reading("a", T0, 9, None)]).await;
+    settle().await;
+    let files = wait_for_files(dir.path(), 1);
+    assert_eq!(read(&files[0]).0.num_rows(), 10);
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(metrics.parquet_rows.get(), 10);
 }
 
 #[tokio::test(start_paused = true)]
