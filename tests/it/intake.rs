@@ -718,10 +718,17 @@ async fn readme_example_bodies() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    let resp = gw.post(TRAFFIC, &key, "application/json", read("mixed.json")).await;
+    let resp = gw
+        .post(TRAFFIC, &key, "application/json", read("mixed.json"))
+        .await;
     assert_eq!(resp.status(), 200);
     let json: Value = resp.json().await.unwrap();
-    let reasons: Vec<&str> = json["rejected"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = json["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
     assert_eq!(reasons, ["above_max", "invalid_sensor_id", "wrong_type"]);
     let dir = gw.stop().await;
     assert_eq!(row_count(dir.path(), TRAFFIC), 3 + 2 + 1);

@@ -77,12 +77,20 @@ async fn pyarrow_and_duckdb_read_our_files() {
     assert_eq!(pa["types"]["mean_speed"], "double");
     assert_eq!(pa["types"]["sensor_id"], "string");
     assert!(
-        pa["sensor_id_encodings"].as_array().unwrap().iter().any(|e| e == "RLE_DICTIONARY"),
+        pa["sensor_id_encodings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "RLE_DICTIONARY"),
         "sensor_id is dictionary-encoded in the file: {}",
         pa["sensor_id_encodings"]
     );
     assert!(
-        pa["ts_encodings"].as_array().unwrap().iter().any(|e| e == "DELTA_BINARY_PACKED"),
+        pa["ts_encodings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "DELTA_BINARY_PACKED"),
         "{}",
         pa["ts_encodings"]
     );

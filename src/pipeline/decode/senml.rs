@@ -66,8 +66,22 @@ enum Name {
 }
 
 impl Record {
+    /// Ready for the next record. Only what a record sets is reset: the rest is taken out
+    /// (`take`) as the record is applied.
     fn clear(&mut self) {
-        *self = Record::default();
+        self.bt = None;
+        self.bv = None;
+        self.u = None;
+        self.vb = None;
+        self.vd = false;
+        self.s = false;
+        self.t = None;
+        self.n = None;
+        self.v = None;
+        self.vs = None;
+        self.problem = None;
+        self.bn = None;
+        self.bu = None;
     }
 
     fn fail(&mut self, reason: Reason, message: String) {
@@ -347,10 +361,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     }
                     rec.n = Some(name);
                 }
-                label => {
-                    let value: Scalar = map.next_value()?;
-                    store(rec, label, value);
-                }
+                label => map.next_value_seed(LabelValue {
+                    rec: &mut *rec,
+                    label,
+                })?,
             }
         }
         Ok(())
@@ -451,7 +465,72 @@ impl<'de> Visitor<'de> for NameSeed<'_> {
     }
 }
 
+/// The value of a label, stored into the record as it is read.
+struct LabelValue<'r> {
+    rec: &'r mut Record,
+    label: Label,
+}
+
+impl<'de> DeserializeSeed<'de> for LabelValue<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LabelValue<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a SenML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        store(self.rec, self.label, Scalar::Bool(v));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        store(self.rec, self.label, Scalar::Int(v));
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        store(self.rec, self.label, Scalar::UInt(v));
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        store(self.rec, self.label, Scalar::Float(v));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        store(self.rec, self.label, Scalar::Str(v.into()));
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        store(self.rec, self.label, Scalar::Null);
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        store(self.rec, self.label, Scalar::Composite("an object"));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        store(self.rec, self.label, Scalar::Composite("an array"));
+        Ok(())
+    }
+}
+
 /// Stores one labelled value, noting a wrong type or a repeated label.
+#[inline]
 fn store(rec: &mut Record, label: Label, value: Scalar) {
     fn wrong(rec: &mut Record, label: &str, want: &str, got: &Scalar) {
         rec.fail(

@@ -351,9 +351,16 @@ async fn flushes_on_buffered_bytes() {
     let (tx, rx) = mpsc::channel(8);
     let stop = CancellationToken::new();
     let task = tokio::spawn(s.run(rx, stop.clone()));
-    send(&tx, (0..9).map(|i| traffic_reading("a", T0, i, None)).collect()).await;
+    send(
+        &tx,
+        (0..9).map(|i| traffic_reading("a", T0, i, None)).collect(),
+    )
+    .await;
     settle().await;
-    assert!(parquet_files(dir.path()).is_empty(), "below the byte budget");
+    assert!(
+        parquet_files(dir.path()).is_empty(),
+        "below the byte budget"
+    );
     send(&tx, vec![traffic_reading("a", T0, 9, None)]).await;
     settle().await;
     let files = wait_for_files(dir.path(), 1);
