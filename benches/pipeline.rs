@@ -13,6 +13,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::Deserialize;
 
+use arrow_array::RecordBatch;
 use citygate::config::{Config, DEFAULT_CONFIG};
 use citygate::model::{Dataset, Reading};
 use citygate::pipeline::decode::{Collect, DecodeCtx, Format, Precision, decode};
@@ -223,17 +224,21 @@ fn bench_parquet(c: &mut Criterion) {
     let mut g = c.benchmark_group("parquet");
     g.sample_size(20);
     g.throughput(Throughput::Elements(rows.len() as u64));
+    // Writes `batch` into memory as a Parquet file with `props`.
+    let write = |props: &WriterProperties, batch: &RecordBatch| {
+        let mut w = ArrowWriter::try_new(
+            Vec::with_capacity(4 << 20),
+            layout.schema().clone(),
+            Some(props.clone()),
+        )
+        .unwrap();
+        w.write(batch).unwrap();
+        w.into_inner().unwrap()
+    };
     g.bench_function("citygate_stage", |b| {
         b.iter(|| {
             let batch = layout.record_batch(black_box(&rows).iter()).unwrap();
-            let mut w = ArrowWriter::try_new(
-                Vec::with_capacity(4 << 20),
-                layout.schema().clone(),
-                Some(layout.properties().clone()),
-            )
-            .unwrap();
-            w.write(&batch).unwrap();
-            w.into_inner().unwrap()
+            write(layout.properties(), &batch)
         })
     });
     g.bench_function("record_batch_only", |b| {
@@ -244,16 +249,7 @@ fn bench_parquet(c: &mut Criterion) {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
         .build();
     g.bench_function("raw_arrow_writer", |b| {
-        b.iter(|| {
-            let mut w = ArrowWriter::try_new(
-                Vec::with_capacity(4 << 20),
-                layout.schema().clone(),
-                Some(plain.clone()),
-            )
-            .unwrap();
-            w.write(black_box(&prebuilt)).unwrap();
-            w.into_inner().unwrap()
-        })
+        b.iter(|| write(&plain, black_box(&prebuilt)))
     });
     // For transparency: the raw writer with citygate's per-column encodings too.
     g.bench_function("raw_arrow_writer_citygate_props", |b| {

@@ -96,6 +96,22 @@ impl Gateway {
             .unwrap()
     }
 
+    /// POSTs line protocol to an InfluxDB write route (`/api/v2/write?…`) with `Token` auth.
+    pub async fn write_lp(
+        &self,
+        path_and_query: &str,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path_and_query))
+            .header("authorization", format!("Token {key}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_json(
         &self,
         dataset: &str,
@@ -139,26 +155,7 @@ impl Drop for Gateway {
 
 /// Every Parquet file under `dir/parquet/dataset=<dataset>`.
 pub fn parquet_files(dir: &Path, dataset: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(
-        &dir.join("parquet").join(format!("dataset={dataset}")),
-        &mut out,
-    );
-    out.sort();
-    out
+    citygate::sink::parquet::parquet_files(&dir.join("parquet").join(format!("dataset={dataset}")))
 }
 
 /// All rows of `dataset` under `dir`, one batch per file.

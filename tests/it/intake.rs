@@ -493,31 +493,28 @@ async fn influx_v2_write_as_telegraf_sends_it() {
 
     // Missing bucket, unknown bucket, bad line.
     let resp = gw
-        .client
-        .post(gw.url("/api/v2/write?org=city"))
-        .header("authorization", format!("Token {key}"))
-        .body("m,sensor=a vehicle_count=1i")
-        .send()
-        .await
-        .unwrap();
+        .write_lp(
+            "/api/v2/write?org=city",
+            &key,
+            "m,sensor=a vehicle_count=1i",
+        )
+        .await;
     assert_eq!(resp.status(), 400);
     let resp = gw
-        .client
-        .post(gw.url("/api/v2/write?bucket=nope"))
-        .header("authorization", format!("Token {key}"))
-        .body("m,sensor=a vehicle_count=1i")
-        .send()
-        .await
-        .unwrap();
+        .write_lp(
+            "/api/v2/write?bucket=nope",
+            &key,
+            "m,sensor=a vehicle_count=1i",
+        )
+        .await;
     assert_eq!(resp.status(), 404);
     let resp = gw
-        .client
-        .post(gw.url("/api/v2/write?bucket=traffic-counts"))
-        .header("authorization", format!("Token {key}"))
-        .body("m,sensor=a vehicle_count=1i\nm,sensor=b vehicle_count=")
-        .send()
-        .await
-        .unwrap();
+        .write_lp(
+            "/api/v2/write?bucket=traffic-counts",
+            &key,
+            "m,sensor=a vehicle_count=1i\nm,sensor=b vehicle_count=",
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["rejected"][0]["reason"], "malformed");
@@ -710,13 +707,12 @@ async fn readme_example_bodies() {
         assert_eq!(resp.status(), 204, "{file}: {}", resp.text().await.unwrap());
     }
     let resp = gw
-        .client
-        .post(gw.url("/api/v2/write?org=city&bucket=traffic-counts"))
-        .header("authorization", format!("Token {key}"))
-        .body(read("traffic.lp"))
-        .send()
-        .await
-        .unwrap();
+        .write_lp(
+            "/api/v2/write?org=city&bucket=traffic-counts",
+            &key,
+            read("traffic.lp"),
+        )
+        .await;
     assert_eq!(resp.status(), 204);
     let resp = gw
         .post(TRAFFIC, &key, "application/json", read("mixed.json"))

@@ -33,6 +33,16 @@ async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (String, b
     (String::from_utf8_lossy(&buf).to_string(), closed)
 }
 
+/// The first bytes the server sends back (within 5 s).
+async fn first_answer(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     let gw = Gateway::start_with(|c| c.http.header_read_timeout = Duration::from_millis(300)).await;
@@ -59,12 +69,7 @@ async fn slow_bodies_get_408() {
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[{{\"sensor_id\":"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-        .await
-        .expect("answered")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]);
+    let text = first_answer(&mut stream).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 }
 
@@ -85,12 +90,7 @@ async fn chunked_bodies_over_the_limit_are_413() {
             .await;
     }
     let _ = stream.write_all(b"0\r\n\r\n").await;
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-        .await
-        .expect("answered")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]);
+    let text = first_answer(&mut stream).await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
 

@@ -156,25 +156,7 @@ impl<'de, 'a, C: Collect> Visitor<'de> for ReadingSeed<'a, C> {
         Ok(self.not_an_object("an array"))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(self.not_an_object("a boolean"))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(self.not_an_object("a number"))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(self.not_an_object("a number"))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(self.not_an_object("a number"))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(self.not_an_object("a string"))
-    }
+    visit_scalars_as_kind!(not_an_object);
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(self.not_an_object("null"))
@@ -284,25 +266,7 @@ impl<'de, C: Collect> Visitor<'de> for ValueSeed<'_, '_, C> {
         f.write_str("a value")
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.apply(Scalar::Bool(v));
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.apply(Scalar::Int(v));
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.apply(Scalar::UInt(v));
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.apply(Scalar::Float(v));
-        Ok(())
-    }
+    visit_values_into!(apply);
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         match self.target {
@@ -310,32 +274,6 @@ impl<'de, C: Collect> Visitor<'de> for ValueSeed<'_, '_, C> {
             Target::Ts => self.b.set_ts_str(v),
             _ => self.apply(Scalar::Str(v.into())),
         }
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.apply(Scalar::Null);
-        Ok(())
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        self.apply(Scalar::Null);
-        Ok(())
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        self.apply(Scalar::Composite("an object"));
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        self.apply(Scalar::Composite("an array"));
         Ok(())
     }
 }
@@ -417,30 +355,7 @@ impl<'de, C: Collect> Visitor<'de> for FieldsSeed<'_, '_, C> {
         Ok(())
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.fields_not_object("a boolean");
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.fields_not_object("a number");
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.fields_not_object("a number");
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.fields_not_object("a number");
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.fields_not_object("a string");
-        Ok(())
-    }
+    visit_scalars_as_kind!(fields_not_object);
 }
 
 impl<C: Collect> FieldsSeed<'_, '_, C> {

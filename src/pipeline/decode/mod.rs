@@ -10,6 +10,73 @@
 //!   2^53 (so `3.0` from a float-only client is fine, `3.5` is `wrong_type`);
 //! - `bool` and `string` fields take only their own type; `null` means absent.
 
+/// The non-null scalar `visit_*` methods of a serde visitor that does not take scalars where
+/// it stands: each calls `self.$on(kind)` with a description of what came ("a boolean",
+/// "a number", "a string") and returns its result. `no_str` leaves `visit_str` to the visitor.
+macro_rules! visit_scalars_as_kind {
+    ($on:ident) => {
+        visit_scalars_as_kind!($on, no_str);
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(self.$on("a string"))
+        }
+    };
+    ($on:ident, no_str) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(self.$on("a boolean"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(self.$on("a number"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(self.$on("a number"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(self.$on("a number"))
+        }
+    };
+}
+
+/// The `visit_*` methods of a visitor that hands every value on as a [`Scalar`] to
+/// `self.$apply(scalar)` (returning `()`), objects and arrays drained and described.
+/// `visit_str` is left to the visitor: where a string lands decides whether it is copied.
+macro_rules! visit_values_into {
+    ($apply:ident) => {
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+            self.$apply(Scalar::Bool(v));
+            Ok(())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+            self.$apply(Scalar::Int(v));
+            Ok(())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+            self.$apply(Scalar::UInt(v));
+            Ok(())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+            self.$apply(Scalar::Float(v));
+            Ok(())
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+            self.$apply(Scalar::Null);
+            Ok(())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            self.$apply(Scalar::Composite("an object"));
+            Ok(())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            self.$apply(Scalar::Composite("an array"));
+            Ok(())
+        }
+    };
+}
+
 mod json;
 mod line;
 mod senml;

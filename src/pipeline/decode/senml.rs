@@ -61,8 +61,8 @@ struct Record {
 enum Name {
     Field(usize),
     Unknown(CompactString),
-    /// `n` held something other than a string.
-    NotText(String),
+    /// `n` held something other than a string (what it held).
+    NotText(&'static str),
 }
 
 impl Record {
@@ -376,30 +376,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         Ok(())
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.not_a_record("a boolean");
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.not_a_record("a number");
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.not_a_record("a number");
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.not_a_record("a number");
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.not_a_record("a string");
-        Ok(())
-    }
+    visit_scalars_as_kind!(not_a_record);
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         self.not_a_record("null");
@@ -410,6 +387,12 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 /// The value of `n`, looked up in the schema as it is read (no copy of known names).
 struct NameSeed<'r> {
     ds: &'r Dataset,
+}
+
+impl NameSeed<'_> {
+    fn not_text(self, kind: &'static str) -> Name {
+        Name::NotText(kind)
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
@@ -434,34 +417,20 @@ impl<'de> Visitor<'de> for NameSeed<'_> {
         })
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Name, E> {
-        Ok(Name::NotText(v.to_string()))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Name, E> {
-        Ok(Name::NotText(v.to_string()))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Name, E> {
-        Ok(Name::NotText(v.to_string()))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Name, E> {
-        Ok(Name::NotText(v.to_string()))
-    }
+    visit_scalars_as_kind!(not_text, no_str);
 
     fn visit_unit<E: de::Error>(self) -> Result<Name, E> {
-        Ok(Name::NotText("null".into()))
+        Ok(Name::NotText("null"))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Name, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Name::NotText("an object".into()))
+        Ok(Name::NotText("an object"))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Name, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Name::NotText("an array".into()))
+        Ok(Name::NotText("an array"))
     }
 }
 
@@ -486,46 +455,18 @@ impl<'de> Visitor<'de> for LabelValue<'_> {
         f.write_str("a SenML value")
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        store(self.rec, self.label, Scalar::Bool(v));
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        store(self.rec, self.label, Scalar::Int(v));
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        store(self.rec, self.label, Scalar::UInt(v));
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        store(self.rec, self.label, Scalar::Float(v));
-        Ok(())
-    }
+    visit_values_into!(store);
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        store(self.rec, self.label, Scalar::Str(v.into()));
+        self.store(Scalar::Str(v.into()));
         Ok(())
     }
+}
 
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        store(self.rec, self.label, Scalar::Null);
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        store(self.rec, self.label, Scalar::Composite("an object"));
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        store(self.rec, self.label, Scalar::Composite("an array"));
-        Ok(())
+impl LabelValue<'_> {
+    #[inline]
+    fn store(self, value: Scalar) {
+        store(self.rec, self.label, value)
     }
 }
 

@@ -131,29 +131,46 @@ pub fn write_partitions(
     }
 }
 
+/// Calls `visit` for every file below `dir` (depth first; unreadable directories skipped).
+fn walk_files(dir: &Path, visit: &mut impl FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk_files(&path, visit);
+        } else {
+            visit(&path);
+        }
+    }
+}
+
+/// Every finished Parquet file below `root`, sorted by path (so by partition, then name).
+pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    walk_files(root, &mut |path| {
+        if path.extension().is_some_and(|e| e == "parquet") {
+            files.push(path.to_path_buf());
+        }
+    });
+    files.sort();
+    files
+}
+
 /// Removes temporary files a crash left behind (`.part-….parquet.tmp`): they never became
 /// visible, and the readings in them were not acknowledged as written by this sink.
 pub fn remove_stale_temp_files(root: &Path) -> usize {
-    fn walk(dir: &Path, removed: &mut usize) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, removed);
-            } else if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"))
-                && std::fs::remove_file(&path).is_ok()
-            {
-                *removed += 1;
-            }
-        }
-    }
     let mut removed = 0;
-    walk(root, &mut removed);
+    walk_files(root, &mut |path| {
+        let stale = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
+        if stale && std::fs::remove_file(path).is_ok() {
+            removed += 1;
+        }
+    });
     removed
 }
 
