@@ -9,8 +9,16 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
+/// `CITYGATE_TEST_PYTHON`, else the virtualenv `scripts/test.sh` makes, else `python3`.
 fn python() -> Command {
-    let exe = std::env::var("CITYGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers-venv/bin/python");
+    let exe = std::env::var("CITYGATE_TEST_PYTHON").unwrap_or_else(|_| {
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
     Command::new(exe)
 }
 
