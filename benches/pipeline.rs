@@ -134,6 +134,7 @@ fn ctx(format: Format) -> DecodeCtx {
             Format::LineProtocol => Precision::Nanos,
             _ => Precision::Millis,
         },
+        default_sensor: None,
     }
 }
 

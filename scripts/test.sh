@@ -3,18 +3,31 @@
 # the format check, clippy and every test (unit, integration, doc, and the benches built in
 # test mode).
 #
-# Peers: pyarrow and DuckDB (they read our Parquet files) and the official InfluxDB Python
-# client (it writes to our /api/v2/write), from PyPI into a virtualenv under target/.
+# Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
+# InfluxDB Python client (writes to our /api/v2/write) and paho-mqtt (an MQTT 5 device), from
+# PyPI into a virtualenv under target/; mosquitto_pub (Debian's mosquitto-clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client' 2>/dev/null; then
-  echo "==> installing test peers (pyarrow, duckdb, influxdb-client) into $venv"
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt' 2>/dev/null; then
+  echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check pyarrow duckdb influxdb-client
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    pyarrow duckdb influxdb-client paho-mqtt
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
+
+if ! command -v mosquitto_pub >/dev/null; then
+  echo "==> installing mosquitto-clients"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get install -y -qq mosquitto-clients >/dev/null \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq mosquitto-clients >/dev/null; }
+fi
+
+# One test opens a thousand MQTT connections (two sockets each, in one process).
+ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

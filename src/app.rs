@@ -1,8 +1,8 @@
 //! Builds every component from [`Config`], wires the channels, and shuts down in order.
 //!
-//! Start: data directory → database (migrated) → pipelines and their Parquet sinks → HTTP.
-//! Shutdown, edges first: stop intake (new requests get 503, the listener closes, in-flight
-//! requests finish), then stop the sinks (they take what is still queued, flush it to
+//! Start: data directory → database (migrated) → pipelines and their Parquet sinks → MQTT and
+//! HTTP listeners. Shutdown, edges first: stop intake (new requests get 503, listeners close,
+//! in-flight requests and publishes finish, MQTT 5 clients get DISCONNECT 0x8B), then stop the sinks (they take what is still queued, flush it to
 //! Parquet, close their files), all within `shutdown.timeout`.
 
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::ingest::mqtt;
 use crate::market::{Keyring, Store, StoreError};
 use crate::pipeline::Pipeline;
 use crate::sink::parquet::{EncodeError, remove_stale_temp_files};
@@ -46,6 +47,7 @@ pub enum AppError {
 /// A running gateway.
 pub struct App {
     http_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
     store: Store,
     metrics: Arc<Metrics>,
     /// Fired first: intake stops.
@@ -53,6 +55,7 @@ pub struct App {
     /// Fired once intake is done: sinks drain and flush.
     sinks_stop: CancellationToken,
     http_task: JoinHandle<()>,
+    mqtt_task: Option<JoinHandle<()>>,
     sinks: TaskTracker,
     background: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -97,6 +100,29 @@ impl App {
             addr: config.http.listen.clone(),
             source,
         })?;
+        let (mqtt_addr, mqtt_task) = if config.mqtt.enabled {
+            let listener = TcpListener::bind(&config.mqtt.listen)
+                .await
+                .map_err(|source| AppError::Bind {
+                    addr: config.mqtt.listen.clone(),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| AppError::Bind {
+                addr: config.mqtt.listen.clone(),
+                source,
+            })?;
+            let shared = Arc::new(mqtt::Shared::new(
+                pipeline.clone(),
+                keyring.clone(),
+                metrics.mqtt().clone(),
+                config.mqtt.clone(),
+                closing.clone(),
+            ));
+            let task = tokio::spawn(mqtt::serve(listener, shared, config.shutdown.timeout));
+            (Some(addr), Some(task))
+        } else {
+            (None, None)
+        };
         let state = AppState {
             pipeline: pipeline.clone(),
             keyring,
@@ -128,17 +154,20 @@ impl App {
 
         tracing::info!(
             http = %http_addr,
+            mqtt = %mqtt_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             data_dir = %data_dir.display(),
             datasets = config.datasets.len(),
             "citygate started"
         );
         Ok(App {
             http_addr,
+            mqtt_addr,
             store,
             metrics,
             closing,
             sinks_stop,
             http_task,
+            mqtt_task,
             sinks,
             background,
             shutdown_timeout: config.shutdown.timeout,
@@ -148,6 +177,11 @@ impl App {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the MQTT endpoint listens, when enabled.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
     }
 
     /// The marketplace database (device keys).
@@ -166,8 +200,11 @@ impl App {
         tracing::info!("shutting down: intake stops, buffers flush");
         self.closing.cancel();
         let _ = self.background.await;
-        // The server itself bounds its connection drain by the same timeout.
+        // The servers bound their connection drains by the same timeout.
         let _ = self.http_task.await;
+        if let Some(mqtt) = self.mqtt_task {
+            let _ = mqtt.await;
+        }
         self.sinks_stop.cancel();
         match tokio::time::timeout_at(deadline, self.sinks.wait()).await {
             Ok(()) => {

@@ -580,6 +580,7 @@ mod tests {
                     body: body.clone().into(),
                     precision: None,
                     received_at: now_micros(),
+                    sensor: None,
                 };
                 let (accepted, rejected) = check(&ds, &batch).unwrap();
                 assert!(

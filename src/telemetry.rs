@@ -57,6 +57,16 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PacketLabels {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +81,61 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
     http_connections: Gauge,
+    mqtt: MqttMetrics,
+}
+
+/// The MQTT endpoint's metrics (cheap to clone).
+#[derive(Clone, Debug, Default)]
+pub struct MqttMetrics {
+    connections_open: Gauge,
+    connections: Family<ReasonLabels, Counter>,
+    packets_in: Family<PacketLabels, Counter>,
+    packets_out: Family<PacketLabels, Counter>,
+    publishes: Family<ReasonLabels, Counter>,
+    inflight: Gauge,
+    disconnects: Family<ReasonLabels, Counter>,
+}
+
+impl MqttMetrics {
+    pub fn connections_open(&self) -> &Gauge {
+        &self.connections_open
+    }
+
+    pub fn inflight(&self) -> &Gauge {
+        &self.inflight
+    }
+
+    /// A CONNECT answered: `accepted`, or why not.
+    pub fn connection(&self, outcome: &'static str) {
+        self.connections
+            .get_or_create(&ReasonLabels { reason: outcome })
+            .inc();
+    }
+
+    pub fn packet_in(&self, kind: &'static str) {
+        self.packets_in
+            .get_or_create(&PacketLabels { r#type: kind })
+            .inc();
+    }
+
+    pub fn packet_out(&self, kind: &'static str) {
+        self.packets_out
+            .get_or_create(&PacketLabels { r#type: kind })
+            .inc();
+    }
+
+    /// A PUBLISH settled: `accepted`, `partial`, or the reject reason.
+    pub fn publish(&self, outcome: &'static str) {
+        self.publishes
+            .get_or_create(&ReasonLabels { reason: outcome })
+            .inc();
+    }
+
+    pub fn disconnect(&self, reason: &'static str) {
+        self.disconnects
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,6 +167,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             http_connections: Gauge::default(),
+            mqtt: MqttMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,7 +225,47 @@ impl Metrics {
             "Open HTTP connections",
             m.http_connections.clone(),
         );
+        let mqtt = registry.sub_registry_with_prefix("mqtt");
+        mqtt.register(
+            "connections_open",
+            "Open MQTT connections",
+            m.mqtt.connections_open.clone(),
+        );
+        mqtt.register(
+            "connections",
+            "MQTT CONNECTs answered, by outcome",
+            m.mqtt.connections.clone(),
+        );
+        mqtt.register(
+            "packets_received",
+            "MQTT packets received, by type",
+            m.mqtt.packets_in.clone(),
+        );
+        mqtt.register(
+            "packets_sent",
+            "MQTT packets sent, by type",
+            m.mqtt.packets_out.clone(),
+        );
+        mqtt.register(
+            "publishes",
+            "MQTT PUBLISHes settled, by outcome (accepted, partial, or the reject reason)",
+            m.mqtt.publishes.clone(),
+        );
+        mqtt.register(
+            "inflight",
+            "MQTT publishes received and not yet acknowledged",
+            m.mqtt.inflight.clone(),
+        );
+        mqtt.register(
+            "disconnects",
+            "MQTT connections closed, by reason",
+            m.mqtt.disconnects.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn mqtt(&self) -> &MqttMetrics {
+        &self.mqtt
     }
 
     /// Handles for one dataset, created now so every series exists from the start.

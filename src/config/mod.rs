@@ -84,14 +84,31 @@ impl Default for HttpConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct MqttConfig {
-    /// Address of the MQTT endpoint, `host:port`.
+    /// Run the MQTT endpoint at all.
+    pub enabled: bool,
+    /// Address of the MQTT endpoint (3.1.1 and 5 on one port), `host:port`.
     pub listen: String,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest packet a client may send (bigger: disconnected) and that we announce.
+    pub max_packet_size: ByteSize,
+    /// A connection that sends no CONNECT within this time is closed.
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// Publishes in flight per connection (MQTT 5 "receive maximum"): past it, the
+    /// connection is not read until acknowledgements catch up.
+    pub max_inflight: u16,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
+            enabled: true,
             listen: "127.0.0.1:1883".into(),
+            max_connections: 10_000,
+            max_packet_size: ByteSize::mib(1),
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 64,
         }
     }
 }

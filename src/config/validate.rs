@@ -13,6 +13,20 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     check_listen(&mut p, "http.listen", &config.http.listen);
     check_listen(&mut p, "mqtt.listen", &config.mqtt.listen);
 
+    let mqtt = &config.mqtt;
+    if mqtt.max_connections == 0 {
+        p.push("mqtt.max_connections: must be at least 1".into());
+    }
+    if mqtt.max_packet_size.0 < 1024 || mqtt.max_packet_size.0 > 268_435_455 {
+        p.push("mqtt.max_packet_size: must be between 1 KiB and 256 MiB (the MQTT limit)".into());
+    }
+    if mqtt.connect_timeout.is_zero() {
+        p.push("mqtt.connect_timeout: must be more than 0".into());
+    }
+    if mqtt.max_inflight == 0 {
+        p.push("mqtt.max_inflight: must be at least 1".into());
+    }
+
     let http = &config.http;
     if http.max_body.0 == 0 {
         p.push("http.max_body: must be more than 0".into());

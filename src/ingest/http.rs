@@ -163,6 +163,7 @@ async fn intake(
                 body,
                 precision,
                 received_at,
+                sensor: None,
             },
         )
         .await?;

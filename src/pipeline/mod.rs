@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,16 @@ pub struct Batch {
     pub body: Bytes,
     /// Unit of numeric timestamps; the format's default when `None`.
     pub precision: Option<Precision>,
+    pub received_at: Micros,
+    /// The sensor the transport names for every reading (an MQTT topic's last level).
+    pub sensor: Option<CompactString>,
+}
+
+/// A batch decoded and validated, not yet admitted or stored.
+#[derive(Debug)]
+pub struct Checked {
+    pub accepted: Vec<Reading>,
+    pub rejected: Vec<Rejected>,
     pub received_at: Micros,
 }
 
@@ -152,13 +163,25 @@ impl Pipeline {
     }
 
     /// Runs one request through the pipeline for the device key `key`, already
-    /// authorised for `ds`. Returns once the accepted readings are acknowledged.
+    /// authorised for `ds`: [`prepare`](Self::prepare), [`admit`](Self::admit),
+    /// [`deliver`](Self::deliver). Returns once the accepted readings are acknowledged.
     pub async fn ingest(
         &self,
         ds: &DatasetPipeline,
         key: &LimitKey,
         batch: Batch,
     ) -> Result<Outcome, IngestError> {
+        let checked = self.prepare(ds, batch).await?;
+        self.admit(ds, key, &checked)?;
+        self.deliver(ds, key, checked).await
+    }
+
+    /// Decode and validate. Large bodies are decoded on a blocking thread.
+    pub async fn prepare(
+        &self,
+        ds: &DatasetPipeline,
+        batch: Batch,
+    ) -> Result<Checked, IngestError> {
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
         }
@@ -174,23 +197,68 @@ impl Pipeline {
         if accepted.is_empty() && rejected.is_empty() {
             return Err(IngestError::NoReadings);
         }
+        Ok(Checked {
+            accepted,
+            rejected,
+            received_at,
+        })
+    }
+
+    /// Takes the accepted readings from the key's allowance, all or nothing. A refusal
+    /// costs nothing; the caller may wait and try again (MQTT 3.1.1 does).
+    pub fn admit(
+        &self,
+        ds: &DatasetPipeline,
+        key: &LimitKey,
+        checked: &Checked,
+    ) -> Result<(), IngestError> {
+        ds.limiter.check(key, checked.accepted.len()).map_err(|e| {
+            if matches!(e, LimitError::Exceeded { .. }) {
+                ds.metrics.limited.inc();
+            }
+            IngestError::from(e)
+        })
+    }
+
+    /// Stores the accepted readings (returns once they are acknowledged) and records the
+    /// rejects in the dataset's log and metrics.
+    pub async fn deliver(
+        &self,
+        ds: &DatasetPipeline,
+        key: &LimitKey,
+        checked: Checked,
+    ) -> Result<Outcome, IngestError> {
+        let Checked {
+            accepted,
+            rejected,
+            received_at,
+        } = checked;
         let count = accepted.len();
         if count > 0 {
-            if let Err(e) = ds.limiter.check(key, count) {
-                if matches!(e, LimitError::Exceeded { .. }) {
-                    ds.metrics.limited.inc();
-                }
-                return Err(e.into());
-            }
             self.submit(ds, accepted).await?;
             ds.metrics.accepted.inc_by(count as u64);
         }
-        for r in &rejected {
+        self.record_rejects(ds, key, received_at, &rejected);
+        Ok(Outcome {
+            accepted: count,
+            rejected,
+        })
+    }
+
+    /// Counts rejects and keeps them in the dataset's log for its provider.
+    pub fn record_rejects(
+        &self,
+        ds: &DatasetPipeline,
+        key: &LimitKey,
+        at: Micros,
+        rejected: &[Rejected],
+    ) {
+        for r in rejected {
             ds.metrics.rejected(r.reason).inc();
         }
         if !rejected.is_empty() {
             ds.rejects.record(rejected.iter().map(|r| RejectRecord {
-                at: received_at,
+                at,
                 key_id: key.to_string(),
                 sensor_id: r.sensor_id.clone(),
                 index: r.index,
@@ -198,10 +266,6 @@ impl Pipeline {
                 message: r.message.clone(),
             }));
         }
-        Ok(Outcome {
-            accepted: count,
-            rejected,
-        })
     }
 
     /// Hands readings to the dataset's sink and waits for its acknowledgement.
@@ -234,8 +298,9 @@ pub fn check(ds: &Dataset, batch: &Batch) -> Result<(Vec<Reading>, Vec<Rejected>
         precision: batch
             .precision
             .unwrap_or_else(|| batch.format.default_precision()),
+        default_sensor: batch.sensor.clone(),
     };
-    let mut checked = Checked {
+    let mut checked = Validating {
         ds,
         now: batch.received_at,
         accepted: Vec::new(),
@@ -246,14 +311,14 @@ pub fn check(ds: &Dataset, batch: &Batch) -> Result<(Vec<Reading>, Vec<Rejected>
 }
 
 /// Validates each reading as the decoder completes it, while it is still hot in cache.
-struct Checked<'d> {
+struct Validating<'d> {
     ds: &'d Dataset,
     now: Micros,
     accepted: Vec<Reading>,
     rejected: Vec<Rejected>,
 }
 
-impl Collect for Checked<'_> {
+impl Collect for Validating<'_> {
     fn readings(&mut self) -> &mut Vec<Reading> {
         &mut self.accepted
     }

@@ -90,6 +90,7 @@ fn serve(data_dir: &Path) -> Server {
         .arg("--config")
         .arg(shipped_config())
         .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0")
         .env("CITYGATE__STORAGE__DATA_DIR", data_dir)
         .env("CITYGATE__LOG__FORMAT", "json")
         .env("CITYGATE__PARQUET__MAX_AGE", "1h")

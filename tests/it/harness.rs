@@ -22,6 +22,7 @@ pub struct Gateway {
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::from_toml(DEFAULT_CONFIG, "default", &[]).expect("shipped config");
     config.http.listen = "127.0.0.1:0".into();
+    config.mqtt.listen = "127.0.0.1:0".into();
     config.storage.data_dir = dir.to_path_buf();
     config
 }

@@ -3,5 +3,6 @@
 mod cli;
 mod harness;
 mod intake;
+mod mqtt;
 mod peers;
 mod server;

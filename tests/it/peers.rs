@@ -137,3 +137,99 @@ async fn influxdb_python_client_writes_through_api_v2() {
     assert_eq!(ids[0], "py-000");
     assert_eq!(ids[24], "py-024");
 }
+
+/// Runs a Debian mosquitto client; a missing one is a failure that says how to install it.
+async fn mosquitto_pub(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new("mosquitto_pub")
+            .args(&args)
+            .output()
+            .expect("mosquitto_pub runs (scripts/test.sh installs mosquitto-clients)")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_publishes_over_311_and_5() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let port = gw.app().mqtt_addr().unwrap().port().to_string();
+    let base = |version: &str, topic: &str, message: &str| -> Vec<String> {
+        [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "-u",
+            "device",
+            "-P",
+            &key,
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            message,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    for (version, sensor) in [("mqttv311", "mosq-311"), ("mqttv5", "mosq-5")] {
+        let topic = format!("citygate/traffic-counts/{sensor}");
+        let out = mosquitto_pub(base(version, &topic, r#"{"vehicle_count": 3}"#)).await;
+        assert!(
+            out.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // An MQTT 5 publish of a bad reading is refused with its reason.
+    let out = mosquitto_pub(base(
+        "mqttv5",
+        "citygate/traffic-counts/mosq-bad",
+        r#"{"vehicle_count": -3}"#,
+    ))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Payload format invalid"), "{stderr}");
+    // A wrong key is refused at CONNECT.
+    let mut args = base("mqttv5", "citygate/traffic-counts/x", "{}");
+    let p = args.iter().position(|a| a == &key).unwrap();
+    args[p] = "cg_wrong".into();
+    let out = mosquitto_pub(args).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Not authorized"));
+
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), TRAFFIC);
+    ids.sort();
+    assert_eq!(ids, ["mosq-311", "mosq-5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_mqtt_v5_sees_puback_reason_codes() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let port = gw.app().mqtt_addr().unwrap().port().to_string();
+    let out = run_peer(&[&peer_script("paho_publish.py"), "127.0.0.1", &port, &key]).await;
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(seen["connack"], 0);
+    assert_eq!(seen["acks"]["good"][0], 0);
+    assert_eq!(seen["acks"]["batch"][0], 0);
+    assert_eq!(seen["acks"]["bad"][0], 0x99, "payload format invalid");
+    assert!(
+        seen["acks"]["bad"][1]
+            .as_str()
+            .unwrap()
+            .contains("wrong_type"),
+        "{seen}"
+    );
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), TRAFFIC);
+    ids.sort();
+    assert_eq!(ids, ["paho-1", "paho-3"]);
+}

@@ -26,7 +26,8 @@ columns_meta = {
 con = duckdb.connect()
 rows = con.execute(
     f"""
-    SELECT sensor_id, vehicle_count, mean_speed, date, hour,
+    SELECT sensor_id, vehicle_count, mean_speed, CAST(date AS VARCHAR) AS date,
+           CAST(hour AS INTEGER) AS hour,
            epoch_us(ts) AS ts_us, ts_missing, lat, lon, seq
     FROM read_parquet('{base}/**/*.parquet', hive_partitioning = true)
     ORDER BY sensor_id

@@ -115,12 +115,16 @@ impl Format {
 }
 
 /// What the decoder needs besides the bytes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DecodeCtx {
     /// When the request arrived; the timestamp of readings that carry none.
     pub received_at: Micros,
     /// Unit of numeric timestamps.
     pub precision: Precision,
+    /// The sensor id the transport already names (the MQTT topic
+    /// `citygate/{dataset}/{sensor_id}`): readings without one get it, readings naming
+    /// another are rejected.
+    pub default_sensor: Option<CompactString>,
 }
 
 /// The body as a whole cannot be read.
@@ -241,8 +245,11 @@ impl<C: Collect> Drop for Builder<'_, C> {
 
 impl<'a, C: Collect> Builder<'a, C> {
     pub(crate) fn new(ds: &'a Dataset, ctx: &'a DecodeCtx, out: &'a mut C) -> Builder<'a, C> {
-        out.readings()
-            .push(Reading::empty(ds.fields.len(), ctx.received_at));
+        let mut reading = Reading::empty(ds.fields.len(), ctx.received_at);
+        if let Some(sensor) = &ctx.default_sensor {
+            reading.sensor_id = sensor.clone();
+        }
+        out.readings().push(reading);
         Builder {
             ds,
             ctx,
@@ -295,26 +302,24 @@ impl<'a, C: Collect> Builder<'a, C> {
             });
             return;
         }
+        if let Some(named) = &self.ctx.default_sensor {
+            if named != id {
+                self.fail(Reason::InvalidSensorId, || {
+                    format!(
+                        "sensor_id `{}` does not match the topic's `{named}`",
+                        truncate(id, 64)
+                    )
+                });
+            }
+            return;
+        }
         self.reading().sensor_id = CompactString::new(id);
     }
 
     #[inline]
     pub(crate) fn set_sensor(&mut self, value: Scalar) {
         match value {
-            Scalar::Str(s) => {
-                if self.envelope_once(ENV_SENSOR, "sensor_id") {
-                    if s.len() > MAX_SENSOR_ID_LEN {
-                        self.fail(Reason::InvalidSensorId, || {
-                            format!(
-                                "sensor id is {} bytes, at most {MAX_SENSOR_ID_LEN}",
-                                s.len()
-                            )
-                        });
-                    } else {
-                        self.reading().sensor_id = s;
-                    }
-                }
-            }
+            Scalar::Str(s) => self.set_sensor_str(&s),
             // Numeric ids are common on small devices; they are ids, not numbers.
             Scalar::UInt(u) => self.set_sensor_str(&u.to_string()),
             Scalar::Int(i) if i >= 0 => self.set_sensor_str(&i.to_string()),

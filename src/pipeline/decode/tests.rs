@@ -91,6 +91,7 @@ fn ctx(format: Format) -> DecodeCtx {
     DecodeCtx {
         received_at: RECV,
         precision: format.default_precision(),
+        default_sensor: None,
     }
 }
 
@@ -201,6 +202,7 @@ fn json_precision_changes_epoch_unit() {
     let c = DecodeCtx {
         received_at: RECV,
         precision: Precision::Seconds,
+        default_sensor: None,
     };
     assert_eq!(
         ok(&run_ctx(Format::Json, &ds, body, c).unwrap(), 0).ts,
@@ -330,6 +332,26 @@ fn json_huge_sensor_id_is_rejected_not_copied() {
     );
     let out = run(Format::Json, &ds, &body).unwrap();
     assert_eq!(reason(&out, 0), Reason::InvalidSensorId);
+}
+
+#[test]
+fn a_sensor_named_by_the_transport_fills_and_checks_readings() {
+    let ds = traffic();
+    let c = DecodeCtx {
+        received_at: RECV,
+        precision: Precision::Millis,
+        default_sensor: Some("tc-topic".into()),
+    };
+    let out = run_ctx(
+        Format::Json,
+        &ds,
+        r#"[{"vehicle_count":1},{"sensor_id":"tc-topic","vehicle_count":2},{"sensor_id":"other","vehicle_count":3}]"#,
+        c,
+    )
+    .unwrap();
+    assert_eq!(ok(&out, 0).sensor_id, "tc-topic");
+    assert_eq!(ok(&out, 1).sensor_id, "tc-topic");
+    assert_eq!(reason(&out, 2), Reason::InvalidSensorId);
 }
 
 // ---- NDJSON ---------------------------------------------------------------------------------
@@ -573,6 +595,7 @@ fn line_protocol_precisions() {
         let c = DecodeCtx {
             received_at: 0,
             precision: p,
+            default_sensor: None,
         };
         let body = format!("m,sensor=a vehicle_count=1i {ts}");
         assert_eq!(
@@ -613,7 +636,7 @@ proptest! {
         if let Some(i) = i { obj["i"] = i.into(); }
         if let Some(f) = f { obj["f"] = f.into(); }
         let body = serde_json::to_string(&vec![obj]).unwrap();
-        let c = DecodeCtx { received_at: RECV, precision: Precision::Millis };
+        let c = DecodeCtx { received_at: RECV, precision: Precision::Millis, default_sensor: None };
         let out = run_ctx(Format::Json, &ds, &body, c).unwrap();
         let r = ok(&out, 0);
         prop_assert_eq!(r.sensor_id.as_str(), sensor.as_str());

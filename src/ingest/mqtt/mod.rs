@@ -1,0 +1,138 @@
+//! The MQTT endpoint: devices publish over MQTT 3.1.1 and 5 and are acknowledged only when
+//! the pipeline has accepted their readings.
+//!
+//! citygate speaks MQTT itself, with `rumqttd::protocol` (the v4 and v5 packet codecs) for the
+//! wire format, rather than embedding the rumqttd broker: that broker acknowledges a QoS 1
+//! publish before anyone reads it, keeps its log in memory and has no topic authorisation.
+//! Here a PUBACK (or PUBREC) leaves only after `Pipeline::ingest` has returned for that
+//! publish, in the order the publishes came, with many in flight per connection.
+//!
+//! - CONNECT: the password (or the user name when there is no password) is a device key.
+//!   A second connection with the same client id takes the session over.
+//! - PUBLISH to `citygate/{dataset}/{sensor_id}` or `citygate/{dataset}` ([`topic`]).
+//! - MQTT 5 rejects carry reason codes: `0x87` not authorised, `0x90` topic invalid, `0x97`
+//!   quota exceeded (rate limit, full queue), `0x99` payload invalid, with a reason string.
+//!   A publish of which some readings were rejected is acknowledged `0x00` (the rest are
+//!   kept) with a reason string naming the rejects.
+//! - MQTT 3.1.1 has no reason codes: invalid readings are acknowledged and recorded as
+//!   rejects; over the rate limit, a QoS 1/2 acknowledgement waits until the limit allows (the
+//!   device slows down); QoS 0 over the limit is dropped and counted; a publish that can
+//!   never be accepted (unknown topic, dataset not allowed) closes the connection, as the
+//!   3.1.1 spec allows, instead of being acknowledged and dropped.
+//! - SUBSCRIBE with a device key is refused filter by filter (subscriber feeds come later).
+//! - Protocol violations disconnect that client only.
+
+mod session;
+mod topic;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::MqttConfig;
+use crate::market::Keyring;
+use crate::pipeline::Pipeline;
+use crate::telemetry::MqttMetrics;
+
+/// What every MQTT session shares.
+pub struct Shared {
+    pub pipeline: Arc<Pipeline>,
+    pub keyring: Arc<Keyring>,
+    pub metrics: MqttMetrics,
+    pub config: MqttConfig,
+    /// Fired when the gateway shuts down.
+    pub closing: CancellationToken,
+    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        keyring: Arc<Keyring>,
+        metrics: MqttMetrics,
+        config: MqttConfig,
+        closing: CancellationToken,
+    ) -> Shared {
+        Shared {
+            pipeline,
+            keyring,
+            metrics,
+            config,
+            closing,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Registers a session under `client_id`, taking over (cancelling) any session already
+    /// there. Returns the session's number and its takeover token.
+    fn register(&self, client_id: &str) -> (u64, CancellationToken) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, previous)) = sessions.insert(client_id.to_string(), (id, token.clone())) {
+            previous.cancel();
+        }
+        (id, token)
+    }
+
+    /// Forgets a finished session, unless another has taken its client id since.
+    fn unregister(&self, client_id: &str, id: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(client_id)
+            .is_some_and(|(current, _)| *current == id)
+        {
+            sessions.remove(client_id);
+        }
+    }
+}
+
+/// Accepts MQTT connections until `shared.closing` fires, then waits up to `drain` for the
+/// sessions to finish what they have in flight.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Duration) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+    let sessions = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shared.closing.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "mqtt accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shared.closing.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        sessions.spawn(async move {
+            session::run(stream, peer, shared).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    sessions.close();
+    if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "mqtt sessions still open at the shutdown deadline"
+        );
+    }
+}

@@ -1,0 +1,901 @@
+//! One MQTT connection: the CONNECT handshake, then a loop that reads packets while fewer
+//! than `max_inflight` publishes await the pipeline, and writes their acknowledgements in
+//! the order the publishes came (MQTT §4.6). When the window is full the socket is not read:
+//! backpressure reaches the device instead of memory growing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use compact_str::CompactString;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rumqttd::protocol::v4::{self, FixedHeader};
+use rumqttd::protocol::v5;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Error, Packet, PingResp, Protocol, PubAck, PubAckProperties,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecProperties, PubRecReason, Publish,
+    PublishProperties, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{self, PublishHeader, Version};
+use super::{Shared, topic};
+use crate::market::ApiKey;
+use crate::model::now_micros;
+use crate::pipeline::limit::{LimitError, LimitKey, retry_after_secs};
+use crate::pipeline::reject::{Reason, Rejected};
+use crate::pipeline::{Batch, DatasetPipeline, IngestError};
+
+/// Runs a connection to its end and counts why it ended.
+pub(super) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let metrics = shared.metrics.clone();
+    metrics.connections_open().inc();
+    let reason = match handshake(stream, &shared).await {
+        Ok(mut session) => {
+            let reason = session.serve().await;
+            shared.unregister(&session.client_id, session.number);
+            metrics.inflight().dec_by(session.inflight.len() as i64);
+            reason
+        }
+        Err(reason) => reason,
+    };
+    tracing::debug!(%peer, reason, "mqtt connection closed");
+    metrics.disconnect(reason);
+    metrics.connections_open().dec();
+}
+
+/// The codec of the connection's protocol version.
+enum Codec {
+    V4(v4::V4),
+    V5(v5::V5),
+}
+
+impl Codec {
+    fn read(&mut self, buf: &mut BytesMut, max: usize) -> Result<Packet, Error> {
+        match self {
+            Codec::V4(c) => c.read_mut(buf, max),
+            Codec::V5(c) => c.read_mut(buf, max),
+        }
+    }
+
+    fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, Error> {
+        match self {
+            Codec::V4(c) => c.write(packet, out),
+            Codec::V5(c) => c.write(packet, out),
+        }
+    }
+}
+
+/// Why a publish is refused (MQTT 5 reason codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    NotAuthorized,
+    TopicInvalid,
+    QuotaExceeded,
+    PayloadInvalid,
+    Unspecified,
+}
+
+impl Refusal {
+    fn puback(self) -> PubAckReason {
+        match self {
+            Refusal::NotAuthorized => PubAckReason::NotAuthorized,
+            Refusal::TopicInvalid => PubAckReason::TopicNameInvalid,
+            Refusal::QuotaExceeded => PubAckReason::QuotaExceeded,
+            Refusal::PayloadInvalid => PubAckReason::PayloadFormatInvalid,
+            Refusal::Unspecified => PubAckReason::UnspecifiedError,
+        }
+    }
+
+    fn pubrec(self) -> PubRecReason {
+        match self {
+            Refusal::NotAuthorized => PubRecReason::NotAuthorized,
+            Refusal::TopicInvalid => PubRecReason::TopicNameInvalid,
+            Refusal::QuotaExceeded => PubRecReason::QuotaExceeded,
+            Refusal::PayloadInvalid => PubRecReason::PayloadFormatInvalid,
+            Refusal::Unspecified => PubRecReason::UnspecifiedError,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::NotAuthorized => "not_authorized",
+            Refusal::TopicInvalid => "topic_invalid",
+            Refusal::QuotaExceeded => "quota_exceeded",
+            Refusal::PayloadInvalid => "payload_invalid",
+            Refusal::Unspecified => "error",
+        }
+    }
+}
+
+/// What became of a publish, as the acknowledgement will say.
+#[derive(Debug)]
+enum Verdict {
+    /// Every reading kept (or, on MQTT 3.1.1, the invalid ones recorded as rejects).
+    Accepted,
+    /// Some readings kept, some rejected: acknowledged with a reason string naming them.
+    Partial(String),
+    /// Nothing kept: refused with a reason code (MQTT 5 only).
+    Refused(Refusal, String),
+    /// A QoS 0 publish not kept (no acknowledgement exists to refuse it with).
+    Dropped(&'static str),
+    /// Cannot be acknowledged and must not be dropped silently: close the connection.
+    Abandon(&'static str),
+}
+
+/// An acknowledgement waiting for its turn.
+enum Ack {
+    Settled {
+        pkid: u16,
+        qos: u8,
+        verdict: Verdict,
+    },
+    /// A QoS 2 publish already received: PUBREC again with the first one's answer.
+    Repeat { pkid: u16 },
+}
+
+type Pending = Pin<Box<dyn Future<Output = Ack> + Send>>;
+
+/// A protocol violation: disconnect (MQTT 5 with `code`), counted as `reason`.
+struct Violation {
+    code: DisconnectReasonCode,
+    reason: &'static str,
+}
+
+fn violation(code: DisconnectReasonCode, reason: &'static str) -> Violation {
+    Violation { code, reason }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    version: Version,
+    codec: Codec,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    out: BytesMut,
+    key: Arc<ApiKey>,
+    client_id: String,
+    number: u64,
+    takeover: CancellationToken,
+    keep_alive: Option<Duration>,
+    inflight: FuturesOrdered<Pending>,
+    /// QoS 2 packet ids received and not yet released: `None` while the pipeline works,
+    /// then the PUBREC reason sent (so a duplicate gets the same answer, and is not stored
+    /// twice).
+    qos2: HashMap<u16, Option<PubRecReason>>,
+}
+
+/// Reads the CONNECT (within `connect_timeout`), authenticates, answers CONNACK.
+async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &'static str> {
+    let config = &shared.config;
+    let max = config.max_packet_size.as_usize();
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let deadline = Instant::now() + config.connect_timeout;
+    let header = loop {
+        match v4::check(buf.iter(), max) {
+            Ok(header) => break header,
+            Err(Error::InsufficientBytes(_)) => {}
+            Err(_) => return Err("malformed_connect"),
+        }
+        match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
+            Err(_) => {
+                shared.metrics.connection("connect_timeout");
+                return Err("connect_timeout");
+            }
+            Ok(Ok(0)) => return Err("closed_before_connect"),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err("io_error"),
+        }
+    };
+    if header.byte1 >> 4 != wire::CONNECT {
+        return Err("first_packet_not_connect");
+    }
+    let frame = &buf[..header.frame_length()];
+    let version = match wire::connect_protocol(frame, &header) {
+        Some((b"MQTT", 4)) => Version::V4,
+        Some((b"MQTT", 5)) => Version::V5,
+        Some((_, 5)) => {
+            let _ = wr.write_all(&wire::CONNACK_BAD_PROTOCOL_V5).await;
+            shared.metrics.connection("unsupported_protocol");
+            return Err("unsupported_protocol");
+        }
+        Some(_) => {
+            // MQTT 3.1 ("MQIsdp") and anything else: refuse in 3.1.1 terms.
+            let _ = wr.write_all(&wire::CONNACK_BAD_PROTOCOL_V3).await;
+            shared.metrics.connection("unsupported_protocol");
+            return Err("unsupported_protocol");
+        }
+        None => return Err("malformed_connect"),
+    };
+    let mut codec = match version {
+        Version::V4 => Codec::V4(v4::V4),
+        Version::V5 => Codec::V5(v5::V5),
+    };
+    let Ok(Packet::Connect(connect, _props, _will, _will_props, login)) = codec.read(&mut buf, max)
+    else {
+        return Err("malformed_connect");
+    };
+    shared.metrics.packet_in("connect");
+
+    // The device key: the password, or the user name when there is no password.
+    let secret = login
+        .map(|l| {
+            if l.password.is_empty() {
+                l.username
+            } else {
+                l.password
+            }
+        })
+        .unwrap_or_default();
+    let key = match shared.keyring.authenticate(&secret).await {
+        Ok(Some(key)) if key.kind == crate::market::KeyKind::Device => key,
+        Ok(_) => {
+            let code = match version {
+                Version::V4 => ConnectReturnCode::NotAuthorized,
+                Version::V5 => ConnectReturnCode::NotAuthorized,
+            };
+            return Err(refuse(&codec, &mut wr, version, code, "not_authorized", shared).await);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "key lookup failed during MQTT CONNECT");
+            let code = match version {
+                Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                Version::V5 => ConnectReturnCode::ServerUnavailable,
+            };
+            return Err(refuse(&codec, &mut wr, version, code, "server_unavailable", shared).await);
+        }
+    };
+
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_session {
+            // 3.1.1 §3.1.3.1: a zero-byte client id needs a clean session.
+            let code = ConnectReturnCode::ClientIdentifierNotValid;
+            return Err(refuse(&codec, &mut wr, version, code, "client_id_invalid", shared).await);
+        }
+        let id = format!("cg-{:016x}", rand::random::<u64>());
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id
+    };
+    let (number, takeover) = shared.register(&client_id);
+
+    let properties = (version == Version::V5).then(|| ConnAckProperties {
+        // Sessions are not kept beyond the connection.
+        session_expiry_interval: Some(0),
+        receive_max: Some(shared.config.max_inflight),
+        max_qos: None,
+        retain_available: Some(0),
+        max_packet_size: Some(u32::try_from(max).unwrap_or(u32::MAX)),
+        assigned_client_identifier: assigned,
+        topic_alias_max: Some(0),
+        wildcard_subscription_available: Some(0),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(0),
+        ..ConnAckProperties::default()
+    });
+    let mut out = BytesMut::with_capacity(4096);
+    if codec
+        .write(
+            connack(version, ConnectReturnCode::Success, properties),
+            &mut out,
+        )
+        .is_err()
+        || wr.write_all(&out).await.is_err()
+    {
+        shared.unregister(&client_id, number);
+        return Err("io_error");
+    }
+    out.clear();
+    shared.metrics.packet_out("connack");
+    shared.metrics.connection("accepted");
+    let keep_alive = (connect.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    Ok(Session {
+        shared: shared.clone(),
+        version,
+        codec,
+        rd,
+        wr,
+        buf,
+        out,
+        key,
+        client_id,
+        number,
+        takeover,
+        keep_alive,
+        inflight: FuturesOrdered::new(),
+        qos2: HashMap::new(),
+    })
+}
+
+/// Answers a CONNECT with a refusal (a code valid for `version`) and counts it.
+async fn refuse(
+    codec: &Codec,
+    wr: &mut OwnedWriteHalf,
+    version: Version,
+    code: ConnectReturnCode,
+    why: &'static str,
+    shared: &Shared,
+) -> &'static str {
+    let mut out = BytesMut::new();
+    if codec.write(connack(version, code, None), &mut out).is_ok() {
+        let _ = wr.write_all(&out).await;
+        shared.metrics.packet_out("connack");
+    }
+    shared.metrics.connection(why);
+    why
+}
+
+fn connack(version: Version, code: ConnectReturnCode, props: Option<ConnAckProperties>) -> Packet {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    match version {
+        Version::V4 => Packet::ConnAck(ack, None),
+        Version::V5 => Packet::ConnAck(ack, props),
+    }
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(..) => "connect",
+        Packet::ConnAck(..) => "connack",
+        Packet::Publish(..) => "publish",
+        Packet::PubAck(..) => "puback",
+        Packet::PingReq(..) => "pingreq",
+        Packet::PingResp(..) => "pingresp",
+        Packet::Subscribe(..) => "subscribe",
+        Packet::SubAck(..) => "suback",
+        Packet::PubRec(..) => "pubrec",
+        Packet::PubRel(..) => "pubrel",
+        Packet::PubComp(..) => "pubcomp",
+        Packet::Unsubscribe(..) => "unsubscribe",
+        Packet::UnsubAck(..) => "unsuback",
+        Packet::Disconnect(..) => "disconnect",
+    }
+}
+
+/// How a read loop turn ended.
+enum Flow {
+    Continue,
+    Close(&'static str),
+}
+
+impl Session {
+    fn max_packet(&self) -> usize {
+        self.shared.config.max_packet_size.as_usize()
+    }
+
+    fn window_open(&self) -> bool {
+        self.inflight.len() < usize::from(self.shared.config.max_inflight)
+    }
+
+    /// The connection's life after CONNACK. Returns why it ended.
+    async fn serve(&mut self) -> &'static str {
+        let closing = self.shared.closing.clone();
+        let takeover = self.takeover.clone();
+        let mut last_seen = Instant::now();
+        let mut eof = false;
+        loop {
+            // Handle what is buffered, as far as the in-flight window allows.
+            while self.window_open() {
+                match self.next_packet() {
+                    Ok(None) => break,
+                    Ok(Some((packet, header))) => match self.handle(packet, header) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Close(reason)) => {
+                            self.drain().await;
+                            return reason;
+                        }
+                        Err(v) => return self.disconnect(v).await,
+                    },
+                    Err(v) => return self.disconnect(v).await,
+                }
+            }
+            if self.flush().await.is_err() {
+                return "io_error";
+            }
+            if eof {
+                // The client is gone; finish what it sent (QoS 0 readings sent just before
+                // closing are still kept), then stop.
+                self.drain().await;
+                return "client_closed";
+            }
+            let keep_alive_limit = self.keep_alive;
+            let keep_alive = async move {
+                match keep_alive_limit {
+                    Some(limit) => tokio::time::sleep_until(last_seen + limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let window_open = self.window_open();
+            tokio::select! {
+                biased;
+                _ = takeover.cancelled() => {
+                    return self
+                        .disconnect(violation(DisconnectReasonCode::SessionTakenOver, "taken_over"))
+                        .await;
+                }
+                _ = closing.cancelled() => {
+                    self.drain().await;
+                    return self
+                        .disconnect(violation(DisconnectReasonCode::ServerShuttingDown, "server_shutdown"))
+                        .await;
+                }
+                Some(ack) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.shared.metrics.inflight().dec();
+                    if let Err(reason) = self.write_ack(ack) {
+                        let _ = self.flush().await;
+                        return reason;
+                    }
+                }
+                read = self.rd.read_buf(&mut self.buf), if window_open => match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => last_seen = Instant::now(),
+                    Err(_) => return "io_error",
+                },
+                _ = keep_alive => {
+                    return self
+                        .disconnect(violation(DisconnectReasonCode::KeepAliveTimeout, "keep_alive_timeout"))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The next complete packet in the buffer, with the raw PUBLISH header when it is one.
+    #[allow(clippy::type_complexity)]
+    fn next_packet(&mut self) -> Result<Option<(Packet, Option<PublishHeader>)>, Violation> {
+        let max = self.max_packet();
+        let header: FixedHeader = match v4::check(self.buf.iter(), max) {
+            Ok(header) => header,
+            Err(Error::InsufficientBytes(_)) => return Ok(None),
+            Err(Error::PayloadSizeLimitExceeded(_)) => {
+                return Err(violation(
+                    DisconnectReasonCode::PacketTooLarge,
+                    "packet_too_large",
+                ));
+            }
+            Err(_) => {
+                return Err(violation(
+                    DisconnectReasonCode::MalformedPacket,
+                    "malformed_packet",
+                ));
+            }
+        };
+        let publish = (header.byte1 >> 4 == wire::PUBLISH)
+            .then(|| wire::publish_header(&self.buf[..header.frame_length()], &header))
+            .flatten();
+        match self.codec.read(&mut self.buf, max) {
+            Ok(packet) => Ok(Some((packet, publish))),
+            Err(_) => Err(violation(
+                DisconnectReasonCode::MalformedPacket,
+                "malformed_packet",
+            )),
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        let name = packet_name(&packet);
+        // Every packet we build is valid for the connection's version.
+        if self.codec.write(packet, &mut self.out).is_ok() {
+            self.shared.metrics.packet_out(name);
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let result = self.wr.write_all(&self.out).await;
+            self.out.clear();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Writes every pending acknowledgement as its publish completes.
+    async fn drain(&mut self) {
+        while let Some(ack) = self.inflight.next().await {
+            self.shared.metrics.inflight().dec();
+            if self.write_ack(ack).is_err() {
+                break;
+            }
+        }
+        let _ = self.flush().await;
+    }
+
+    /// Ends the connection: MQTT 5 clients get a DISCONNECT with the reason code and a
+    /// reason string. (The string also keeps rumqttd's encoder right: without properties it
+    /// announces one byte fewer than it writes.)
+    async fn disconnect(&mut self, v: Violation) -> &'static str {
+        if self.version == Version::V5 {
+            self.send(Packet::Disconnect(
+                Disconnect {
+                    reason_code: v.code,
+                },
+                Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(v.reason.replace('_', " ")),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+            ));
+        }
+        let _ = self.flush().await;
+        let _ = self.wr.shutdown().await;
+        v.reason
+    }
+
+    fn handle(&mut self, packet: Packet, header: Option<PublishHeader>) -> Result<Flow, Violation> {
+        self.shared.metrics.packet_in(packet_name(&packet));
+        match packet {
+            Packet::Publish(publish, props) => {
+                let header = header.ok_or_else(|| {
+                    violation(DisconnectReasonCode::MalformedPacket, "malformed_packet")
+                })?;
+                self.on_publish(publish, props, header)?;
+            }
+            Packet::PubRel(rel, _) => {
+                let reason = match self.qos2.remove(&rel.pkid) {
+                    Some(_) => PubCompReason::Success,
+                    None => PubCompReason::PacketIdentifierNotFound,
+                };
+                self.send(Packet::PubComp(
+                    PubComp {
+                        pkid: rel.pkid,
+                        reason,
+                    },
+                    None,
+                ));
+            }
+            Packet::PingReq(_) => self.send(Packet::PingResp(PingResp)),
+            Packet::Subscribe(subscribe, _) => {
+                // Device keys publish; subscriber feeds come with subscriber keys.
+                let code = match self.version {
+                    Version::V4 => SubscribeReasonCode::Failure,
+                    Version::V5 => SubscribeReasonCode::NotAuthorized,
+                };
+                let return_codes = subscribe.filters.iter().map(|_| code).collect();
+                self.send(Packet::SubAck(
+                    SubAck {
+                        pkid: subscribe.pkid,
+                        return_codes,
+                    },
+                    None,
+                ));
+            }
+            Packet::Unsubscribe(unsubscribe, _) => {
+                let reasons = unsubscribe
+                    .filters
+                    .iter()
+                    .map(|_| UnsubAckReason::NoSubscriptionExisted)
+                    .collect();
+                self.send(Packet::UnsubAck(
+                    UnsubAck {
+                        pkid: unsubscribe.pkid,
+                        reasons,
+                    },
+                    None,
+                ));
+            }
+            Packet::Disconnect(..) => return Ok(Flow::Close("client_disconnect")),
+            Packet::Connect(..) => {
+                return Err(violation(
+                    DisconnectReasonCode::ProtocolError,
+                    "second_connect",
+                ));
+            }
+            // A device has nothing to acknowledge, and servers send the rest.
+            Packet::ConnAck(..)
+            | Packet::PubAck(..)
+            | Packet::PubRec(..)
+            | Packet::PubComp(..)
+            | Packet::SubAck(..)
+            | Packet::UnsubAck(..)
+            | Packet::PingResp(..) => {
+                return Err(violation(
+                    DisconnectReasonCode::ProtocolError,
+                    "unexpected_packet",
+                ));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        header: PublishHeader,
+    ) -> Result<(), Violation> {
+        if header.retain {
+            return Err(violation(
+                DisconnectReasonCode::RetainNotSupported,
+                "retain_not_supported",
+            ));
+        }
+        if topic::malformed(&publish.topic).is_some() {
+            return Err(violation(
+                DisconnectReasonCode::TopicNameInvalid,
+                "malformed_topic",
+            ));
+        }
+        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+            return Err(violation(
+                DisconnectReasonCode::TopicAliasInvalid,
+                "topic_alias",
+            ));
+        }
+        let PublishHeader { qos, pkid, .. } = header;
+        if qos == 2 && self.qos2.contains_key(&pkid) {
+            self.push(Box::pin(std::future::ready(Ack::Repeat { pkid })));
+            return Ok(());
+        }
+        let verdict = match self.target(&publish) {
+            Ok((ds, sensor)) => {
+                let body = publish.payload;
+                let content_type = props.as_ref().and_then(|p| p.content_type.as_deref());
+                let batch = Batch {
+                    format: topic::format_of(&body, content_type, sensor.is_some()),
+                    body,
+                    precision: None,
+                    received_at: now_micros(),
+                    sensor,
+                };
+                if qos == 2 {
+                    self.qos2.insert(pkid, None);
+                }
+                let settle = settle(
+                    self.shared.clone(),
+                    ds,
+                    self.key.id.clone(),
+                    batch,
+                    self.version,
+                    qos,
+                );
+                self.push(Box::pin(async move {
+                    Ack::Settled {
+                        pkid,
+                        qos,
+                        verdict: settle.await,
+                    }
+                }));
+                return Ok(());
+            }
+            Err(verdict) => verdict,
+        };
+        self.push(Box::pin(std::future::ready(Ack::Settled {
+            pkid,
+            qos,
+            verdict,
+        })));
+        Ok(())
+    }
+
+    /// The dataset a publish may go to (and the sensor its topic names), or the verdict
+    /// refusing it.
+    fn target(
+        &self,
+        publish: &Publish,
+    ) -> Result<(Arc<DatasetPipeline>, Option<CompactString>), Verdict> {
+        let refuse = |refusal: Refusal, message: String| match self.version {
+            Version::V5 => Verdict::Refused(refusal, message),
+            // 3.1.1 cannot say no: close rather than acknowledge what will not be kept.
+            Version::V4 => Verdict::Abandon(refusal.label()),
+        };
+        let text = std::str::from_utf8(&publish.topic).unwrap_or_default();
+        let route = topic::route(text).map_err(|m| refuse(Refusal::TopicInvalid, m))?;
+        let ds = self.shared.pipeline.dataset(route.dataset).ok_or_else(|| {
+            refuse(
+                Refusal::TopicInvalid,
+                format!("no dataset `{}`", route.dataset),
+            )
+        })?;
+        if !self.key.may_write(route.dataset) {
+            tracing::warn!(key = %self.key.id, topic = text, "mqtt publish to a dataset the key may not write");
+            return Err(refuse(
+                Refusal::NotAuthorized,
+                format!(
+                    "key {} may not write to dataset `{}`",
+                    self.key.id, route.dataset
+                ),
+            ));
+        }
+        Ok((ds.clone(), route.sensor.map(CompactString::new)))
+    }
+
+    fn push(&mut self, pending: Pending) {
+        self.shared.metrics.inflight().inc();
+        self.inflight.push_back(pending);
+    }
+
+    /// Writes the acknowledgement of a settled publish; `Err` closes the connection.
+    fn write_ack(&mut self, ack: Ack) -> Result<(), &'static str> {
+        let (pkid, qos, verdict) = match ack {
+            Ack::Repeat { pkid } => {
+                let reason = self
+                    .qos2
+                    .get(&pkid)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(PubRecReason::Success);
+                self.send(Packet::PubRec(PubRec { pkid, reason }, None));
+                return Ok(());
+            }
+            Ack::Settled { pkid, qos, verdict } => (pkid, qos, verdict),
+        };
+        let metrics = &self.shared.metrics;
+        let (refusal, message) = match verdict {
+            Verdict::Accepted => {
+                metrics.publish("accepted");
+                (None, None)
+            }
+            Verdict::Partial(summary) => {
+                metrics.publish("partial");
+                (None, Some(summary))
+            }
+            Verdict::Refused(refusal, message) => {
+                metrics.publish(refusal.label());
+                (Some(refusal), Some(message))
+            }
+            Verdict::Dropped(why) => {
+                metrics.publish(why);
+                return Ok(());
+            }
+            Verdict::Abandon(why) => {
+                metrics.publish(why);
+                if qos == 2 {
+                    self.qos2.remove(&pkid);
+                }
+                return Err(why);
+            }
+        };
+        let v5 = self.version == Version::V5;
+        let reason_string = message.filter(|_| v5).map(|m| truncate_reason(&m));
+        match qos {
+            0 => {}
+            1 => {
+                let reason = refusal.map_or(PubAckReason::Success, Refusal::puback);
+                let props = reason_string.map(|reason_string| PubAckProperties {
+                    reason_string: Some(reason_string),
+                    user_properties: Vec::new(),
+                });
+                self.send(Packet::PubAck(PubAck { pkid, reason }, props));
+            }
+            _ => {
+                let reason = refusal.map_or(PubRecReason::Success, Refusal::pubrec);
+                if refusal.is_none() {
+                    self.qos2.insert(pkid, Some(reason));
+                } else {
+                    // A refused QoS 2 publish ends here (no PUBREL follows).
+                    self.qos2.remove(&pkid);
+                }
+                let props = reason_string.map(|reason_string| PubRecProperties {
+                    reason_string: Some(reason_string),
+                    user_properties: Vec::new(),
+                });
+                self.send(Packet::PubRec(PubRec { pkid, reason }, props));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reason strings stay short: they travel in every acknowledgement.
+fn truncate_reason(message: &str) -> String {
+    crate::pipeline::decode::truncate(message, 512).to_string()
+}
+
+/// "2 of 5 readings rejected: #1 above_max (field `x` is 999…); #3 …" (the first few).
+fn summarize(rejected: &[Rejected], total: usize) -> String {
+    let mut text = format!("{} of {total} readings rejected", rejected.len());
+    for (i, r) in rejected.iter().take(3).enumerate() {
+        text.push_str(if i == 0 { ": " } else { "; " });
+        text.push_str(&format!("#{} {} ({})", r.index, r.reason.code(), r.message));
+    }
+    text
+}
+
+/// Runs a publish through the pipeline and decides its acknowledgement.
+async fn settle(
+    shared: Arc<Shared>,
+    ds: Arc<DatasetPipeline>,
+    key: LimitKey,
+    batch: Batch,
+    version: Version,
+    qos: u8,
+) -> Verdict {
+    let pipeline = &shared.pipeline;
+    let received_at = batch.received_at;
+    let checked = match pipeline.prepare(&ds, batch).await {
+        Ok(checked) => checked,
+        Err(e @ (IngestError::Malformed(_) | IngestError::NoReadings)) => {
+            if version == Version::V5 {
+                return Verdict::Refused(Refusal::PayloadInvalid, e.to_string());
+            }
+            // 3.1.1: acknowledged, and on record for the provider.
+            let reject = Rejected {
+                index: 0,
+                reason: Reason::Malformed,
+                message: e.to_string(),
+                sensor_id: None,
+            };
+            pipeline.record_rejects(&ds, &key, received_at, &[reject]);
+            return Verdict::Accepted;
+        }
+        Err(IngestError::ShuttingDown) => return Verdict::Abandon("server_shutdown"),
+        Err(e) => {
+            tracing::error!(error = %e, "mqtt publish failed in the pipeline");
+            return match version {
+                Version::V5 => Verdict::Refused(Refusal::Unspecified, "internal error".into()),
+                Version::V4 => Verdict::Abandon("error"),
+            };
+        }
+    };
+    loop {
+        match pipeline.admit(&ds, &key, &checked) {
+            Ok(()) => break,
+            Err(IngestError::RateLimited(LimitError::Exceeded { retry_after })) => {
+                match (version, qos) {
+                    (_, 0) => return Verdict::Dropped("dropped_rate_limited"),
+                    (Version::V5, _) => {
+                        return Verdict::Refused(
+                            Refusal::QuotaExceeded,
+                            format!(
+                                "rate limit exceeded; retry in {} s",
+                                retry_after_secs(retry_after)
+                            ),
+                        );
+                    }
+                    // 3.1.1: the acknowledgement waits until the limit allows.
+                    (Version::V4, _) => tokio::select! {
+                        _ = tokio::time::sleep(retry_after) => {}
+                        _ = shared.closing.cancelled() => return Verdict::Abandon("server_shutdown"),
+                    },
+                }
+            }
+            Err(e) => {
+                return match version {
+                    Version::V5 if qos > 0 => {
+                        Verdict::Refused(Refusal::QuotaExceeded, e.to_string())
+                    }
+                    _ if qos == 0 => Verdict::Dropped("dropped_batch_too_large"),
+                    _ => Verdict::Abandon("batch_exceeds_burst"),
+                };
+            }
+        }
+    }
+    let total = checked.accepted.len() + checked.rejected.len();
+    match pipeline.deliver(&ds, &key, checked).await {
+        Ok(outcome) if outcome.rejected.is_empty() => Verdict::Accepted,
+        Ok(outcome) if version == Version::V4 => {
+            // The rejects are on record; 3.1.1 has no way to say more.
+            let _ = outcome;
+            Verdict::Accepted
+        }
+        Ok(outcome) if outcome.accepted == 0 => {
+            Verdict::Refused(Refusal::PayloadInvalid, summarize(&outcome.rejected, total))
+        }
+        Ok(outcome) => Verdict::Partial(summarize(&outcome.rejected, total)),
+        Err(IngestError::QueueFull(_)) if qos == 0 => Verdict::Dropped("dropped_queue_full"),
+        Err(e @ IngestError::QueueFull(_)) if version == Version::V5 => {
+            Verdict::Refused(Refusal::QuotaExceeded, format!("{e}; retry shortly"))
+        }
+        Err(IngestError::QueueFull(_)) => Verdict::Abandon("queue_full"),
+        Err(_) => Verdict::Abandon("server_shutdown"),
+    }
+}

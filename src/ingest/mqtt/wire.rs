@@ -1,0 +1,112 @@
+//! Byte-level helpers around `rumqttd::protocol`: what the codec does not expose.
+//!
+//! rumqttd's `Publish` keeps its QoS and packet id crate-private, so we read them from the
+//! raw frame before handing it to the codec; and the protocol level of a CONNECT decides
+//! which codec (v4 or v5) reads the rest of the connection.
+
+use rumqttd::protocol::v4::FixedHeader;
+
+/// The MQTT version a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5.
+    V5,
+}
+
+/// Packet type numbers (the high nibble of the first byte).
+pub(super) const CONNECT: u8 = 1;
+pub(super) const PUBLISH: u8 = 3;
+
+/// The protocol name and level of a complete CONNECT frame, if it has them.
+pub(super) fn connect_protocol<'f>(
+    frame: &'f [u8],
+    header: &FixedHeader,
+) -> Option<(&'f [u8], u8)> {
+    let at = header.fixed_header_len;
+    let name_len = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]) as usize;
+    let name = frame.get(at + 2..at + 2 + name_len)?;
+    let level = *frame.get(at + 2 + name_len)?;
+    Some((name, level))
+}
+
+/// A CONNACK refusing the protocol version, in the 3.1.1 format every client understands
+/// (return code 0x01).
+pub(super) const CONNACK_BAD_PROTOCOL_V3: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+/// The same refusal for a client that asked for MQTT 5 but sent something we cannot read
+/// as MQTT 5 (reason 0x84, unsupported protocol version; no properties).
+pub(super) const CONNACK_BAD_PROTOCOL_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x84, 0x00];
+
+/// The flags and packet id of a PUBLISH, read from its raw frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PublishHeader {
+    pub qos: u8,
+    pub dup: bool,
+    pub retain: bool,
+    /// 0 for QoS 0.
+    pub pkid: u16,
+}
+
+/// Reads the PUBLISH header of a complete frame; `None` if the frame is too short to hold
+/// one (the codec then reports it as malformed).
+pub(super) fn publish_header(frame: &[u8], header: &FixedHeader) -> Option<PublishHeader> {
+    let flags = header.byte1 & 0x0F;
+    let qos = (flags >> 1) & 0b11;
+    let at = header.fixed_header_len;
+    let topic_len = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]) as usize;
+    let pkid = if qos > 0 {
+        let p = at + 2 + topic_len;
+        u16::from_be_bytes([*frame.get(p)?, *frame.get(p + 1)?])
+    } else {
+        0
+    };
+    Some(PublishHeader {
+        qos,
+        dup: flags & 0b1000 != 0,
+        retain: flags & 0b0001 != 0,
+        pkid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(frame: &[u8]) -> FixedHeader {
+        rumqttd::protocol::v4::check(frame.iter(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn reads_publish_flags_and_packet_id() {
+        // QoS 1, retain, topic "a/b", pkid 0x1234, payload "x".
+        let frame = [0x33, 0x08, 0x00, 0x03, b'a', b'/', b'b', 0x12, 0x34, b'x'];
+        let h = publish_header(&frame, &header(&frame)).unwrap();
+        assert_eq!(
+            h,
+            PublishHeader {
+                qos: 1,
+                dup: false,
+                retain: true,
+                pkid: 0x1234
+            }
+        );
+        // QoS 0 has no packet id.
+        let frame = [0x30, 0x04, 0x00, 0x01, b't', b'x'];
+        assert_eq!(publish_header(&frame, &header(&frame)).unwrap().pkid, 0);
+        // Too short for its topic.
+        let frame = [0x32, 0x02, 0x00, 0x09];
+        assert_eq!(publish_header(&frame, &header(&frame)), None);
+    }
+
+    #[test]
+    fn reads_connect_protocol() {
+        let frame = [
+            0x10, 0x0a, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c,
+        ];
+        let (name, level) = connect_protocol(&frame, &header(&frame)).unwrap();
+        assert_eq!((name, level), (&b"MQTT"[..], 5));
+        let frame = [0x10, 0x02, 0x00, 0x09];
+        assert_eq!(connect_protocol(&frame, &header(&frame)), None);
+    }
+}

@@ -1,0 +1,792 @@
+//! The MQTT endpoint, as devices see it: rumqttc clients (3.1.1 and 5) and raw byte streams.
+
+use std::time::Duration;
+
+use rumqttc::v5 as mqtt5;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode as Connect5, DisconnectReasonCode, Packet as P5, PubAckReason,
+    SubscribeReasonCode as Sub5,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::harness::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn mqtt_port(gw: &Gateway) -> u16 {
+    gw.app().mqtt_addr().expect("mqtt enabled").port()
+}
+
+/// An MQTT 5 client whose events arrive on a channel.
+struct Client5 {
+    client: mqtt5::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<P5, String>>,
+}
+
+impl Client5 {
+    /// Connects and returns the client with the CONNACK code it got.
+    async fn try_connect(gw: &Gateway, id: &str, password: &str) -> (Client5, Connect5) {
+        let mut options = mqtt5::MqttOptions::new(id, "127.0.0.1", mqtt_port(gw));
+        options.set_credentials("device", password);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = mqtt5::AsyncClient::new(options, 100);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(mqtt5::Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut c = Client5 { client, events };
+        let code = c
+            .wait_for(|p| match p {
+                P5::ConnAck(ack) => Some(ack.code),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|e| {
+                // rumqttc reports a refused CONNECT as an error carrying the code.
+                if e.contains("NotAuthorized") {
+                    Connect5::NotAuthorized
+                } else {
+                    panic!("no CONNACK: {e}")
+                }
+            });
+        (c, code)
+    }
+
+    async fn connect(gw: &Gateway, id: &str, password: &str) -> Client5 {
+        let (c, code) = Client5::try_connect(gw, id, password).await;
+        assert_eq!(code, Connect5::Success);
+        c
+    }
+
+    /// Waits for the first incoming packet `pick` accepts; `Err` if the connection ends.
+    async fn wait_for<T>(&mut self, pick: impl Fn(&P5) -> Option<T>) -> Result<T, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => panic!("timed out waiting for a packet"),
+                Ok(None) => return Err("event loop ended".into()),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(packet))) => {
+                    if let Some(t) = pick(&packet) {
+                        return Ok(t);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &str, qos: u8, payload: &str) {
+        let qos = match qos {
+            0 => mqtt5::mqttbytes::QoS::AtMostOnce,
+            1 => mqtt5::mqttbytes::QoS::AtLeastOnce,
+            _ => mqtt5::mqttbytes::QoS::ExactlyOnce,
+        };
+        self.client
+            .publish(topic, qos, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+
+    /// The next PUBACK: its reason and reason string.
+    async fn puback(&mut self) -> (PubAckReason, Option<String>) {
+        self.wait_for(|p| match p {
+            P5::PubAck(ack) => Some((
+                ack.reason,
+                ack.properties
+                    .as_ref()
+                    .and_then(|p| p.reason_string.clone()),
+            )),
+            _ => None,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Disconnects cleanly and waits until the connection is gone.
+    async fn close(mut self) {
+        self.client.disconnect().await.unwrap();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.events.recv()).await {}
+    }
+}
+
+/// An MQTT 3.1.1 client (rumqttc) whose incoming packets arrive on a channel.
+struct Client4 {
+    client: rumqttc::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<rumqttc::Packet, String>>,
+}
+
+impl Client4 {
+    async fn connect(gw: &Gateway, id: &str, password: &str) -> Client4 {
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", mqtt_port(gw));
+        options.set_credentials("device", password);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut c = Client4 { client, events };
+        let code = c
+            .wait_for(|p| match p {
+                rumqttc::Packet::ConnAck(ack) => Some(ack.code),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(code, rumqttc::ConnectReturnCode::Success);
+        c
+    }
+
+    async fn wait_for<T>(
+        &mut self,
+        pick: impl Fn(&rumqttc::Packet) -> Option<T>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => panic!("timed out waiting for a packet"),
+                Ok(None) => return Err("event loop ended".into()),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(packet))) => {
+                    if let Some(t) = pick(&packet) {
+                        return Ok(t);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &str, qos: rumqttc::QoS, payload: &str) {
+        self.client
+            .publish(topic, qos, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+
+    async fn close(mut self) {
+        self.client.disconnect().await.unwrap();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.events.recv()).await {}
+    }
+}
+
+// ---- raw MQTT 3.1.1 bytes, for what no well-behaved client sends ----------------------------
+
+fn remaining_length(mut len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return out;
+        }
+    }
+}
+
+fn mqtt_string(s: &[u8]) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s);
+    out
+}
+
+fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![first];
+    out.extend(remaining_length(body.len()));
+    out.extend(body);
+    out
+}
+
+/// CONNECT with protocol `name`/`level`, user `device`, password `key`.
+fn raw_connect(name: &[u8], level: u8, client_id: &str, key: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = mqtt_string(name);
+    body.push(level);
+    body.push(0xC2); // user name, password, clean session
+    body.extend(keep_alive.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend(mqtt_string(client_id.as_bytes()));
+    body.extend(mqtt_string(b"device"));
+    body.extend(mqtt_string(key.as_bytes()));
+    packet(0x10, body)
+}
+
+fn raw_publish(topic: &[u8], payload: &[u8], flags: u8, pkid: u16) -> Vec<u8> {
+    let mut body = mqtt_string(topic);
+    if (flags >> 1) & 0b11 > 0 {
+        body.extend(pkid.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    packet(0x30 | flags, body)
+}
+
+async fn raw_client(gw: &Gateway, key: &str, client_id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", mqtt_port(gw)))
+        .await
+        .unwrap();
+    s.write_all(&raw_connect(b"MQTT", 4, client_id, key, 0))
+        .await
+        .unwrap();
+    let connack = read_n(&mut s, 4).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    s
+}
+
+async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    buf
+}
+
+/// Whether the server closes the connection within `limit` (reading and discarding).
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_and_v5_publishes_at_every_qos_land_in_parquet() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+
+    let c4 = Client4::connect(&gw, "dev-v4", &key).await;
+    c4.publish(
+        "citygate/traffic-counts/v4-q0",
+        rumqttc::QoS::AtMostOnce,
+        r#"{"vehicle_count":1}"#,
+    )
+    .await;
+    c4.publish(
+        "citygate/traffic-counts",
+        rumqttc::QoS::AtLeastOnce,
+        r#"[{"sensor_id":"v4-q1-a","vehicle_count":2},{"sensor_id":"v4-q1-b","vehicle_count":3}]"#,
+    )
+    .await;
+    c4.publish(
+        "citygate/traffic-counts/v4-q2",
+        rumqttc::QoS::ExactlyOnce,
+        r#"[{"vehicle_count":4}]"#,
+    )
+    .await;
+    let mut c4 = c4;
+    c4.wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+        .await
+        .unwrap();
+    c4.wait_for(|p| matches!(p, rumqttc::Packet::PubComp(_)).then_some(()))
+        .await
+        .unwrap();
+    c4.close().await;
+
+    let mut c5 = Client5::connect(&gw, "dev-v5", &key).await;
+    c5.publish("citygate/traffic-counts/v5-q0", 0, r#"{"vehicle_count":5}"#)
+        .await;
+    c5.publish(
+        "citygate/traffic-counts/v5-q1",
+        1,
+        r#"{"sensor_id":"v5-q1","vehicle_count":6}"#,
+    )
+    .await;
+    assert_eq!(c5.puback().await.0, PubAckReason::Success);
+    c5.publish(
+        "citygate/traffic-counts",
+        2,
+        "{\"sensor_id\":\"v5-q2-a\",\"vehicle_count\":7}\n{\"sensor_id\":\"v5-q2-b\",\"vehicle_count\":8}\n",
+    )
+    .await;
+    c5.wait_for(|p| matches!(p, P5::PubComp(_)).then_some(()))
+        .await
+        .unwrap();
+    c5.close().await;
+
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), TRAFFIC);
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "v4-q0", "v4-q1-a", "v4-q1-b", "v4-q2", "v5-q0", "v5-q1", "v5-q2-a", "v5-q2-b"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_reason_codes_for_each_kind_of_reject() {
+    let gw = Gateway::start_with(|c| {
+        let ds = c.datasets.iter_mut().find(|d| d.id == TRAFFIC).unwrap();
+        ds.rate_limit.per_second = 0.001;
+        ds.rate_limit.burst = 2;
+    })
+    .await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let mut c = Client5::connect(&gw, "rejects", &key).await;
+
+    let cases: [(&str, &str, PubAckReason, &str); 7] = [
+        (
+            "citygate/weather/wx-1",
+            r#"{"temperature":1}"#,
+            PubAckReason::NotAuthorized,
+            "may not write",
+        ),
+        (
+            "citygate/nope/x",
+            r#"{"a":1}"#,
+            PubAckReason::TopicNameInvalid,
+            "no dataset",
+        ),
+        (
+            "somewhere/else",
+            r#"{"a":1}"#,
+            PubAckReason::TopicNameInvalid,
+            "not under",
+        ),
+        (
+            "citygate/traffic-counts/tc-1",
+            r#"{"vehicle_count":-1}"#,
+            PubAckReason::PayloadFormatInvalid,
+            "below_min",
+        ),
+        (
+            "citygate/traffic-counts/tc-1",
+            r#"{"vehicle_count":"#,
+            PubAckReason::PayloadFormatInvalid,
+            "invalid JSON",
+        ),
+        (
+            "citygate/traffic-counts",
+            r#"[{"sensor_id":"ok-1","vehicle_count":1},{"sensor_id":"bad","vehicle_count":-1}]"#,
+            PubAckReason::Success,
+            "1 of 2 readings rejected",
+        ),
+        (
+            "citygate/traffic-counts/ok-2",
+            r#"{"vehicle_count":2}"#,
+            PubAckReason::Success,
+            "",
+        ),
+    ];
+    for (topic, payload, want, text) in cases {
+        c.publish(topic, 1, payload).await;
+        let (reason, string) = c.puback().await;
+        assert_eq!(reason, want, "{topic} {payload}");
+        assert!(
+            string.unwrap_or_default().contains(text),
+            "{topic} {payload}: wants `{text}`"
+        );
+    }
+    // The burst of 2 is used up: over the rate limit.
+    c.publish("citygate/traffic-counts/ok-3", 1, r#"{"vehicle_count":3}"#)
+        .await;
+    let (reason, string) = c.puback().await;
+    assert_eq!(reason, PubAckReason::QuotaExceeded);
+    assert!(string.unwrap().contains("rate limit"));
+    c.close().await;
+
+    let text = gw.metrics().await;
+    for needle in [
+        "citygate_mqtt_publishes_total{reason=\"not_authorized\"} 1",
+        "citygate_mqtt_publishes_total{reason=\"topic_invalid\"} 2",
+        "citygate_mqtt_publishes_total{reason=\"payload_invalid\"} 2",
+        "citygate_mqtt_publishes_total{reason=\"quota_exceeded\"} 1",
+        "citygate_mqtt_publishes_total{reason=\"partial\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), TRAFFIC);
+    ids.sort();
+    assert_eq!(ids, ["ok-1", "ok-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_over_the_rate_limit_waits_instead_of_refusing() {
+    let gw = Gateway::start_with(|c| {
+        let ds = c.datasets.iter_mut().find(|d| d.id == TRAFFIC).unwrap();
+        ds.rate_limit.per_second = 4.0;
+        ds.rate_limit.burst = 1;
+    })
+    .await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let mut c = Client4::connect(&gw, "slow", &key).await;
+    let started = Instant::now();
+    for i in 0..3 {
+        c.publish(
+            &format!("citygate/traffic-counts/slow-{i}"),
+            rumqttc::QoS::AtLeastOnce,
+            r#"{"vehicle_count":1}"#,
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        c.wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+            .await
+            .unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "3 readings at 4/s with a burst of 1 take about 500 ms, took {elapsed:?}"
+    );
+    // A bad reading on 3.1.1 is acknowledged and recorded, not silently dropped.
+    c.publish(
+        "citygate/traffic-counts/slow-bad",
+        rumqttc::QoS::AtLeastOnce,
+        r#"{"vehicle_count":-9}"#,
+    )
+    .await;
+    c.wait_for(|p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+        .await
+        .unwrap();
+    c.close().await;
+
+    let provider = gw.provider_key("copenhagen").await;
+    let page: serde_json::Value = gw
+        .client
+        .get(gw.url("/v1/datasets/traffic-counts/rejects"))
+        .bearer_auth(&provider)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["recent"][0]["reason"], "below_min");
+    assert_eq!(page["recent"][0]["sensor_id"], "slow-bad");
+    let dir = gw.stop().await;
+    assert_eq!(row_count(dir.path(), TRAFFIC), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refusals_subscribe_refusals_and_takeover() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+
+    let (_, code) = Client5::try_connect(&gw, "intruder", "cg_not-a-key").await;
+    assert_eq!(code, Connect5::NotAuthorized);
+    let mut s = TcpStream::connect(("127.0.0.1", mqtt_port(&gw)))
+        .await
+        .unwrap();
+    s.write_all(&raw_connect(b"MQTT", 4, "intruder", "wrong", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_n(&mut s, 4).await,
+        [0x20, 0x02, 0x00, 0x05],
+        "3.1.1: not authorised"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", mqtt_port(&gw)))
+        .await
+        .unwrap();
+    s.write_all(&raw_connect(b"MQIsdp", 3, "old", &key, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_n(&mut s, 4).await,
+        [0x20, 0x02, 0x00, 0x01],
+        "MQTT 3.1: bad protocol version"
+    );
+
+    let mut c = Client5::connect(&gw, "subscriber", &key).await;
+    c.client
+        .subscribe_many([
+            mqtt5::mqttbytes::v5::Filter::new(
+                "citygate/traffic-counts/#",
+                mqtt5::mqttbytes::QoS::AtLeastOnce,
+            ),
+            mqtt5::mqttbytes::v5::Filter::new("#", mqtt5::mqttbytes::QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    let codes = c
+        .wait_for(|p| match p {
+            P5::SubAck(ack) => Some(ack.return_codes.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(codes, [Sub5::NotAuthorized, Sub5::NotAuthorized]);
+
+    let mut c4 = Client4::connect(&gw, "subscriber-v4", &key).await;
+    c4.client
+        .subscribe("citygate/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let codes = c4
+        .wait_for(|p| match p {
+            rumqttc::Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(codes, [rumqttc::SubscribeReasonCode::Failure]);
+
+    // A second connection with the same client id takes over.
+    let mut first = Client5::connect(&gw, "same-id", &key).await;
+    let _second = Client5::connect(&gw, "same-id", &key).await;
+    // rumqttc reports the server's DISCONNECT either as a packet or as the error ending its
+    // event loop, depending on timing.
+    match first
+        .wait_for(|p| match p {
+            P5::Disconnect(d) => Some(d.reason_code),
+            _ => None,
+        })
+        .await
+    {
+        Ok(reason) => assert_eq!(reason, DisconnectReasonCode::SessionTakenOver),
+        Err(e) => assert!(e.contains("SessionTakenOver"), "{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped() {
+    let gw = Gateway::start_with(|c| c.mqtt.connect_timeout = Duration::from_millis(300)).await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+
+    // No CONNECT at all.
+    let mut s = TcpStream::connect(("127.0.0.1", mqtt_port(&gw)))
+        .await
+        .unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+
+    // Connected with a 1 s keep-alive, then silent: dropped after 1.5 s.
+    let mut s = TcpStream::connect(("127.0.0.1", mqtt_port(&gw)))
+        .await
+        .unwrap();
+    s.write_all(&raw_connect(b"MQTT", 4, "quiet", &key, 1))
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut s, 4).await, [0x20, 0x02, 0x00, 0x00]);
+    let started = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(10)).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = gw.metrics().await;
+    assert!(
+        text.contains("citygate_mqtt_disconnects_total{reason=\"keep_alive_timeout\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("citygate_mqtt_connections_total{reason=\"connect_timeout\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_disconnect_only_that_client() {
+    let gw =
+        Gateway::start_with(|c| c.mqtt.max_packet_size = citygate::config::ByteSize::kib(4)).await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let mut healthy = Client5::connect(&gw, "healthy", &key).await;
+
+    let reading = br#"{"vehicle_count":1}"#;
+    let violations: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "remaining length past 4 bytes",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
+        (
+            "QoS 3",
+            raw_publish(b"citygate/traffic-counts/x", reading, 0b0110, 1),
+        ),
+        (
+            "over max_packet_size",
+            raw_publish(b"citygate/traffic-counts/x", &[b' '; 5000], 0, 0),
+        ),
+        ("second CONNECT", raw_connect(b"MQTT", 4, "again", &key, 0)),
+        ("CONNACK from a client", vec![0x20, 0x02, 0x00, 0x00]),
+        ("zero-length topic", raw_publish(b"", reading, 0b0010, 1)),
+        (
+            "wildcard in topic",
+            raw_publish(b"citygate/+/x", reading, 0b0010, 1),
+        ),
+        (
+            "retained publish",
+            raw_publish(b"citygate/traffic-counts/x", reading, 0b0011, 1),
+        ),
+        (
+            "QoS 1 with packet id 0",
+            raw_publish(b"citygate/traffic-counts/x", reading, 0b0010, 0),
+        ),
+        (
+            "garbage",
+            b"\x00\x00\x00\x00GET / HTTP/1.1\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, bytes) in violations {
+        let mut s = raw_client(&gw, &key, &format!("bad-{}", what.len())).await;
+        s.write_all(&bytes).await.unwrap();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)).await,
+            "{what}: still connected"
+        );
+    }
+    // The well-behaved client never noticed.
+    healthy
+        .publish(
+            "citygate/traffic-counts/healthy",
+            1,
+            r#"{"vehicle_count":1}"#,
+        )
+        .await;
+    assert_eq!(healthy.puback().await.0, PubAckReason::Success);
+    healthy.close().await;
+    let dir = gw.stop().await;
+    assert_eq!(sensor_ids(dir.path(), TRAFFIC), ["healthy"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_qos2_publish_is_stored_once() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let mut s = raw_client(&gw, &key, "exactly-once").await;
+    let publish = raw_publish(
+        b"citygate/traffic-counts/once",
+        br#"{"vehicle_count":1}"#,
+        0b0100,
+        7,
+    );
+    s.write_all(&publish).await.unwrap();
+    let mut dup = publish.clone();
+    dup[0] |= 0b1000; // DUP flag
+    s.write_all(&dup).await.unwrap();
+    assert_eq!(read_n(&mut s, 4).await, [0x50, 0x02, 0x00, 0x07], "PUBREC");
+    assert_eq!(
+        read_n(&mut s, 4).await,
+        [0x50, 0x02, 0x00, 0x07],
+        "PUBREC again"
+    );
+    s.write_all(&[0x62, 0x02, 0x00, 0x07]).await.unwrap(); // PUBREL
+    assert_eq!(read_n(&mut s, 4).await, [0x70, 0x02, 0x00, 0x07], "PUBCOMP");
+    s.write_all(&[0xe0, 0x00]).await.unwrap(); // DISCONNECT
+    let dir = gw.stop().await;
+    assert_eq!(sensor_ids(dir.path(), TRAFFIC), ["once"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_come_in_order_with_many_in_flight() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let mut s = raw_client(&gw, &key, "pipelined").await;
+    // 50 publishes written at once, big and small mixed so they finish out of order.
+    let mut burst = Vec::new();
+    for pkid in 1..=50u16 {
+        let n = if pkid % 7 == 0 { 400 } else { 1 };
+        let payload = format!(
+            "[{}]",
+            (0..n)
+                .map(|i| format!(r#"{{"sensor_id":"p{pkid}-{i}","vehicle_count":{i}}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        burst.extend(raw_publish(
+            b"citygate/traffic-counts",
+            payload.as_bytes(),
+            0b0010,
+            pkid,
+        ));
+    }
+    s.write_all(&burst).await.unwrap();
+    for pkid in 1..=50u16 {
+        let ack = read_n(&mut s, 4).await;
+        assert_eq!(
+            ack,
+            [0x40, 0x02, (pkid >> 8) as u8, pkid as u8],
+            "PUBACK {pkid} in order"
+        );
+    }
+    s.write_all(&[0xe0, 0x00]).await.unwrap();
+    let dir = gw.stop().await;
+    assert_eq!(row_count(dir.path(), TRAFFIC), 7 * 400 + 43);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_publish_at_once() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let port = mqtt_port(&gw);
+    let mut tasks = Vec::new();
+    for i in 0..1000u32 {
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(&raw_connect(b"MQTT", 4, &format!("crowd-{i}"), &key, 0))
+                .await
+                .unwrap();
+            assert_eq!(read_n(&mut s, 4).await, [0x20, 0x02, 0x00, 0x00]);
+            let topic = format!("citygate/traffic-counts/crowd-{i}");
+            s.write_all(&raw_publish(
+                topic.as_bytes(),
+                br#"{"vehicle_count":1}"#,
+                0b0010,
+                1,
+            ))
+            .await
+            .unwrap();
+            assert_eq!(read_n(&mut s, 4).await, [0x40, 0x02, 0x00, 0x01]);
+            s
+        }));
+    }
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(t.await.unwrap());
+    }
+    let text = gw.metrics().await;
+    assert!(
+        text.contains("citygate_mqtt_connections_open 1000"),
+        "all 1000 open at once"
+    );
+    drop(open);
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), TRAFFIC);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000);
+}
