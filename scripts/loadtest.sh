@@ -16,6 +16,7 @@ cargo build --release --quiet
 bin=target/release/citygate
 export CITYGATE__STORAGE__DATA_DIR="$data"
 export CITYGATE__HTTP__LISTEN=127.0.0.1:18080
+export CITYGATE__MQTT__LISTEN=127.0.0.1:18883
 key=$($bin --config config/loadtest.toml keys create-device --provider copenhagen --datasets traffic-counts 2>/dev/null)
 $bin --config config/loadtest.toml serve &
 pid=$!

@@ -10,12 +10,14 @@
 //! ```text
 //! devices ─HTTP (JSON, NDJSON, SenML)──┐
 //! telegraf ─/api/v2/write, /write──────┼─► decode ─► validate ─► limit ─► submit ─► parquet sink ─► data/parquet/dataset=…/date=…/hour=…/*.parquet
-//! devices ─MQTT (next)─────────────────┘      (rejects: reason per reading)   │
-//!                                                                          ack ◄┘  (the request is answered after this)
+//! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)   │
+//!                                                         ack (2xx, PUBACK) ◄─┘  (the device is answered after this)
 //! ```
 //!
 //! 1. **Intake** ([`ingest`]) authenticates the device key, reads the body (bounded in size
-//!    and time, gzip allowed) and calls the pipeline.
+//!    and time, gzip allowed) or the MQTT publish, and calls the pipeline. The MQTT endpoint is
+//!    citygate's own, on rumqttd's codec: PUBACKs leave in order once the pipeline has
+//!    accepted each publish, with MQTT 5 reason codes for rejects.
 //! 2. **Pipeline** ([`pipeline`]): `decode` (four wire formats into typed [`model::Reading`]s)
 //!    and `validate` are pure functions; a rejected reading is data (`index`, `reason`), not an
 //!    error of the request. `limit` takes the accepted readings from the device key's
@@ -32,7 +34,8 @@
 //! app.rs         builds components from Config, wires channels, shutdown order
 //! config/        TOML + CITYGATE__SECTION__KEY overrides; validate() reports every problem
 //! model.rs       Reading, Dataset, FieldSpec, Value (no I/O)
-//! ingest/        http.rs: the intake routes (citygate JSON/NDJSON/SenML, InfluxDB v1/v2)
+//! ingest/        http.rs: the intake routes (citygate JSON/NDJSON/SenML, InfluxDB v1/v2);
+//!                mqtt/: the MQTT 3.1.1/5 endpoint (session, topics, wire helpers)
 //! pipeline/      decode/ (json, ndjson, senml, line protocol), validate, limit, reject
 //! sink/          parquet/ (batcher task; encode: layout and crash-safe file write)
 //! market/        store (SQLite via sqlx, migrations), keys (device/provider keys, auth cache)

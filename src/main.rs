@@ -76,6 +76,12 @@ struct SimulateArgs {
     /// Base URL of the gateway.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http: String,
+    /// Publish over MQTT 5 to this URL instead of HTTP, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// MQTT QoS (0, 1 or 2).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
     /// Device key (or CITYGATE_KEY).
     #[arg(long, env = "CITYGATE_KEY", hide_env_values = true)]
     key: String,
@@ -101,7 +107,7 @@ struct SimulateArgs {
     /// Wire format.
     #[arg(long, value_enum, default_value_t = SimFormat::Json)]
     format: SimFormat,
-    /// Requests in flight at once.
+    /// Requests in flight at once (MQTT: connections).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// No live counter line.
@@ -188,6 +194,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => {
             let opts = SimulateOptions {
                 http: args.http,
+                mqtt: args.mqtt,
+                qos: args.qos,
                 key: args.key,
                 rate: args.rate,
                 sensors: args.sensors,

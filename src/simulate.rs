@@ -34,6 +34,10 @@ pub enum SimFormat {
 pub struct SimulateOptions {
     /// Base URL of the gateway, e.g. `http://127.0.0.1:8080`.
     pub http: String,
+    /// Publish over MQTT instead, to this broker URL (`mqtt://127.0.0.1:1883`).
+    pub mqtt: Option<String>,
+    /// MQTT QoS (0, 1 or 2).
+    pub qos: u8,
     pub key: String,
     /// Readings per second in total; 0 for as fast as the gateway answers.
     pub rate: f64,
@@ -60,6 +64,8 @@ pub enum SimError {
     AllForbidden(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("`{0}` is not an MQTT URL (mqtt://host:port)")]
+    MqttUrl(String),
 }
 
 /// Totals of a run. Readings are counted by what the gateway answered.
@@ -139,6 +145,10 @@ pub async fn run(opts: SimulateOptions) -> Result<Summary, SimError> {
             "rate must be 0 (unlimited) or positive".into(),
         ));
     }
+    if opts.qos > 2 {
+        return Err(SimError::Invalid("qos must be 0, 1 or 2".into()));
+    }
+    let broker = opts.mqtt.as_deref().map(parse_mqtt_url).transpose()?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
         .timeout(Duration::from_secs(30))
@@ -180,8 +190,14 @@ pub async fn run(opts: SimulateOptions) -> Result<Summary, SimError> {
         let opts = opts.clone();
         let client = client.clone();
         let counters = counters.clone();
+        let broker = broker.clone();
         workers.push(tokio::spawn(async move {
-            run_worker(worker, opts, client, counters, until).await
+            match broker {
+                Some((host, port)) => {
+                    run_mqtt_worker(worker, opts, host, port, counters, until).await
+                }
+                None => run_worker(worker, opts, client, counters, until).await,
+            }
         }));
     }
     let mut forbidden_everywhere = false;
@@ -315,6 +331,163 @@ async fn run_worker(
             }
         }
     }
+    Some(false)
+}
+
+/// `mqtt://host:port` (port 1883 when absent).
+fn parse_mqtt_url(url: &str) -> Result<(String, u16), SimError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| SimError::MqttUrl(url.into()))?;
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port.parse().map_err(|_| SimError::MqttUrl(url.into()))?;
+            Ok((host.to_string(), port))
+        }
+        None if !rest.is_empty() => Ok((rest.to_string(), 1883)),
+        None => Err(SimError::MqttUrl(url.into())),
+    }
+}
+
+/// "2 of 5 readings rejected…" in an acknowledgement's reason string: the rejected count.
+fn rejected_in(reason: Option<&str>) -> u64 {
+    reason
+        .and_then(|r| r.split(" of ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One MQTT 5 connection publishing batches to `citygate/{dataset}`, counting what the
+/// acknowledgements say. QoS 0 has none: its readings count as accepted when sent.
+async fn run_mqtt_worker(
+    worker: usize,
+    opts: SimulateOptions,
+    host: String,
+    port: u16,
+    counters: Arc<Counters>,
+    until: Instant,
+) -> Option<bool> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, PublishProperties};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let mut options = MqttOptions::new(format!("citygate-sim-{worker}"), host, port);
+    options.set_credentials("device", opts.key.clone());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(Some(16 << 20));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let batch = opts.batch as u64;
+    // Publishes answered so far, and whether we are leaving (a closed connection is then
+    // expected, not an error).
+    let settled = Arc::new(AtomicU64::new(0));
+    let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = {
+        let counters = counters.clone();
+        let settled = settled.clone();
+        let leaving = leaving.clone();
+        tokio::spawn(async move {
+            loop {
+                let (ok, quota, reason) = match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => (
+                        ack.reason == PubAckReason::Success,
+                        ack.reason == PubAckReason::QuotaExceeded,
+                        ack.properties.and_then(|p| p.reason_string),
+                    ),
+                    Ok(Event::Incoming(Packet::PubRec(rec))) => (
+                        rec.reason == PubRecReason::Success,
+                        rec.reason == PubRecReason::QuotaExceeded,
+                        rec.properties.and_then(|p| p.reason_string),
+                    ),
+                    Ok(Event::Incoming(Packet::Disconnect(_))) => return,
+                    Ok(_) => continue,
+                    Err(_) if leaving.load(Ordering::Relaxed) => return,
+                    Err(e) => {
+                        counters.error(format!("mqtt: {e}"));
+                        return;
+                    }
+                };
+                settled.fetch_add(1, Ordering::Relaxed);
+                if ok {
+                    let rejected = rejected_in(reason.as_deref()).min(batch);
+                    counters
+                        .accepted
+                        .fetch_add(batch - rejected, Ordering::Relaxed);
+                    counters.rejected.fetch_add(rejected, Ordering::Relaxed);
+                } else if quota {
+                    counters.throttled.fetch_add(batch, Ordering::Relaxed);
+                } else {
+                    counters.rejected.fetch_add(batch, Ordering::Relaxed);
+                    counters.error(format!("publish refused: {}", reason.unwrap_or_default()));
+                }
+            }
+        })
+    };
+
+    let qos = match opts.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let content_type = match opts.format {
+        SimFormat::Json => "application/json",
+        SimFormat::Ndjson => "application/x-ndjson",
+        SimFormat::Senml => "application/senml+json",
+        SimFormat::Line => "text/plain",
+    };
+    let mut rng = SmallRng::seed_from_u64(0x5eed_0000 + worker as u64);
+    let mut city = City::new(opts.sensors);
+    let per_worker_rate = opts.rate / opts.concurrency as f64;
+    let mut next_send = Instant::now();
+    let mut turn = worker;
+    let mut body = String::with_capacity(opts.batch * 200);
+    let mut published = 0u64;
+    while Instant::now() < until {
+        if per_worker_rate > 0.0 {
+            tokio::time::sleep_until(next_send.min(until)).await;
+            if Instant::now() >= until {
+                break;
+            }
+            next_send += Duration::from_secs_f64(opts.batch as f64 / per_worker_rate);
+        }
+        let ds = &opts.datasets[turn % opts.datasets.len()];
+        turn = turn.wrapping_add(1);
+        body.clear();
+        city.batch(ds, opts.batch, worker, opts.format, &mut rng, &mut body);
+        let properties = PublishProperties {
+            content_type: Some(content_type.into()),
+            ..Default::default()
+        };
+        let sent = client
+            .publish_with_properties(
+                format!("citygate/{ds}"),
+                qos,
+                false,
+                body.clone(),
+                properties,
+            )
+            .await;
+        if sent.is_err() {
+            break;
+        }
+        published += 1;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.sent.fetch_add(batch, Ordering::Relaxed);
+        if opts.qos == 0 {
+            counters.accepted.fetch_add(batch, Ordering::Relaxed);
+        }
+    }
+    // A well-behaved device waits for its acknowledgements before it disconnects.
+    if opts.qos > 0 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while settled.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    leaving.store(true, Ordering::Relaxed);
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), acks).await;
     Some(false)
 }
 
@@ -591,6 +764,22 @@ mod tests {
                 assert_eq!(accepted.len(), 20, "{} {sim:?}", ds.id);
             }
         }
+    }
+
+    #[test]
+    fn mqtt_urls_and_reason_strings() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".into(), 1883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert!(parse_mqtt_url("http://x").is_err());
+        assert!(parse_mqtt_url("mqtt://x:port").is_err());
+        assert_eq!(rejected_in(Some("2 of 100 readings rejected: #1 …")), 2);
+        assert_eq!(rejected_in(None), 0);
     }
 
     #[test]

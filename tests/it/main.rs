@@ -6,3 +6,4 @@ mod intake;
 mod mqtt;
 mod peers;
 mod server;
+mod simulate;

@@ -683,6 +683,28 @@ async fn protocol_violations_disconnect_only_that_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_in_flight_publishes_then_disconnects() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let mut c = Client5::connect(&gw, "until-the-end", &key).await;
+    c.publish("citygate/traffic-counts/last", 1, r#"{"vehicle_count":1}"#)
+        .await;
+    assert_eq!(c.puback().await.0, PubAckReason::Success);
+    let dir = gw.stop().await;
+    match c
+        .wait_for(|p| match p {
+            P5::Disconnect(d) => Some(d.reason_code),
+            _ => None,
+        })
+        .await
+    {
+        Ok(reason) => assert_eq!(reason, DisconnectReasonCode::ServerShuttingDown),
+        Err(e) => assert!(e.contains("ServerShuttingDown"), "{e}"),
+    }
+    assert_eq!(sensor_ids(dir.path(), TRAFFIC), ["last"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_qos2_publish_is_stored_once() {
     let gw = Gateway::start().await;
     let key = gw.device_key(&[TRAFFIC]).await;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use compact_str::CompactString;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use rumqttd::protocol::v4::{self, FixedHeader};
 use rumqttd::protocol::v5;
 use rumqttd::protocol::{
@@ -438,10 +438,15 @@ impl Session {
                         .await;
                 }
                 Some(ack) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.shared.metrics.inflight().dec();
-                    if let Err(reason) = self.write_ack(ack) {
-                        let _ = self.flush().await;
-                        return reason;
+                    // Take every acknowledgement that is ready now, so they leave in one write.
+                    let mut next = Some(ack);
+                    while let Some(ack) = next {
+                        self.shared.metrics.inflight().dec();
+                        if let Err(reason) = self.write_ack(ack) {
+                            let _ = self.flush().await;
+                            return reason;
+                        }
+                        next = self.inflight.next().now_or_never().flatten();
                     }
                 }
                 read = self.rd.read_buf(&mut self.buf), if window_open => match read {
@@ -478,6 +483,12 @@ impl Session {
                 ));
             }
         };
+        if !wire::flags_valid(header.byte1) {
+            return Err(violation(
+                DisconnectReasonCode::MalformedPacket,
+                "malformed_packet",
+            ));
+        }
         let publish = (header.byte1 >> 4 == wire::PUBLISH)
             .then(|| wire::publish_header(&self.buf[..header.frame_length()], &header))
             .flatten();

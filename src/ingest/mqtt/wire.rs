@@ -31,6 +31,18 @@ pub(super) fn connect_protocol<'f>(
     Some((name, level))
 }
 
+/// Whether the fixed-header flags are the ones MQTT prescribes for the packet type
+/// (§2.1.3): PUBREL, SUBSCRIBE and UNSUBSCRIBE carry `0010`, PUBLISH its own flags, every
+/// other packet `0000`. Anything else is malformed.
+pub(super) fn flags_valid(byte1: u8) -> bool {
+    let flags = byte1 & 0x0F;
+    match byte1 >> 4 {
+        PUBLISH => true,
+        6 | 8 | 10 => flags == 0b0010,
+        _ => flags == 0,
+    }
+}
+
 /// A CONNACK refusing the protocol version, in the 3.1.1 format every client understands
 /// (return code 0x01).
 pub(super) const CONNACK_BAD_PROTOCOL_V3: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
@@ -97,6 +109,17 @@ mod tests {
         // Too short for its topic.
         let frame = [0x32, 0x02, 0x00, 0x09];
         assert_eq!(publish_header(&frame, &header(&frame)), None);
+    }
+
+    #[test]
+    fn checks_reserved_flags() {
+        assert!(flags_valid(0x62)); // PUBREL
+        assert!(!flags_valid(0x60));
+        assert!(flags_valid(0x82)); // SUBSCRIBE
+        assert!(!flags_valid(0x80));
+        assert!(flags_valid(0xC0)); // PINGREQ
+        assert!(!flags_valid(0xC1));
+        assert!(flags_valid(0x3D)); // PUBLISH, any flags here
     }
 
     #[test]
