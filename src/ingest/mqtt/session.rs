@@ -424,6 +424,9 @@ impl Session {
                 }
             };
             let window_open = self.window_open();
+            // While publishes await the pipeline the client may be waiting on us: its
+            // keep-alive only counts while nothing of it is in flight.
+            let idle = self.inflight.is_empty();
             tokio::select! {
                 biased;
                 _ = takeover.cancelled() => {
@@ -439,6 +442,7 @@ impl Session {
                 }
                 Some(ack) = self.inflight.next(), if !self.inflight.is_empty() => {
                     // Take every acknowledgement that is ready now, so they leave in one write.
+                    last_seen = Instant::now();
                     let mut next = Some(ack);
                     while let Some(ack) = next {
                         self.shared.metrics.inflight().dec();
@@ -454,7 +458,7 @@ impl Session {
                     Ok(_) => last_seen = Instant::now(),
                     Err(_) => return "io_error",
                 },
-                _ = keep_alive => {
+                _ = keep_alive, if idle => {
                     return self
                         .disconnect(violation(DisconnectReasonCode::KeepAliveTimeout, "keep_alive_timeout"))
                         .await;
