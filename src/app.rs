@@ -23,6 +23,7 @@ use crate::market::{Keyring, Store, StoreError};
 use crate::pipeline::Pipeline;
 use crate::sink::parquet::{EncodeError, remove_stale_temp_files};
 use crate::telemetry::Metrics;
+use crate::wal::{Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -40,8 +41,19 @@ pub enum AppError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("shutdown did not finish within {0:?}; readings still buffered may be lost")]
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(
+        "shutdown did not finish within {0:?}; unwritten readings stay in the write-ahead log for the next start"
+    )]
     ShutdownTimeout(Duration),
+}
+
+/// How to start, beyond the config: operator decisions for this start only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Drop corrupt write-ahead-log records instead of refusing to start.
+    pub skip_corrupt_wal: bool,
 }
 
 /// A running gateway.
@@ -56,6 +68,7 @@ pub struct App {
     sinks_stop: CancellationToken,
     http_task: JoinHandle<()>,
     mqtt_task: Option<JoinHandle<()>>,
+    wal: Wal,
     sinks: TaskTracker,
     background: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -65,6 +78,11 @@ impl App {
     /// Starts everything `config` describes. Listeners are bound before this returns, so a
     /// config with port 0 has its real port in [`App::http_addr`].
     pub async fn start(config: Config) -> Result<App, AppError> {
+        App::start_with(config, StartOptions::default()).await
+    }
+
+    /// [`App::start`] with operator options.
+    pub async fn start_with(config: Config, options: StartOptions) -> Result<App, AppError> {
         let data_dir = config.storage.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| AppError::DataDir {
             path: data_dir.clone(),
@@ -82,11 +100,19 @@ impl App {
         let closing = CancellationToken::new();
         let sinks_stop = CancellationToken::new();
 
-        let (pipeline, sink_tasks) = Pipeline::new(&config, &metrics, closing.clone())?;
+        let wal = Wal::open(
+            &config.wal_dir(),
+            &config.wal,
+            config.pipeline.queue_timeout,
+            metrics.wal().clone(),
+            options.skip_corrupt_wal,
+        )?;
+        let (pipeline, parquet_sinks) =
+            Pipeline::new(&config, &metrics, wal.clone(), closing.clone())?;
         let pipeline = Arc::new(pipeline);
         let sinks = TaskTracker::new();
-        for task in sink_tasks {
-            sinks.spawn(task.sink.run(task.rx, sinks_stop.clone()));
+        for sink in parquet_sinks {
+            sinks.spawn(sink.run(sinks_stop.clone()));
         }
         sinks.close();
 
@@ -168,6 +194,7 @@ impl App {
             sinks_stop,
             http_task,
             mqtt_task,
+            wal,
             sinks,
             background,
             shutdown_timeout: config.shutdown.timeout,
@@ -193,6 +220,11 @@ impl App {
         &self.metrics
     }
 
+    /// The write-ahead log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
     /// Stops intake, drains and flushes every sink, and returns when all is written, or
     /// with an error at the shutdown deadline.
     pub async fn shutdown(self) -> Result<(), AppError> {
@@ -205,6 +237,9 @@ impl App {
         if let Some(mqtt) = self.mqtt_task {
             let _ = mqtt.await;
         }
+        // Intake is done: the writer finishes what is queued, then sinks catch up and stop.
+        let wal = self.wal.clone();
+        let _ = tokio::task::spawn_blocking(move || wal.close()).await;
         self.sinks_stop.cancel();
         match tokio::time::timeout_at(deadline, self.sinks.wait()).await {
             Ok(()) => {

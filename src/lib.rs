@@ -54,6 +54,7 @@ pub mod pipeline;
 pub mod simulate;
 pub mod sink;
 pub mod telemetry;
+pub mod wal;
 
-pub use app::{App, AppError};
+pub use app::{App, AppError, StartOptions};
 pub use config::Config;

@@ -11,7 +11,7 @@ use citygate::config::{Config, DEFAULT_CONFIG_PATH};
 use citygate::market::Store;
 use citygate::market::keys::{KeyKind, check_device_scope};
 use citygate::simulate::{self, SimFormat, SimulateOptions};
-use citygate::{App, telemetry};
+use citygate::{App, StartOptions, telemetry};
 
 #[derive(Parser)]
 #[command(name = "citygate", version, about = "A gateway for city sensor data")]
@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve {
+        /// Start even if the write-ahead log has corrupt records in the middle, dropping
+        /// the damaged bytes (their readings are lost; every valid record is kept).
+        #[arg(long)]
+        skip_corrupt_wal: bool,
+    },
     /// Check a config file; print every problem and exit 1 if there are any.
     CheckConfig,
     /// Manage API keys.
@@ -144,8 +149,14 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config.as_deref()).await,
+    let command = cli.command.unwrap_or(Command::Serve {
+        skip_corrupt_wal: false,
+    });
+    match command {
+        Command::Serve { skip_corrupt_wal } => {
+            let options = StartOptions { skip_corrupt_wal };
+            serve(cli.config.as_deref(), options).await
+        }
         Command::CheckConfig => {
             let default = Path::new(DEFAULT_CONFIG_PATH);
             let path = cli
@@ -277,10 +288,10 @@ async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config_path: Option<&Path>) -> Result<ExitCode> {
+async fn serve(config_path: Option<&Path>, options: StartOptions) -> Result<ExitCode> {
     let config = load_config(config_path)?;
     telemetry::init_tracing(&config.log);
-    let app = App::start(config).await?;
+    let app = App::start_with(config, options).await?;
     shutdown_signal().await;
     app.shutdown().await?;
     Ok(ExitCode::SUCCESS)

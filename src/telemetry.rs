@@ -82,6 +82,117 @@ pub struct Metrics {
     http_duration: Family<RouteLabels, Histogram>,
     http_connections: Gauge,
     mqtt: MqttMetrics,
+    wal: WalMetrics,
+    influx: InfluxMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+/// The write-ahead log's metrics (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct WalMetrics {
+    bytes: Gauge,
+    segments: Gauge,
+    fsyncs: Counter,
+    fsync_seconds: Histogram,
+    records: Counter,
+    appended_bytes: Counter,
+    refused: Family<ReasonLabels, Counter>,
+    lag_records: Family<SinkLabels, Gauge>,
+    lag_seconds: Family<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl Default for WalMetrics {
+    fn default() -> Self {
+        WalMetrics {
+            bytes: Gauge::default(),
+            segments: Gauge::default(),
+            fsyncs: Counter::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            records: Counter::default(),
+            appended_bytes: Counter::default(),
+            refused: Family::default(),
+            lag_records: Family::default(),
+            lag_seconds: Family::default(),
+        }
+    }
+}
+
+impl WalMetrics {
+    pub fn set_size(&self, bytes: u64, segments: usize) {
+        self.bytes.set(bytes as i64);
+        self.segments.set(segments as i64);
+    }
+
+    /// Fsyncs so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.get()
+    }
+
+    pub fn fsync(&self, took: std::time::Duration) {
+        self.fsyncs.inc();
+        self.fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn appended(&self, records: u64, bytes: u64) {
+        self.records.inc_by(records);
+        self.appended_bytes.inc_by(bytes);
+    }
+
+    /// An append refused: `full` or `io`.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// How far a sink is behind the log: records, and seconds since the oldest record it has
+    /// not yet made durable was appended (0 when caught up).
+    pub fn lag(&self, sink: &str, records: u64, seconds: f64) {
+        let labels = SinkLabels {
+            sink: sink.to_string(),
+        };
+        self.lag_records.get_or_create(&labels).set(records as i64);
+        self.lag_seconds.get_or_create(&labels).set(seconds);
+    }
+}
+
+/// The InfluxDB sink's metrics (cheap to clone).
+#[derive(Clone, Debug, Default)]
+pub struct InfluxMetrics {
+    writes: Family<StatusLabels, Counter>,
+    retries: Counter,
+    poison: Counter,
+    points: Counter,
+}
+
+impl InfluxMetrics {
+    /// A write request answered: the HTTP status, or `error` when there was no answer.
+    pub fn write(&self, status: &str) {
+        self.writes
+            .get_or_create(&StatusLabels {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn poison(&self, points: u64) {
+        self.poison.inc_by(points);
+    }
+
+    pub fn written(&self, points: u64) {
+        self.points.inc_by(points);
+    }
 }
 
 /// The MQTT endpoint's metrics (cheap to clone).
@@ -168,6 +279,8 @@ impl Metrics {
             }),
             http_connections: Gauge::default(),
             mqtt: MqttMetrics::default(),
+            wal: WalMetrics::default(),
+            influx: InfluxMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -261,11 +374,83 @@ impl Metrics {
             "MQTT connections closed, by reason",
             m.mqtt.disconnects.clone(),
         );
+        let wal = registry.sub_registry_with_prefix("wal");
+        wal.register(
+            "bytes",
+            "Bytes of write-ahead log on disk",
+            m.wal.bytes.clone(),
+        );
+        wal.register(
+            "segments",
+            "Write-ahead log segment files",
+            m.wal.segments.clone(),
+        );
+        wal.register("fsyncs", "Write-ahead log fsyncs", m.wal.fsyncs.clone());
+        wal.register(
+            "fsync_duration_seconds",
+            "Time per write-ahead log fsync",
+            m.wal.fsync_seconds.clone(),
+        );
+        wal.register(
+            "records_appended",
+            "Records (batches) appended",
+            m.wal.records.clone(),
+        );
+        wal.register(
+            "bytes_appended",
+            "Bytes appended",
+            m.wal.appended_bytes.clone(),
+        );
+        wal.register(
+            "appends_refused",
+            "Appends refused, by reason (full, io): their requests were not acknowledged",
+            m.wal.refused.clone(),
+        );
+        let sink = registry.sub_registry_with_prefix("sink");
+        sink.register(
+            "lag_records",
+            "Write-ahead log records a sink has not yet made durable",
+            m.wal.lag_records.clone(),
+        );
+        sink.register(
+            "lag_seconds",
+            "Age of the oldest write-ahead log record a sink has not yet made durable",
+            m.wal.lag_seconds.clone(),
+        );
+        let influx = registry.sub_registry_with_prefix("influx");
+        influx.register(
+            "writes",
+            "Write requests to the InfluxDB-API store, by HTTP status (or error)",
+            m.influx.writes.clone(),
+        );
+        influx.register(
+            "retries",
+            "Write requests retried",
+            m.influx.retries.clone(),
+        );
+        influx.register(
+            "poison_points",
+            "Points the store refused as invalid (recorded as rejects)",
+            m.influx.poison.clone(),
+        );
+        influx.register(
+            "points_written",
+            "Points written to the store",
+            m.influx.points.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     pub fn mqtt(&self) -> &MqttMetrics {
         &self.mqtt
+    }
+
+    pub fn wal(&self) -> &WalMetrics {
+        &self.wal
+    }
+
+    pub fn influx(&self) -> &InfluxMetrics {
+        &self.influx
     }
 
     /// Handles for one dataset, created now so every series exists from the start.

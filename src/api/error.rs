@@ -144,6 +144,17 @@ impl From<IngestError> for ApiError {
                 retry_after: 5,
             },
             IngestError::Internal(detail) => ApiError::Internal(detail),
+            e @ IngestError::StorageFull(_) => ApiError::Unavailable {
+                message: format!("{e}; nothing was kept, retry shortly"),
+                retry_after: 5,
+            },
+            IngestError::Storage(detail) => {
+                tracing::error!(detail = %detail, "request refused: the write-ahead log failed");
+                ApiError::Unavailable {
+                    message: "storage failed; nothing was kept, retry shortly".into(),
+                    retry_after: 5,
+                }
+            }
         }
     }
 }

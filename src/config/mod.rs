@@ -43,7 +43,9 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub storage: StorageConfig,
     pub pipeline: PipelineConfig,
+    pub wal: WalConfig,
     pub parquet: ParquetConfig,
+    pub influx: InfluxConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub datasets: Vec<DatasetConfig>,
@@ -146,6 +148,116 @@ impl Default for PipelineConfig {
             queue_depth: 64,
             queue_timeout: Duration::from_secs(5),
             rejects_kept: 1000,
+        }
+    }
+}
+
+/// When the WAL writer fsyncs (see `wal` for the loss window of each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Before every acknowledgement (group commit). Nothing acknowledged is ever lost.
+    Always,
+    /// Every `fsync_interval`; acknowledgements do not wait for it.
+    Interval,
+    /// Never explicitly; the kernel writes back when it likes.
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct WalConfig {
+    pub fsync: FsyncMode,
+    #[serde(with = "units::duration")]
+    pub fsync_interval: Duration,
+    /// A segment file is closed and a new one begun at about this size.
+    pub segment_bytes: ByteSize,
+    /// The log's disk quota: past it, intake stops acknowledging (503 / MQTT 0x97) until
+    /// the sinks catch up and segments are released.
+    pub max_bytes: ByteSize,
+    /// Appends that may wait for the writer; waiting longer than `pipeline.queue_timeout`
+    /// for a place answers 503.
+    pub queue_depth: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_millis(100),
+            segment_bytes: ByteSize::mib(64),
+            max_bytes: ByteSize(10 << 30),
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// A secret from config or env, never printed.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct InfluxConfig {
+    /// Write every dataset to an InfluxDB v2 API store too.
+    pub enabled: bool,
+    /// Base URL of the store, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    /// API token; better from `CITYGATE__INFLUX__TOKEN` or `token_file` than in this file.
+    pub token: Secret,
+    /// A file holding the token (read at start; surrounding whitespace ignored).
+    pub token_file: Option<PathBuf>,
+    /// Points per write request at most...
+    pub batch_size: usize,
+    /// ...and the longest a point waits for its batch to fill.
+    #[serde(with = "units::duration")]
+    pub batch_age: Duration,
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+    /// Longest pause between retries of a failing write.
+    #[serde(with = "units::duration")]
+    pub max_retry_delay: Duration,
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        InfluxConfig {
+            enabled: false,
+            url: "http://127.0.0.1:8086".into(),
+            org: "city".into(),
+            bucket: "citygate".into(),
+            token: Secret::default(),
+            token_file: None,
+            batch_size: 5000,
+            batch_age: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            max_retry_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl InfluxConfig {
+    /// The token: `token` if set, else the contents of `token_file`.
+    pub fn resolve_token(&self) -> std::io::Result<String> {
+        if !self.token.0.is_empty() {
+            return Ok(self.token.0.clone());
+        }
+        match &self.token_file {
+            Some(path) => Ok(std::fs::read_to_string(path)?.trim().to_string()),
+            None => Ok(String::new()),
         }
     }
 }
@@ -357,6 +469,11 @@ impl Config {
     /// Root of the Parquet lake.
     pub fn parquet_dir(&self) -> PathBuf {
         self.storage.data_dir.join("parquet")
+    }
+
+    /// The write-ahead log.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("wal")
     }
 
     /// The configured datasets by id.

@@ -59,6 +59,54 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
         p.push("pipeline.queue_timeout: must be more than 0".into());
     }
 
+    let wal = &config.wal;
+    if wal.fsync_interval.is_zero() {
+        p.push("wal.fsync_interval: must be more than 0".into());
+    }
+    if wal.segment_bytes.0 < 64 * 1024 {
+        p.push("wal.segment_bytes: must be at least 64 KiB".into());
+    }
+    if wal.max_bytes < wal.segment_bytes {
+        p.push(format!(
+            "wal.max_bytes: {} is smaller than wal.segment_bytes ({})",
+            wal.max_bytes, wal.segment_bytes
+        ));
+    }
+    if wal.queue_depth == 0 {
+        p.push("wal.queue_depth: must be at least 1".into());
+    }
+
+    let influx = &config.influx;
+    if influx.enabled {
+        match reqwest::Url::parse(&influx.url) {
+            Ok(url) if url.scheme() == "http" => {}
+            _ => p.push(format!(
+                "influx.url: `{}` is not an http:// URL (this build speaks plain HTTP to the store)",
+                influx.url
+            )),
+        }
+        if influx.org.is_empty() {
+            p.push("influx.org: must not be empty".into());
+        }
+        if influx.bucket.is_empty() {
+            p.push("influx.bucket: must not be empty".into());
+        }
+        if influx.batch_size == 0 {
+            p.push("influx.batch_size: must be at least 1".into());
+        }
+        if influx.request_timeout.is_zero() {
+            p.push("influx.request_timeout: must be more than 0".into());
+        }
+        if let Some(path) = &influx.token_file
+            && !path.exists()
+        {
+            p.push(format!(
+                "influx.token_file: {} does not exist",
+                path.display()
+            ));
+        }
+    }
+
     let parquet = &config.parquet;
     if parquet.max_rows == 0 {
         p.push("parquet.max_rows: must be at least 1".into());

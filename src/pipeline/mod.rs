@@ -18,13 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use compact_str::CompactString;
 
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::model::now_micros;
 use crate::model::{Dataset, Micros, Reading};
-use crate::sink::parquet::{EncodeError, ParquetSink, SinkMsg};
+use crate::sink::parquet::{EncodeError, ParquetSink};
 use crate::telemetry::{DatasetMetrics, Metrics};
+use crate::wal::{self, Wal, WalError};
 use decode::{Collect, DecodeCtx, DecodeError, Format, Precision};
 use limit::{LimitError, LimitKey, Limiter};
 use reject::{Reject, RejectLog, RejectRecord, Rejected};
@@ -42,6 +43,10 @@ pub enum IngestError {
     QueueFull(Duration),
     #[error("citygate is shutting down")]
     ShuttingDown,
+    #[error("storage is full: {0}")]
+    StorageFull(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -85,42 +90,36 @@ pub struct DatasetPipeline {
     pub rejects: RejectLog,
     pub metrics: DatasetMetrics,
     limiter: Limiter,
-    sink_tx: mpsc::Sender<SinkMsg>,
 }
 
-/// The pipelines of all datasets.
+/// The pipelines of all datasets, and the write-ahead log they append to.
 pub struct Pipeline {
     datasets: HashMap<String, Arc<DatasetPipeline>>,
-    queue_timeout: Duration,
+    wal: Wal,
     closing: CancellationToken,
 }
 
-/// A sink task to spawn, with the queue it reads.
-pub struct SinkTask {
-    pub sink: ParquetSink,
-    pub rx: mpsc::Receiver<SinkMsg>,
-}
-
 impl Pipeline {
-    /// Builds every dataset's pipeline and the sink tasks the caller must spawn.
+    /// Builds every dataset's pipeline, appending to `wal`, and the Parquet sinks (log
+    /// consumers) the caller must run.
     pub fn new(
         config: &Config,
         metrics: &Metrics,
+        wal: Wal,
         closing: CancellationToken,
-    ) -> Result<(Pipeline, Vec<SinkTask>), EncodeError> {
+    ) -> Result<(Pipeline, Vec<ParquetSink>), EncodeError> {
         let mut datasets = HashMap::new();
         let mut sinks = Vec::new();
         for ds_config in &config.datasets {
             let dataset = Arc::new(ds_config.build());
             let ds_metrics = metrics.dataset(&dataset.id);
-            let (sink_tx, rx) = mpsc::channel(config.pipeline.queue_depth);
-            let sink = ParquetSink::new(
+            sinks.push(ParquetSink::new(
                 dataset.clone(),
                 config.parquet_dir(),
                 config.parquet.clone(),
                 ds_metrics.clone(),
-            )?;
-            sinks.push(SinkTask { sink, rx });
+                wal.clone(),
+            )?);
             datasets.insert(
                 dataset.id.clone(),
                 Arc::new(DatasetPipeline {
@@ -128,16 +127,20 @@ impl Pipeline {
                     rejects: RejectLog::new(config.pipeline.rejects_kept),
                     metrics: ds_metrics,
                     dataset,
-                    sink_tx,
                 }),
             );
         }
         let pipeline = Pipeline {
             datasets,
-            queue_timeout: config.pipeline.queue_timeout,
+            wal,
             closing,
         };
         Ok((pipeline, sinks))
+    }
+
+    /// The write-ahead log every accepted batch goes to.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
     }
 
     pub fn dataset(&self, id: &str) -> Option<&Arc<DatasetPipeline>> {
@@ -173,7 +176,7 @@ impl Pipeline {
     ) -> Result<Outcome, IngestError> {
         let checked = self.prepare(ds, batch).await?;
         self.admit(ds, key, &checked)?;
-        self.deliver(ds, key, checked).await
+        self.deliver(ds, key, &checked).await
     }
 
     /// Decode and validate. Large bodies are decoded on a blocking thread.
@@ -220,28 +223,33 @@ impl Pipeline {
         })
     }
 
-    /// Stores the accepted readings (returns once they are acknowledged) and records the
-    /// rejects in the dataset's log and metrics.
+    /// Appends the accepted readings to the write-ahead log (returns once the record is
+    /// durable: the acknowledgement) and records the rejects in the dataset's log and
+    /// metrics. `checked` is left intact, so a caller may try again after a refusal.
     pub async fn deliver(
         &self,
         ds: &DatasetPipeline,
         key: &LimitKey,
-        checked: Checked,
+        checked: &Checked,
     ) -> Result<Outcome, IngestError> {
-        let Checked {
-            accepted,
-            rejected,
-            received_at,
-        } = checked;
-        let count = accepted.len();
+        let count = checked.accepted.len();
         if count > 0 {
-            self.submit(ds, accepted).await?;
+            if self.is_closing() {
+                return Err(IngestError::ShuttingDown);
+            }
+            let frame = wal::record::encode(&ds.dataset, &checked.accepted, now_micros());
+            self.wal.append(frame).await.map_err(|e| match e {
+                WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
+                WalError::QueueFull(wait) => IngestError::QueueFull(wait),
+                WalError::Closed => IngestError::ShuttingDown,
+                WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
+            })?;
             ds.metrics.accepted.inc_by(count as u64);
         }
-        self.record_rejects(ds, key, received_at, &rejected);
+        self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {
             accepted: count,
-            rejected,
+            rejected: checked.rejected.clone(),
         })
     }
 
@@ -266,27 +274,6 @@ impl Pipeline {
                 message: r.message.clone(),
             }));
         }
-    }
-
-    /// Hands readings to the dataset's sink and waits for its acknowledgement.
-    async fn submit(
-        &self,
-        ds: &DatasetPipeline,
-        readings: Vec<Reading>,
-    ) -> Result<(), IngestError> {
-        let (ack, acked) = oneshot::channel();
-        match ds
-            .sink_tx
-            .send_timeout(SinkMsg { readings, ack }, self.queue_timeout)
-            .await
-        {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                return Err(IngestError::QueueFull(self.queue_timeout));
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(IngestError::ShuttingDown),
-        }
-        acked.await.map_err(|_| IngestError::ShuttingDown)
     }
 }
 

@@ -126,7 +126,15 @@ async fn intake_answers_503_once_shutdown_has_begun() {
     let config = test_config(dir.path());
     let metrics = Arc::new(Metrics::new());
     let closing = CancellationToken::new();
-    let (pipeline, _sinks) = Pipeline::new(&config, &metrics, closing.clone()).unwrap();
+    let wal = citygate::wal::Wal::open(
+        &config.wal_dir(),
+        &config.wal,
+        config.pipeline.queue_timeout,
+        metrics.wal().clone(),
+        false,
+    )
+    .unwrap();
+    let (pipeline, _sinks) = Pipeline::new(&config, &metrics, wal, closing.clone()).unwrap();
     let store = Store::open(&config.database_path()).await.unwrap();
     let secret = store
         .create_key(KeyKind::Device, "copenhagen", &[TRAFFIC.to_string()])

@@ -895,22 +895,48 @@ async fn settle(
         }
     }
     let total = checked.accepted.len() + checked.rejected.len();
-    match pipeline.deliver(&ds, &key, checked).await {
-        Ok(outcome) if outcome.rejected.is_empty() => Verdict::Accepted,
-        Ok(outcome) if version == Version::V4 => {
+    loop {
+        let refused = match pipeline.deliver(&ds, &key, &checked).await {
+            Ok(outcome) if outcome.rejected.is_empty() => return Verdict::Accepted,
             // The rejects are on record; 3.1.1 has no way to say more.
-            let _ = outcome;
-            Verdict::Accepted
+            Ok(_) if version == Version::V4 => return Verdict::Accepted,
+            Ok(outcome) if outcome.accepted == 0 => {
+                return Verdict::Refused(
+                    Refusal::PayloadInvalid,
+                    summarize(&outcome.rejected, total),
+                );
+            }
+            Ok(outcome) => return Verdict::Partial(summarize(&outcome.rejected, total)),
+            Err(IngestError::ShuttingDown) => return Verdict::Abandon("server_shutdown"),
+            Err(e) => e,
+        };
+        // Full storage or queue: the readings were not stored.
+        let (retryable, label) = match &refused {
+            IngestError::StorageFull(_) => (true, "storage_full"),
+            IngestError::QueueFull(_) => (true, "queue_full"),
+            _ => (false, "storage_error"),
+        };
+        match (version, qos) {
+            (_, 0) => {
+                return Verdict::Dropped(if retryable {
+                    "dropped_busy"
+                } else {
+                    "dropped_error"
+                });
+            }
+            (Version::V5, _) if retryable => {
+                return Verdict::Refused(
+                    Refusal::QuotaExceeded,
+                    format!("{refused}; retry shortly"),
+                );
+            }
+            (Version::V5, _) => return Verdict::Refused(Refusal::Unspecified, refused.to_string()),
+            // 3.1.1: the acknowledgement waits until there is room.
+            (Version::V4, _) if retryable => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shared.closing.cancelled() => return Verdict::Abandon("server_shutdown"),
+            },
+            (Version::V4, _) => return Verdict::Abandon(label),
         }
-        Ok(outcome) if outcome.accepted == 0 => {
-            Verdict::Refused(Refusal::PayloadInvalid, summarize(&outcome.rejected, total))
-        }
-        Ok(outcome) => Verdict::Partial(summarize(&outcome.rejected, total)),
-        Err(IngestError::QueueFull(_)) if qos == 0 => Verdict::Dropped("dropped_queue_full"),
-        Err(e @ IngestError::QueueFull(_)) if version == Version::V5 => {
-            Verdict::Refused(Refusal::QuotaExceeded, format!("{e}; retry shortly"))
-        }
-        Err(IngestError::QueueFull(_)) => Verdict::Abandon("queue_full"),
-        Err(_) => Verdict::Abandon("server_shutdown"),
     }
 }

@@ -1,18 +1,20 @@
-//! Parquet sink: one task per dataset buffers acknowledged readings and writes them as
-//! Hive-partitioned, zstd-compressed Parquet files:
+//! Parquet sink: one write-ahead-log consumer per dataset, writing Hive-partitioned,
+//! zstd-compressed Parquet files:
 //!
 //! ```text
-//! {data_dir}/parquet/dataset={id}/date=YYYY-MM-DD/hour=HH/part-{stamp}-{n}.parquet
+//! {data_dir}/parquet/dataset={id}/date=YYYY-MM-DD/hour=HH/part-{first_lsn}-{last_lsn}-{n}.parquet
 //! ```
 //!
-//! partitioned by device timestamp. A buffer is flushed when it reaches `max_rows`, about
-//! `max_bytes`, or when its oldest reading has waited `max_age`. Encoding runs on a blocking
-//! thread while the task keeps taking readings into a fresh buffer; at most one flush per
-//! dataset is in flight, so a slow disk backs up into the queue and, from there, into intake.
+//! partitioned by device timestamp. The sink reads the log from its checkpoint, gathers its
+//! dataset's readings and writes them when it holds `max_rows`, about `max_bytes`, or when the
+//! oldest has waited `max_age`. File names come from the range of log records they hold, and
+//! before writing a range the sink records that intent in its checkpoint: after a crash it
+//! writes exactly that range again, under the same names, so replay replaces files instead of
+//! adding copies. Encoding runs on a blocking thread while the task reads on.
 //!
-//! A failed flush (disk full, permissions) is logged at ERROR, counted, and retried with
-//! backoff; the readings stay in memory, and once the buffer holds `4 × max_rows` the task
-//! stops taking more, so intake answers 503 instead of acknowledging what it cannot keep.
+//! A failed write (disk full, permissions) is logged at ERROR, counted, and retried with
+//! backoff; the readings stay safe in the log meanwhile, which grows until its quota stops
+//! intake (no reading is acknowledged that the log does not hold).
 
 pub mod encode;
 
@@ -20,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,13 +30,8 @@ use crate::config::ParquetConfig;
 use crate::model::{Dataset, Micros, Reading, now_micros};
 use crate::pipeline::decode::time::civil_from_days;
 use crate::telemetry::DatasetMetrics;
+use crate::wal::{Checkpoint, Reader, Wal, record};
 pub use encode::{EncodeError, ParquetLayout};
-
-/// Readings for the sink, and the acknowledgement the intake is waiting for.
-pub struct SinkMsg {
-    pub readings: Vec<Reading>,
-    pub ack: oneshot::Sender<()>,
-}
 
 const HOUR: Micros = 3_600_000_000;
 
@@ -56,79 +52,39 @@ pub struct FlushStats {
     pub bytes: u64,
 }
 
-/// Result of writing a buffer: what was written, and what was not (with the error).
-pub struct FlushOutcome {
-    pub stats: FlushStats,
-    pub failed: Option<(EncodeError, Vec<Reading>)>,
-}
-
-/// Writes `readings` as one file per hour partition. Blocking: call from a blocking thread.
-/// On error, the readings of partitions not yet written come back for a retry; partitions
-/// already written are not written again.
+/// Writes the readings of log records `range.0..=range.1` as one file per hour partition,
+/// named from the range. Blocking. Writing the same range again yields the same files.
 pub fn write_partitions(
     layout: &ParquetLayout,
     root: &Path,
     dataset: &str,
-    readings: Vec<Reading>,
-) -> FlushOutcome {
+    range: (u64, u64),
+    readings: &[Reading],
+) -> Result<FlushStats, EncodeError> {
     let mut stats = FlushStats::default();
     if readings.is_empty() {
-        return FlushOutcome {
-            stats,
-            failed: None,
-        };
+        return Ok(stats);
     }
     let hour_of = |r: &Reading| r.ts.div_euclid(HOUR);
-    let first = hour_of(&readings[0]);
     let mut order: Vec<u32> = (0..readings.len() as u32).collect();
+    let first = hour_of(&readings[0]);
     if readings.iter().any(|r| hour_of(r) != first) {
         order.sort_by_key(|&i| hour_of(&readings[i as usize]));
     }
-    let stamp = format!("{}-{:08x}", now_micros(), rand::random::<u32>());
-
-    let mut start = 0;
-    let mut part = 0;
-    while start < order.len() {
-        let hour = hour_of(&readings[order[start] as usize]);
-        let end = start
-            + order[start..]
-                .iter()
-                .position(|&i| hour_of(&readings[i as usize]) != hour)
-                .unwrap_or(order.len() - start);
-        let run = &order[start..end];
-        let path = partition_dir(root, dataset, hour).join(format!("part-{stamp}-{part}.parquet"));
-        let written = layout
-            .record_batch(run.iter().map(|&i| &readings[i as usize]))
-            .and_then(|batch| layout.write_file(&batch, &path));
-        match written {
-            Ok(bytes) => {
-                stats.files += 1;
-                stats.rows += run.len() as u64;
-                stats.bytes += bytes;
-            }
-            Err(e) => {
-                let mut keep = vec![false; readings.len()];
-                for &i in &order[start..] {
-                    keep[i as usize] = true;
-                }
-                let rest = readings
-                    .into_iter()
-                    .zip(keep)
-                    .filter_map(|(r, k)| k.then_some(r))
-                    .collect();
-                return FlushOutcome {
-                    stats,
-                    failed: Some((e, rest)),
-                };
-            }
-        }
-        start = end;
-        part += 1;
+    let (a, b) = range;
+    for (part, run) in order
+        .chunk_by(|&x, &y| hour_of(&readings[x as usize]) == hour_of(&readings[y as usize]))
+        .enumerate()
+    {
+        let hour = hour_of(&readings[run[0] as usize]);
+        let path =
+            partition_dir(root, dataset, hour).join(format!("part-{a:020}-{b:020}-{part}.parquet"));
+        let batch = layout.record_batch(run.iter().map(|&i| &readings[i as usize]))?;
+        stats.bytes += layout.write_file(&batch, &path)?;
+        stats.files += 1;
+        stats.rows += run.len() as u64;
     }
-    FlushOutcome {
-        stats,
-        failed: None,
-    }
+    Ok(stats)
 }
 
 /// Calls `visit` for every file below `dir` (depth first; unreadable directories skipped).
@@ -174,173 +130,407 @@ pub fn remove_stale_temp_files(root: &Path) -> usize {
     removed
 }
 
-/// The Parquet sink of one dataset.
+/// Readings gathered from the log and not yet written.
+#[derive(Default)]
+struct Pending {
+    readings: Vec<Reading>,
+    bytes: usize,
+    /// LSN of the first and last record of ours in the buffer.
+    first_lsn: Option<u64>,
+    last_lsn: u64,
+    /// When the first of them was read, and when it was appended to the log.
+    since: Option<Instant>,
+    oldest_appended: Option<Micros>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.first_lsn.is_none()
+    }
+}
+
+/// What one blocking read of the log returned.
+struct Chunk {
+    reader: Reader,
+    result: std::io::Result<()>,
+    readings: Vec<Reading>,
+    first_lsn: Option<u64>,
+    last_lsn: u64,
+    oldest_appended: Option<Micros>,
+    seen: u64,
+    dropped: usize,
+}
+
+/// Reads records up to `committed`, keeping `ds`'s readings, until about `max` of them.
+fn read_chunk(mut reader: Reader, committed: u64, ds: &Dataset, max: usize) -> Chunk {
+    let mut chunk = Chunk {
+        reader: Reader::new(Path::new(""), 0),
+        result: Ok(()),
+        readings: Vec::new(),
+        first_lsn: None,
+        last_lsn: 0,
+        oldest_appended: None,
+        seen: reader.last_lsn(),
+        dropped: 0,
+    };
+    let mut payload = Vec::new();
+    while chunk.readings.len() < max {
+        match reader.next_into(committed, &mut payload) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                chunk.result = Err(e);
+                break;
+            }
+        }
+        let header = match record::header(&payload) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable WAL record skipped");
+                continue;
+            }
+        };
+        chunk.seen = header.lsn;
+        if header.dataset != ds.id {
+            continue;
+        }
+        let (lsn, appended) = (header.lsn, header.appended_at);
+        match record::decode_into(&payload, ds, &mut chunk.readings) {
+            Ok(dropped) => chunk.dropped += dropped,
+            Err(e) => {
+                tracing::error!(lsn, error = %e, "undecodable WAL record skipped; its readings are lost");
+                continue;
+            }
+        }
+        chunk.first_lsn.get_or_insert(lsn);
+        chunk.last_lsn = lsn;
+        chunk.oldest_appended.get_or_insert(appended);
+    }
+    chunk.reader = reader;
+    chunk
+}
+
+type Flush = JoinHandle<(Result<FlushStats, EncodeError>, Vec<Reading>)>;
+
+/// The Parquet sink of one dataset: a consumer of the write-ahead log.
 pub struct ParquetSink {
     ds: Arc<Dataset>,
     layout: Arc<ParquetLayout>,
     root: PathBuf,
     cfg: ParquetConfig,
     metrics: DatasetMetrics,
-    buffer: Vec<Reading>,
-    buffer_bytes: usize,
-    oldest: Option<Instant>,
+    wal: Wal,
+    name: String,
+    checkpoint: Checkpoint,
     retry: Option<(Instant, Duration)>,
 }
 
-type InFlight = JoinHandle<FlushOutcome>;
-
 impl ParquetSink {
+    /// The log consumer name of `dataset`'s sink.
+    pub fn consumer_name(dataset: &str) -> String {
+        format!("parquet-{dataset}")
+    }
+
+    /// Registers the sink with the log (from its stored checkpoint).
     pub fn new(
         ds: Arc<Dataset>,
         root: PathBuf,
         cfg: ParquetConfig,
         metrics: DatasetMetrics,
+        wal: Wal,
     ) -> Result<ParquetSink, EncodeError> {
         let layout = Arc::new(ParquetLayout::new(&ds, cfg.zstd_level)?);
+        let name = Self::consumer_name(&ds.id);
+        let checkpoint = wal.register(&name).map_err(|source| EncodeError::Io {
+            path: wal.dir().to_path_buf(),
+            source,
+        })?;
         Ok(ParquetSink {
             ds,
             layout,
             root,
             cfg,
             metrics,
-            buffer: Vec::new(),
-            buffer_bytes: 0,
-            oldest: None,
+            wal,
+            name,
+            checkpoint,
             retry: None,
         })
     }
 
-    fn hard_cap(&self) -> usize {
-        self.cfg.max_rows.saturating_mul(4)
+    fn due_by_size(&self, pending: &Pending) -> bool {
+        pending.readings.len() >= self.cfg.max_rows
+            || pending.bytes >= self.cfg.max_bytes.as_usize()
     }
 
-    fn due_by_size(&self) -> bool {
-        self.buffer.len() >= self.cfg.max_rows || self.buffer_bytes >= self.cfg.max_bytes.as_usize()
-    }
-
-    /// When the next flush is due by age or retry, if the buffer holds anything.
-    fn deadline(&self) -> Option<Instant> {
-        let by_age = self.oldest? + self.cfg.max_age;
-        Some(self.retry.map_or(by_age, |(at, _)| at))
-    }
-
-    fn accept(&mut self, msg: SinkMsg) {
-        if self.oldest.is_none() {
-            self.oldest = Some(Instant::now());
-        }
-        self.buffer_bytes += msg.readings.iter().map(Reading::approx_size).sum::<usize>();
-        if self.buffer.is_empty() {
-            self.buffer = msg.readings;
-        } else {
-            self.buffer.extend(msg.readings);
-        }
-        self.metrics.parquet_buffered.set(self.buffer.len() as i64);
-        // The readings are in the batcher: that is this stage's acknowledgement. A dropped
-        // receiver means the client went away; the readings are kept regardless.
-        let _ = msg.ack.send(());
-    }
-
-    /// Starts writing the buffer on a blocking thread.
-    fn start_flush(&mut self) -> InFlight {
-        let readings = std::mem::take(&mut self.buffer);
-        self.buffer_bytes = 0;
-        self.oldest = None;
-        let layout = self.layout.clone();
-        let root = self.root.clone();
-        let id = self.ds.id.clone();
-        tokio::task::spawn_blocking(move || write_partitions(&layout, &root, &id, readings))
-    }
-
-    /// Books a finished flush; failed readings go back to the front of the buffer.
-    fn finish_flush(&mut self, joined: Result<FlushOutcome, tokio::task::JoinError>) {
-        let outcome = match joined {
-            Ok(outcome) => outcome,
+    fn store_checkpoint(&mut self, cp: Checkpoint) -> bool {
+        match self.wal.checkpoint(&self.name, cp) {
+            Ok(()) => {
+                self.checkpoint = cp;
+                true
+            }
             Err(e) => {
-                // Only a panic in the encoder gets here; its readings are gone with it.
-                tracing::error!(dataset = %self.ds.id, error = %e, "parquet flush task failed; its readings are lost");
+                tracing::error!(sink = %self.name, error = %e, "cannot store the checkpoint; will retry");
+                false
+            }
+        }
+    }
+
+    /// Records the intent to write `range`, then writes it on a blocking thread.
+    fn start_flush(&mut self, range: (u64, u64), readings: Vec<Reading>) -> Option<Flush> {
+        let intent = Checkpoint {
+            lsn: range.0 - 1,
+            intent: Some(range),
+        };
+        if !self.store_checkpoint(intent) {
+            return None;
+        }
+        let (layout, root, id) = (self.layout.clone(), self.root.clone(), self.ds.id.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            let result = write_partitions(&layout, &root, &id, range, &readings);
+            (result, readings)
+        }))
+    }
+
+    /// Books a finished write. On success the checkpoint moves to `durable_upto`; on failure
+    /// the readings come back to be written again (same range, same names) after a pause.
+    fn finish_flush(
+        &mut self,
+        joined: Result<(Result<FlushStats, EncodeError>, Vec<Reading>), tokio::task::JoinError>,
+        range: (u64, u64),
+        durable_upto: u64,
+    ) -> Option<Vec<Reading>> {
+        let (result, readings) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic in the encoder: the readings are still in the log; start over.
+                tracing::error!(dataset = %self.ds.id, error = %e, "parquet write task failed");
                 self.metrics.parquet_flush_errors.inc();
-                return;
+                self.retry = Some((
+                    Instant::now() + Duration::from_secs(1),
+                    Duration::from_secs(1),
+                ));
+                return Some(Vec::new());
             }
         };
-        let s = outcome.stats;
-        self.metrics.parquet_files.inc_by(s.files);
-        self.metrics.parquet_rows.inc_by(s.rows);
-        self.metrics.parquet_bytes.inc_by(s.bytes);
-        if s.files > 0 {
-            tracing::debug!(dataset = %self.ds.id, files = s.files, rows = s.rows, bytes = s.bytes, "parquet flush");
-        }
-        match outcome.failed {
-            None => self.retry = None,
-            Some((error, mut rest)) => {
+        match result {
+            Ok(s) => {
+                self.metrics.parquet_files.inc_by(s.files);
+                self.metrics.parquet_rows.inc_by(s.rows);
+                self.metrics.parquet_bytes.inc_by(s.bytes);
+                tracing::debug!(dataset = %self.ds.id, files = s.files, rows = s.rows, lsn = ?range, "parquet flush");
+                self.retry = None;
+                self.store_checkpoint(Checkpoint {
+                    lsn: durable_upto.max(range.1),
+                    intent: None,
+                });
+                None
+            }
+            Err(error) => {
                 self.metrics.parquet_flush_errors.inc();
                 let backoff = self.retry.map_or(Duration::from_millis(500), |(_, b)| {
                     (b * 2).min(Duration::from_secs(30))
                 });
                 tracing::error!(
-                    dataset = %self.ds.id, rows = rest.len(), %error, retry_in = ?backoff,
-                    "parquet flush failed; readings kept in memory and retried"
+                    dataset = %self.ds.id, rows = readings.len(), %error, retry_in = ?backoff,
+                    "parquet write failed; the readings stay in the log and are written again"
                 );
                 self.retry = Some((Instant::now() + backoff, backoff));
-                self.buffer_bytes += rest.iter().map(Reading::approx_size).sum::<usize>();
-                rest.append(&mut self.buffer);
-                self.buffer = rest;
-                self.oldest = Some(self.oldest.unwrap_or_else(Instant::now));
+                Some(readings)
             }
         }
-        self.metrics.parquet_buffered.set(self.buffer.len() as i64);
     }
 
-    fn retry_pending(&self) -> bool {
-        self.retry.is_some_and(|(at, _)| Instant::now() < at)
-    }
-
-    /// Runs until `stop` fires and the queue is drained and flushed, or the queue closes.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<SinkMsg>, stop: CancellationToken) {
-        let mut in_flight: Option<InFlight> = None;
-        let mut stopping = false;
-        loop {
-            let deadline = self.deadline();
-            let can_take = self.buffer.len() < self.hard_cap();
-            tokio::select! {
-                biased;
-                joined = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
-                    in_flight = None;
-                    self.finish_flush(joined);
-                }
-                _ = stop.cancelled(), if !stopping => {
-                    // No new batches; the ones already queued are still taken and acked.
-                    stopping = true;
-                    rx.close();
-                }
-                msg = rx.recv(), if can_take => match msg {
-                    Some(msg) => self.accept(msg),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
-                    if deadline.is_some() && in_flight.is_none() => {
-                    in_flight = Some(self.start_flush());
-                }
-            }
-            if in_flight.is_none() && self.due_by_size() && !self.retry_pending() {
-                in_flight = Some(self.start_flush());
-            }
+    /// Reads the log from `reader` (blocking, off the async workers).
+    async fn read(&self, reader: Reader, committed: u64, max: usize) -> Chunk {
+        let ds = self.ds.clone();
+        match tokio::task::spawn_blocking(move || read_chunk(reader, committed, &ds, max)).await {
+            Ok(chunk) => chunk,
+            Err(e) => panic!("WAL read task failed: {e}"),
         }
+    }
 
-        // Drained: write what is left, retrying until the shutdown deadline cuts us off.
-        loop {
-            if let Some(flush) = in_flight.take() {
-                let joined = flush.await;
-                self.finish_flush(joined);
-            }
-            if self.buffer.is_empty() {
+    /// Writes again exactly the range a crash interrupted, under the same names.
+    async fn redo(&mut self, range: (u64, u64), stop: &CancellationToken) -> bool {
+        let (a, b) = range;
+        tracing::info!(dataset = %self.ds.id, first = a, last = b, "redoing an interrupted parquet write");
+        let mut reader = Reader::new(self.wal.dir(), a - 1);
+        let mut readings = Vec::new();
+        while reader.last_lsn() < b {
+            let chunk = self.read(reader, b, usize::MAX).await;
+            reader = chunk.reader;
+            readings.extend(chunk.readings);
+            if let Err(e) = chunk.result {
+                tracing::error!(error = %e, "cannot read the WAL to redo a write; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else if chunk.first_lsn.is_none() && chunk.seen < b {
                 break;
             }
-            if let Some((at, _)) = self.retry {
-                tokio::time::sleep_until(at).await;
-            }
-            in_flight = Some(self.start_flush());
         }
-        tracing::debug!(dataset = %self.ds.id, "parquet sink stopped");
+        loop {
+            let Some(flush) = self.start_flush(range, readings) else {
+                return false;
+            };
+            match self.finish_flush(flush.await, range, b) {
+                None => return true,
+                Some(back) => readings = back,
+            }
+            let pause = self.retry.map_or(Duration::from_secs(1), |(_, b)| b);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Consumes the log until `stop` fires and everything committed by then is written.
+    pub async fn run(mut self, stop: CancellationToken) {
+        if let Some(range) = self.checkpoint.intent
+            && !self.redo(range, &stop).await
+        {
+            return;
+        }
+        let mut reader = Some(Reader::new(self.wal.dir(), self.checkpoint.lsn));
+        let mut committed_rx = self.wal.committed();
+        let mut pending = Pending::default();
+        let mut seen = self.checkpoint.lsn;
+        let mut flushing: Option<(Flush, (u64, u64))> = None;
+        let mut retry_buffer: Option<(Vec<Reading>, (u64, u64))> = None;
+        let mut stopping = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_advance = Instant::now();
+        let cap = self.cfg.max_rows.saturating_mul(4);
+        loop {
+            let committed = *committed_rx.borrow_and_update();
+            // Read what the log has, as far as the buffer may grow.
+            if seen < committed
+                && pending.readings.len() < cap
+                && let Some(r) = reader.take()
+            {
+                let chunk = self.read(r, committed, cap - pending.readings.len()).await;
+                reader = Some(chunk.reader);
+                seen = chunk.seen;
+                if chunk.dropped > 0 {
+                    tracing::warn!(dataset = %self.ds.id, values = chunk.dropped, "values of fields the schema no longer has were dropped");
+                }
+                if let Some(first) = chunk.first_lsn {
+                    pending.first_lsn.get_or_insert(first);
+                    pending.last_lsn = chunk.last_lsn;
+                    pending.since.get_or_insert_with(Instant::now);
+                    pending.oldest_appended = pending.oldest_appended.or(chunk.oldest_appended);
+                    pending.bytes += chunk
+                        .readings
+                        .iter()
+                        .map(Reading::approx_size)
+                        .sum::<usize>();
+                    pending.readings.extend(chunk.readings);
+                }
+                if let Err(e) = chunk.result {
+                    tracing::error!(dataset = %self.ds.id, error = %e, "cannot read the WAL; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            self.metrics
+                .parquet_buffered
+                .set(pending.readings.len() as i64);
+            let retry_due = self.retry.is_none_or(|(at, _)| Instant::now() >= at);
+            // Start a write: a failed one again first, else the buffer when it is due.
+            if flushing.is_none() && retry_due {
+                if let Some((readings, range)) = retry_buffer.take() {
+                    match self.start_flush(range, readings) {
+                        Some(f) => flushing = Some((f, range)),
+                        None => {
+                            self.retry = Some((
+                                Instant::now() + Duration::from_secs(1),
+                                Duration::from_secs(1),
+                            ))
+                        }
+                    }
+                } else if let Some(first) = pending.first_lsn {
+                    let caught_up = seen >= committed;
+                    let by_age = pending
+                        .since
+                        .is_some_and(|t| t.elapsed() >= self.cfg.max_age);
+                    if self.due_by_size(&pending) || by_age || (stopping && caught_up) {
+                        let range = (first, pending.last_lsn);
+                        let readings = std::mem::take(&mut pending).readings;
+                        match self.start_flush(range, readings) {
+                            Some(f) => flushing = Some((f, range)),
+                            None => {
+                                // Could not record the intent: keep the readings in the log
+                                // and read them again.
+                                reader = Some(Reader::new(self.wal.dir(), self.checkpoint.lsn));
+                                seen = self.checkpoint.lsn;
+                                self.retry = Some((
+                                    Instant::now() + Duration::from_secs(1),
+                                    Duration::from_secs(1),
+                                ));
+                            }
+                        }
+                    }
+                } else if seen > self.checkpoint.lsn
+                    && (stopping || last_advance.elapsed() >= Duration::from_secs(1))
+                {
+                    // Nothing of ours since the checkpoint: let the log release what others
+                    // wrote (at most once a second: each store is two fsyncs).
+                    last_advance = Instant::now();
+                    self.store_checkpoint(Checkpoint {
+                        lsn: seen,
+                        intent: None,
+                    });
+                }
+            }
+            let lag_seconds = pending
+                .oldest_appended
+                .map_or(0.0, |t| (now_micros() - t).max(0) as f64 / 1e6);
+            self.wal.metrics().lag(
+                &self.name,
+                committed.saturating_sub(self.checkpoint.lsn),
+                lag_seconds,
+            );
+
+            if stopping
+                && seen >= committed
+                && flushing.is_none()
+                && retry_buffer.is_none()
+                && pending.is_empty()
+                && self.checkpoint.lsn >= seen
+            {
+                break;
+            }
+            if seen < committed && pending.readings.len() < cap && flushing.is_none() {
+                continue;
+            }
+            let deadline = match (&retry_buffer, pending.since) {
+                (Some(_), _) => self.retry.map(|(at, _)| at),
+                (None, Some(since)) => {
+                    Some(self.retry.map_or(since + self.cfg.max_age, |(at, _)| at))
+                }
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                joined = async { (&mut flushing.as_mut().expect("guarded").0).await }, if flushing.is_some() => {
+                    let (_, range) = flushing.take().expect("guarded");
+                    let durable_upto = pending.first_lsn.map_or(seen, |f| f - 1);
+                    if let Some(back) = self.finish_flush(joined, range, durable_upto) {
+                        if back.is_empty() {
+                            // The write task died with the readings: read them again.
+                            reader = Some(Reader::new(self.wal.dir(), self.checkpoint.lsn));
+                            seen = self.checkpoint.lsn;
+                            pending = Pending::default();
+                        } else {
+                            retry_buffer = Some((back, range));
+                        }
+                    }
+                }
+                _ = stop.cancelled(), if !stopping => stopping = true,
+                _ = committed_rx.changed(), if seen >= committed && !stopping => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && flushing.is_none() => {}
+                _ = tick.tick() => {}
+            }
+        }
+        tracing::debug!(dataset = %self.ds.id, lsn = self.checkpoint.lsn, "parquet sink stopped");
     }
 }
 

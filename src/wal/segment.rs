@@ -1,0 +1,260 @@
+//! Segment files: naming, recovery scanning, and sequential reading.
+//!
+//! A segment is `{first_lsn:020}.wal`, a run of frames (see [`super::record`]) in LSN order.
+//! LSNs rise but may have gaps (an append that failed on I/O keeps its number).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use super::record::{FRAME_HEADER, MAX_PAYLOAD};
+
+pub const EXTENSION: &str = "wal";
+
+pub fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}.{EXTENSION}"))
+}
+
+/// The segments in `dir`, by first LSN.
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == EXTENSION)
+            && let Some(lsn) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push((lsn, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A valid frame at `offset` of `bytes` after LSN `after`: its LSN and total length.
+fn frame_at(bytes: &[u8], offset: usize, after: u64) -> Option<(u64, usize)> {
+    let header = bytes.get(offset..offset + FRAME_HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    if !(8..=MAX_PAYLOAD).contains(&len) {
+        return None;
+    }
+    let payload = bytes.get(offset + FRAME_HEADER..offset + FRAME_HEADER + len)?;
+    let lsn = u64::from_le_bytes(payload[0..8].try_into().ok()?);
+    // Cheap checks first; the CRC last.
+    if lsn <= after || crc32c::crc32c(payload) != crc {
+        return None;
+    }
+    Some((lsn, FRAME_HEADER + len))
+}
+
+/// What a scan found in one segment.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Last valid LSN (`after` if the segment holds none).
+    pub last_lsn: u64,
+    /// Records found valid.
+    pub records: u64,
+    /// Bytes of valid frames from the start (where a torn tail is cut).
+    pub valid_end: u64,
+    /// A bad frame at `offset`, followed by valid frames from `resumes_at` (mid-segment
+    /// corruption) or by nothing valid (`None`: a torn tail, or garbage to the end).
+    pub damage: Option<Damage>,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Damage {
+    pub offset: u64,
+    pub resumes_at: Option<u64>,
+}
+
+/// Checks every frame of a segment's bytes (LSNs must rise past `after`).
+pub fn scan(bytes: &[u8], after: u64) -> Scan {
+    let mut offset = 0;
+    let mut last = after;
+    let mut records = 0;
+    while offset < bytes.len() {
+        match frame_at(bytes, offset, last) {
+            Some((lsn, len)) => {
+                last = lsn;
+                records += 1;
+                offset += len;
+            }
+            None => {
+                let resumes_at = (offset + 1..bytes.len())
+                    .find(|&p| frame_at(bytes, p, last).is_some())
+                    .map(|p| p as u64);
+                return Scan {
+                    last_lsn: last,
+                    records,
+                    valid_end: offset as u64,
+                    damage: Some(Damage {
+                        offset: offset as u64,
+                        resumes_at,
+                    }),
+                };
+            }
+        }
+    }
+    Scan {
+        last_lsn: last,
+        records,
+        valid_end: offset as u64,
+        damage: None,
+    }
+}
+
+/// The valid frames of `bytes`, skipping damaged stretches: what remains of a segment
+/// when the operator chooses to skip corruption.
+pub fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut offset = 0;
+    let mut last = after;
+    let mut skipped = 0u64;
+    while offset < bytes.len() {
+        match frame_at(bytes, offset, last) {
+            Some((lsn, len)) => {
+                out.extend_from_slice(&bytes[offset..offset + len]);
+                last = lsn;
+                offset += len;
+            }
+            None => {
+                offset += 1;
+                skipped += 1;
+            }
+        }
+    }
+    (out, last, skipped)
+}
+
+/// Cuts a segment at `len` bytes, durably.
+pub fn truncate(path: &Path, len: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(len)?;
+    file.sync_all()
+}
+
+/// Reads records in order across segments, up to what the writer has committed.
+pub struct Reader {
+    dir: PathBuf,
+    /// First LSN of the segment being read, and the reader on it.
+    current: Option<(u64, BufReader<File>)>,
+    /// The last LSN returned (or skipped over).
+    last_lsn: u64,
+}
+
+impl Reader {
+    /// A reader that returns records with LSN greater than `after`.
+    pub fn new(dir: &Path, after: u64) -> Reader {
+        Reader {
+            dir: dir.to_path_buf(),
+            current: None,
+            last_lsn: after,
+        }
+    }
+
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn
+    }
+
+    /// Opens the segment that holds the first record after `last_lsn`.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let segments = list(&self.dir)?;
+        let from = self.current.as_ref().map(|(first, _)| *first);
+        // The last segment starting at or before the next LSN, but never going back.
+        let target = segments
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= self.last_lsn + 1)
+            .or_else(|| segments.first());
+        let next = match (from, target) {
+            (Some(current), _) => segments.iter().find(|(first, _)| *first > current),
+            (None, t) => t,
+        };
+        match next {
+            Some((first, path)) => {
+                self.current = Some((*first, BufReader::with_capacity(1 << 20, File::open(path)?)));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The next record's payload with LSN ≤ `committed`, or `None` if there is none yet.
+    pub fn next(&mut self, committed: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut payload = Vec::new();
+        Ok(self.next_into(committed, &mut payload)?.then_some(payload))
+    }
+
+    /// Like [`Reader::next`], into a buffer the caller reuses; `false` if there is no record yet.
+    pub fn next_into(&mut self, committed: u64, payload: &mut Vec<u8>) -> io::Result<bool> {
+        loop {
+            if self.last_lsn >= committed {
+                return Ok(false);
+            }
+            if self.current.is_none() && !self.open_next()? {
+                return Ok(false);
+            }
+            let Some((_, reader)) = self.current.as_mut() else {
+                return Ok(false);
+            };
+            let mut header = [0u8; FRAME_HEADER];
+            match read_full(reader, &mut header)? {
+                0 => {
+                    // End of this segment: the next record is in a later one.
+                    if !self.open_next()? {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                n if n < FRAME_HEADER => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "partial WAL frame header",
+                    ));
+                }
+                _ => {}
+            }
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            if !(8..=MAX_PAYLOAD).contains(&len) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "WAL frame length out of range",
+                ));
+            }
+            payload.clear();
+            payload.resize(len, 0);
+            reader.read_exact(payload)?;
+            if crc32c::crc32c(payload) != crc {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "WAL frame CRC mismatch",
+                ));
+            }
+            let lsn = u64::from_le_bytes(payload[0..8].try_into().unwrap_or([0; 8]));
+            if lsn <= self.last_lsn {
+                // Already returned (a reader positioned at a segment's start skips ahead).
+                continue;
+            }
+            self.last_lsn = lsn;
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
