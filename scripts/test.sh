@@ -5,7 +5,7 @@
 #
 # Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
 # InfluxDB Python client (writes to our /api/v2/write) and paho-mqtt (an MQTT 5 device), from
-# PyPI into a virtualenv under target/; mosquitto_pub (Debian's mosquitto-clients).
+# PyPI into a virtualenv under target/; mosquitto_pub and VictoriaMetrics from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,12 +18,17 @@ if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt' 
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 
-if ! command -v mosquitto_pub >/dev/null; then
-  echo "==> installing mosquitto-clients"
+# Debian packages: mosquitto_pub, and VictoriaMetrics as the InfluxDB-API store (the tests
+# start their own instances on free ports).
+need=()
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get install -y -qq mosquitto-clients >/dev/null \
-    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq mosquitto-clients >/dev/null; }
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
 
 # One test opens a thousand MQTT connections (two sockets each, in one process).

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::ingest::mqtt;
 use crate::market::{Keyring, Store, StoreError};
 use crate::pipeline::Pipeline;
+use crate::sink::influx::InfluxSink;
 use crate::sink::parquet::{EncodeError, remove_stale_temp_files};
 use crate::telemetry::Metrics;
 use crate::wal::{Wal, WalError};
@@ -43,6 +44,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("cannot set up the InfluxDB sink for {url}: {source}")]
+    Influx { url: String, source: std::io::Error },
     #[error(
         "shutdown did not finish within {0:?}; unwritten readings stay in the write-ahead log for the next start"
     )]
@@ -113,6 +116,19 @@ impl App {
         let sinks = TaskTracker::new();
         for sink in parquet_sinks {
             sinks.spawn(sink.run(sinks_stop.clone()));
+        }
+        if config.influx.enabled {
+            let influx = InfluxSink::new(
+                config.influx.clone(),
+                pipeline.clone(),
+                wal.clone(),
+                metrics.influx().clone(),
+            )
+            .map_err(|source| AppError::Influx {
+                url: config.influx.url.clone(),
+                source,
+            })?;
+            sinks.spawn(influx.run(sinks_stop.clone()));
         }
         sinks.close();
 

@@ -193,6 +193,11 @@ impl InfluxMetrics {
     pub fn written(&self, points: u64) {
         self.points.inc_by(points);
     }
+
+    /// Totals so far: (points written, retries, poison points).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (self.points.get(), self.retries.get(), self.poison.get())
+    }
 }
 
 /// The MQTT endpoint's metrics (cheap to clone).

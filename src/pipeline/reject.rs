@@ -37,10 +37,12 @@ pub enum Reason {
     NoFields,
     /// A construct we do not store (SenML data values, sums, must-understand labels).
     Unsupported,
+    /// Accepted, but a downstream store (InfluxDB) refused it as invalid.
+    StoreRejected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::Malformed,
         Reason::NotAnObject,
         Reason::MissingSensorId,
@@ -61,6 +63,7 @@ impl Reason {
         Reason::UnitMismatch,
         Reason::NoFields,
         Reason::Unsupported,
+        Reason::StoreRejected,
     ];
 
     pub fn code(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Reason {
             Reason::UnitMismatch => "unit_mismatch",
             Reason::NoFields => "no_fields",
             Reason::Unsupported => "unsupported",
+            Reason::StoreRejected => "store_rejected",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Sinks: consumers of acknowledged readings. Parquet today; InfluxDB with the WAL issue,
-//! when every sink becomes a WAL consumer with its own checkpoint.
+//! Sinks: consumers of the write-ahead log, each with its own checkpoint. `parquet` writes
+//! the Hive-partitioned lake, `influx` an InfluxDB v2 API store.
 
+pub mod influx;
 pub mod parquet;

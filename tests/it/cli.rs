@@ -1,28 +1,11 @@
 //! The real binary: check-config, keys, serve, and SIGTERM flushing everything.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Output};
 
 use serde_json::json;
 
 use crate::harness::*;
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_citygate"));
-    cmd.env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CITYGATE") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-fn shipped_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/citygate.toml")
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("runs")
@@ -71,48 +54,13 @@ fn check_config_prints_every_problem_and_exits_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.max_connections"));
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `citygate serve` on `data_dir` and reads its listening address from the JSON log.
+/// Starts `citygate serve` on the shipped config and `data_dir`, Parquet flushing hourly.
 fn serve(data_dir: &Path) -> Server {
-    let mut child = bin()
-        .arg("serve")
-        .arg("--config")
-        .arg(shipped_config())
-        .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
-        .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0")
-        .env("CITYGATE__STORAGE__DATA_DIR", data_dir)
-        .env("CITYGATE__LOG__FORMAT", "json")
-        .env("CITYGATE__PARQUET__MAX_AGE", "1h")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                && event["message"] == "citygate started"
-            {
-                let _ = tx.send(event["http"].as_str().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("logs its address");
-    Server { child, addr }
+    spawn_gateway(
+        &shipped_config(),
+        data_dir,
+        &[("CITYGATE__PARQUET__MAX_AGE", "1h")],
+    )
 }
 
 fn terminate(child: &Child) {
@@ -181,7 +129,7 @@ async fn keys_cli_serve_and_sigterm_flushes_everything() {
 
     let server = serve(&data);
     let client = reqwest::Client::new();
-    let url = format!("http://{}/v1/datasets/traffic-counts/readings", server.addr);
+    let url = format!("http://{}/v1/datasets/traffic-counts/readings", server.http);
     let mut sent = 0;
     for batch in 0..10 {
         let body: Vec<serde_json::Value> = (0..50)

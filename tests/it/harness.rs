@@ -194,3 +194,70 @@ pub fn sensor_ids(dir: &Path, dataset: &str) -> Vec<String> {
 pub fn now_ms() -> i64 {
     citygate::model::now_micros() / 1000
 }
+
+/// The `citygate` binary, with no `CITYGATE*` or `RUST_LOG` from the test's environment.
+pub fn bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_citygate"));
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CITYGATE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+pub fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/citygate.toml")
+}
+
+/// A `citygate serve` process; killed on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub http: String,
+    pub mqtt: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `citygate serve --config config` on `data_dir` (ports chosen by the OS) and reads
+/// its addresses from its JSON log.
+pub fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = bin();
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__STORAGE__DATA_DIR", data_dir)
+        .env("CITYGATE__LOG__FORMAT", "json")
+        .env("CITYGATE__LOG__LEVEL", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("citygate starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                && event["message"] == "citygate started"
+            {
+                let addr = |k: &str| event[k].as_str().unwrap_or_default().to_string();
+                let _ = tx.send((addr("http"), addr("mqtt")));
+            }
+        }
+    });
+    let (http, mqtt) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("logs its addresses");
+    Server { child, http, mqtt }
+}

@@ -1,7 +1,9 @@
 //! citygate integration tests: one binary; each test runs a gateway on port 0 with a temp dir.
 
 mod cli;
+mod crash;
 mod harness;
+mod influx;
 mod intake;
 mod mqtt;
 mod peers;

@@ -200,7 +200,7 @@ impl Client4 {
 
 // ---- raw MQTT 3.1.1 bytes, for what no well-behaved client sends ----------------------------
 
-fn remaining_length(mut len: usize) -> Vec<u8> {
+pub(crate) fn remaining_length(mut len: usize) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let mut byte = (len % 128) as u8;
@@ -215,13 +215,13 @@ fn remaining_length(mut len: usize) -> Vec<u8> {
     }
 }
 
-fn mqtt_string(s: &[u8]) -> Vec<u8> {
+pub(crate) fn mqtt_string(s: &[u8]) -> Vec<u8> {
     let mut out = (s.len() as u16).to_be_bytes().to_vec();
     out.extend_from_slice(s);
     out
 }
 
-fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
+pub(crate) fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
     let mut out = vec![first];
     out.extend(remaining_length(body.len()));
     out.extend(body);
@@ -229,7 +229,13 @@ fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
 }
 
 /// CONNECT with protocol `name`/`level`, user `device`, password `key`.
-fn raw_connect(name: &[u8], level: u8, client_id: &str, key: &str, keep_alive: u16) -> Vec<u8> {
+pub(crate) fn raw_connect(
+    name: &[u8],
+    level: u8,
+    client_id: &str,
+    key: &str,
+    keep_alive: u16,
+) -> Vec<u8> {
     let mut body = mqtt_string(name);
     body.push(level);
     body.push(0xC2); // user name, password, clean session
@@ -243,7 +249,7 @@ fn raw_connect(name: &[u8], level: u8, client_id: &str, key: &str, keep_alive: u
     packet(0x10, body)
 }
 
-fn raw_publish(topic: &[u8], payload: &[u8], flags: u8, pkid: u16) -> Vec<u8> {
+pub(crate) fn raw_publish(topic: &[u8], payload: &[u8], flags: u8, pkid: u16) -> Vec<u8> {
     let mut body = mqtt_string(topic);
     if (flags >> 1) & 0b11 > 0 {
         body.extend(pkid.to_be_bytes());

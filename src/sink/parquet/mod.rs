@@ -341,13 +341,13 @@ impl ParquetSink {
         }
     }
 
-    /// Reads the log from `reader` (blocking, off the async workers).
-    async fn read(&self, reader: Reader, committed: u64, max: usize) -> Chunk {
+    /// Reads the log from `reader` (blocking, off the async workers). `None` only when the
+    /// runtime is going away under us.
+    async fn read(&self, reader: Reader, committed: u64, max: usize) -> Option<Chunk> {
         let ds = self.ds.clone();
-        match tokio::task::spawn_blocking(move || read_chunk(reader, committed, &ds, max)).await {
-            Ok(chunk) => chunk,
-            Err(e) => panic!("WAL read task failed: {e}"),
-        }
+        tokio::task::spawn_blocking(move || read_chunk(reader, committed, &ds, max))
+            .await
+            .ok()
     }
 
     /// Writes again exactly the range a crash interrupted, under the same names.
@@ -357,7 +357,9 @@ impl ParquetSink {
         let mut reader = Reader::new(self.wal.dir(), a - 1);
         let mut readings = Vec::new();
         while reader.last_lsn() < b {
-            let chunk = self.read(reader, b, usize::MAX).await;
+            let Some(chunk) = self.read(reader, b, usize::MAX).await else {
+                return false;
+            };
             reader = chunk.reader;
             readings.extend(chunk.readings);
             if let Err(e) = chunk.result {
@@ -407,7 +409,10 @@ impl ParquetSink {
                 && pending.readings.len() < cap
                 && let Some(r) = reader.take()
             {
-                let chunk = self.read(r, committed, cap - pending.readings.len()).await;
+                let Some(chunk) = self.read(r, committed, cap - pending.readings.len()).await
+                else {
+                    return;
+                };
                 reader = Some(chunk.reader);
                 seen = chunk.seen;
                 if chunk.dropped > 0 {

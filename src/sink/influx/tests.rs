@@ -1,0 +1,199 @@
+use std::sync::Mutex;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+
+use super::*;
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::model::{FieldType, Value};
+use crate::pipeline::decode::tests::{field, reading, traffic};
+use crate::telemetry::Metrics;
+
+const T0: Micros = 1_795_680_900_000_000;
+
+#[test]
+fn points_are_line_protocol_with_typed_fields_and_escaping() {
+    let mut ds = traffic();
+    ds.id = "traffic counts".into();
+    ds.provider = "city,of=cph".into();
+    ds.fields
+        .push(field("note", FieldType::String, None, false));
+    ds.fields.push(field("ok", FieldType::Bool, None, false));
+    let r = reading(&ds, T0, |r| {
+        r.sensor_id = "tc 1".into();
+        r.values[0] = Some(Value::Int(31));
+        r.values[1] = Some(Value::Float(42.5));
+        r.values[2] = Some(Value::Str("say \"hi\"".into()));
+        r.values[3] = Some(Value::Bool(true));
+        r.lat = Some(55.5);
+        r.lon = Some(12.25);
+        r.seq = Some(7);
+    });
+    let mut out = String::new();
+    assert!(write_point(&mut out, &ds, &r));
+    assert_eq!(
+        out,
+        "traffic\\ counts,provider=city\\,of\\=cph,sensor_id=tc\\ 1 vehicle_count=31i,mean_speed=42.5,\
+         note=\"say \\\"hi\\\"\",ok=true,lat=55.5,lon=12.25,seq=7i 1795680900000000000\n"
+    );
+
+    let nan = reading(&ds, T0, |r| r.values[1] = Some(Value::Float(f64::NAN)));
+    let mut out = String::new();
+    assert!(
+        !write_point(&mut out, &ds, &nan),
+        "a NaN is never sent; nothing else to send"
+    );
+    assert!(out.is_empty());
+}
+
+/// A stand-in store: refuses any body holding `poison` (400) after `fail_first` 503s, and
+/// keeps the lines it accepted.
+#[derive(Default)]
+struct Store {
+    lines: Mutex<Vec<String>>,
+    fail_first: Mutex<u32>,
+}
+
+async fn write(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, String) {
+    {
+        let mut fail = store.fail_first.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "busy".into());
+        }
+    }
+    let text = String::from_utf8_lossy(&body).to_string();
+    if text.contains("poison") {
+        return (StatusCode::BAD_REQUEST, "unable to parse 'poison'".into());
+    }
+    store
+        .lines
+        .lock()
+        .unwrap()
+        .extend(text.lines().map(str::to_string));
+    (StatusCode::NO_CONTENT, String::new())
+}
+
+async fn fake_store(fail_first: u32) -> (Arc<Store>, String) {
+    let store = Arc::new(Store {
+        fail_first: Mutex::new(fail_first),
+        ..Store::default()
+    });
+    let app = Router::new()
+        .route("/api/v2/write", post(write))
+        .with_state(store.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (store, url)
+}
+
+async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Pipeline>, InfluxMetrics) {
+    let mut config = Config::from_toml(DEFAULT_CONFIG, "t", &[]).unwrap();
+    config.storage.data_dir = dir.to_path_buf();
+    config.influx.enabled = true;
+    config.influx.url = url.to_string();
+    config.influx.max_retry_delay = Duration::from_millis(50);
+    let metrics = Metrics::new();
+    let wal = Wal::open(
+        &config.wal_dir(),
+        &config.wal,
+        Duration::from_secs(1),
+        metrics.wal().clone(),
+        false,
+    )
+    .unwrap();
+    let (pipeline, _) =
+        Pipeline::new(&config, &metrics, wal.clone(), CancellationToken::new()).unwrap();
+    let pipeline = Arc::new(pipeline);
+    let influx_metrics = metrics.influx().clone();
+    let sink = InfluxSink::new(
+        config.influx.clone(),
+        pipeline.clone(),
+        wal,
+        influx_metrics.clone(),
+    )
+    .unwrap();
+    (sink, pipeline, influx_metrics)
+}
+
+fn batch_of(n: usize, poison: &[usize]) -> (String, Vec<Point>) {
+    let ds = Arc::new(traffic());
+    let mut text = String::new();
+    let mut points = Vec::new();
+    for i in 0..n {
+        let r = reading(&ds, T0, |r| {
+            r.sensor_id = if poison.contains(&i) {
+                format!("poison-{i}")
+            } else {
+                format!("ok-{i}")
+            }
+            .into();
+            r.values[0] = Some(Value::Int(i as i64));
+        });
+        let start = text.len();
+        assert!(write_point(&mut text, &ds, &r));
+        points.push(Point {
+            dataset: ds.clone(),
+            sensor_id: r.sensor_id.to_string(),
+            line: start..text.len(),
+        });
+    }
+    (text, points)
+}
+
+#[tokio::test]
+async fn poison_points_are_split_out_and_recorded_the_rest_written() {
+    let (store, url) = fake_store(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, pipeline, metrics) = make_sink(&url, dir.path()).await;
+    let (text, points) = batch_of(10, &[3, 7]);
+    assert!(sink.write(&text, &points, &CancellationToken::new()).await);
+    let mut written: Vec<String> = store.lines.lock().unwrap().clone();
+    written.sort();
+    assert_eq!(written.len(), 8);
+    assert!(written.iter().all(|l| l.contains("sensor_id=ok-")));
+    let recent = pipeline
+        .dataset("traffic-counts")
+        .unwrap()
+        .rejects
+        .recent(10);
+    let mut bad: Vec<String> = recent
+        .iter()
+        .map(|r| r.sensor_id.clone().unwrap())
+        .collect();
+    bad.sort();
+    assert_eq!(bad, ["poison-3", "poison-7"]);
+    assert_eq!(recent[0].reason, Reason::StoreRejected);
+    assert!(recent[0].message.contains("400"), "{}", recent[0].message);
+    assert_eq!(metrics.totals().2, 2);
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_retried_until_it_answers() {
+    let (store, url) = fake_store(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, metrics) = make_sink(&url, dir.path()).await;
+    let (text, points) = batch_of(5, &[]);
+    assert!(sink.write(&text, &points, &CancellationToken::new()).await);
+    assert_eq!(store.lines.lock().unwrap().len(), 5, "written once, whole");
+    assert_eq!(metrics.totals().1, 3);
+
+    // A stop while the store is down gives up without claiming the points were written.
+    let (_, url) = fake_store(u32::MAX).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, _) = make_sink(&url, dir.path()).await;
+    let stop = CancellationToken::new();
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        })
+    };
+    assert!(!sink.write(&text, &points, &stop).await);
+    stopper.await.unwrap();
+}
