@@ -4,6 +4,7 @@
 # reached Parquet). Needs wrk (Debian: apt-get install wrk).
 #
 #   scripts/loadtest.sh [seconds] [connections] [batch]
+#   FSYNC=never scripts/loadtest.sh ...     # the WAL's fsync mode (default: always)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
@@ -17,6 +18,7 @@ bin=target/release/citygate
 export CITYGATE__STORAGE__DATA_DIR="$data"
 export CITYGATE__HTTP__LISTEN=127.0.0.1:18080
 export CITYGATE__MQTT__LISTEN=127.0.0.1:18883
+export CITYGATE__WAL__FSYNC=${FSYNC:-always}
 key=$($bin --config config/loadtest.toml keys create-device --provider copenhagen --datasets traffic-counts 2>/dev/null)
 $bin --config config/loadtest.toml serve &
 pid=$!
@@ -31,7 +33,7 @@ kill -TERM "$pid"
 wait "$pid"
 files=$(find "$data/parquet" -name '*.parquet' | wc -l)
 accepted=$((after - before))
-echo "accepted readings: $accepted in ${secs}s = $((accepted / secs)) readings/s (server counter)"
+echo "wal fsync=$CITYGATE__WAL__FSYNC: accepted readings: $accepted in ${secs}s = $((accepted / secs)) readings/s (server counter)"
 echo "parquet files after shutdown: $files"
 py=target/peers-venv/bin/python
 if [ -x "$py" ]; then
