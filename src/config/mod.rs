@@ -225,6 +225,8 @@ pub struct InfluxConfig {
     /// ...and the longest a point waits for its batch to fill.
     #[serde(with = "units::duration")]
     pub batch_age: Duration,
+    /// Write requests in flight at once (the store parses them on as many cores).
+    pub parallel_writes: usize,
     #[serde(with = "units::duration")]
     pub request_timeout: Duration,
     /// Longest pause between retries of a failing write.
@@ -243,6 +245,7 @@ impl Default for InfluxConfig {
             token_file: None,
             batch_size: 5000,
             batch_age: Duration::from_secs(1),
+            parallel_writes: 4,
             request_timeout: Duration::from_secs(10),
             max_retry_delay: Duration::from_secs(30),
         }

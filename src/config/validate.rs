@@ -94,6 +94,9 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
         if influx.batch_size == 0 {
             p.push("influx.batch_size: must be at least 1".into());
         }
+        if influx.parallel_writes == 0 {
+            p.push("influx.parallel_writes: must be at least 1".into());
+        }
         if influx.request_timeout.is_zero() {
             p.push("influx.request_timeout: must be more than 0".into());
         }

@@ -17,12 +17,16 @@
 //! The `influxdb2` crate does not expose response headers, so a `Retry-After` from the store
 //! cannot be honoured as such: 429 and 503 back off from 1 s up to `max_retry_delay`.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use influxdb2::api::write::TimestampPrecision;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,95 +39,177 @@ use crate::wal::{Checkpoint, Reader, Wal, record};
 
 pub const CONSUMER: &str = "influx";
 
-/// Escapes a measurement name (commas, spaces).
-fn escape_measurement(out: &mut String, s: &str) {
+/// Appends `s` with a backslash before each of `special`.
+fn escape(out: &mut String, s: &str, special: &[u8]) {
+    if !s.bytes().any(|b| special.contains(&b)) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
-        if matches!(c, ',' | ' ' | '\\') {
+        if c.is_ascii() && special.contains(&(c as u8)) {
             out.push('\\');
         }
         out.push(c);
     }
 }
 
-/// Escapes a tag value or field key (commas, equals signs, spaces).
-fn escape_tag(out: &mut String, s: &str) {
-    for c in s.chars() {
-        if matches!(c, ',' | '=' | ' ' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-}
-
-/// Appends one reading as a line-protocol point; `false` (and nothing appended) if it has no
-/// field that can be sent.
-pub fn write_point(out: &mut String, ds: &Dataset, r: &Reading) -> bool {
-    let start = out.len();
-    escape_measurement(out, &ds.id);
-    out.push_str(",provider=");
-    escape_tag(out, &ds.provider);
-    out.push_str(",sensor_id=");
-    escape_tag(out, &r.sensor_id);
-    let mut first = true;
-    let mut field = |out: &mut String, name: &str| {
-        out.push(if first { ' ' } else { ',' });
-        first = false;
-        escape_tag(out, name);
-        out.push('=');
-    };
-    for (spec, value) in ds.fields.iter().zip(&r.values) {
-        match value {
-            Some(Value::Float(f)) if f.is_finite() => {
-                field(out, &spec.name);
-                let _ = write!(out, "{f:?}");
+/// Appends a finite float so that it parses back to exactly `f`. Values with at most four
+/// decimals (most sensor readings) are written from integers; `m / 10^4` computed in
+/// floating point rounds the same rational as a parser reading the digits of `m` over
+/// `10^4`, so when it gives `f` back those digits are exact. Anything else goes to ryu.
+fn push_float(out: &mut String, f: f64, floats: &mut ryu::Buffer, ints: &mut itoa::Buffer) {
+    const SCALE: f64 = 10_000.0;
+    // Below 1e11 the scaled value stays under 2^53, where every integer is exact.
+    if f.abs() < 1e11 {
+        let m = (f * SCALE).round();
+        if m / SCALE == f {
+            let mut m = m.abs() as u64;
+            let mut decimals = 4;
+            while decimals > 1 && m.is_multiple_of(10) {
+                m /= 10;
+                decimals -= 1;
             }
-            Some(Value::Int(i)) => {
-                field(out, &spec.name);
-                let _ = write!(out, "{i}i");
+            let unit = 10u64.pow(decimals);
+            if f.is_sign_negative() {
+                out.push('-');
             }
-            Some(Value::Bool(b)) => {
-                field(out, &spec.name);
-                out.push_str(if *b { "true" } else { "false" });
+            out.push_str(ints.format(m / unit));
+            out.push('.');
+            let frac = ints.format(m % unit);
+            for _ in frac.len()..decimals as usize {
+                out.push('0');
             }
-            Some(Value::Str(s)) => {
-                field(out, &spec.name);
-                out.push('"');
-                for c in s.chars() {
-                    if matches!(c, '"' | '\\') {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
-                out.push('"');
-            }
-            _ => {}
+            out.push_str(frac);
+            return;
         }
     }
-    if let (Some(lat), Some(lon)) = (r.lat, r.lon)
-        && lat.is_finite()
-        && lon.is_finite()
-    {
-        field(out, "lat");
-        let _ = write!(out, "{lat:?}");
-        field(out, "lon");
-        let _ = write!(out, "{lon:?}");
-    }
-    if let Some(seq) = r.seq {
-        field(out, "seq");
-        let _ = write!(out, "{seq}i");
-    }
-    if first {
-        out.truncate(start);
-        return false;
-    }
-    let _ = writeln!(out, " {}", i128::from(r.ts) * 1000);
-    true
+    out.push_str(floats.format_finite(f));
 }
 
-/// A point waiting to be written: its dataset and sensor (for a reject) and its line.
-struct Point {
+/// What a measurement name escapes.
+const MEASUREMENT: &[u8] = b", \\";
+/// What a tag key or value, or a field key, escapes.
+const TAG: &[u8] = b",= \\";
+/// What a string field value escapes (inside its quotes).
+const STRING: &[u8] = b"\"\\";
+
+/// How one dataset's readings become line-protocol points, worked out once: the escaped
+/// measurement and provider tag, and the escaped field keys.
+pub struct Shape {
     dataset: Arc<Dataset>,
-    sensor_id: String,
+    /// `measurement,provider=…,sensor_id=`
+    prefix: String,
+    keys: Vec<String>,
+}
+
+impl Shape {
+    pub fn new(dataset: Arc<Dataset>) -> Shape {
+        let mut prefix = String::new();
+        escape(&mut prefix, &dataset.id, MEASUREMENT);
+        prefix.push_str(",provider=");
+        escape(&mut prefix, &dataset.provider, TAG);
+        prefix.push_str(",sensor_id=");
+        let keys = dataset
+            .fields
+            .iter()
+            .map(|f| {
+                let mut key = String::new();
+                escape(&mut key, &f.name, TAG);
+                key
+            })
+            .collect();
+        Shape {
+            dataset,
+            prefix,
+            keys,
+        }
+    }
+
+    /// Appends one reading as a point; `false` (and nothing appended) if it has no field that
+    /// can be sent.
+    pub fn write_point(&self, out: &mut String, r: &Reading) -> bool {
+        let start = out.len();
+        out.push_str(&self.prefix);
+        escape(out, &r.sensor_id, TAG);
+        let mut first = true;
+        let mut field = |out: &mut String, key: &str| {
+            out.push(if first { ' ' } else { ',' });
+            first = false;
+            out.push_str(key);
+            out.push('=');
+        };
+        let mut floats = ryu::Buffer::new();
+        let mut ints = itoa::Buffer::new();
+        for (key, value) in self.keys.iter().zip(&r.values) {
+            match value {
+                Some(Value::Float(f)) if f.is_finite() => {
+                    field(out, key);
+                    push_float(out, *f, &mut floats, &mut ints);
+                }
+                Some(Value::Int(i)) => {
+                    field(out, key);
+                    out.push_str(ints.format(*i));
+                    out.push('i');
+                }
+                Some(Value::Bool(b)) => {
+                    field(out, key);
+                    out.push_str(if *b { "true" } else { "false" });
+                }
+                Some(Value::Str(s)) => {
+                    field(out, key);
+                    out.push('"');
+                    escape(out, s, STRING);
+                    out.push('"');
+                }
+                _ => {}
+            }
+        }
+        if let (Some(lat), Some(lon)) = (r.lat, r.lon)
+            && lat.is_finite()
+            && lon.is_finite()
+        {
+            field(out, "lat");
+            push_float(out, lat, &mut floats, &mut ints);
+            field(out, "lon");
+            push_float(out, lon, &mut floats, &mut ints);
+        }
+        if let Some(seq) = r.seq {
+            field(out, "seq");
+            out.push_str(ints.format(seq));
+            out.push('i');
+        }
+        if first {
+            out.truncate(start);
+            return false;
+        }
+        out.push(' ');
+        match r.ts.checked_mul(1000) {
+            Some(ns) => out.push_str(ints.format(ns)),
+            None => out.push_str(itoa::Buffer::new().format(i128::from(r.ts) * 1000)),
+        }
+        out.push('\n');
+        true
+    }
+
+    /// The sensor id of a point this shape wrote (unescaped).
+    fn sensor_of(&self, line: &str) -> String {
+        let mut sensor = String::new();
+        let mut chars = line[self.prefix.len()..].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => sensor.extend(chars.next()),
+                ',' | ' ' => break,
+                c => sensor.push(c),
+            }
+        }
+        sensor
+    }
+}
+
+/// A point waiting to be written: the shape that wrote it and its line in the batch's text.
+/// The lines of a batch's points follow each other, so any run of points is one slice.
+struct Point {
+    shape: usize,
     line: std::ops::Range<usize>,
 }
 
@@ -146,11 +232,134 @@ enum Written {
     Retry(u16, String),
 }
 
+/// Every dataset's shape, by position, and the position of each dataset id.
+struct Shapes {
+    all: Vec<Shape>,
+    by_id: HashMap<String, usize>,
+}
+
+/// Reads the log and turns its records into batches of points: blocking file reads and the
+/// CPU work of the sink, run off the async threads while earlier batches are being sent.
+struct Former {
+    reader: Reader,
+    shapes: Arc<Shapes>,
+    batch_size: usize,
+    batch: Batch,
+    payload: Vec<u8>,
+    readings: Vec<Reading>,
+}
+
+impl Former {
+    /// Reads records into the batch until it is full or the log has nothing more committed;
+    /// returns the last record seen.
+    fn fill(&mut self, committed: u64) -> std::io::Result<u64> {
+        let mut seen = self.reader.last_lsn();
+        let batch = &mut self.batch;
+        while batch.points.len() < self.batch_size
+            && self.reader.next_into(committed, &mut self.payload)?
+        {
+            let Ok(header) = record::header(&self.payload) else {
+                continue;
+            };
+            seen = header.lsn;
+            batch.last_lsn = header.lsn;
+            let Some(&index) = self.shapes.by_id.get(header.dataset) else {
+                continue;
+            };
+            let shape = &self.shapes.all[index];
+            self.readings.clear();
+            if record::decode_into(&self.payload, &shape.dataset, &mut self.readings).is_err() {
+                tracing::error!(
+                    lsn = header.lsn,
+                    "undecodable WAL record skipped by the influx sink"
+                );
+                continue;
+            }
+            batch.since.get_or_insert_with(Instant::now);
+            batch.oldest_appended.get_or_insert(header.appended_at);
+            for r in &self.readings {
+                let start = batch.text.len();
+                if shape.write_point(&mut batch.text, r) {
+                    batch.points.push(Point {
+                        shape: index,
+                        line: start..batch.text.len(),
+                    });
+                }
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// A batch handed to the writer: the last record it covers, whether it has an entry in the
+/// queue of append times, and whether its write has finished.
+struct Slot {
+    last_lsn: u64,
+    counted: bool,
+    finished: bool,
+}
+
+/// Stores the sink's checkpoint off the async threads (a store is two fsyncs), one store at
+/// a time; writes that finish meanwhile are covered by the next store.
+struct Checkpointer {
+    wal: Wal,
+    stored: u64,
+    wanted: u64,
+    task: Option<tokio::task::JoinHandle<std::io::Result<u64>>>,
+}
+
+impl Checkpointer {
+    /// Everything up to `lsn` is in the store.
+    fn advance(&mut self, lsn: u64) {
+        self.wanted = self.wanted.max(lsn);
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if self.task.is_none() && self.wanted > self.stored {
+            let (wal, lsn) = (self.wal.clone(), self.wanted);
+            self.task = Some(tokio::task::spawn_blocking(move || {
+                let cp = Checkpoint { lsn, intent: None };
+                wal.checkpoint(CONSUMER, cp).map(|()| lsn)
+            }));
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.task.is_some()
+    }
+
+    /// Waits for the store under way; starts the next if more was written meanwhile (after a
+    /// failure, only when more is written).
+    async fn settle(&mut self) {
+        let Some(task) = self.task.as_mut() else {
+            return;
+        };
+        let result = task.await;
+        self.task = None;
+        match result {
+            Ok(Ok(lsn)) => {
+                self.stored = lsn;
+                self.start();
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "influx sink cannot store its checkpoint"),
+            Err(e) => tracing::error!(error = %e, "influx sink checkpoint task failed"),
+        }
+    }
+
+    /// Stores the last checkpoint wanted before the sink stops.
+    async fn finish(mut self) {
+        self.start();
+        self.settle().await;
+        self.settle().await;
+    }
+}
+
 /// The InfluxDB sink.
 pub struct InfluxSink {
     client: influxdb2::Client,
     cfg: InfluxConfig,
-    datasets: HashMap<String, Arc<Dataset>>,
+    shapes: Arc<Shapes>,
     pipeline: Arc<Pipeline>,
     wal: Wal,
     metrics: InfluxMetrics,
@@ -172,16 +381,21 @@ impl InfluxSink {
         let client = influxdb2::ClientBuilder::with_builder(http, &cfg.url, &cfg.org, token)
             .build()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let datasets = pipeline
+        let all: Vec<Shape> = pipeline
             .datasets()
             .into_iter()
-            .map(|p| (p.dataset.id.clone(), p.dataset.clone()))
+            .map(|p| Shape::new(p.dataset.clone()))
+            .collect();
+        let by_id = all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.dataset.id.clone(), i))
             .collect();
         let checkpoint = wal.register(CONSUMER)?;
         Ok(InfluxSink {
             client,
             cfg,
-            datasets,
+            shapes: Arc::new(Shapes { all, by_id }),
             pipeline,
             wal,
             metrics,
@@ -189,7 +403,7 @@ impl InfluxSink {
         })
     }
 
-    async fn post(&self, body: String, points: u64) -> Written {
+    async fn post(&self, body: Bytes, points: u64) -> Written {
         let result = self
             .client
             .write_line_protocol_with_precision(
@@ -223,23 +437,20 @@ impl InfluxSink {
 
     /// Writes `points` of `text`, retrying until done or `stop`; splits on poison. Returns
     /// `false` if stopped before the points were written.
-    async fn write(&self, text: &str, points: &[Point], stop: &CancellationToken) -> bool {
+    async fn write(&self, text: Bytes, points: &[Point], stop: &CancellationToken) -> bool {
         let mut backoff = Duration::from_secs(1);
-        // Ranges of `points` still to write; poison splits them.
+        // Runs of `points` still to write; poison splits them.
         let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
         todo.push(0..points.len());
         while let Some(range) = todo.pop() {
             if range.is_empty() {
                 continue;
             }
-            let body: String = points[range.clone()]
-                .iter()
-                .map(|p| &text[p.line.clone()])
-                .collect();
+            let body = text.slice(points[range.start].line.start..points[range.end - 1].line.end);
             match self.post(body, range.len() as u64).await {
                 Written::Ok => backoff = Duration::from_secs(1),
                 Written::Poison(status, message) if range.len() == 1 => {
-                    self.reject(&points[range.start], status, &message);
+                    self.reject(&text, &points[range.start], status, &message);
                 }
                 Written::Poison(..) => {
                     let mid = range.start + range.len() / 2;
@@ -263,15 +474,18 @@ impl InfluxSink {
     }
 
     /// A point the store refused: on record with its dataset's rejects.
-    fn reject(&self, point: &Point, status: u16, message: &str) {
+    fn reject(&self, text: &[u8], point: &Point, status: u16, message: &str) {
+        let shape = &self.shapes.all[point.shape];
+        let line = String::from_utf8_lossy(&text[point.line.clone()]);
+        let sensor_id = shape.sensor_of(&line);
         self.metrics.poison(1);
-        tracing::error!(dataset = %point.dataset.id, status, %message, "the store refused a point");
-        if let Some(p) = self.pipeline.dataset(&point.dataset.id) {
+        tracing::error!(dataset = %shape.dataset.id, %sensor_id, status, %message, "the store refused a point");
+        if let Some(p) = self.pipeline.dataset(&shape.dataset.id) {
             p.metrics.rejected(Reason::StoreRejected).inc();
             p.rejects.record([RejectRecord {
                 at: now_micros(),
                 key_id: "influx-sink".into(),
-                sensor_id: Some(point.sensor_id.clone()),
+                sensor_id: Some(sensor_id),
                 index: 0,
                 reason: Reason::StoreRejected,
                 message: format!("the store answered {status}: {message}"),
@@ -279,61 +493,54 @@ impl InfluxSink {
         }
     }
 
-    /// Reads records into `batch` until it is full or the log has no more (blocking I/O, kept
-    /// short: at most `batch_size` points per call).
-    fn fill(
-        &self,
-        reader: &mut Reader,
-        committed: u64,
-        batch: &mut Batch,
-        payload: &mut Vec<u8>,
-    ) -> std::io::Result<u64> {
-        let mut seen = reader.last_lsn();
-        let mut readings = Vec::new();
-        while batch.points.len() < self.cfg.batch_size && reader.next_into(committed, payload)? {
-            let Ok(header) = record::header(payload) else {
-                continue;
-            };
-            seen = header.lsn;
-            batch.last_lsn = header.lsn;
-            let Some(ds) = self.datasets.get(header.dataset) else {
-                continue;
-            };
-            readings.clear();
-            if record::decode_into(payload, ds, &mut readings).is_err() {
-                tracing::error!(
-                    lsn = header.lsn,
-                    "undecodable WAL record skipped by the influx sink"
-                );
-                continue;
-            }
-            batch.since.get_or_insert_with(Instant::now);
-            batch.oldest_appended.get_or_insert(header.appended_at);
-            for r in &readings {
-                let start = batch.text.len();
-                if write_point(&mut batch.text, ds, r) {
-                    batch.points.push(Point {
-                        dataset: ds.clone(),
-                        sensor_id: r.sensor_id.to_string(),
-                        line: start..batch.text.len(),
-                    });
-                }
-            }
+    /// Consumes the log until `stop` fires and everything committed is written (or the store
+    /// is unreachable at stop: then the backlog waits in the log for the next start). Batches
+    /// are formed while those before them are being written.
+    pub async fn run(self, stop: CancellationToken) {
+        let (tx, rx) = mpsc::channel(1);
+        let sink = Arc::new(self);
+        // Append times of the oldest reading of each batch sent but not yet written.
+        let pending = Arc::new(Mutex::new(VecDeque::new()));
+        let writer = tokio::spawn(
+            sink.clone()
+                .write_batches(rx, pending.clone(), stop.clone()),
+        );
+        sink.form_batches(tx, pending, stop).await;
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "influx sink writer failed");
         }
-        Ok(seen)
     }
 
-    /// Consumes the log until `stop` fires and everything committed is written (or the store
-    /// is unreachable at stop: then the backlog waits in the log for the next start).
-    pub async fn run(mut self, stop: CancellationToken) {
-        let mut reader = Reader::new(self.wal.dir(), self.checkpoint.lsn);
+    /// Reads the log into batches and hands each to the writer when it is full, old enough,
+    /// or the last one at stop.
+    async fn form_batches(
+        &self,
+        tx: mpsc::Sender<Batch>,
+        pending: Arc<Mutex<VecDeque<Micros>>>,
+        stop: CancellationToken,
+    ) {
+        let mut former = Some(Former {
+            reader: Reader::new(self.wal.dir(), self.checkpoint.lsn),
+            shapes: self.shapes.clone(),
+            batch_size: self.cfg.batch_size,
+            batch: Batch::default(),
+            payload: Vec::new(),
+            readings: Vec::new(),
+        });
         let mut committed_rx = self.wal.committed();
-        let mut batch = Batch::default();
-        let mut payload = Vec::new();
+        let mut sent_lsn = self.checkpoint.lsn;
         let mut stopping = false;
         loop {
             let committed = *committed_rx.borrow_and_update();
-            let seen = match self.fill(&mut reader, committed, &mut batch, &mut payload) {
+            let mut f = former.take().expect("the former is back after every fill");
+            let (f, filled) = tokio::task::spawn_blocking(move || {
+                let filled = f.fill(committed);
+                (f, filled)
+            })
+            .await
+            .expect("the influx sink's former does not panic");
+            let batch = &former.insert(f).batch;
+            let seen = match filled {
                 Ok(seen) => seen,
                 Err(e) => {
                     tracing::error!(error = %e, "influx sink cannot read the WAL; retrying");
@@ -346,35 +553,21 @@ impl InfluxSink {
             let aged = batch
                 .since
                 .is_some_and(|t| t.elapsed() >= self.cfg.batch_age);
-            let lag = batch
-                .oldest_appended
-                .map_or(0.0, |t| (now_micros() - t).max(0) as f64 / 1e6);
-            self.wal
-                .metrics()
-                .lag(CONSUMER, committed.saturating_sub(self.checkpoint.lsn), lag);
             // Write when the batch is full or old enough, or at the end; a batch of records
             // without points only moves the checkpoint.
             let due = if batch.points.is_empty() {
-                batch.last_lsn > self.checkpoint.lsn && caught_up
+                batch.last_lsn > sent_lsn && caught_up
             } else {
                 full || aged || (stopping && caught_up)
             };
             if due {
-                let done = std::mem::take(&mut batch);
-                if !done.points.is_empty() && !self.write(&done.text, &done.points, &stop).await {
-                    break;
+                let done = std::mem::take(&mut former.as_mut().expect("just put back").batch);
+                sent_lsn = done.last_lsn.max(sent_lsn);
+                if let Some(t) = done.oldest_appended {
+                    pending.lock().expect("not poisoned").push_back(t);
                 }
-                if done.last_lsn > self.checkpoint.lsn {
-                    let cp = Checkpoint {
-                        lsn: done.last_lsn,
-                        intent: None,
-                    };
-                    match self.wal.checkpoint(CONSUMER, cp) {
-                        Ok(()) => self.checkpoint = cp,
-                        Err(e) => {
-                            tracing::error!(error = %e, "influx sink cannot store its checkpoint")
-                        }
-                    }
+                if tx.send(done).await.is_err() {
+                    break; // the writer stopped with the store unreachable
                 }
                 continue;
             }
@@ -391,7 +584,88 @@ impl InfluxSink {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
             }
         }
-        tracing::debug!(lsn = self.checkpoint.lsn, "influx sink stopped");
+    }
+
+    /// Writes batches, up to `parallel_writes` at once, moving the checkpoint past every batch
+    /// whose write and all before it have finished; reports the lag.
+    async fn write_batches(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Batch>,
+        pending: Arc<Mutex<VecDeque<Micros>>>,
+        stop: CancellationToken,
+    ) {
+        let mut written = self.checkpoint.lsn;
+        let mut checkpointer = Checkpointer {
+            wal: self.wal.clone(),
+            stored: written,
+            wanted: written,
+            task: None,
+        };
+        let report_lag = |written: u64| {
+            let oldest = pending.lock().expect("not poisoned").front().copied();
+            let seconds = oldest.map_or(0.0, |t| (now_micros() - t).max(0) as f64 / 1e6);
+            let records = self.wal.committed_lsn().saturating_sub(written);
+            self.wal.metrics().lag(CONSUMER, records, seconds);
+        };
+        // Writes under way, each answering with its number and whether it was done; and every
+        // batch not yet behind the checkpoint, in log order from number `first`.
+        let mut in_flight = FuturesUnordered::<BoxFuture<'static, (u64, bool)>>::new();
+        let mut order: VecDeque<Slot> = VecDeque::new();
+        let mut first = 0u64;
+        // A slow write holds the checkpoint back, not the writes after it; this many batches
+        // may finish past it.
+        let max_unsettled = self.cfg.parallel_writes * 8;
+        let mut open = true;
+        loop {
+            report_lag(written);
+            tokio::select! {
+                biased;
+                Some((n, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if !done {
+                        break; // stopped with the store unreachable
+                    }
+                    order[(n - first) as usize].finished = true;
+                    while order.front().is_some_and(|s| s.finished) {
+                        let slot = order.pop_front().expect("front exists");
+                        first += 1;
+                        if slot.counted {
+                            pending.lock().expect("not poisoned").pop_front();
+                        }
+                        written = written.max(slot.last_lsn);
+                    }
+                    checkpointer.advance(written);
+                }
+                () = checkpointer.settle(), if checkpointer.busy() => {}
+                batch = rx.recv(), if open
+                    && in_flight.len() < self.cfg.parallel_writes
+                    && order.len() < max_unsettled =>
+                {
+                    let Some(batch) = batch else {
+                        open = false;
+                        continue;
+                    };
+                    let n = first + order.len() as u64;
+                    order.push_back(Slot {
+                        last_lsn: batch.last_lsn,
+                        counted: batch.oldest_appended.is_some(),
+                        finished: false,
+                    });
+                    let sink = self.clone();
+                    let stop = stop.clone();
+                    in_flight.push(
+                        async move {
+                            let done = batch.points.is_empty()
+                                || sink.write(Bytes::from(batch.text), &batch.points, &stop).await;
+                            (n, done)
+                        }
+                        .boxed(),
+                    );
+                }
+                else => break,
+            }
+        }
+        checkpointer.finish().await;
+        tracing::debug!(lsn = written, "influx sink stopped");
     }
 }
 

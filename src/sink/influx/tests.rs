@@ -32,8 +32,9 @@ fn points_are_line_protocol_with_typed_fields_and_escaping() {
         r.lon = Some(12.25);
         r.seq = Some(7);
     });
+    let shape = Shape::new(Arc::new(ds.clone()));
     let mut out = String::new();
-    assert!(write_point(&mut out, &ds, &r));
+    assert!(shape.write_point(&mut out, &r));
     assert_eq!(
         out,
         "traffic\\ counts,provider=city\\,of\\=cph,sensor_id=tc\\ 1 vehicle_count=31i,mean_speed=42.5,\
@@ -43,10 +44,74 @@ fn points_are_line_protocol_with_typed_fields_and_escaping() {
     let nan = reading(&ds, T0, |r| r.values[1] = Some(Value::Float(f64::NAN)));
     let mut out = String::new();
     assert!(
-        !write_point(&mut out, &ds, &nan),
+        !shape.write_point(&mut out, &nan),
         "a NaN is never sent; nothing else to send"
     );
     assert!(out.is_empty());
+
+    // Large, small and integral floats, and the sensor id read back from a line for a reject.
+    let r = reading(&ds, T0, |r| {
+        r.sensor_id = "a,b=c d\\e".into();
+        r.values[0] = None;
+        r.values[1] = Some(Value::Float(1e21));
+        r.lat = Some(-0.000001);
+        r.lon = Some(12.0);
+    });
+    let mut out = String::new();
+    assert!(shape.write_point(&mut out, &r));
+    assert_eq!(
+        out,
+        "traffic\\ counts,provider=city\\,of\\=cph,sensor_id=a\\,b\\=c\\ d\\\\e \
+         mean_speed=1e21,lat=-1e-6,lon=12.0 1795680900000000000\n"
+    );
+    assert_eq!(shape.sensor_of(&out), "a,b=c d\\e");
+}
+
+fn float_text(f: f64) -> String {
+    let mut out = String::new();
+    push_float(
+        &mut out,
+        f,
+        &mut ryu::Buffer::new(),
+        &mut itoa::Buffer::new(),
+    );
+    out
+}
+
+#[test]
+fn floats_are_written_exactly() {
+    for (f, text) in [
+        (55.67, "55.67"),
+        (55.0701, "55.0701"),
+        (12.0, "12.0"),
+        (-0.5, "-0.5"),
+        (-0.0, "-0.0"),
+        (0.1, "0.1"),
+        (1e-5, "0.00001"),
+        (1e-7, "1e-7"),
+        (123456.789, "123456.789"),
+        (1e21, "1e21"),
+    ] {
+        assert_eq!(float_text(f), text);
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn floats_parse_back_to_themselves(
+        bits in proptest::num::u64::ANY,
+        decimal in -1_000_000_000i64..1_000_000_000,
+        scale in 0u32..7,
+    ) {
+        let any = f64::from_bits(bits);
+        let sensorish = decimal as f64 / 10f64.powi(scale as i32);
+        for f in [any, sensorish] {
+            if f.is_finite() {
+                let back: f64 = float_text(f).parse().unwrap();
+                proptest::prop_assert_eq!(back.to_bits(), f.to_bits(), "{}", float_text(f));
+            }
+        }
+    }
 }
 
 /// A stand-in store: refuses any body holding `poison` (400) after `fail_first` 503s, and
@@ -120,8 +185,10 @@ async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Pipelin
     (sink, pipeline, influx_metrics)
 }
 
-fn batch_of(n: usize, poison: &[usize]) -> (String, Vec<Point>) {
-    let ds = Arc::new(traffic());
+fn batch_of(sink: &InfluxSink, n: usize, poison: &[usize]) -> (Bytes, Vec<Point>) {
+    let index = sink.shapes.by_id["traffic-counts"];
+    let shape = &sink.shapes.all[index];
+    let ds = shape.dataset.clone();
     let mut text = String::new();
     let mut points = Vec::new();
     for i in 0..n {
@@ -135,14 +202,13 @@ fn batch_of(n: usize, poison: &[usize]) -> (String, Vec<Point>) {
             r.values[0] = Some(Value::Int(i as i64));
         });
         let start = text.len();
-        assert!(write_point(&mut text, &ds, &r));
+        assert!(shape.write_point(&mut text, &r));
         points.push(Point {
-            dataset: ds.clone(),
-            sensor_id: r.sensor_id.to_string(),
+            shape: index,
             line: start..text.len(),
         });
     }
-    (text, points)
+    (Bytes::from(text), points)
 }
 
 #[tokio::test]
@@ -150,8 +216,11 @@ async fn poison_points_are_split_out_and_recorded_the_rest_written() {
     let (store, url) = fake_store(0).await;
     let dir = tempfile::tempdir().unwrap();
     let (sink, pipeline, metrics) = make_sink(&url, dir.path()).await;
-    let (text, points) = batch_of(10, &[3, 7]);
-    assert!(sink.write(&text, &points, &CancellationToken::new()).await);
+    let (text, points) = batch_of(&sink, 10, &[3, 7]);
+    assert!(
+        sink.write(text.clone(), &points, &CancellationToken::new())
+            .await
+    );
     let mut written: Vec<String> = store.lines.lock().unwrap().clone();
     written.sort();
     assert_eq!(written.len(), 8);
@@ -177,8 +246,11 @@ async fn an_unavailable_store_is_retried_until_it_answers() {
     let (store, url) = fake_store(3).await;
     let dir = tempfile::tempdir().unwrap();
     let (sink, _, metrics) = make_sink(&url, dir.path()).await;
-    let (text, points) = batch_of(5, &[]);
-    assert!(sink.write(&text, &points, &CancellationToken::new()).await);
+    let (text, points) = batch_of(&sink, 5, &[]);
+    assert!(
+        sink.write(text.clone(), &points, &CancellationToken::new())
+            .await
+    );
     assert_eq!(store.lines.lock().unwrap().len(), 5, "written once, whole");
     assert_eq!(metrics.totals().1, 3);
 
@@ -194,6 +266,6 @@ async fn an_unavailable_store_is_retried_until_it_answers() {
             stop.cancel();
         })
     };
-    assert!(!sink.write(&text, &points, &stop).await);
+    assert!(!sink.write(text.clone(), &points, &stop).await);
     stopper.await.unwrap();
 }
