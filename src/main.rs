@@ -291,32 +291,35 @@ async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<Ex
 async fn serve(config_path: Option<&Path>, options: StartOptions) -> Result<ExitCode> {
     let config = load_config(config_path)?;
     telemetry::init_tracing(&config.log);
+    // The handlers are in place before the gateway says it has started: a SIGTERM right after
+    // start is a clean shutdown, not the default instant death.
+    let stop = shutdown_signal()?;
     let app = App::start_with(config, options).await?;
-    shutdown_signal().await;
+    stop.await;
     app.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers; the future resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }
