@@ -27,6 +27,7 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && bre
 metric() { curl -s http://127.0.0.1:18080/metrics | awk -v m="$1" '$1 ~ m { s += $2 } END { print s + 0 }'; }
 before=$(metric '^citygate_readings_accepted_total')
 KEY=$key BATCH=$batch wrk -t1 -c"$conns" -d"${secs}s" --latency -s benches/load/post_readings.lua http://127.0.0.1:18080
+sleep 1 # requests wrk left in flight are answered
 after=$(metric '^citygate_readings_accepted_total')
 
 kill -TERM "$pid"

@@ -238,13 +238,25 @@ impl Pipeline {
                 return Err(IngestError::ShuttingDown);
             }
             let frame = wal::record::encode(&ds.dataset, &checked.accepted, now_micros());
-            self.wal.append(frame).await.map_err(|e| match e {
+            // The append runs to its end in a task of its own, so that a caller who goes away
+            // (a client closing its connection) cannot leave a record in the log that the
+            // accepted counter missed.
+            let (wal, accepted) = (self.wal.clone(), ds.metrics.accepted.clone());
+            let appended = tokio::spawn(async move {
+                let appended = wal.append(frame).await;
+                if appended.is_ok() {
+                    accepted.inc_by(count as u64);
+                }
+                appended
+            })
+            .await
+            .map_err(|e| IngestError::Internal(format!("the log append task failed: {e}")))?;
+            appended.map_err(|e| match e {
                 WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
                 WalError::QueueFull(wait) => IngestError::QueueFull(wait),
                 WalError::Closed => IngestError::ShuttingDown,
                 WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
             })?;
-            ds.metrics.accepted.inc_by(count as u64);
         }
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {
