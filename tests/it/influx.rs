@@ -81,19 +81,39 @@ impl VictoriaMetrics {
 
     /// Waits until `metric` has `n` points in all (or panics after `limit`).
     async fn wait_for_points(&self, metric: &str, n: usize, limit: Duration) -> Vec<Value> {
+        self.wait_for(metric, n, limit, |series| {
+            series
+                .iter()
+                .map(|s| s["values"].as_array().unwrap().len())
+                .sum()
+        })
+        .await
+    }
+
+    /// Waits until `metric` has `n` series (or panics after `limit`). A write retried after a
+    /// timeout may store a point twice (the store had taken it after all); a series per
+    /// reading counts each reading once.
+    async fn wait_for_series(&self, metric: &str, n: usize, limit: Duration) -> Vec<Value> {
+        self.wait_for(metric, n, limit, |series| series.len()).await
+    }
+
+    async fn wait_for(
+        &self,
+        metric: &str,
+        n: usize,
+        limit: Duration,
+        count: impl Fn(&[Value]) -> usize,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + limit;
         loop {
             let series = self.export(metric).await;
-            let count: usize = series
-                .iter()
-                .map(|s| s["values"].as_array().unwrap().len())
-                .sum();
+            let count = count(&series);
             if count >= n {
                 return series;
             }
             assert!(
                 Instant::now() < deadline,
-                "{metric}: {count} of {n} points arrived"
+                "{metric}: {count} of {n} arrived"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -222,7 +242,7 @@ async fn a_frozen_store_is_a_backlog_not_a_loss() {
     assert!(lag > 0.0, "the backlog is visible: {lag}");
     vm.signal("-CONT");
     let series = vm
-        .wait_for_points(
+        .wait_for_series(
             "traffic-counts_vehicle_count",
             sent,
             Duration::from_secs(30),
