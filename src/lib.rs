@@ -2,16 +2,17 @@
 //!
 //! A gateway for city sensor data. Devices push live readings (traffic counts, weather,
 //! energy meters, air quality) over HTTP and MQTT; citygate validates and rate-limits them,
-//! keeps them in Parquet files (and, next, an InfluxDB-API store), and serves them as paid
-//! live feeds and recent history. One binary, one TOML file.
+//! writes them to a write-ahead log, and from there into Parquet files and an InfluxDB-API
+//! store; next, it serves them as paid live feeds and recent history. One binary, one TOML
+//! file.
 //!
 //! ## Data path
 //!
 //! ```text
 //! devices ─HTTP (JSON, NDJSON, SenML)──┐
-//! telegraf ─/api/v2/write, /write──────┼─► decode ─► validate ─► limit ─► submit ─► parquet sink ─► data/parquet/dataset=…/date=…/hour=…/*.parquet
-//! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)   │
-//!                                                         ack (2xx, PUBACK) ◄─┘  (the device is answered after this)
+//! telegraf ─/api/v2/write, /write──────┼─► decode ─► validate ─► limit ─► WAL append + fsync ─┬─► parquet sink ─► data/parquet/dataset=…/date=…/hour=…/*.parquet
+//! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)        │           └─► influx sink ──► InfluxDB / VictoriaMetrics
+//!                                                          ack (2xx, PUBACK) ◄─────┘  (the device is answered after the fsync)
 //! ```
 //!
 //! 1. **Intake** ([`ingest`]) authenticates the device key, reads the body (bounded in size
@@ -21,11 +22,16 @@
 //! 2. **Pipeline** ([`pipeline`]): `decode` (four wire formats into typed [`model::Reading`]s)
 //!    and `validate` are pure functions; a rejected reading is data (`index`, `reason`), not an
 //!    error of the request. `limit` takes the accepted readings from the device key's
-//!    allowance (429 + `Retry-After` when over). `submit` hands them to the dataset's sink over
-//!    a bounded queue and waits for its acknowledgement: nothing is acknowledged and dropped.
-//! 3. **Sinks** ([`sink`]): the Parquet sink batches per dataset and writes Hive-partitioned
-//!    zstd files, each crash-safely (temp name, fsync, rename). The WAL issue moves the
-//!    acknowledgement to after an fsynced write-ahead log, which every sink then consumes.
+//!    allowance (429 + `Retry-After` when over). `deliver` appends them to the log and returns
+//!    once the fsync covering them is done: nothing is acknowledged that the log does not hold
+//!    (a full log or an I/O error fails the request instead).
+//! 3. **Write-ahead log** ([`wal`]): segments of CRC-checked records, group commit on one
+//!    writer thread, a checkpoint per consumer, recovery that cuts a torn tail and refuses
+//!    silent skipping of corruption. It is the source of truth for every sink.
+//! 4. **Sinks** ([`sink`]) are log consumers: the Parquet sink writes Hive-partitioned zstd
+//!    files per dataset, named by the log range they hold so a replay rewrites rather than
+//!    duplicates; the influx sink batches line protocol to an InfluxDB v2 API with retries,
+//!    and splits out poison points. Each moves its checkpoint once its store has the data.
 //!
 //! ## Module map
 //!
@@ -37,7 +43,10 @@
 //! ingest/        http.rs: the intake routes (citygate JSON/NDJSON/SenML, InfluxDB v1/v2);
 //!                mqtt/: the MQTT 3.1.1/5 endpoint (session, topics, wire helpers)
 //! pipeline/      decode/ (json, ndjson, senml, line protocol), validate, limit, reject
-//! sink/          parquet/ (batcher task; encode: layout and crash-safe file write)
+//! wal/           the write-ahead log: record format, segments and recovery, group-commit
+//!                writer thread, consumer checkpoints
+//! sink/          parquet/ (log consumer per dataset; encode: layout, crash-safe file write),
+//!                influx/ (log consumer: line protocol, parallel writes, retries, poison)
 //! market/        store (SQLite via sqlx, migrations), keys (device/provider keys, auth cache)
 //! api/           router, the one error type, key extraction, accept loop, ops endpoints
 //! telemetry.rs   tracing init, every metric

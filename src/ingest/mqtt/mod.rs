@@ -9,7 +9,7 @@
 //!
 //! - CONNECT: the password (or the user name when there is no password) is a device key.
 //!   A second connection with the same client id takes the session over.
-//! - PUBLISH to `citygate/{dataset}/{sensor_id}` or `citygate/{dataset}` ([`topic`]).
+//! - PUBLISH to `citygate/{dataset}/{sensor_id}` or `citygate/{dataset}` (module `topic`).
 //! - MQTT 5 rejects carry reason codes: `0x87` not authorised, `0x90` topic invalid, `0x97`
 //!   quota exceeded (rate limit, full queue), `0x99` payload invalid, with a reason string.
 //!   A publish of which some readings were rejected is acknowledged `0x00` (the rest are
