@@ -613,9 +613,21 @@ async fn ping_health_datasets_and_metrics() {
         "citygate_readings_accepted_total{dataset=\"traffic-counts\"} 1",
         "citygate_readings_rejected_total{dataset=\"traffic-counts\",reason=\"below_min\"} 1",
         "citygate_http_requests_total{route=\"/v1/datasets/{id}/readings\",status=\"200\"} 1",
-        "citygate_parquet_buffered_rows{dataset=\"traffic-counts\"} 1",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // The Parquet sink reads the log on its own time: the acknowledged reading shows up in its
+    // buffer shortly after the answer.
+    let buffered = "citygate_parquet_buffered_rows{dataset=\"traffic-counts\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = text;
+    while !text.contains(buffered) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing {buffered} in\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = gw.metrics().await;
     }
     assert!(
         !text.contains("tc-unique-4711"),
