@@ -5,7 +5,9 @@
 #
 # Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
 # InfluxDB Python client (writes to our /api/v2/write) and paho-mqtt (an MQTT 5 device), from
-# PyPI into a virtualenv under target/; mosquitto_pub and VictoriaMetrics from Debian.
+# PyPI into a virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
+# Debian. The unit and integration tests run twice: on SQLite (the default database) and on
+# a throwaway PostgreSQL cluster, each test in a database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 need=()
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   sudo=""
@@ -38,6 +41,23 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "==> cargo test"
+echo "==> cargo test (SQLite)"
 cargo test --all-targets --locked
 cargo test --doc --locked
+
+echo "==> cargo test (PostgreSQL)"
+pg_dir=$(mktemp -d /tmp/citygate-pg.XXXXXX)
+pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+stop_pg() {
+  bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$bindir/pg_ctl" -D "$pg_dir" -m immediate stop >/dev/null 2>&1 || true
+  else
+    "$bindir/pg_ctl" -D "$pg_dir" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$pg_dir"
+}
+trap stop_pg EXIT
+CITYGATE_TEST_POSTGRES=$(scripts/postgres.sh "$pg_dir" "$pg_port")
+export CITYGATE_TEST_POSTGRES
+cargo test --lib --test it --locked

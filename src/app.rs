@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::ingest::mqtt;
+use crate::market::keys::KeyError;
 use crate::market::{Keyring, Store, StoreError};
 use crate::pipeline::Pipeline;
 use crate::sink::influx::InfluxSink;
@@ -35,6 +36,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("marketplace: {0}")]
+    Market(#[from] KeyError),
     #[error("cannot set up the Parquet sink: {0}")]
     Sink(#[from] EncodeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -53,14 +56,29 @@ pub enum AppError {
 }
 
 /// How to start, beyond the config: operator decisions for this start only.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct StartOptions {
     /// Drop corrupt write-ahead-log records instead of refusing to start.
     pub skip_corrupt_wal: bool,
+    /// The administrator's key secret the operator chose (`CITYGATE_ADMIN_KEY`): made a live
+    /// admin key if it is not one yet.
+    pub admin_key: Option<String>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("skip_corrupt_wal", &self.skip_corrupt_wal)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 /// A running gateway.
 pub struct App {
+    /// A new administrator's key secret, when this start created the admin account: shown
+    /// once by the caller, never logged.
+    pub first_admin_secret: Option<String>,
     http_addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
     store: Store,
@@ -97,7 +115,11 @@ impl App {
             tracing::warn!(files = stale, dir = %parquet_dir.display(), "removed temporary Parquet files left by a crash");
         }
 
-        let store = Store::open(&config.database_path()).await?;
+        let store = Store::connect(&config.database(), config.database.max_connections).await?;
+        for ds in &config.datasets {
+            store.ensure_provider(&ds.provider, &ds.publisher).await?;
+        }
+        let first_admin_secret = store.bootstrap_admin(options.admin_key.as_deref()).await?;
         let keyring = Arc::new(Keyring::new(store.clone()));
         let metrics = Arc::new(Metrics::new());
         let closing = CancellationToken::new();
@@ -202,6 +224,7 @@ impl App {
             "citygate started"
         );
         Ok(App {
+            first_admin_secret,
             http_addr,
             mqtt_addr,
             store,

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 
 use citygate::config::{Config, DEFAULT_CONFIG_PATH};
 use citygate::market::Store;
-use citygate::market::keys::{KeyKind, check_device_scope};
+use citygate::market::keys::{KeyKind, KeySpec, check_device_scope};
+use citygate::market::{NewAccount, Role};
+use citygate::model::now_micros;
 use citygate::simulate::{self, SimFormat, SimulateOptions};
 use citygate::{App, StartOptions, telemetry};
 
@@ -34,6 +36,11 @@ enum Command {
     },
     /// Check a config file; print every problem and exit 1 if there are any.
     CheckConfig,
+    /// Manage accounts (admins, providers, subscribers).
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -49,7 +56,51 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum AccountsCommand {
+    /// Create an account and its first key; prints the key's secret (shown once) alone on
+    /// stdout.
+    Create {
+        #[arg(long, value_parser = ["admin", "provider", "subscriber"])]
+        role: String,
+        /// Organisation name.
+        #[arg(long)]
+        name: String,
+        /// e.g. mobility, energy, research, public.
+        #[arg(long)]
+        sector: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// The account id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
+    /// Create a key for an account; prints the secret (shown once) alone on stdout.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long, value_parser = ["admin", "provider", "subscriber", "device"])]
+        kind: String,
+        /// Device keys: datasets it may write. Subscriber keys: datasets it is limited to.
+        #[arg(long, value_delimiter = ',')]
+        datasets: Vec<String>,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Expire after this long, e.g. 90d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// Rotate a key: prints the successor's secret; the old key works on for --overlap.
+    Rotate {
+        id: String,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        overlap: Duration,
+    },
     /// Create a device key; prints the secret (shown once) alone on stdout.
     CreateDevice {
         /// The provider account that owns the datasets.
@@ -65,7 +116,11 @@ enum KeysCommand {
         provider: String,
     },
     /// List keys (never secrets).
-    List,
+    List {
+        /// Only this account's keys.
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Revoke a key by id; it stops working within a second.
     Revoke { id: String },
 }
@@ -154,7 +209,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     });
     match command {
         Command::Serve { skip_corrupt_wal } => {
-            let options = StartOptions { skip_corrupt_wal };
+            let admin_key = std::env::var("CITYGATE_ADMIN_KEY")
+                .ok()
+                .filter(|k| !k.is_empty());
+            let options = StartOptions {
+                skip_corrupt_wal,
+                admin_key,
+            };
             serve(cli.config.as_deref(), options).await
         }
         Command::CheckConfig => {
@@ -180,10 +241,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Keys { command } => {
             let config = load_config(cli.config.as_deref())?;
-            let store = Store::open(&config.database_path())
-                .await
-                .with_context(|| format!("opening {}", config.database_path().display()))?;
+            let store = open_store(&config).await?;
             keys(&config, &store, command).await
+        }
+        Command::Accounts { command } => {
+            let config = load_config(cli.config.as_deref())?;
+            let store = open_store(&config).await?;
+            accounts(&store, command).await
         }
         Command::Datasets {
             command: DatasetsCommand::List,
@@ -231,6 +295,68 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Opens the marketplace database the config names, with the config's providers in it.
+async fn open_store(config: &Config) -> Result<Store> {
+    let location = config.database();
+    let store = Store::connect(&location, 2)
+        .await
+        .with_context(|| format!("opening the database ({location})"))?;
+    for ds in &config.datasets {
+        store.ensure_provider(&ds.provider, &ds.publisher).await?;
+    }
+    Ok(store)
+}
+
+fn show_time(t: Option<i64>) -> String {
+    t.map_or("-".into(), |t| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(t as u64))
+            .to_string()
+    })
+}
+
+async fn accounts(store: &Store, command: AccountsCommand) -> Result<ExitCode> {
+    match command {
+        AccountsCommand::Create {
+            role,
+            name,
+            sector,
+            email,
+            id,
+        } => {
+            let role = Role::parse(&role).context("role")?;
+            let (account, key) = store
+                .create_account_with_key(NewAccount {
+                    id,
+                    role,
+                    name,
+                    sector,
+                    email,
+                })
+                .await?;
+            eprintln!(
+                "created {} account {} with key {}; the secret is shown once:",
+                role.as_str(),
+                account.id,
+                key.key.id
+            );
+            println!("{}", key.secret);
+        }
+        AccountsCommand::List => {
+            println!("{:<24} {:<10} {:<12} name", "id", "role", "sector");
+            for a in store.list_accounts().await? {
+                println!(
+                    "{:<24} {:<10} {:<12} {}",
+                    a.id,
+                    a.role.as_str(),
+                    a.sector,
+                    a.name
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<ExitCode> {
     match command {
         KeysCommand::CreateDevice { provider, datasets } => {
@@ -246,8 +372,8 @@ async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<Ex
             println!("{}", new.secret);
         }
         KeysCommand::CreateProvider { provider } => {
-            if !config.datasets.iter().any(|d| d.provider == provider) {
-                bail!("no dataset in the config belongs to provider `{provider}`");
+            if store.account(&provider).await?.is_none() {
+                bail!("no provider account `{provider}`");
             }
             let new = store.create_key(KeyKind::Provider, &provider, &[]).await?;
             eprintln!(
@@ -256,23 +382,69 @@ async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<Ex
             );
             println!("{}", new.secret);
         }
-        KeysCommand::List => {
-            println!(
-                "{:<18} {:<9} {:<20} {:<8} datasets",
-                "id", "kind", "owner", "state"
+        KeysCommand::Create {
+            account,
+            kind,
+            datasets,
+            label,
+            expires_in,
+        } => {
+            let kind = KeyKind::parse(&kind).context("kind")?;
+            if kind == KeyKind::Device {
+                check_device_scope(config, &account, &datasets)?;
+            }
+            let expires_at = expires_in.map(|d| now_micros() + d.as_micros() as i64);
+            let new = store
+                .create_key_with(KeySpec {
+                    kind,
+                    account: account.clone(),
+                    label,
+                    datasets,
+                    expires_at,
+                })
+                .await?;
+            eprintln!(
+                "created {} key {} for {account}, expires {}; the secret is shown once:",
+                kind.as_str(),
+                new.key.id,
+                show_time(expires_at)
             );
-            for key in store.list_keys().await? {
+            println!("{}", new.secret);
+        }
+        KeysCommand::Rotate { id, overlap } => {
+            let new = store.rotate_key(&id, overlap).await?;
+            eprintln!(
+                "key {id} is replaced by {} and stops working in {}; the new secret is shown once:",
+                new.key.id,
+                humantime::format_duration(overlap)
+            );
+            println!("{}", new.secret);
+        }
+        KeysCommand::List { account } => {
+            println!(
+                "{:<18} {:<10} {:<20} {:<8} {:<20} datasets",
+                "id", "kind", "account", "state", "expires"
+            );
+            let keys = match &account {
+                Some(a) => store.account_keys(a).await?,
+                None => store.list_keys().await?,
+            };
+            let now = now_micros();
+            for key in keys {
                 let state = if key.revoked_at.is_some() {
                     "revoked"
+                } else if !key.is_live(now) {
+                    "expired"
                 } else {
                     "active"
                 };
                 println!(
-                    "{:<18} {:<9} {:<20} {:<8} {}",
+                    "{:<18} {:<10} {:<20} {:<8} {:<20} {}",
                     key.id,
                     key.kind.as_str(),
-                    key.owner,
+                    key.account,
                     state,
+                    show_time(key.expires_at),
                     key.datasets.join(",")
                 );
             }
@@ -294,7 +466,11 @@ async fn serve(config_path: Option<&Path>, options: StartOptions) -> Result<Exit
     // The handlers are in place before the gateway says it has started: a SIGTERM right after
     // start is a clean shutdown, not the default instant death.
     let stop = shutdown_signal()?;
-    let app = App::start_with(config, options).await?;
+    let mut app = App::start_with(config, options).await?;
+    if let Some(secret) = app.first_admin_secret.take() {
+        // Shown once, on stdout (never in the logs): the database keeps only its hash.
+        println!("citygate: created the admin account; its key (shown once): {secret}");
+    }
     stop.await;
     app.shutdown().await?;
     Ok(ExitCode::SUCCESS)

@@ -161,6 +161,10 @@ impl From<IngestError> for ApiError {
 
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            KeyError::Invalid(message) => ApiError::bad_request("invalid", message),
+            KeyError::NotFound(message) => ApiError::NotFound(message),
+            KeyError::Store(e) => ApiError::Internal(e.to_string()),
+        }
     }
 }

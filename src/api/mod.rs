@@ -1,6 +1,7 @@
 //! The HTTP API: one router for intake, datasets and operations; the error type; key
 //! extraction; the accept loop.
 
+pub mod accounts;
 pub mod auth;
 pub mod datasets;
 pub mod error;
@@ -14,7 +15,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::config::HttpConfig;
 use crate::ingest;
@@ -39,6 +40,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v2/write", post(ingest::http::influx_v2_write))
         .route("/write", post(ingest::http::influx_v1_write))
+        .route("/v1/me", get(accounts::me))
+        .route(
+            "/v1/accounts",
+            get(accounts::list_accounts).post(accounts::create_account),
+        )
+        .route("/v1/accounts/{id}", get(accounts::show_account))
+        .route(
+            "/v1/keys",
+            get(accounts::list_keys).post(accounts::create_key),
+        )
+        .route("/v1/keys/{id}", delete(accounts::revoke_key))
+        .route("/v1/keys/{id}/rotate", post(accounts::rotate_key))
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/datasets/{id}", get(datasets::show))
         .route("/v1/datasets/{id}/rejects", get(datasets::rejects))

@@ -42,6 +42,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
     pub storage: StorageConfig,
+    pub database: DatabaseConfig,
     pub pipeline: PipelineConfig,
     pub wal: WalConfig,
     pub parquet: ParquetConfig,
@@ -120,6 +121,57 @@ impl Default for MqttConfig {
 pub struct StorageConfig {
     /// Root of everything citygate writes: the database, Parquet files.
     pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// The marketplace database: empty for SQLite at `{data_dir}/citygate.db`, or a
+    /// `postgres://user:password@host:port/db` URL (also `CITYGATE__DATABASE__URL`).
+    pub url: Secret,
+    /// Pooled connections at most.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: Secret::default(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// Where the marketplace database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::fmt::Display for DatabaseLocation {
+    /// The SQLite file, or the PostgreSQL host and database (never the password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseLocation::Sqlite(path) => write!(f, "SQLite {}", path.display()),
+            DatabaseLocation::Postgres(url) => match reqwest::Url::parse(url) {
+                Ok(u) => write!(
+                    f,
+                    "PostgreSQL {}:{}{}",
+                    u.host_str().unwrap_or("?"),
+                    u.port().unwrap_or(5432),
+                    u.path()
+                ),
+                Err(_) => f.write_str("PostgreSQL (unparseable URL)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Default for StorageConfig {
@@ -464,9 +516,13 @@ impl Config {
         validate::validate(self)
     }
 
-    /// Where the SQLite database lives.
-    pub fn database_path(&self) -> PathBuf {
-        self.storage.data_dir.join("citygate.db")
+    /// Where the marketplace database is: `[database] url`, else SQLite under `data_dir`.
+    pub fn database(&self) -> DatabaseLocation {
+        if self.database.url.0.is_empty() {
+            DatabaseLocation::Sqlite(self.storage.data_dir.join("citygate.db"))
+        } else {
+            DatabaseLocation::Postgres(self.database.url.0.clone())
+        }
     }
 
     /// Root of the Parquet lake.

@@ -76,6 +76,16 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
         p.push("wal.queue_depth: must be at least 1".into());
     }
 
+    let db = &config.database.url.0;
+    if !(db.is_empty() || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        p.push(
+            "database.url: must be empty (SQLite under storage.data_dir) or a postgres:// URL"
+                .into(),
+        );
+    }
+    if config.database.max_connections == 0 {
+        p.push("database.max_connections: must be at least 1".into());
+    }
     let influx = &config.influx;
     if influx.enabled {
         match reqwest::Url::parse(&influx.url) {

@@ -2,8 +2,11 @@
 //!
 //! A secret is `cg_` followed by 43 characters of `[A-Za-z0-9]` (256 bits). Its public id
 //! (`key_…`) is what lists, logs and rate limits use; the secret itself is never logged.
-//! Kinds today: `device` (writes readings to named datasets) and `provider` (reads its own
-//! datasets' rejects). The marketplace issue adds subscriber and admin keys.
+//! Every key belongs to an account and has a kind matching the account's role: `admin`,
+//! `provider`, `subscriber`, or `device` (a provider's key that writes readings to named
+//! datasets). A key may expire; rotating one issues a successor with the same scope and lets
+//! the old one live on for an overlap. Revocation and expiry take effect within
+//! [`KEY_CACHE_TTL`] everywhere, the lifetime of a cached lookup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +16,9 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
+use super::accounts::Role;
 use super::store::{Store, StoreError};
 use crate::config::Config;
 use crate::model::{Micros, now_micros};
@@ -21,26 +26,41 @@ use crate::model::{Micros, now_micros};
 pub const SECRET_PREFIX: &str = "cg_";
 const SECRET_RANDOM_LEN: usize = 43;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
-    Device,
+    Admin,
     Provider,
+    Subscriber,
+    Device,
 }
 
 impl KeyKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            KeyKind::Device => "device",
+            KeyKind::Admin => "admin",
             KeyKind::Provider => "provider",
+            KeyKind::Subscriber => "subscriber",
+            KeyKind::Device => "device",
         }
     }
 
-    fn parse(s: &str) -> Option<KeyKind> {
+    pub fn parse(s: &str) -> Option<KeyKind> {
         match s {
-            "device" => Some(KeyKind::Device),
+            "admin" => Some(KeyKind::Admin),
             "provider" => Some(KeyKind::Provider),
+            "subscriber" => Some(KeyKind::Subscriber),
+            "device" => Some(KeyKind::Device),
             _ => None,
+        }
+    }
+
+    /// The account role a key of this kind belongs to.
+    pub fn role(self) -> Role {
+        match self {
+            KeyKind::Admin => Role::Admin,
+            KeyKind::Provider | KeyKind::Device => Role::Provider,
+            KeyKind::Subscriber => Role::Subscriber,
         }
     }
 }
@@ -50,25 +70,55 @@ impl KeyKind {
 pub struct ApiKey {
     pub id: Arc<str>,
     pub kind: KeyKind,
-    /// The provider account the key belongs to.
-    pub owner: String,
-    /// Datasets a device key may write (empty for other kinds).
+    /// The account the key belongs to (for a device key: the provider owning its datasets).
+    pub account: String,
+    pub label: String,
+    /// Datasets a device key may write; for a subscriber key, the datasets it is limited to
+    /// (empty: every dataset the account is entitled to).
     pub datasets: Vec<String>,
     pub created_at: Micros,
+    pub expires_at: Option<Micros>,
     pub revoked_at: Option<Micros>,
+    /// The key that replaced this one when it was rotated.
+    pub replaced_by: Option<String>,
 }
 
 impl ApiKey {
+    /// Neither revoked nor expired at `now`.
+    pub fn is_live(&self, now: Micros) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| now < t)
+    }
+
     pub fn may_write(&self, dataset: &str) -> bool {
         self.kind == KeyKind::Device
-            && self.revoked_at.is_none()
+            && self.is_live(now_micros())
             && self.datasets.iter().any(|d| d == dataset)
     }
 
-    /// Whether the key may read provider-only views (rejects) of a dataset owned by `owner`.
+    /// Whether the key may manage a dataset owned by provider account `dataset_owner`
+    /// (read its rejects, edit it, price it): that provider's key, or an admin's.
     pub fn may_administer(&self, dataset_owner: &str) -> bool {
-        self.kind == KeyKind::Provider && self.revoked_at.is_none() && self.owner == dataset_owner
+        self.is_live(now_micros())
+            && match self.kind {
+                KeyKind::Admin => true,
+                KeyKind::Provider => self.account == dataset_owner,
+                _ => false,
+            }
     }
+
+    pub fn is_admin(&self) -> bool {
+        self.kind == KeyKind::Admin && self.is_live(now_micros())
+    }
+}
+
+/// What a new key is.
+#[derive(Clone, Debug)]
+pub struct KeySpec {
+    pub kind: KeyKind,
+    pub account: String,
+    pub label: String,
+    pub datasets: Vec<String>,
+    pub expires_at: Option<Micros>,
 }
 
 /// A new key: its record and the secret, which exists only here.
@@ -83,6 +133,8 @@ pub enum KeyError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<sqlx::Error> for KeyError {
@@ -100,7 +152,17 @@ fn hash_hex(secret: &str) -> String {
     out
 }
 
-fn random_alnum(n: usize) -> String {
+#[cfg(test)]
+pub(crate) fn tests_hash(secret: &str) -> String {
+    hash_hex(secret)
+}
+
+/// A fresh random secret.
+pub fn new_secret() -> String {
+    format!("{SECRET_PREFIX}{}", random_alnum(SECRET_RANDOM_LEN))
+}
+
+pub(crate) fn random_alnum(n: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(n)
@@ -154,62 +216,181 @@ pub fn check_device_scope(
     }
 }
 
+const KEY_COLUMNS: &str =
+    "id, kind, account, label, created_at, expires_at, revoked_at, replaced_by";
+
 impl Store {
-    /// Creates a key. The secret is returned once and not stored.
+    /// Creates a key of `kind` for `account` (convenience for [`Store::create_key_with`]).
     pub async fn create_key(
         &self,
         kind: KeyKind,
-        owner: &str,
+        account: &str,
         datasets: &[String],
     ) -> Result<NewKey, KeyError> {
-        let secret = format!("{SECRET_PREFIX}{}", random_alnum(SECRET_RANDOM_LEN));
-        let key = ApiKey {
-            id: format!("key_{}", random_alnum(12).to_ascii_lowercase()).into(),
+        self.create_key_with(KeySpec {
             kind,
-            owner: owner.to_string(),
+            account: account.to_string(),
+            label: String::new(),
             datasets: datasets.to_vec(),
-            created_at: now_micros(),
-            revoked_at: None,
-        };
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO api_keys (id, kind, owner, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(key.id.as_ref())
-        .bind(kind.as_str())
-        .bind(owner)
-        .bind(hash_hex(&secret))
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await?;
-        for ds in datasets {
-            sqlx::query("INSERT INTO api_key_datasets (key_id, dataset) VALUES (?, ?)")
-                .bind(key.id.as_ref())
-                .bind(ds)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(NewKey { key, secret })
+            expires_at: None,
+        })
+        .await
     }
 
-    /// All keys, oldest first.
+    /// Creates a key. The account must exist with the role the kind needs; a device key
+    /// needs datasets. The secret is returned once and not stored.
+    pub async fn create_key_with(&self, spec: KeySpec) -> Result<NewKey, KeyError> {
+        self.create_key_given(spec, &new_secret()).await
+    }
+
+    /// Creates a key whose secret the operator chose (`CITYGATE_ADMIN_KEY`).
+    pub async fn create_key_given(&self, spec: KeySpec, secret: &str) -> Result<NewKey, KeyError> {
+        if !looks_like_secret(secret) {
+            return Err(KeyError::Invalid(format!(
+                "a key secret is `{SECRET_PREFIX}` and {SECRET_RANDOM_LEN} letters or digits"
+            )));
+        }
+        let account = self
+            .account(&spec.account)
+            .await?
+            .ok_or_else(|| KeyError::Invalid(format!("no account `{}`", spec.account)))?;
+        if account.role != spec.kind.role() {
+            return Err(KeyError::Invalid(format!(
+                "a {} key belongs to a {} account; `{}` is a {} account",
+                spec.kind.as_str(),
+                spec.kind.role().as_str(),
+                account.id,
+                account.role.as_str()
+            )));
+        }
+        if spec.kind == KeyKind::Device && spec.datasets.is_empty() {
+            return Err(KeyError::Invalid(
+                "a device key needs at least one dataset".into(),
+            ));
+        }
+        if matches!(spec.kind, KeyKind::Admin | KeyKind::Provider) && !spec.datasets.is_empty() {
+            return Err(KeyError::Invalid(format!(
+                "a {} key is not limited to datasets",
+                spec.kind.as_str()
+            )));
+        }
+        let mut datasets = spec.datasets.clone();
+        datasets.sort();
+        datasets.dedup();
+        let key = ApiKey {
+            id: format!("key_{}", random_alnum(12).to_ascii_lowercase()).into(),
+            kind: spec.kind,
+            account: spec.account,
+            label: spec.label,
+            datasets,
+            created_at: now_micros(),
+            expires_at: spec.expires_at,
+            revoked_at: None,
+            replaced_by: None,
+        };
+        let mut tx = self.pool().begin().await?;
+        insert_key(&mut tx, &key, &hash_hex(secret)).await?;
+        tx.commit().await?;
+        Ok(NewKey {
+            key,
+            secret: secret.to_string(),
+        })
+    }
+
+    /// Keys, oldest first: all, or one account's.
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, KeyError> {
-        let rows = sqlx::query(
-            "SELECT k.id, k.kind, k.owner, k.created_at, k.revoked_at,
-                    COALESCE(GROUP_CONCAT(d.dataset, ','), '')
-             FROM api_keys k LEFT JOIN api_key_datasets d ON d.key_id = k.id
-             GROUP BY k.id ORDER BY k.created_at, k.id",
-        )
-        .fetch_all(self.pool())
+        self.keys_where(None).await
+    }
+
+    pub async fn account_keys(&self, account: &str) -> Result<Vec<ApiKey>, KeyError> {
+        self.keys_where(Some(account)).await
+    }
+
+    async fn keys_where(&self, account: Option<&str>) -> Result<Vec<ApiKey>, KeyError> {
+        let rows = match account {
+            Some(account) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE account = $1 ORDER BY created_at, id"
+                )))
+                .bind(account)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id"
+                )))
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        let mut datasets = self.key_datasets(account).await?;
+        rows.iter()
+            .map(|row| key_from_row(row, &mut datasets))
+            .collect()
+    }
+
+    /// Dataset scopes by key id (of one account's keys, or all).
+    async fn key_datasets(
+        &self,
+        account: Option<&str>,
+    ) -> Result<HashMap<String, Vec<String>>, KeyError> {
+        let rows = match account {
+            Some(account) => {
+                sqlx::query(
+                    "SELECT d.key_id, d.dataset FROM key_datasets d
+                     JOIN keys k ON k.id = d.key_id WHERE k.account = $1",
+                )
+                .bind(account)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT key_id, dataset FROM key_datasets")
+                    .fetch_all(self.pool())
+                    .await?
+            }
+        };
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for row in rows {
+            out.entry(row.try_get(0)?)
+                .or_default()
+                .push(row.try_get(1)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn key(&self, id: &str) -> Result<Option<ApiKey>, KeyError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
         .await?;
-        rows.iter().map(key_from_row).collect()
+        self.complete_key(row).await
+    }
+
+    async fn complete_key(&self, row: Option<AnyRow>) -> Result<Option<ApiKey>, KeyError> {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: String = row.try_get(0)?;
+        let datasets: Vec<String> =
+            sqlx::query("SELECT dataset FROM key_datasets WHERE key_id = $1 ORDER BY dataset")
+                .bind(&id)
+                .fetch_all(self.pool())
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        let mut scopes = HashMap::from([(id, datasets)]);
+        key_from_row(&row, &mut scopes).map(Some)
     }
 
     /// Revokes a key by id. `Ok(false)` if no such key, or it was already revoked.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, KeyError> {
         let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            sqlx::query("UPDATE keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_micros())
                 .bind(id)
                 .execute(self.pool())
@@ -217,39 +398,128 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The live (unrevoked) key whose secret is `secret`.
+    /// Rotates a live key: a successor with the same kind, account, label, scope and expiry,
+    /// while the old key keeps working for `overlap` (or until its own expiry, if sooner).
+    pub async fn rotate_key(&self, id: &str, overlap: Duration) -> Result<NewKey, KeyError> {
+        let now = now_micros();
+        let old = self
+            .key(id)
+            .await?
+            .filter(|k| k.is_live(now))
+            .ok_or_else(|| KeyError::NotFound(format!("no live key `{id}`")))?;
+        let secret = new_secret();
+        let key = ApiKey {
+            id: format!("key_{}", random_alnum(12).to_ascii_lowercase()).into(),
+            created_at: now,
+            revoked_at: None,
+            replaced_by: None,
+            ..old.clone()
+        };
+        let overlap_end = now.saturating_add(overlap.as_micros().min(i64::MAX as u128) as i64);
+        let old_end = old.expires_at.map_or(overlap_end, |t| t.min(overlap_end));
+        let mut tx = self.pool().begin().await?;
+        insert_key(&mut tx, &key, &hash_hex(&secret)).await?;
+        let done = sqlx::query(
+            "UPDATE keys SET expires_at = $1, replaced_by = $2
+             WHERE id = $3 AND revoked_at IS NULL AND replaced_by IS NULL",
+        )
+        .bind(old_end)
+        .bind(key.id.as_ref())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(KeyError::NotFound(format!(
+                "key `{id}` was rotated or revoked meanwhile"
+            )));
+        }
+        tx.commit().await?;
+        Ok(NewKey { key, secret })
+    }
+
+    /// The live (unrevoked, unexpired) key whose secret is `secret`: one query, the hot
+    /// path of every authentication that misses the cache.
     pub async fn key_by_secret(&self, secret: &str) -> Result<Option<ApiKey>, KeyError> {
-        let row = sqlx::query(
-            "SELECT k.id, k.kind, k.owner, k.created_at, k.revoked_at,
-                    COALESCE(GROUP_CONCAT(d.dataset, ','), '')
-             FROM api_keys k LEFT JOIN api_key_datasets d ON d.key_id = k.id
-             WHERE k.secret_hash = ? AND k.revoked_at IS NULL
-             GROUP BY k.id",
+        let rows = sqlx::query(
+            "SELECT k.id, k.kind, k.account, k.label, k.created_at, k.expires_at, k.revoked_at,
+                    k.replaced_by, d.dataset
+             FROM keys k LEFT JOIN key_datasets d ON d.key_id = k.id
+             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash_hex(secret))
-        .fetch_optional(self.pool())
+        .fetch_all(self.pool())
         .await?;
-        row.as_ref().map(key_from_row).transpose()
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut datasets = Vec::new();
+        for row in &rows {
+            if let Some(ds) = row.try_get::<Option<String>, _>(8)? {
+                datasets.push(ds);
+            }
+        }
+        let id: String = first.try_get(0)?;
+        let mut scopes = HashMap::from([(id, datasets)]);
+        Ok(Some(key_from_row(first, &mut scopes)?).filter(|k| k.is_live(now_micros())))
+    }
+
+    /// Whether a key with this secret exists (live or not).
+    pub async fn secret_exists(&self, secret: &str) -> Result<bool, KeyError> {
+        Ok(sqlx::query("SELECT id FROM keys WHERE secret_hash = $1")
+            .bind(hash_hex(secret))
+            .fetch_optional(self.pool())
+            .await?
+            .is_some())
     }
 }
 
-fn key_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApiKey, KeyError> {
+async fn insert_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &ApiKey,
+    secret_hash: &str,
+) -> Result<(), KeyError> {
+    sqlx::query(
+        "INSERT INTO keys (id, kind, account, label, secret_hash, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(key.id.as_ref())
+    .bind(key.kind.as_str())
+    .bind(&key.account)
+    .bind(&key.label)
+    .bind(secret_hash)
+    .bind(key.created_at)
+    .bind(key.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    for ds in &key.datasets {
+        sqlx::query("INSERT INTO key_datasets (key_id, dataset) VALUES ($1, $2)")
+            .bind(key.id.as_ref())
+            .bind(ds)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn key_from_row(
+    row: &AnyRow,
+    scopes: &mut HashMap<String, Vec<String>>,
+) -> Result<ApiKey, KeyError> {
+    let id: String = row.try_get(0)?;
     let kind: String = row.try_get(1)?;
-    let datasets: String = row.try_get(5)?;
-    let mut datasets: Vec<String> = datasets
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
+    let mut datasets = scopes.remove(&id).unwrap_or_default();
     datasets.sort();
     Ok(ApiKey {
-        id: row.try_get::<String, _>(0)?.into(),
         kind: KeyKind::parse(&kind)
             .ok_or_else(|| KeyError::Invalid(format!("unknown key kind `{kind}` in database")))?,
-        owner: row.try_get(2)?,
-        created_at: row.try_get(3)?,
-        revoked_at: row.try_get(4)?,
+        account: row.try_get(2)?,
+        label: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+        expires_at: row.try_get(5)?,
+        revoked_at: row.try_get(6)?,
+        replaced_by: row.try_get(7)?,
         datasets,
+        id: id.into(),
     })
 }
 
@@ -293,7 +563,7 @@ impl Keyring {
             if let Some(hit) = cache.get(&digest)
                 && hit.fetched.elapsed() < KEY_CACHE_TTL
             {
-                return Ok(hit.key.clone());
+                return Ok(hit.key.clone().filter(|k| k.is_live(now_micros())));
             }
         }
         let key = self.store.key_by_secret(secret).await?.map(Arc::new);
@@ -319,12 +589,12 @@ impl Keyring {
 mod tests {
     use super::*;
     use crate::config::DEFAULT_CONFIG;
+    use crate::market::accounts::{NewAccount, Role};
+    use crate::market::store::tests::fresh_store;
 
-    async fn store() -> (Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db/citygate.db"))
-            .await
-            .unwrap();
+    async fn store() -> (Store, Option<tempfile::TempDir>) {
+        let (store, dir) = fresh_store().await;
+        store.ensure_provider("copenhagen", "City").await.unwrap();
         (store, dir)
     }
 
@@ -346,7 +616,7 @@ mod tests {
         assert!(found.may_write("weather"));
         assert!(!found.may_write("traffic-counts"));
 
-        let raw: String = sqlx::query("SELECT secret_hash FROM api_keys")
+        let raw: String = sqlx::query("SELECT secret_hash FROM keys")
             .fetch_one(store.pool())
             .await
             .unwrap()
@@ -363,6 +633,154 @@ mod tests {
         let listed = store.list_keys().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].revoked_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_key_kind_must_match_its_accounts_role() {
+        let (store, _dir) = store().await;
+        let sub = store
+            .create_account(NewAccount {
+                id: None,
+                role: Role::Subscriber,
+                name: "Mobility Lab".into(),
+                sector: "research".into(),
+                email: None,
+            })
+            .await
+            .unwrap();
+        assert!(sub.id.starts_with("acc_"));
+        for (kind, account) in [
+            (KeyKind::Device, sub.id.as_str()),
+            (KeyKind::Provider, sub.id.as_str()),
+            (KeyKind::Admin, "copenhagen"),
+            (KeyKind::Subscriber, "copenhagen"),
+        ] {
+            let err = store
+                .create_key(kind, account, &["weather".into()])
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{kind:?} for {account} was created"));
+            assert!(err.to_string().contains("account"), "{err}");
+        }
+        assert!(
+            store
+                .create_key(KeyKind::Device, "copenhagen", &[])
+                .await
+                .is_err()
+        );
+        assert!(
+            store
+                .create_key(KeyKind::Subscriber, "nobody", &[])
+                .await
+                .is_err()
+        );
+        let key = store
+            .create_key(KeyKind::Subscriber, &sub.id, &["weather".into()])
+            .await
+            .unwrap();
+        assert_eq!(key.key.datasets, ["weather"]);
+        assert!(!key.key.may_write("weather"), "subscribers never write");
+    }
+
+    #[tokio::test]
+    async fn expired_keys_stop_working_and_rotation_overlaps() {
+        let (store, _dir) = store().await;
+        let soon = store
+            .create_key_with(KeySpec {
+                kind: KeyKind::Provider,
+                account: "copenhagen".into(),
+                label: "ci".into(),
+                datasets: vec![],
+                expires_at: Some(now_micros() + 300_000),
+            })
+            .await
+            .unwrap();
+        assert!(store.key_by_secret(&soon.secret).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            store.key_by_secret(&soon.secret).await.unwrap().is_none(),
+            "expired"
+        );
+        assert!(
+            store
+                .rotate_key(&soon.key.id, Duration::from_secs(60))
+                .await
+                .is_err(),
+            "an expired key cannot be rotated"
+        );
+
+        let old = store
+            .create_key(KeyKind::Device, "copenhagen", &["weather".into()])
+            .await
+            .unwrap();
+        let new = store
+            .rotate_key(&old.key.id, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_ne!(new.secret, old.secret);
+        assert_eq!(new.key.datasets, ["weather"]);
+        assert_eq!(new.key.kind, KeyKind::Device);
+        let old_now = store.key(&old.key.id).await.unwrap().unwrap();
+        assert_eq!(old_now.replaced_by.as_deref(), Some(new.key.id.as_ref()));
+        assert!(
+            store.key_by_secret(&old.secret).await.unwrap().is_some(),
+            "the old key works during the overlap"
+        );
+        assert!(
+            store
+                .rotate_key(&old.key.id, Duration::from_secs(60))
+                .await
+                .is_err(),
+            "a key is rotated once"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(store.key_by_secret(&old.secret).await.unwrap().is_none());
+        assert!(store.key_by_secret(&new.secret).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_first_start_creates_one_admin_and_honours_a_given_key() {
+        let (store, _dir) = store().await;
+        let first = store.bootstrap_admin(None).await.unwrap().unwrap();
+        let admin = store.key_by_secret(&first).await.unwrap().unwrap();
+        assert_eq!(admin.kind, KeyKind::Admin);
+        assert!(admin.is_admin());
+        assert!(
+            store.bootstrap_admin(None).await.unwrap().is_none(),
+            "shown once: the next start makes none"
+        );
+        let chosen = new_secret();
+        assert!(
+            store
+                .bootstrap_admin(Some(&chosen))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .key_by_secret(&chosen)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_admin()
+        );
+        // Idempotent on the next start.
+        store.bootstrap_admin(Some(&chosen)).await.unwrap();
+        assert_eq!(
+            store.list_keys().await.unwrap().len(),
+            2,
+            "the given key is stored once"
+        );
+        assert!(store.bootstrap_admin(Some("cg_short")).await.is_err());
+        let device = store
+            .create_key(KeyKind::Device, "copenhagen", &["weather".into()])
+            .await
+            .unwrap();
+        assert!(
+            store.bootstrap_admin(Some(&device.secret)).await.is_err(),
+            "a device key is no admin key"
+        );
     }
 
     #[tokio::test]

@@ -1,8 +1,13 @@
-//! The marketplace: the database and API keys today; catalog, accounts, plans,
-//! subscriptions, payments and metering as the marketplace issue lands.
+//! The marketplace: accounts, API keys, and (as the marketplace issue lands) the catalog,
+//! plans, subscriptions, payments, metering and invoices, on SQLite or PostgreSQL.
 
+pub mod accounts;
 pub mod keys;
+pub mod schema;
 pub mod store;
+#[doc(hidden)]
+pub mod testdb;
 
+pub use accounts::{Account, NewAccount, Role};
 pub use keys::{ApiKey, KeyKind, Keyring};
-pub use store::{Store, StoreError};
+pub use store::{Backend, Store, StoreError};

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Output};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::*;
 
@@ -76,12 +76,11 @@ async fn keys_cli_serve_and_sigterm_flushes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let keys = |args: &[&str]| {
-        run(bin()
+        run(bin_on(&data)
             .arg("keys")
             .args(args)
             .arg("--config")
-            .arg(shipped_config())
-            .env("CITYGATE__STORAGE__DATA_DIR", &data))
+            .arg(shipped_config()))
     };
 
     let created = keys(&[
@@ -195,4 +194,113 @@ fn serve_refuses_a_bad_config() {
         .env("CITYGATE__PARQUET__ZSTD_LEVEL", "0"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("parquet.zstd_level"));
+}
+
+#[tokio::test]
+async fn first_start_shows_the_admin_key_once_and_the_accounts_cli_makes_keys() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = |expect_line: bool| {
+        let mut child = bin_on(&data)
+            .arg("serve")
+            .arg("--config")
+            .arg(shipped_config())
+            .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
+            .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        // Started once the log says so; stdout is read to its end after SIGTERM.
+        let mut lines = BufReader::new(stderr).lines();
+        let mut log = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("citygate started") {
+                break;
+            }
+        }
+        terminate(&child);
+        assert!(child.wait().unwrap().success());
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let out: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        assert_eq!(out.len(), usize::from(expect_line), "{out:?}");
+        let secret = out
+            .first()
+            .map(|l| l.rsplit(' ').next().unwrap().to_string());
+        if let Some(secret) = &secret {
+            assert!(
+                !log.contains(&secret[3..]) && !rest.concat().contains(&secret[3..]),
+                "the admin key is never logged"
+            );
+        }
+        secret
+    };
+    let admin = start(true).expect("first start prints the admin key");
+    assert!(admin.starts_with("cg_") && admin.len() == 46, "{admin}");
+    assert!(start(false).is_none(), "shown once");
+
+    let out = run(bin_on(&data)
+        .args([
+            "accounts",
+            "create",
+            "--role",
+            "subscriber",
+            "--name",
+            "Harbour Logistics",
+            "--sector",
+            "mobility",
+            "--config",
+        ])
+        .arg(shipped_config()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("cg_"), "{secret}");
+    let out = run(bin_on(&data)
+        .args(["accounts", "list", "--config"])
+        .arg(shipped_config()));
+    let listed = String::from_utf8(out.stdout).unwrap();
+    for needle in ["admin", "copenhagen", "Harbour Logistics", "mobility"] {
+        assert!(listed.contains(needle), "{listed}");
+    }
+    let bad = run(bin_on(&data)
+        .args([
+            "accounts",
+            "create",
+            "--role",
+            "subscriber",
+            "--name",
+            "X",
+            "--sector",
+            "Big!",
+            "--config",
+        ])
+        .arg(shipped_config()));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sector"));
+
+    // The admin key works against a running gateway.
+    let server = serve(&data);
+    let me: Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/me", server.http))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["account"]["role"], "admin");
 }

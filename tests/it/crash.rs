@@ -111,7 +111,7 @@ fn all_files_readable(data: &Path) -> usize {
 async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let created = bin()
+    let created = bin_on(&data)
         .args([
             "keys",
             "create-device",
@@ -122,7 +122,6 @@ async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
         ])
         .arg("--config")
         .arg(loadtest_config())
-        .env("CITYGATE__STORAGE__DATA_DIR", &data)
         .output()
         .unwrap();
     assert!(created.status.success());

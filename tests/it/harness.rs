@@ -16,6 +16,39 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub base: String,
     pub client: reqwest::Client,
+    /// The administrator's key secret.
+    pub admin_key: String,
+}
+
+/// The PostgreSQL server the suite runs against as well, when `scripts/test.sh` started one.
+pub fn test_postgres() -> Option<String> {
+    std::env::var("CITYGATE_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// With a test PostgreSQL: the URL of the database of `data_dir` (one per data dir, created
+/// on first use), so a gateway restarted on the same dir finds its database again.
+pub fn database_url_for(data_dir: &Path) -> Option<String> {
+    use std::sync::Mutex;
+    static CREATED: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+    let admin = test_postgres()?;
+    let mut created = CREATED.lock().unwrap();
+    if let Some((_, url)) = created.iter().find(|(d, _)| d == data_dir) {
+        return Some(url.clone());
+    }
+    // Called from async tests: a runtime of its own on a thread of its own.
+    let url = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(citygate::market::testdb::create_database(&admin))
+    })
+    .join()
+    .unwrap();
+    created.push((data_dir.to_path_buf(), url.clone()));
+    Some(url)
 }
 
 /// The shipped config, pointed at `dir`, on a free port.
@@ -24,6 +57,9 @@ pub fn test_config(dir: &Path) -> Config {
     config.http.listen = "127.0.0.1:0".into();
     config.mqtt.listen = "127.0.0.1:0".into();
     config.storage.data_dir = dir.to_path_buf();
+    if let Some(url) = database_url_for(dir) {
+        config.database.url.0 = url;
+    }
     config
 }
 
@@ -38,12 +74,20 @@ impl Gateway {
         adjust(&mut config);
         let problems = config.validate();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
-        let app = App::start(config).await.expect("gateway starts");
+        let admin_key = citygate::market::keys::new_secret();
+        let options = citygate::StartOptions {
+            admin_key: Some(admin_key.clone()),
+            ..Default::default()
+        };
+        let app = App::start_with(config, options)
+            .await
+            .expect("gateway starts");
         let base = format!("http://{}", app.http_addr());
         Gateway {
             app: Some(app),
             dir,
             base,
+            admin_key,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
@@ -121,6 +165,64 @@ impl Gateway {
     ) -> reqwest::Response {
         self.post(dataset, key, "application/json", body.to_string())
             .await
+    }
+
+    /// A JSON API call as `key`: the status and the body (`null` when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if !key.is_empty() {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn get_as(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, key, None).await
+    }
+
+    pub async fn post_as(
+        &self,
+        path: &str,
+        key: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, key, Some(body))
+            .await
+    }
+
+    pub async fn delete_as(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::DELETE, path, key, None).await
+    }
+
+    /// Creates an account over the admin API; returns its id and its first key's secret.
+    pub async fn account(&self, role: &str, name: &str, sector: &str) -> (String, String) {
+        let (status, body) = self
+            .post_as(
+                "/v1/accounts",
+                &self.admin_key,
+                serde_json::json!({"role": role, "name": name, "sector": sector}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["account"]["id"].as_str().unwrap().to_string(),
+            body["key"]["secret"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn metrics(&self) -> String {
@@ -207,6 +309,16 @@ pub fn bin() -> std::process::Command {
     cmd
 }
 
+/// The binary, on `data_dir` (and its test database, when the suite runs on PostgreSQL).
+pub fn bin_on(data_dir: &Path) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.env("CITYGATE__STORAGE__DATA_DIR", data_dir);
+    if let Some(url) = database_url_for(data_dir) {
+        cmd.env("CITYGATE__DATABASE__URL", url);
+    }
+    cmd
+}
+
 pub fn shipped_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/citygate.toml")
 }
@@ -229,13 +341,12 @@ impl Drop for Server {
 /// its addresses from its JSON log.
 pub fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
     use std::io::{BufRead, BufReader};
-    let mut cmd = bin();
+    let mut cmd = bin_on(data_dir);
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
         .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
         .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0")
-        .env("CITYGATE__STORAGE__DATA_DIR", data_dir)
         .env("CITYGATE__LOG__FORMAT", "json")
         .env("CITYGATE__LOG__LEVEL", "info")
         .stderr(std::process::Stdio::piped())

@@ -229,7 +229,11 @@ async fn keys_and_datasets_are_enforced() {
             .status(),
         204
     );
-    store.revoke_key(&keys[0].id).await.unwrap();
+    let device = keys
+        .iter()
+        .find(|k| k.kind == citygate::market::KeyKind::Device)
+        .unwrap();
+    store.revoke_key(&device.id).await.unwrap();
     tokio::time::sleep(
         citygate::market::keys::KEY_CACHE_TTL + std::time::Duration::from_millis(100),
     )

@@ -5,6 +5,7 @@ mod crash;
 mod harness;
 mod influx;
 mod intake;
+mod market;
 mod mqtt;
 mod peers;
 mod server;

@@ -135,7 +135,8 @@ async fn intake_answers_503_once_shutdown_has_begun() {
     )
     .unwrap();
     let (pipeline, _sinks) = Pipeline::new(&config, &metrics, wal, closing.clone()).unwrap();
-    let store = Store::open(&config.database_path()).await.unwrap();
+    let store = Store::connect(&config.database(), 2).await.unwrap();
+    store.ensure_provider("copenhagen", "City").await.unwrap();
     let secret = store
         .create_key(KeyKind::Device, "copenhagen", &[TRAFFIC.to_string()])
         .await

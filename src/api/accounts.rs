@@ -1,0 +1,282 @@
+//! Accounts and keys over HTTP.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `GET /v1/me` | any key | the key and its account |
+//! | `POST /v1/accounts` | admin | create an account and its first key (secret shown once) |
+//! | `GET /v1/accounts` | admin | every account |
+//! | `GET /v1/accounts/{id}` | admin, or the account's own keys | one account |
+//! | `GET /v1/keys` | admin, provider, subscriber | own keys (admin: `?account=`, or all) |
+//! | `POST /v1/keys` | admin, provider, subscriber | a new key (secret shown once) |
+//! | `POST /v1/keys/{id}/rotate` | the key's account, admin | successor; the old key lives `overlap` |
+//! | `DELETE /v1/keys/{id}` | the key's account, admin | revoke (effective within 1 s) |
+//!
+//! What a key may not see answers 404, as if it did not exist.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::require_key;
+use super::error::ApiError;
+use crate::market::keys::{KeySpec, NewKey};
+use crate::market::{Account, ApiKey, KeyKind, NewAccount};
+use crate::model::now_micros;
+
+#[derive(Serialize)]
+pub struct Me {
+    key: ApiKey,
+    account: Account,
+}
+
+/// `GET /v1/me`
+pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Me>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    let account = state
+        .keyring
+        .store()
+        .account(&key.account)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(Json(Me {
+        key: (*key).clone(),
+        account,
+    }))
+}
+
+/// A key as created: its record and its secret, shown this once.
+#[derive(Serialize)]
+pub struct CreatedKey {
+    key: ApiKey,
+    secret: String,
+}
+
+impl From<NewKey> for CreatedKey {
+    fn from(new: NewKey) -> Self {
+        CreatedKey {
+            key: new.key,
+            secret: new.secret,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CreatedAccount {
+    account: Account,
+    key: CreatedKey,
+}
+
+/// `POST /v1/accounts` (admin)
+pub async fn create_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(new): Json<NewAccount>,
+) -> Result<(StatusCode, Json<CreatedAccount>), ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    if !key.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only an admin key may create accounts".into(),
+        ));
+    }
+    let (account, first) = state.keyring.store().create_account_with_key(new).await?;
+    tracing::info!(account = %account.id, role = account.role.as_str(), by = %key.id, "account created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedAccount {
+            account,
+            key: first.into(),
+        }),
+    ))
+}
+
+/// `GET /v1/accounts` (admin)
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Account>>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    if !key.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only an admin key may list accounts".into(),
+        ));
+    }
+    Ok(Json(state.keyring.store().list_accounts().await?))
+}
+
+/// `GET /v1/accounts/{id}`
+pub async fn show_account(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Account>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    let not_found = || ApiError::NotFound(format!("no account `{id}`"));
+    if !key.is_admin() && key.account != id {
+        return Err(not_found());
+    }
+    state
+        .keyring
+        .store()
+        .account(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+#[derive(Deserialize)]
+pub struct KeysQuery {
+    account: Option<String>,
+}
+
+/// A key that manages keys: admin, provider or subscriber (device keys only write readings).
+fn manager(key: &ApiKey) -> Result<(), ApiError> {
+    if key.kind == KeyKind::Device || !key.is_live(now_micros()) {
+        return Err(ApiError::Forbidden(
+            "a device key only writes readings; use a provider key".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/keys`
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Query(q): Query<KeysQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ApiKey>>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    manager(&key)?;
+    let store = state.keyring.store();
+    let keys = match (key.is_admin(), q.account) {
+        (true, None) => store.list_keys().await?,
+        (true, Some(account)) => store.account_keys(&account).await?,
+        (false, Some(account)) if account != key.account => Vec::new(),
+        (false, _) => store.account_keys(&key.account).await?,
+    };
+    Ok(Json(keys))
+}
+
+#[derive(Deserialize)]
+pub struct NewKeyRequest {
+    /// Default: the caller's account. Only an admin names another.
+    account: Option<String>,
+    /// Default: the kind the account's role uses.
+    kind: Option<KeyKind>,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    datasets: Vec<String>,
+    /// e.g. `"90d"`; default: no expiry.
+    expires_in: Option<String>,
+}
+
+fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(text)
+        .map_err(|e| ApiError::bad_request("invalid_duration", format!("{field}: `{text}`: {e}")))
+}
+
+/// `POST /v1/keys`
+pub async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<NewKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    manager(&key)?;
+    let store = state.keyring.store();
+    let account_id = req.account.unwrap_or_else(|| key.account.clone());
+    if !key.is_admin() && account_id != key.account {
+        return Err(ApiError::NotFound(format!("no account `{account_id}`")));
+    }
+    let account = store
+        .account(&account_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no account `{account_id}`")))?;
+    let kind = req.kind.unwrap_or(account.role.key_kind());
+    if kind == KeyKind::Device {
+        // A device key writes to its provider's own datasets.
+        let mut problems = Vec::new();
+        for id in &req.datasets {
+            match state.pipeline.dataset(id) {
+                Some(p) if p.dataset.provider == account.id => {}
+                _ => problems.push(format!("`{id}` is not a dataset of `{}`", account.id)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::bad_request("invalid_key", problems.join("; ")));
+        }
+    }
+    let expires_at = match &req.expires_in {
+        Some(text) => {
+            let d = parse_duration("expires_in", text)?;
+            Some(now_micros().saturating_add(d.as_micros().min(i64::MAX as u128) as i64))
+        }
+        None => None,
+    };
+    let new = store
+        .create_key_with(KeySpec {
+            kind,
+            account: account.id,
+            label: req.label,
+            datasets: req.datasets,
+            expires_at,
+        })
+        .await?;
+    tracing::info!(key = %new.key.id, kind = kind.as_str(), account = %new.key.account, by = %key.id, "key created");
+    Ok((StatusCode::CREATED, Json(new.into())))
+}
+
+/// The key `id` if the caller may manage it (its own account's, or any for an admin).
+async fn own_key(state: &AppState, caller: &ApiKey, id: &str) -> Result<ApiKey, ApiError> {
+    manager(caller)?;
+    let not_found = || ApiError::NotFound(format!("no key `{id}`"));
+    let target = state.keyring.store().key(id).await?.ok_or_else(not_found)?;
+    if caller.is_admin() || target.account == caller.account {
+        Ok(target)
+    } else {
+        Err(not_found())
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct RotateRequest {
+    /// How long the old key keeps working, e.g. `"1h"` (default 24 h).
+    overlap: Option<String>,
+}
+
+/// `POST /v1/keys/{id}/rotate`
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RotateRequest>>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let caller = require_key(&state, &headers, None).await?;
+    own_key(&state, &caller, &id).await?;
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let overlap = match &req.overlap {
+        Some(text) => parse_duration("overlap", text)?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    let new = state.keyring.store().rotate_key(&id, overlap).await?;
+    tracing::info!(old = %id, new = %new.key.id, by = %caller.id, "key rotated");
+    Ok((StatusCode::CREATED, Json(new.into())))
+}
+
+/// `DELETE /v1/keys/{id}`
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let caller = require_key(&state, &headers, None).await?;
+    own_key(&state, &caller, &id).await?;
+    if state.keyring.store().revoke_key(&id).await? {
+        tracing::info!(key = %id, by = %caller.id, "key revoked");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
