@@ -12,11 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt, rdflib' 2>/dev/null; then
   echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    pyarrow duckdb influxdb-client paho-mqtt
+    pyarrow duckdb influxdb-client paho-mqtt rdflib
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::ingest::mqtt;
+use crate::market::catalog::{Catalog, CatalogError};
 use crate::market::keys::KeyError;
 use crate::market::{Keyring, Store, StoreError};
 use crate::pipeline::Pipeline;
@@ -38,6 +39,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("marketplace: {0}")]
     Market(#[from] KeyError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
     #[error("cannot set up the Parquet sink: {0}")]
     Sink(#[from] EncodeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -120,6 +123,7 @@ impl App {
             store.ensure_provider(&ds.provider, &ds.publisher).await?;
         }
         let first_admin_secret = store.bootstrap_admin(options.admin_key.as_deref()).await?;
+        let datasets = store.sync_catalog(&config).await?;
         let keyring = Arc::new(Keyring::new(store.clone()));
         let metrics = Arc::new(Metrics::new());
         let closing = CancellationToken::new();
@@ -133,7 +137,7 @@ impl App {
             options.skip_corrupt_wal,
         )?;
         let (pipeline, parquet_sinks) =
-            Pipeline::new(&config, &metrics, wal.clone(), closing.clone())?;
+            Pipeline::with_datasets(&config, &datasets, &metrics, wal.clone(), closing.clone())?;
         let pipeline = Arc::new(pipeline);
         let sinks = TaskTracker::new();
         for sink in parquet_sinks {
@@ -189,6 +193,12 @@ impl App {
         };
         let state = AppState {
             pipeline: pipeline.clone(),
+            catalog: Arc::new(Catalog::new(
+                store.clone(),
+                pipeline.clone(),
+                sinks.clone(),
+                sinks_stop.clone(),
+            )),
             keyring,
             metrics: metrics.clone(),
             http: Arc::new(config.http.clone()),

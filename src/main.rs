@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use citygate::config::{Config, DEFAULT_CONFIG_PATH};
+use citygate::config::{Config, DEFAULT_CONFIG_PATH, DatasetConfig};
 use citygate::market::Store;
 use citygate::market::keys::{KeyKind, KeySpec, check_device_scope};
 use citygate::market::{NewAccount, Role};
@@ -307,6 +307,17 @@ async fn open_store(config: &Config) -> Result<Store> {
     Ok(store)
 }
 
+/// The datasets a key may name: the config's and those created over the API.
+async fn catalog(config: &Config, store: &Store) -> Result<Vec<DatasetConfig>> {
+    let mut all = config.datasets.clone();
+    for d in store.catalog().await? {
+        if !all.iter().any(|c| c.id == d.spec.id) {
+            all.push(d.spec);
+        }
+    }
+    Ok(all)
+}
+
 fn show_time(t: Option<i64>) -> String {
     t.map_or("-".into(), |t| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(t as u64))
@@ -360,7 +371,7 @@ async fn accounts(store: &Store, command: AccountsCommand) -> Result<ExitCode> {
 async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<ExitCode> {
     match command {
         KeysCommand::CreateDevice { provider, datasets } => {
-            check_device_scope(config, &provider, &datasets)?;
+            check_device_scope(&catalog(config, store).await?, &provider, &datasets)?;
             let new = store
                 .create_key(KeyKind::Device, &provider, &datasets)
                 .await?;
@@ -391,7 +402,7 @@ async fn keys(config: &Config, store: &Store, command: KeysCommand) -> Result<Ex
         } => {
             let kind = KeyKind::parse(&kind).context("kind")?;
             if kind == KeyKind::Device {
-                check_device_scope(config, &account, &datasets)?;
+                check_device_scope(&catalog(config, store).await?, &account, &datasets)?;
             }
             let expires_at = expires_in.map(|d| now_micros() + d.as_micros() as i64);
             let new = store

@@ -163,6 +163,7 @@ pub struct Dataset {
     /// The account that owns the dataset and may mint device keys for it.
     pub provider: String,
     pub licence: String,
+    pub attribution: String,
     pub schema_version: u32,
     pub fields: Vec<FieldSpec>,
     pub reject_unknown_fields: bool,

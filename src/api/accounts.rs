@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::require_key;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use crate::market::keys::{KeySpec, NewKey};
 use crate::market::{Account, ApiKey, KeyKind, NewAccount};
 use crate::model::now_micros;
@@ -74,7 +74,7 @@ pub struct CreatedAccount {
 pub async fn create_account(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(new): Json<NewAccount>,
+    ApiJson(new): ApiJson<NewAccount>,
 ) -> Result<(StatusCode, Json<CreatedAccount>), ApiError> {
     let key = require_key(&state, &headers, None).await?;
     if !key.is_admin() {
@@ -183,7 +183,7 @@ fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
 pub async fn create_key(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<NewKeyRequest>,
+    ApiJson(req): ApiJson<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let key = require_key(&state, &headers, None).await?;
     manager(&key)?;
@@ -253,11 +253,17 @@ pub async fn rotate_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<RotateRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let caller = require_key(&state, &headers, None).await?;
     own_key(&state, &caller, &id).await?;
-    let req = body.map(|Json(r)| r).unwrap_or_default();
+    // The body is optional: none means the default overlap.
+    let req: RotateRequest = if body.is_empty() {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
     let overlap = match &req.overlap {
         Some(text) => parse_duration("overlap", text)?,
         None => Duration::from_secs(24 * 3600),

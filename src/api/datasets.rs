@@ -51,7 +51,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
         .pipeline
         .datasets()
         .into_iter()
-        .map(|p| describe(p))
+        .map(|p| describe(&p))
         .collect();
     Json(json!({ "datasets": all }))
 }
@@ -64,7 +64,7 @@ pub async fn show(
         .pipeline
         .dataset(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
-    Ok(Json(describe(p)))
+    Ok(Json(describe(&p)))
 }
 
 #[derive(Deserialize)]

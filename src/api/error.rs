@@ -25,6 +25,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("the request did not arrive within {0:?}")]
@@ -69,6 +71,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", None),
             ApiError::PayloadTooLarge(_) => {
@@ -165,6 +168,32 @@ impl From<KeyError> for ApiError {
             KeyError::Invalid(message) => ApiError::bad_request("invalid", message),
             KeyError::NotFound(message) => ApiError::NotFound(message),
             KeyError::Store(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A JSON request body whose problems answer in the API's error shape (400 with the field
+/// at fault) rather than axum's plain-text rejection.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(match rejection {
+                axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
+                    ApiError::UnsupportedMediaType(
+                        "send the body as JSON with Content-Type: application/json".into(),
+                    )
+                }
+                other => ApiError::bad_request("invalid_json", other.body_text()),
+            }),
         }
     }
 }

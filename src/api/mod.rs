@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod catalog;
 pub mod datasets;
 pub mod error;
 pub mod ops;
@@ -20,6 +21,7 @@ use axum::routing::{delete, get, post};
 use crate::config::HttpConfig;
 use crate::ingest;
 use crate::market::Keyring;
+use crate::market::catalog::Catalog;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
 
@@ -27,6 +29,7 @@ use crate::telemetry::Metrics;
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Arc<Pipeline>,
+    pub catalog: Arc<Catalog>,
     pub keyring: Arc<Keyring>,
     pub metrics: Arc<Metrics>,
     pub http: Arc<HttpConfig>,
@@ -52,6 +55,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/keys/{id}", delete(accounts::revoke_key))
         .route("/v1/keys/{id}/rotate", post(accounts::rotate_key))
+        .route("/v1/catalog", get(catalog::list).post(catalog::create))
+        .route("/v1/catalog.jsonld", get(catalog::jsonld))
+        .route(
+            "/v1/catalog/{id}",
+            get(catalog::show).patch(catalog::update),
+        )
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/datasets/{id}", get(datasets::show))
         .route("/v1/datasets/{id}/rejects", get(datasets::rejects))

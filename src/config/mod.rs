@@ -9,13 +9,13 @@
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first unknown key.
 
 mod units;
-mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use units::ByteSize;
 
@@ -69,6 +69,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Open connections at most; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// The URL the public reaches this gateway at, for links in exports (the DCAT-AP
+    /// catalog), e.g. `https://data.city.example`. Empty: the request's `Host`.
+    pub public_url: String,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +83,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            public_url: String::new(),
         }
     }
 }
@@ -387,6 +391,10 @@ fn default_true() -> bool {
     true
 }
 
+fn default_update_frequency() -> String {
+    "continuous".into()
+}
+
 fn default_schema_version() -> u32 {
     1
 }
@@ -406,8 +414,19 @@ fn default_rate_limit() -> RateLimit {
     }
 }
 
+/// How often a dataset gets new data, as the catalog says it (and DCAT-AP's
+/// `dct:accrualPeriodicity`, from the EU frequency vocabulary).
+pub const UPDATE_FREQUENCIES: &[(&str, &str)] = &[
+    ("continuous", "CONT"),
+    ("hourly", "HOURLY"),
+    ("daily", "DAILY"),
+    ("weekly", "WEEKLY"),
+    ("monthly", "MONTHLY"),
+    ("irregular", "IRREG"),
+];
+
 /// One dataset: catalog facts and the schema its readings must follow.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct DatasetConfig {
     pub id: String,
     pub title: String,
@@ -420,6 +439,14 @@ pub struct DatasetConfig {
     pub provider: String,
     /// An SPDX licence id such as `CC-BY-4.0`, or `commercial`.
     pub licence: String,
+    /// The credit line users of the data must show.
+    #[serde(default)]
+    pub attribution: String,
+    /// One of [`UPDATE_FREQUENCIES`].
+    #[serde(default = "default_update_frequency")]
+    pub update_frequency: String,
+    #[serde(default)]
+    pub keywords: Vec<String>,
     #[serde(default = "default_schema_version")]
     pub schema_version: u32,
     #[serde(default = "default_true")]
@@ -442,6 +469,7 @@ impl DatasetConfig {
             publisher: self.publisher.clone(),
             provider: self.provider.clone(),
             licence: self.licence.clone(),
+            attribution: self.attribution.clone(),
             schema_version: self.schema_version,
             fields: self.fields.clone(),
             reject_unknown_fields: self.reject_unknown_fields,

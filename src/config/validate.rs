@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{Config, DatasetConfig};
+use super::{Config, DatasetConfig, UPDATE_FREQUENCIES};
 use crate::model::{FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name};
 
 /// Most fields a schema may have (duplicate detection uses a 64-bit mask).
@@ -76,6 +76,12 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
         p.push("wal.queue_depth: must be at least 1".into());
     }
 
+    let public = &config.http.public_url;
+    if !(public.is_empty() || public.starts_with("http://") || public.starts_with("https://")) {
+        p.push(format!(
+            "http.public_url: `{public}` must be empty or an http(s):// URL"
+        ));
+    }
     let db = &config.database.url.0;
     if !(db.is_empty() || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
         p.push(
@@ -170,6 +176,13 @@ fn check_listen(p: &mut Vec<String>, key: &str, addr: &str) {
     }
 }
 
+/// Every problem of one dataset declaration (config or API), each named from `at`.
+pub fn dataset_problems(at: &str, ds: &DatasetConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    check_dataset(&mut p, at, ds);
+    p
+}
+
 fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     if !is_valid_dataset_id(&ds.id) {
         p.push(format!(
@@ -187,6 +200,28 @@ fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
         p.push(format!(
             "{at}.licence: must not be empty (an SPDX id or `commercial`)"
         ));
+    }
+    if !UPDATE_FREQUENCIES
+        .iter()
+        .any(|(name, _)| *name == ds.update_frequency)
+    {
+        p.push(format!(
+            "{at}.update_frequency: `{}` is not one of {}",
+            ds.update_frequency,
+            UPDATE_FREQUENCIES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if ds.keywords.len() > 20
+        || ds
+            .keywords
+            .iter()
+            .any(|k| k.trim().is_empty() || k.len() > 64)
+    {
+        p.push(format!("{at}.keywords: at most 20, each 1-64 characters"));
     }
     if ds.max_age.is_zero() {
         p.push(format!("{at}.max_age: must be more than 0"));

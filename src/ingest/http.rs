@@ -156,7 +156,7 @@ async fn intake(
     let outcome = state
         .pipeline
         .ingest(
-            ds,
+            &ds,
             &key.id,
             Batch {
                 format,

@@ -20,7 +20,7 @@ use sqlx::any::AnyRow;
 
 use super::accounts::Role;
 use super::store::{Store, StoreError};
-use crate::config::Config;
+use crate::config::DatasetConfig;
 use crate::model::{Micros, now_micros};
 
 pub const SECRET_PREFIX: &str = "cg_";
@@ -179,10 +179,10 @@ pub fn looks_like_secret(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Checks that `provider` may mint a device key for `datasets`: each exists in `config` and
-/// is owned by `provider`. Every problem is reported.
+/// Checks that `provider` may mint a device key for `datasets`: each is in `catalog` and is
+/// owned by `provider`. Every problem is reported.
 pub fn check_device_scope(
-    config: &Config,
+    catalog: &[DatasetConfig],
     provider: &str,
     datasets: &[String],
 ) -> Result<(), KeyError> {
@@ -194,7 +194,8 @@ pub fn check_device_scope(
             "a device key needs at least one dataset".into(),
         ));
     }
-    let known = config.datasets_by_id();
+    let known: std::collections::BTreeMap<&str, &DatasetConfig> =
+        catalog.iter().map(|d| (d.id.as_str(), d)).collect();
     let mut problems = Vec::new();
     for id in datasets {
         match known.get(id.as_str()) {
@@ -800,10 +801,11 @@ mod tests {
 
     #[test]
     fn device_scope_is_checked_against_config() {
-        let config = Config::from_toml(DEFAULT_CONFIG, "default", &[]).unwrap();
-        assert!(check_device_scope(&config, "copenhagen", &["weather".into()]).is_ok());
+        let config = crate::config::Config::from_toml(DEFAULT_CONFIG, "default", &[]).unwrap();
+        let config = &config.datasets;
+        assert!(check_device_scope(config, "copenhagen", &["weather".into()]).is_ok());
         let err = check_device_scope(
-            &config,
+            config,
             "copenhagen",
             &["energy-meters".into(), "nope".into()],
         )
@@ -814,6 +816,6 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("`nope` does not exist"), "{err}");
-        assert!(check_device_scope(&config, "copenhagen", &[]).is_err());
+        assert!(check_device_scope(config, "copenhagen", &[]).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! plans, subscriptions, payments, metering and invoices, on SQLite or PostgreSQL.
 
 pub mod accounts;
+pub mod catalog;
 pub mod keys;
 pub mod schema;
 pub mod store;

@@ -60,4 +60,19 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         DROP TABLE api_key_datasets;
         DROP TABLE api_keys;",
     ),
+    (
+        3,
+        // The catalog: every dataset, from the config file or created by its provider over
+        // the API. `spec` is the dataset's declaration as JSON (the config's shape).
+        "CREATE TABLE datasets (
+            id           TEXT PRIMARY KEY,
+            provider     TEXT NOT NULL REFERENCES accounts(id),
+            origin       TEXT NOT NULL CHECK (origin IN ('config', 'api')),
+            spec         TEXT NOT NULL,
+            created_at   BIGINT NOT NULL,
+            updated_at   BIGINT NOT NULL,
+            withdrawn_at BIGINT
+        );
+        CREATE INDEX datasets_provider ON datasets (provider);",
+    ),
 ];

@@ -8,11 +8,13 @@
 
 pub mod decode;
 pub mod limit;
+pub mod quality;
 pub mod reject;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +22,7 @@ use compact_str::CompactString;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DatasetConfig, ParquetConfig};
 use crate::model::now_micros;
 use crate::model::{Dataset, Micros, Reading};
 use crate::sink::parquet::{EncodeError, ParquetSink};
@@ -28,6 +30,7 @@ use crate::telemetry::{DatasetMetrics, Metrics};
 use crate::wal::{self, Wal, WalError};
 use decode::{Collect, DecodeCtx, DecodeError, Format, Precision};
 use limit::{LimitError, LimitKey, Limiter};
+use quality::QualityTracker;
 use reject::{Reject, RejectLog, RejectRecord, Rejected};
 
 /// Why a whole request was refused. Per-reading problems are not errors: see [`Outcome`].
@@ -89,53 +92,85 @@ pub struct DatasetPipeline {
     pub dataset: Arc<Dataset>,
     pub rejects: RejectLog,
     pub metrics: DatasetMetrics,
+    pub quality: QualityTracker,
     limiter: Limiter,
 }
 
-/// The pipelines of all datasets, and the write-ahead log they append to.
+/// The pipelines of all datasets, and the write-ahead log they append to. Datasets can be
+/// added while running (a provider creating one over the API).
 pub struct Pipeline {
-    datasets: HashMap<String, Arc<DatasetPipeline>>,
+    datasets: RwLock<HashMap<String, Arc<DatasetPipeline>>>,
     wal: Wal,
     closing: CancellationToken,
+    metrics: Arc<Metrics>,
+    parquet_dir: PathBuf,
+    parquet: ParquetConfig,
+    rejects_kept: usize,
 }
 
 impl Pipeline {
-    /// Builds every dataset's pipeline, appending to `wal`, and the Parquet sinks (log
-    /// consumers) the caller must run.
+    /// Builds the pipeline of every dataset in `config`, appending to `wal`, and the Parquet
+    /// sinks (log consumers) the caller must run.
     pub fn new(
         config: &Config,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         wal: Wal,
         closing: CancellationToken,
     ) -> Result<(Pipeline, Vec<ParquetSink>), EncodeError> {
-        let mut datasets = HashMap::new();
-        let mut sinks = Vec::new();
-        for ds_config in &config.datasets {
-            let dataset = Arc::new(ds_config.build());
-            let ds_metrics = metrics.dataset(&dataset.id);
-            sinks.push(ParquetSink::new(
-                dataset.clone(),
-                config.parquet_dir(),
-                config.parquet.clone(),
-                ds_metrics.clone(),
-                wal.clone(),
-            )?);
-            datasets.insert(
-                dataset.id.clone(),
-                Arc::new(DatasetPipeline {
-                    limiter: Limiter::new(dataset.rate_limit),
-                    rejects: RejectLog::new(config.pipeline.rejects_kept),
-                    metrics: ds_metrics,
-                    dataset,
-                }),
-            );
-        }
+        Pipeline::with_datasets(config, &config.datasets, metrics, wal, closing)
+    }
+
+    /// [`Pipeline::new`] for `datasets` (the config's and those created over the API).
+    pub fn with_datasets(
+        config: &Config,
+        datasets: &[DatasetConfig],
+        metrics: &Arc<Metrics>,
+        wal: Wal,
+        closing: CancellationToken,
+    ) -> Result<(Pipeline, Vec<ParquetSink>), EncodeError> {
         let pipeline = Pipeline {
-            datasets,
+            datasets: RwLock::new(HashMap::new()),
             wal,
             closing,
+            metrics: metrics.clone(),
+            parquet_dir: config.parquet_dir(),
+            parquet: config.parquet.clone(),
+            rejects_kept: config.pipeline.rejects_kept,
         };
+        let mut sinks = Vec::new();
+        for ds_config in datasets {
+            sinks.push(pipeline.add_dataset(ds_config)?);
+        }
         Ok((pipeline, sinks))
+    }
+
+    /// Adds a dataset; returns its Parquet sink, which the caller must run. An id already
+    /// present is an error.
+    pub fn add_dataset(&self, ds_config: &DatasetConfig) -> Result<ParquetSink, EncodeError> {
+        let dataset = Arc::new(ds_config.build());
+        let ds_metrics = self.metrics.dataset(&dataset.id);
+        let sink = ParquetSink::new(
+            dataset.clone(),
+            self.parquet_dir.clone(),
+            self.parquet.clone(),
+            ds_metrics.clone(),
+            self.wal.clone(),
+        )?;
+        let mut datasets = self.datasets.write().unwrap_or_else(|e| e.into_inner());
+        if datasets.contains_key(&dataset.id) {
+            return Err(EncodeError::Duplicate(dataset.id.clone()));
+        }
+        datasets.insert(
+            dataset.id.clone(),
+            Arc::new(DatasetPipeline {
+                limiter: Limiter::new(dataset.rate_limit),
+                rejects: RejectLog::new(self.rejects_kept),
+                metrics: ds_metrics,
+                quality: QualityTracker::default(),
+                dataset,
+            }),
+        );
+        Ok(sink)
     }
 
     /// The write-ahead log every accepted batch goes to.
@@ -143,13 +178,23 @@ impl Pipeline {
         &self.wal
     }
 
-    pub fn dataset(&self, id: &str) -> Option<&Arc<DatasetPipeline>> {
-        self.datasets.get(id)
+    pub fn dataset(&self, id: &str) -> Option<Arc<DatasetPipeline>> {
+        self.datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Datasets sorted by id.
-    pub fn datasets(&self) -> Vec<&Arc<DatasetPipeline>> {
-        let mut all: Vec<_> = self.datasets.values().collect();
+    pub fn datasets(&self) -> Vec<Arc<DatasetPipeline>> {
+        let mut all: Vec<_> = self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.dataset.id.cmp(&b.dataset.id));
         all
     }
@@ -160,7 +205,7 @@ impl Pipeline {
 
     /// Forgets idle rate-limit state of every dataset (called periodically).
     pub fn forget_idle_limits(&self) {
-        for ds in self.datasets.values() {
+        for ds in self.datasets() {
             ds.limiter.forget_idle();
         }
     }
@@ -257,6 +302,7 @@ impl Pipeline {
                 WalError::Closed => IngestError::ShuttingDown,
                 WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
             })?;
+            ds.quality.accepted(&checked.accepted, checked.received_at);
         }
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {
@@ -277,6 +323,7 @@ impl Pipeline {
             ds.metrics.rejected(r.reason).inc();
         }
         if !rejected.is_empty() {
+            ds.quality.rejected(rejected.len(), at);
             ds.rejects.record(rejected.iter().map(|r| RejectRecord {
                 at,
                 key_id: key.to_string(),

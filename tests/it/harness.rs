@@ -70,11 +70,19 @@ impl Gateway {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
+        Gateway::start_on(dir, citygate::market::keys::new_secret(), adjust).await
+    }
+
+    /// A gateway on an existing data dir (a restart), with the admin key given.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        admin_key: String,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Gateway {
         let mut config = test_config(dir.path());
         adjust(&mut config);
         let problems = config.validate();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
-        let admin_key = citygate::market::keys::new_secret();
         let options = citygate::StartOptions {
             admin_key: Some(admin_key.clone()),
             ..Default::default()
@@ -93,6 +101,13 @@ impl Gateway {
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// Stops and starts again on the same data dir and database.
+    pub async fn restart(self) -> Gateway {
+        let admin_key = self.admin_key.clone();
+        let dir = self.stop().await;
+        Gateway::start_on(dir, admin_key, |_| {}).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -313,3 +313,40 @@ async fn a_full_wal_stops_acknowledging_instead_of_dropping() {
         "exactly what was acknowledged is stored; nothing refused is"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_published_while_running_reaches_the_store() {
+    let vm = VictoriaMetrics::start().await;
+    let gw = gateway_into(&vm.url).await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (status, created) = gw
+        .post_as(
+            "/v1/catalog",
+            &provider,
+            json!({"id": "bike-counts", "title": "Bicycle counts", "licence": "CC0-1.0",
+                   "fields": [{"name": "bikes", "type": "int"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (_, device) = gw
+        .post_as(
+            "/v1/keys",
+            &provider,
+            json!({"kind": "device", "datasets": ["bike-counts"]}),
+        )
+        .await;
+    let device = device["secret"].as_str().unwrap();
+    let resp = gw
+        .post_json(
+            "bike-counts",
+            device,
+            json!({"sensor_id": "st-1", "bikes": 12}),
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
+    let series = vm
+        .wait_for_series("bike-counts_bikes", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(series[0]["values"], json!([12]));
+    assert_eq!(series[0]["metric"]["provider"], "copenhagen");
+}

@@ -199,3 +199,208 @@ async fn keys_rotate_with_overlap_and_expire() {
     let listed: Value = gw.get_as("/v1/keys", &new).await.1;
     assert_eq!(listed.as_array().unwrap().len(), 3);
 }
+
+fn bike_counts() -> Value {
+    json!({
+        "id": "bike-counts",
+        "title": "Bicycle counts",
+        "description": "Bicycles counted per hour at 40 stations.",
+        "licence": "CC-BY-4.0",
+        "attribution": "Contains data from Copenhagen bicycle counters",
+        "update_frequency": "hourly",
+        "keywords": ["bicycles", "mobility"],
+        "rate_limit": {"per_second": 1000, "burst": 1000},
+        "fields": [
+            {"name": "bikes", "type": "int", "unit": "count", "min": 0, "required": true},
+            {"name": "direction", "type": "string", "max_length": 16}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn the_catalog_is_public_paginated_and_shows_live_quality() {
+    let gw = Gateway::start().await;
+    let (status, page) = gw.get_as("/v1/catalog", "").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total"], 4);
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["air-quality", "energy-meters", "traffic-counts", "weather"]
+    );
+    let (_, second) = gw.get_as("/v1/catalog?page=2&per_page=3", "").await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second["items"][0]["id"], "weather");
+    assert_eq!(gw.get_as("/v1/catalog?per_page=0", "").await.0, 400);
+    assert_eq!(gw.get_as("/v1/catalog?per_page=201", "").await.0, 400);
+    assert_eq!(gw.get_as("/v1/catalog/nope", "").await.0, 404);
+
+    let (_, traffic) = gw.get_as(&format!("/v1/catalog/{TRAFFIC}"), "").await;
+    assert_eq!(traffic["licence"], "CC-BY-4.0");
+    assert_eq!(traffic["origin"], "config");
+    assert_eq!(traffic["fields"][0]["name"], "vehicle_count");
+    assert_eq!(traffic["quality"]["readings_last_hour"], 0);
+    assert_eq!(traffic["quality"]["last_reading_at"], Value::Null);
+
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let resp = gw
+        .post_json(
+            TRAFFIC,
+            &key,
+            json!([
+                {"sensor_id": "tc-1", "vehicle_count": 4},
+                {"sensor_id": "tc-2", "vehicle_count": 5},
+                {"sensor_id": "tc-1", "vehicle_count": 6},
+                {"sensor_id": "tc-3", "vehicle_count": -1}
+            ]),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let (_, traffic) = gw.get_as(&format!("/v1/catalog/{TRAFFIC}"), "").await;
+    let q = &traffic["quality"];
+    assert_eq!(q["readings_last_hour"], 3, "{q}");
+    assert_eq!(q["active_sensors_last_hour"], 2);
+    assert_eq!(q["rejected_last_hour"], 1);
+    assert_eq!(q["reject_rate"], 0.25);
+    assert!(q["last_reading_at"].as_i64().unwrap() > 1_700_000_000_000_000);
+}
+
+#[tokio::test]
+async fn providers_publish_datasets_that_take_readings_at_once_and_after_a_restart() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (_, sub) = gw.account("subscriber", "Mobility Lab", "research").await;
+
+    // Who may publish, and what a bad declaration is told.
+    assert_eq!(gw.post_as("/v1/catalog", &sub, bike_counts()).await.0, 403);
+    let mut foreign = bike_counts();
+    foreign["provider"] = json!("copenhagen-energy");
+    assert_eq!(gw.post_as("/v1/catalog", &provider, foreign).await.0, 403);
+    let mut bad = bike_counts();
+    bad["fields"][0]["type"] = json!("integer");
+    let (status, body) = gw.post_as("/v1/catalog", &provider, bad).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("dataset.fields[0].type"),
+        "{body}"
+    );
+    let mut bad = bike_counts();
+    bad["update_frequency"] = json!("sometimes");
+    bad["id"] = json!("Bike Counts");
+    let (status, body) = gw.post_as("/v1/catalog", &provider, bad).await;
+    assert_eq!(status, 400);
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("dataset.id") && msg.contains("update_frequency"),
+        "{msg}"
+    );
+
+    let (status, created) = gw.post_as("/v1/catalog", &provider, bike_counts()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["provider"], "copenhagen");
+    assert_eq!(created["origin"], "api");
+    assert_eq!(
+        created["publisher"],
+        "City of Copenhagen, Technical and Environmental Administration"
+    );
+    assert_eq!(
+        gw.post_as("/v1/catalog", &provider, bike_counts()).await.0,
+        409
+    );
+    assert_eq!(gw.get_as("/v1/catalog", "").await.1["total"], 5);
+
+    // Readings for it are taken at once, by a device key minted for it.
+    let (status, device) = gw
+        .post_as(
+            "/v1/keys",
+            &provider,
+            json!({"kind": "device", "datasets": ["bike-counts"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{device}");
+    let device = device["secret"].as_str().unwrap().to_string();
+    let resp = gw
+        .post_json(
+            "bike-counts",
+            &device,
+            json!([{"sensor_id": "st-1", "bikes": 12, "direction": "north"}, {"sensor_id": "st-2", "bikes": -3}]),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    // Edits: the owner edits metadata; a config dataset is edited in the file; others see
+    // nothing to edit.
+    let (status, edited) = gw
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/catalog/bike-counts",
+            &provider,
+            Some(json!({"description": "Hourly counts, 40 stations", "keywords": ["bicycles"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["description"], "Hourly counts, 40 stations");
+    let energy = gw.provider_key("copenhagen-energy").await;
+    let patch = Some(json!({"title": "Mine now"}));
+    assert_eq!(
+        gw.call(
+            reqwest::Method::PATCH,
+            "/v1/catalog/bike-counts",
+            &energy,
+            patch.clone()
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        gw.call(
+            reqwest::Method::PATCH,
+            "/v1/catalog/weather",
+            &provider,
+            patch.clone()
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        gw.call(
+            reqwest::Method::PATCH,
+            "/v1/catalog/bike-counts",
+            &provider,
+            Some(json!({"fields": []}))
+        )
+        .await
+        .0,
+        400,
+        "the schema is not editable"
+    );
+
+    // After a restart the dataset is still offered and still takes readings.
+    let gw = gw.restart().await;
+    let (_, page) = gw.get_as("/v1/catalog/bike-counts", "").await;
+    assert_eq!(page["description"], "Hourly counts, 40 stations");
+    let resp = gw
+        .post_json(
+            "bike-counts",
+            &device,
+            json!({"sensor_id": "st-3", "bikes": 7}),
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
+    let dir = gw.stop().await;
+    assert_eq!(
+        row_count(dir.path(), "bike-counts"),
+        2,
+        "both accepted readings in Parquet"
+    );
+}

@@ -233,3 +233,60 @@ async fn paho_mqtt_v5_sees_puback_reason_codes() {
     ids.sort();
     assert_eq!(ids, ["paho-1", "paho-3"]);
 }
+
+#[tokio::test]
+async fn an_open_data_portal_harvests_the_dcat_catalog() {
+    let gw = Gateway::start_with(|c| c.http.public_url = "https://data.city.example".into()).await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (status, _) = gw
+        .post_as(
+            "/v1/catalog",
+            &provider,
+            json!({
+                "id": "bike-counts", "title": "Bicycle counts", "licence": "commercial",
+                "update_frequency": "hourly", "keywords": ["bicycles"],
+                "fields": [{"name": "bikes", "type": "int"}]
+            }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let out = run_peer(&[
+        &peer_script("dcat_catalog.py"),
+        &gw.url("/v1/catalog.jsonld"),
+    ])
+    .await;
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(seen["content_type"], "application/ld+json");
+    let datasets = seen["datasets"].as_array().unwrap();
+    let ids: Vec<&str> = datasets.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "air-quality",
+            "bike-counts",
+            "energy-meters",
+            "traffic-counts",
+            "weather"
+        ]
+    );
+    let traffic = &datasets[3];
+    assert_eq!(traffic["title"], "Traffic counts");
+    assert_eq!(traffic["license"], "https://spdx.org/licenses/CC-BY-4.0");
+    assert_eq!(
+        traffic["frequency"],
+        "http://publications.europa.eu/resource/authority/frequency/CONT"
+    );
+    assert_eq!(
+        traffic["access"],
+        "https://data.city.example/v1/catalog/traffic-counts"
+    );
+    assert_eq!(
+        traffic["modified_type"],
+        "http://www.w3.org/2001/XMLSchema#dateTime"
+    );
+    assert_eq!(
+        datasets[1]["frequency"],
+        "http://publications.europa.eu/resource/authority/frequency/HOURLY"
+    );
+    assert_eq!(seen["keywords"], json!(["bicycles"]));
+}

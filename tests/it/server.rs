@@ -142,8 +142,16 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         .await
         .unwrap()
         .secret;
+    let pipeline = Arc::new(pipeline);
+    let catalog = citygate::market::catalog::Catalog::new(
+        store.clone(),
+        pipeline.clone(),
+        tokio_util::task::TaskTracker::new(),
+        CancellationToken::new(),
+    );
     let app = router(AppState {
-        pipeline: Arc::new(pipeline),
+        pipeline,
+        catalog: Arc::new(catalog),
         keyring: Arc::new(Keyring::new(store)),
         metrics,
         http: Arc::new(config.http.clone()),

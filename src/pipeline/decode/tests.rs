@@ -28,6 +28,7 @@ fn dataset(id: &str, fields: Vec<FieldSpec>) -> Dataset {
         publisher: String::new(),
         provider: "city".into(),
         licence: "CC0-1.0".into(),
+        attribution: String::new(),
         schema_version: 1,
         fields,
         reject_unknown_fields: true,

@@ -18,7 +18,7 @@
 //! cannot be honoured as such: 429 and 503 back off from 1 s up to `max_retry_delay`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -232,21 +232,57 @@ enum Written {
     Retry(u16, String),
 }
 
-/// Every dataset's shape, by position, and the position of each dataset id.
+/// Every dataset's shape, by position (append-only: positions stay valid), and the position
+/// of each dataset id. Datasets created while running get their shape on first sight.
+#[derive(Default)]
 struct Shapes {
-    all: Vec<Shape>,
+    all: Vec<Arc<Shape>>,
     by_id: HashMap<String, usize>,
+}
+
+impl Shapes {
+    fn add(&mut self, dataset: Arc<Dataset>) -> usize {
+        let index = self.all.len();
+        self.by_id.insert(dataset.id.clone(), index);
+        self.all.push(Arc::new(Shape::new(dataset)));
+        index
+    }
+
+    fn get(shapes: &RwLock<Shapes>, index: usize) -> Arc<Shape> {
+        shapes.read().unwrap_or_else(|e| e.into_inner()).all[index].clone()
+    }
 }
 
 /// Reads the log and turns its records into batches of points: blocking file reads and the
 /// CPU work of the sink, run off the async threads while earlier batches are being sent.
 struct Former {
     reader: Reader,
-    shapes: Arc<Shapes>,
+    shapes: Arc<RwLock<Shapes>>,
+    pipeline: Arc<Pipeline>,
     batch_size: usize,
     batch: Batch,
     payload: Vec<u8>,
     readings: Vec<Reading>,
+}
+
+impl Shapes {
+    /// The shape of dataset `id` and its position; `None` for a dataset the gateway does
+    /// not know (its records are skipped).
+    fn find(this: &RwLock<Shapes>, pipeline: &Pipeline, id: &str) -> Option<(usize, Arc<Shape>)> {
+        {
+            let shapes = this.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(&index) = shapes.by_id.get(id) {
+                return Some((index, shapes.all[index].clone()));
+            }
+        }
+        let dataset = pipeline.dataset(id)?.dataset.clone();
+        let mut shapes = this.write().unwrap_or_else(|e| e.into_inner());
+        let index = match shapes.by_id.get(id) {
+            Some(&index) => index,
+            None => shapes.add(dataset),
+        };
+        Some((index, shapes.all[index].clone()))
+    }
 }
 
 impl Former {
@@ -263,10 +299,10 @@ impl Former {
             };
             seen = header.lsn;
             batch.last_lsn = header.lsn;
-            let Some(&index) = self.shapes.by_id.get(header.dataset) else {
+            let Some((index, shape)) = Shapes::find(&self.shapes, &self.pipeline, header.dataset)
+            else {
                 continue;
             };
-            let shape = &self.shapes.all[index];
             self.readings.clear();
             if record::decode_into(&self.payload, &shape.dataset, &mut self.readings).is_err() {
                 tracing::error!(
@@ -359,7 +395,7 @@ impl Checkpointer {
 pub struct InfluxSink {
     client: influxdb2::Client,
     cfg: InfluxConfig,
-    shapes: Arc<Shapes>,
+    shapes: Arc<RwLock<Shapes>>,
     pipeline: Arc<Pipeline>,
     wal: Wal,
     metrics: InfluxMetrics,
@@ -381,21 +417,15 @@ impl InfluxSink {
         let client = influxdb2::ClientBuilder::with_builder(http, &cfg.url, &cfg.org, token)
             .build()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let all: Vec<Shape> = pipeline
-            .datasets()
-            .into_iter()
-            .map(|p| Shape::new(p.dataset.clone()))
-            .collect();
-        let by_id = all
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.dataset.id.clone(), i))
-            .collect();
+        let mut shapes = Shapes::default();
+        for p in pipeline.datasets() {
+            shapes.add(p.dataset.clone());
+        }
         let checkpoint = wal.register(CONSUMER)?;
         Ok(InfluxSink {
             client,
             cfg,
-            shapes: Arc::new(Shapes { all, by_id }),
+            shapes: Arc::new(RwLock::new(shapes)),
             pipeline,
             wal,
             metrics,
@@ -475,7 +505,7 @@ impl InfluxSink {
 
     /// A point the store refused: on record with its dataset's rejects.
     fn reject(&self, text: &[u8], point: &Point, status: u16, message: &str) {
-        let shape = &self.shapes.all[point.shape];
+        let shape = Shapes::get(&self.shapes, point.shape);
         let line = String::from_utf8_lossy(&text[point.line.clone()]);
         let sensor_id = shape.sensor_of(&line);
         self.metrics.poison(1);
@@ -522,6 +552,7 @@ impl InfluxSink {
         let mut former = Some(Former {
             reader: Reader::new(self.wal.dir(), self.checkpoint.lsn),
             shapes: self.shapes.clone(),
+            pipeline: self.pipeline.clone(),
             batch_size: self.cfg.batch_size,
             batch: Batch::default(),
             payload: Vec::new(),

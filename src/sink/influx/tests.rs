@@ -162,7 +162,7 @@ async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Pipelin
     config.influx.enabled = true;
     config.influx.url = url.to_string();
     config.influx.max_retry_delay = Duration::from_millis(50);
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     let wal = Wal::open(
         &config.wal_dir(),
         &config.wal,
@@ -186,8 +186,8 @@ async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Pipelin
 }
 
 fn batch_of(sink: &InfluxSink, n: usize, poison: &[usize]) -> (Bytes, Vec<Point>) {
-    let index = sink.shapes.by_id["traffic-counts"];
-    let shape = &sink.shapes.all[index];
+    let index = sink.shapes.read().unwrap().by_id["traffic-counts"];
+    let shape = Shapes::get(&sink.shapes, index);
     let ds = shape.dataset.clone();
     let mut text = String::new();
     let mut points = Vec::new();

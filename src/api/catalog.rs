@@ -1,0 +1,306 @@
+//! The catalog over HTTP: public reading, DCAT-AP export, provider publishing.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `GET /v1/catalog?page=&per_page=` | anyone | datasets with licence, schema, live quality |
+//! | `GET /v1/catalog/{id}` | anyone | one dataset |
+//! | `GET /v1/catalog.jsonld` | anyone | the catalog as DCAT-AP JSON-LD, for open-data portals |
+//! | `POST /v1/catalog` | provider (own), admin | publish a dataset (the config's shape, as JSON) |
+//! | `PATCH /v1/catalog/{id}` | its provider, admin | edit an API dataset's metadata |
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::require_key;
+use super::error::{ApiError, ApiJson};
+use crate::config::{DatasetConfig, UPDATE_FREQUENCIES};
+use crate::market::KeyKind;
+use crate::market::catalog::{CatalogError, DatasetPatch, Origin, StoredDataset};
+use crate::model::{FieldSpec, Micros, now_micros};
+use crate::pipeline::quality::QualitySnapshot;
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Key(e) => e.into(),
+            CatalogError::Invalid(m) => ApiError::bad_request("invalid_dataset", m),
+            CatalogError::Conflict(m) => ApiError::Conflict(m),
+            CatalogError::NotFound(m) => ApiError::NotFound(m),
+            CatalogError::Pipeline(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// A dataset as the catalog shows it.
+#[derive(Serialize)]
+pub struct CatalogItem {
+    id: String,
+    title: String,
+    description: String,
+    publisher: String,
+    provider: String,
+    licence: String,
+    attribution: String,
+    update_frequency: String,
+    keywords: Vec<String>,
+    origin: Origin,
+    schema_version: u32,
+    fields: Vec<FieldSpec>,
+    created_at: Micros,
+    updated_at: Micros,
+    quality: QualitySnapshot,
+}
+
+fn item(state: &AppState, d: StoredDataset, now: Micros) -> CatalogItem {
+    let quality = state
+        .pipeline
+        .dataset(&d.spec.id)
+        .map(|p| p.quality.snapshot(now))
+        .unwrap_or_default();
+    let s = d.spec;
+    CatalogItem {
+        id: s.id,
+        title: s.title,
+        description: s.description,
+        publisher: s.publisher,
+        provider: s.provider,
+        licence: s.licence,
+        attribution: s.attribution,
+        update_frequency: s.update_frequency,
+        keywords: s.keywords,
+        origin: d.origin,
+        schema_version: s.schema_version,
+        fields: s.fields,
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+        quality,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct CatalogPage {
+    items: Vec<CatalogItem>,
+    page: usize,
+    per_page: usize,
+    total: usize,
+}
+
+pub const MAX_PER_PAGE: usize = 200;
+
+/// `GET /v1/catalog`
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<CatalogPage>, ApiError> {
+    let page = q.page.unwrap_or(1);
+    let per_page = q.per_page.unwrap_or(50);
+    if page == 0 || per_page == 0 || per_page > MAX_PER_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid_page",
+            format!("page counts from 1; per_page is 1 to {MAX_PER_PAGE}"),
+        ));
+    }
+    let all = state.catalog.store().catalog().await?;
+    let total = all.len();
+    let now = now_micros();
+    let items = all
+        .into_iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(|d| item(&state, d, now))
+        .collect();
+    Ok(Json(CatalogPage {
+        items,
+        page,
+        per_page,
+        total,
+    }))
+}
+
+/// `GET /v1/catalog/{id}`
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CatalogItem>, ApiError> {
+    let d = state
+        .catalog
+        .store()
+        .catalog_dataset(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
+    Ok(Json(item(&state, d, now_micros())))
+}
+
+/// `POST /v1/catalog`: the body is a dataset declaration as in the config file (JSON);
+/// `provider` defaults to the caller's account, `publisher` to its name.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<CatalogItem>), ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    let store = state.catalog.store();
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "invalid_dataset",
+            "the body is a JSON object declaring the dataset",
+        ));
+    };
+    match key.kind {
+        KeyKind::Provider if key.is_live(now_micros()) => {
+            let provider = obj
+                .entry("provider")
+                .or_insert_with(|| json!(key.account.clone()));
+            if provider != &json!(key.account) {
+                return Err(ApiError::Forbidden(
+                    "a provider publishes datasets under its own account".into(),
+                ));
+            }
+        }
+        KeyKind::Admin if key.is_admin() => {}
+        _ => {
+            return Err(ApiError::Forbidden(
+                "only a provider (or an admin) publishes datasets".into(),
+            ));
+        }
+    }
+    if !obj.contains_key("publisher")
+        && let Some(provider) = obj.get("provider").and_then(Value::as_str)
+        && let Some(account) = store.account(provider).await?
+    {
+        obj.insert("publisher".into(), json!(account.name));
+    }
+    let spec: DatasetConfig = serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::bad_request(
+            "invalid_dataset",
+            format!("dataset.{path}: {}", e.into_inner()),
+        )
+    })?;
+    let stored = state.catalog.create(spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(item(&state, stored, now_micros())),
+    ))
+}
+
+/// `PATCH /v1/catalog/{id}`
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(patch): ApiJson<DatasetPatch>,
+) -> Result<Json<CatalogItem>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    let store = state.catalog.store();
+    let not_found = || ApiError::NotFound(format!("no dataset `{id}`"));
+    let current = store.catalog_dataset(&id).await?.ok_or_else(not_found)?;
+    if !key.may_administer(&current.spec.provider) {
+        return Err(not_found());
+    }
+    let stored = store.update_dataset(&id, patch).await?;
+    Ok(Json(item(&state, stored, now_micros())))
+}
+
+/// The base URL of links in exports: `[http] public_url`, else the request's host.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if !state.http.public_url.is_empty() {
+        return state.http.public_url.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn iso8601(t: Micros) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(t.max(0) as u64),
+    )
+    .to_string()
+}
+
+/// `GET /v1/catalog.jsonld`: DCAT-AP 2 JSON-LD.
+pub async fn jsonld(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let base = base_url(&state, &headers);
+    let datasets: Vec<Value> = state
+        .catalog
+        .store()
+        .catalog()
+        .await?
+        .into_iter()
+        .map(|d| dcat_dataset(&base, &d))
+        .collect();
+    let doc = json!({
+        "@context": {
+            "dcat": "http://www.w3.org/ns/dcat#",
+            "dct": "http://purl.org/dc/terms/",
+            "foaf": "http://xmlns.com/foaf/0.1/",
+            "xsd": "http://www.w3.org/2001/XMLSchema#"
+        },
+        "@id": format!("{base}/v1/catalog"),
+        "@type": "dcat:Catalog",
+        "dct:title": "citygate city data catalog",
+        "dct:description": "Live city sensor datasets: real-time subscriptions and recent history.",
+        "dct:publisher": {"@type": "foaf:Agent", "foaf:name": "citygate"},
+        "foaf:homepage": {"@id": format!("{base}/v1/catalog")},
+        "dcat:dataset": datasets,
+    });
+    Ok(([(header::CONTENT_TYPE, "application/ld+json")], Json(doc)).into_response())
+}
+
+fn dcat_dataset(base: &str, d: &StoredDataset) -> Value {
+    let s = &d.spec;
+    let frequency = UPDATE_FREQUENCIES
+        .iter()
+        .find(|(name, _)| *name == s.update_frequency)
+        .map_or("UNKNOWN", |(_, code)| code);
+    let licence = if s.licence.eq_ignore_ascii_case("commercial") {
+        json!({"@type": "dct:LicenseDocument", "dct:title": "commercial: terms on subscription"})
+    } else {
+        json!({"@id": format!("https://spdx.org/licenses/{}", s.licence)})
+    };
+    let page = format!("{base}/v1/catalog/{}", s.id);
+    let mut dataset = json!({
+        "@id": page,
+        "@type": "dcat:Dataset",
+        "dct:identifier": s.id,
+        "dct:title": s.title,
+        "dct:description": s.description,
+        "dct:publisher": {"@type": "foaf:Agent", "foaf:name": s.publisher},
+        "dct:license": licence,
+        "dcat:keyword": s.keywords,
+        "dct:accrualPeriodicity": {
+            "@id": format!("http://publications.europa.eu/resource/authority/frequency/{frequency}")
+        },
+        "dct:issued": {"@value": iso8601(d.created_at), "@type": "xsd:dateTime"},
+        "dct:modified": {"@value": iso8601(d.updated_at), "@type": "xsd:dateTime"},
+        "dcat:landingPage": {"@id": page},
+        "dcat:distribution": [{
+            "@type": "dcat:Distribution",
+            "dct:title": format!("{} (JSON API)", s.title),
+            "dcat:accessURL": {"@id": page},
+            "dcat:mediaType": {"@id": "https://www.iana.org/assignments/media-types/application/json"},
+            "dct:license": licence,
+        }],
+    });
+    if !s.attribution.is_empty() {
+        dataset["dct:rights"] = json!({"@type": "dct:RightsStatement", "dct:title": s.attribution});
+    }
+    dataset
+}

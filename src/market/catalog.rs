@@ -1,0 +1,481 @@
+//! The catalog: every dataset the marketplace offers, with its provider, licence, schema and
+//! update frequency.
+//!
+//! Datasets declared in the config file are synced into the database at every start (the
+//! file is their source of truth: one removed from the file is withdrawn from the catalog).
+//! Providers create further datasets over the API; those live in the database alone, are
+//! added to the running pipeline at once, and come back on every start. A provider edits the
+//! descriptive metadata of its API datasets (title, description, publisher, licence,
+//! attribution, update frequency, keywords); a schema does not change under its buyers, so a
+//! new schema is a new dataset.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::accounts::Role;
+use super::keys::KeyError;
+use super::store::Store;
+use crate::config::validate::dataset_problems;
+use crate::config::{Config, DatasetConfig};
+use crate::model::{Micros, now_micros};
+use crate::pipeline::Pipeline;
+
+/// Where a dataset was declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Config,
+    Api,
+}
+
+/// A dataset as the catalog stores it.
+#[derive(Clone, Debug)]
+pub struct StoredDataset {
+    pub spec: DatasetConfig,
+    pub origin: Origin,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+}
+
+/// A change to a dataset's descriptive metadata; absent fields stay.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetPatch {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub publisher: Option<String>,
+    pub licence: Option<String>,
+    pub attribution: Option<String>,
+    pub update_frequency: Option<String>,
+    pub keywords: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cannot start the dataset: {0}")]
+    Pipeline(String),
+}
+
+impl From<sqlx::Error> for CatalogError {
+    fn from(e: sqlx::Error) -> Self {
+        CatalogError::Key(e.into())
+    }
+}
+
+fn stored_from_row(row: &AnyRow) -> Result<StoredDataset, CatalogError> {
+    let spec: String = row.try_get(0)?;
+    let origin: String = row.try_get(1)?;
+    Ok(StoredDataset {
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| CatalogError::Invalid(format!("stored dataset spec: {e}")))?,
+        origin: if origin == "api" {
+            Origin::Api
+        } else {
+            Origin::Config
+        },
+        created_at: row.try_get(2)?,
+        updated_at: row.try_get(3)?,
+    })
+}
+
+const DATASET_COLUMNS: &str = "spec, origin, created_at, updated_at";
+
+impl Store {
+    /// Brings the config's datasets into the catalog (their provider accounts must exist),
+    /// withdraws config datasets no longer declared, and returns every dataset in the
+    /// catalog: the config's, then those created over the API, by id.
+    pub async fn sync_catalog(&self, config: &Config) -> Result<Vec<DatasetConfig>, CatalogError> {
+        let now = now_micros();
+        let mut tx = self.pool().begin().await?;
+        for ds in &config.datasets {
+            let spec = serde_json::to_string(ds).expect("a dataset spec serializes");
+            let row = sqlx::query("SELECT origin, provider FROM datasets WHERE id = $1")
+                .bind(&ds.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match row {
+                Some(row) => {
+                    let origin: String = row.try_get(0)?;
+                    if origin == "api" {
+                        let provider: String = row.try_get(1)?;
+                        return Err(CatalogError::Conflict(format!(
+                            "dataset `{}` of the config was created over the API by `{provider}`; rename one of them",
+                            ds.id
+                        )));
+                    }
+                    sqlx::query(
+                        "UPDATE datasets SET provider = $1, spec = $2, updated_at = $3,
+                             withdrawn_at = NULL
+                         WHERE id = $4 AND (spec <> $2 OR provider <> $1 OR withdrawn_at IS NOT NULL)",
+                    )
+                    .bind(&ds.provider)
+                    .bind(&spec)
+                    .bind(now)
+                    .bind(&ds.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "INSERT INTO datasets (id, provider, origin, spec, created_at, updated_at)
+                         VALUES ($1, $2, 'config', $3, $4, $4)",
+                    )
+                    .bind(&ds.id)
+                    .bind(&ds.provider)
+                    .bind(&spec)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        let declared: Vec<&str> = config.datasets.iter().map(|d| d.id.as_str()).collect();
+        let config_rows =
+            sqlx::query("SELECT id FROM datasets WHERE origin = 'config' AND withdrawn_at IS NULL")
+                .fetch_all(&mut *tx)
+                .await?;
+        for row in config_rows {
+            let id: String = row.try_get(0)?;
+            if !declared.contains(&id.as_str()) {
+                sqlx::query("UPDATE datasets SET withdrawn_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::warn!(dataset = %id, "dataset no longer in the config: withdrawn from the catalog");
+            }
+        }
+        tx.commit().await?;
+        let mut all = config.datasets.clone();
+        all.extend(
+            self.catalog()
+                .await?
+                .into_iter()
+                .filter(|d| d.origin == Origin::Api)
+                .map(|d| d.spec),
+        );
+        Ok(all)
+    }
+
+    /// Every dataset on offer (not withdrawn), by id.
+    pub async fn catalog(&self) -> Result<Vec<StoredDataset>, CatalogError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE withdrawn_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(stored_from_row)
+        .collect()
+    }
+
+    /// One dataset on offer.
+    pub async fn catalog_dataset(&self, id: &str) -> Result<Option<StoredDataset>, CatalogError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE id = $1 AND withdrawn_at IS NULL"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(stored_from_row)
+        .transpose()
+    }
+
+    /// Stores a dataset a provider declared over the API. Every problem is reported; an id
+    /// ever used (even by a withdrawn dataset) is refused.
+    pub async fn create_dataset(&self, spec: DatasetConfig) -> Result<StoredDataset, CatalogError> {
+        let problems = dataset_problems("dataset", &spec);
+        if !problems.is_empty() {
+            return Err(CatalogError::Invalid(problems.join("; ")));
+        }
+        match self.account(&spec.provider).await? {
+            Some(a) if a.role == Role::Provider => {}
+            _ => {
+                return Err(CatalogError::Invalid(format!(
+                    "dataset.provider: `{}` is not a provider account",
+                    spec.provider
+                )));
+            }
+        }
+        let now = now_micros();
+        let json = serde_json::to_string(&spec).expect("a dataset spec serializes");
+        let done = sqlx::query(
+            "INSERT INTO datasets (id, provider, origin, spec, created_at, updated_at)
+             VALUES ($1, $2, 'api', $3, $4, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&spec.id)
+        .bind(&spec.provider)
+        .bind(&json)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(CatalogError::Conflict(format!(
+                "dataset `{}` exists (or existed); choose another id",
+                spec.id
+            )));
+        }
+        Ok(StoredDataset {
+            spec,
+            origin: Origin::Api,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// Applies `patch` to an API dataset's metadata.
+    pub async fn update_dataset(
+        &self,
+        id: &str,
+        patch: DatasetPatch,
+    ) -> Result<StoredDataset, CatalogError> {
+        let mut stored = self
+            .catalog_dataset(id)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("no dataset `{id}`")))?;
+        if stored.origin == Origin::Config {
+            return Err(CatalogError::Conflict(format!(
+                "dataset `{id}` is declared in the config file; change it there"
+            )));
+        }
+        let spec = &mut stored.spec;
+        let DatasetPatch {
+            title,
+            description,
+            publisher,
+            licence,
+            attribution,
+            update_frequency,
+            keywords,
+        } = patch;
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = $field { spec.$field = v; })* };
+        }
+        set!(
+            title,
+            description,
+            publisher,
+            licence,
+            attribution,
+            update_frequency,
+            keywords
+        );
+        let problems = dataset_problems("dataset", spec);
+        if !problems.is_empty() {
+            return Err(CatalogError::Invalid(problems.join("; ")));
+        }
+        stored.updated_at = now_micros();
+        sqlx::query("UPDATE datasets SET spec = $1, updated_at = $2 WHERE id = $3")
+            .bind(serde_json::to_string(&stored.spec).expect("a dataset spec serializes"))
+            .bind(stored.updated_at)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(stored)
+    }
+}
+
+/// The catalog as the running gateway uses it: the store, and the pipeline a new dataset
+/// joins at once, with its Parquet sink started among the others.
+pub struct Catalog {
+    store: Store,
+    pipeline: Arc<Pipeline>,
+    sinks: TaskTracker,
+    sinks_stop: CancellationToken,
+}
+
+impl Catalog {
+    pub fn new(
+        store: Store,
+        pipeline: Arc<Pipeline>,
+        sinks: TaskTracker,
+        sinks_stop: CancellationToken,
+    ) -> Catalog {
+        Catalog {
+            store,
+            pipeline,
+            sinks,
+            sinks_stop,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a dataset and starts taking readings for it.
+    pub async fn create(&self, spec: DatasetConfig) -> Result<StoredDataset, CatalogError> {
+        let stored = self.store.create_dataset(spec).await?;
+        let sink = self
+            .pipeline
+            .add_dataset(&stored.spec)
+            .map_err(|e| CatalogError::Pipeline(e.to_string()))?;
+        self.sinks.spawn(sink.run(self.sinks_stop.clone()));
+        tracing::info!(dataset = %stored.spec.id, provider = %stored.spec.provider, "dataset created");
+        Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_CONFIG;
+    use crate::market::store::tests::fresh_store;
+
+    fn config() -> Config {
+        Config::from_toml(DEFAULT_CONFIG, "default", &[]).unwrap()
+    }
+
+    async fn synced() -> (Store, Option<tempfile::TempDir>, Config) {
+        let (store, dir) = fresh_store().await;
+        let config = config();
+        for ds in &config.datasets {
+            store
+                .ensure_provider(&ds.provider, &ds.publisher)
+                .await
+                .unwrap();
+        }
+        store.sync_catalog(&config).await.unwrap();
+        (store, dir, config)
+    }
+
+    fn api_dataset(id: &str) -> DatasetConfig {
+        let mut spec = config().datasets[0].clone();
+        spec.id = id.into();
+        spec.title = "Bike counts".into();
+        spec
+    }
+
+    #[tokio::test]
+    async fn config_datasets_sync_and_withdraw() {
+        let (store, _dir, mut config) = synced().await;
+        let ids: Vec<String> = store
+            .catalog()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.spec.id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            ["air-quality", "energy-meters", "traffic-counts", "weather"]
+        );
+        let weather = store.catalog_dataset("weather").await.unwrap().unwrap();
+        assert_eq!(weather.origin, Origin::Config);
+
+        // Editing the file edits the catalog; removing a dataset withdraws it.
+        config.datasets.retain(|d| d.id != "air-quality");
+        config.datasets[0].title = "Energy, renamed".into();
+        let all = store.sync_catalog(&config).await.unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(
+            store
+                .catalog_dataset("air-quality")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .catalog_dataset(&config.datasets[0].id)
+                .await
+                .unwrap()
+                .unwrap()
+                .spec
+                .title,
+            "Energy, renamed"
+        );
+        // Config datasets are edited in the file, not over the API.
+        let err = store
+            .update_dataset(
+                "weather",
+                DatasetPatch {
+                    title: Some("x".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::Conflict(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn api_datasets_are_validated_unique_and_editable() {
+        let (store, _dir, config) = synced().await;
+        let created = store
+            .create_dataset(api_dataset("bike-counts"))
+            .await
+            .unwrap();
+        assert_eq!(created.origin, Origin::Api);
+        assert!(matches!(
+            store.create_dataset(api_dataset("bike-counts")).await,
+            Err(CatalogError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.create_dataset(api_dataset("traffic-counts")).await,
+            Err(CatalogError::Conflict(_))
+        ));
+        let mut bad = api_dataset("Bad Id");
+        bad.fields.clear();
+        bad.update_frequency = "sometimes".into();
+        let err = store.create_dataset(bad).await.unwrap_err().to_string();
+        for needle in ["dataset.id", "dataset.fields", "dataset.update_frequency"] {
+            assert!(err.contains(needle), "{err}");
+        }
+        let mut foreign = api_dataset("bikes-2");
+        foreign.provider = "nobody".into();
+        assert!(store.create_dataset(foreign).await.is_err());
+
+        let edited = store
+            .update_dataset(
+                "bike-counts",
+                DatasetPatch {
+                    description: Some("Counted at 40 stations".into()),
+                    keywords: Some(vec!["bicycles".into(), "mobility".into()]),
+                    update_frequency: Some("hourly".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(edited.spec.description, "Counted at 40 stations");
+        assert!(edited.updated_at >= created.updated_at);
+        assert!(
+            store
+                .update_dataset(
+                    "bike-counts",
+                    DatasetPatch {
+                        licence: Some(" ".into()),
+                        ..Default::default()
+                    }
+                )
+                .await
+                .is_err()
+        );
+        // API datasets come back on the next start, after the config's.
+        let all = store.sync_catalog(&config).await.unwrap();
+        assert_eq!(all.last().unwrap().id, "bike-counts");
+        assert_eq!(all.last().unwrap().keywords, ["bicycles", "mobility"]);
+        // A config dataset may not take an API dataset's id.
+        let mut clash = config.clone();
+        clash.datasets.push(api_dataset("bike-counts"));
+        assert!(matches!(
+            store.sync_catalog(&clash).await,
+            Err(CatalogError::Conflict(_))
+        ));
+    }
+}
