@@ -4,19 +4,20 @@
 # test mode).
 #
 # Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
-# InfluxDB Python client (writes to our /api/v2/write) and paho-mqtt (an MQTT 5 device), from
-# PyPI into a virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
+# InfluxDB Python client (writes to our /api/v2/write), paho-mqtt (an MQTT 5 device), rdflib
+# (reads our DCAT-AP catalog) and localstripe (a Stripe API server), from PyPI into a
+# virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
 # Debian. The unit and integration tests run twice: on SQLite (the default database) and on
 # a throwaway PostgreSQL cluster, each test in a database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt, rdflib' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe' 2>/dev/null; then
   echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    pyarrow duckdb influxdb-client paho-mqtt rdflib
+    pyarrow duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 

@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::ingest::mqtt;
 use crate::market::catalog::{Catalog, CatalogError};
 use crate::market::keys::KeyError;
-use crate::market::{Keyring, Store, StoreError};
+use crate::market::payments::PaymentError;
+use crate::market::{Keyring, Market, Store, StoreError};
 use crate::pipeline::Pipeline;
 use crate::sink::influx::InfluxSink;
 use crate::sink::parquet::{EncodeError, remove_stale_temp_files};
@@ -41,6 +42,8 @@ pub enum AppError {
     Market(#[from] KeyError),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
+    #[error("payments: {0}")]
+    Payments(#[from] PaymentError),
     #[error("cannot set up the Parquet sink: {0}")]
     Sink(#[from] EncodeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -85,6 +88,7 @@ pub struct App {
     http_addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
     store: Store,
+    market: Arc<Market>,
     metrics: Arc<Metrics>,
     /// Fired first: intake stops.
     closing: CancellationToken,
@@ -125,6 +129,7 @@ impl App {
         let first_admin_secret = store.bootstrap_admin(options.admin_key.as_deref()).await?;
         let datasets = store.sync_catalog(&config).await?;
         let keyring = Arc::new(Keyring::new(store.clone()));
+        let market = Arc::new(Market::new(store.clone(), &config)?);
         let metrics = Arc::new(Metrics::new());
         let closing = CancellationToken::new();
         let sinks_stop = CancellationToken::new();
@@ -200,6 +205,7 @@ impl App {
                 sinks_stop.clone(),
             )),
             keyring,
+            market: market.clone(),
             metrics: metrics.clone(),
             http: Arc::new(config.http.clone()),
         };
@@ -214,12 +220,27 @@ impl App {
 
         let background = tokio::spawn({
             let pipeline = pipeline.clone();
+            let market = market.clone();
             let closing = closing.clone();
             async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                let mut minute = tokio::time::interval(Duration::from_secs(60));
+                let mut usage = tokio::time::interval(market.usage_flush_interval());
+                // The sweep stores what time changed (periods run out); entitlements already
+                // check period ends at every call, so this is for listings and statements.
+                let mut sweep = tokio::time::interval(Duration::from_secs(10));
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => pipeline.forget_idle_limits(),
+                        _ = minute.tick() => pipeline.forget_idle_limits(),
+                        _ = usage.tick() => {
+                            if let Err(e) = market.usage().flush().await {
+                                tracing::warn!(error = %e, "usage not written yet; kept for the next flush");
+                            }
+                        }
+                        _ = sweep.tick() => {
+                            if let Err(e) = market.sweep(crate::model::now_micros()).await {
+                                tracing::warn!(error = %e, "subscription sweep failed");
+                            }
+                        }
                         _ = closing.cancelled() => break,
                     }
                 }
@@ -238,6 +259,7 @@ impl App {
             http_addr,
             mqtt_addr,
             store,
+            market,
             metrics,
             closing,
             sinks_stop,
@@ -265,6 +287,11 @@ impl App {
         &self.store
     }
 
+    /// The marketplace: entitlements and the usage recorder for delivery paths.
+    pub fn market(&self) -> &Arc<Market> {
+        &self.market
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -281,6 +308,9 @@ impl App {
         tracing::info!("shutting down: intake stops, buffers flush");
         self.closing.cancel();
         let _ = self.background.await;
+        if let Err(e) = self.market.usage().flush().await {
+            tracing::error!(error = %e, "usage counted since the last flush could not be written");
+        }
         // The servers bound their connection drains by the same timeout.
         let _ = self.http_task.await;
         if let Some(mqtt) = self.mqtt_task {

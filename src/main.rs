@@ -1,4 +1,5 @@
-//! The `citygate` command line: serve (the default), check-config, keys, datasets, simulate.
+//! The `citygate` command line: serve (the default), check-config, accounts, keys, plans,
+//! invoices, datasets, simulate.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 use citygate::config::{Config, DEFAULT_CONFIG_PATH, DatasetConfig};
 use citygate::market::Store;
 use citygate::market::keys::{KeyKind, KeySpec, check_device_scope};
+use citygate::market::plans::NewPlan;
 use citygate::market::{NewAccount, Role};
 use citygate::model::now_micros;
 use citygate::simulate::{self, SimFormat, SimulateOptions};
@@ -45,6 +47,16 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Price datasets: plans.
+    Plans {
+        #[command(subcommand)]
+        command: PlansCommand,
+    },
+    /// Bill subscribers: invoices per calendar month.
+    Invoices {
+        #[command(subcommand)]
+        command: InvoicesCommand,
     },
     /// Inspect datasets.
     Datasets {
@@ -123,6 +135,56 @@ enum KeysCommand {
     },
     /// Revoke a key by id; it stops working within a second.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum PlansCommand {
+    /// Add a plan to a dataset; prints its id on stdout.
+    Create {
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["free", "monthly", "metered"])]
+        kind: String,
+        /// ISO 4217 code of a paid plan, e.g. DKK.
+        #[arg(long)]
+        currency: Option<String>,
+        /// Monthly price in minor units (øre, cents).
+        #[arg(long)]
+        price_minor: Option<i64>,
+        /// Metered price per 1000 readings delivered, in minor units.
+        #[arg(long)]
+        per_1000_minor: Option<i64>,
+        /// Free plans: deliver readings this late, e.g. 15m.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Free plans: deliver only per-sensor aggregates over windows this long.
+        #[arg(long)]
+        aggregate: Option<String>,
+        /// The plan id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List a dataset's plans, withdrawn ones too.
+    List {
+        #[arg(long)]
+        dataset: String,
+    },
+    /// Take a plan off offer; its subscriptions run on.
+    Withdraw { id: String },
+}
+
+#[derive(Subcommand)]
+enum InvoicesCommand {
+    /// Write the invoices of a calendar month (UTC) from payments and metered usage; open
+    /// invoices of that month are recomputed, paid ones kept. Usage a running gateway has
+    /// not flushed yet (at most `[market] usage_flush_interval`) is not included.
+    Generate {
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        period: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +311,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let store = open_store(&config).await?;
             accounts(&store, command).await
         }
+        Command::Plans { command } => {
+            let config = load_config(cli.config.as_deref())?;
+            let store = open_store(&config).await?;
+            store.sync_catalog(&config).await?;
+            plans(&store, command).await
+        }
+        Command::Invoices {
+            command: InvoicesCommand::Generate { period },
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            let store = open_store(&config).await?;
+            let invoices = store.generate_invoices(&period, now_micros()).await?;
+            println!(
+                "{:<22} {:<24} {:<4} {:>12} {:>12} status",
+                "invoice", "account", "cur", "total", "due"
+            );
+            for i in &invoices {
+                println!(
+                    "{:<22} {:<24} {:<4} {:>12} {:>12} {:?}",
+                    i.id, i.account, i.currency, i.total_minor, i.due_minor, i.status
+                );
+            }
+            eprintln!("{} invoice(s) for {period}", invoices.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Datasets {
             command: DatasetsCommand::List,
         } => {
@@ -363,6 +450,73 @@ async fn accounts(store: &Store, command: AccountsCommand) -> Result<ExitCode> {
                     a.name
                 );
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plans(store: &Store, command: PlansCommand) -> Result<ExitCode> {
+    match command {
+        PlansCommand::Create {
+            dataset,
+            name,
+            kind,
+            currency,
+            price_minor,
+            per_1000_minor,
+            delay,
+            aggregate,
+            id,
+        } => {
+            let kind = serde_json::from_value(serde_json::Value::String(kind)).context("kind")?;
+            let plan = store
+                .create_plan(
+                    &dataset,
+                    NewPlan {
+                        id,
+                        name,
+                        kind,
+                        currency,
+                        price_minor,
+                        per_1000_minor,
+                        delay,
+                        aggregate,
+                    },
+                )
+                .await?;
+            eprintln!("created plan {} on {}", plan.id, plan.dataset);
+            println!("{}", plan.id);
+        }
+        PlansCommand::List { dataset } => {
+            println!(
+                "{:<24} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} name",
+                "id", "kind", "cur", "monthly", "per_1000", "delay", "aggr", "offered"
+            );
+            for p in store.plans_of(&dataset, true).await? {
+                let window = |d: Option<Duration>| {
+                    d.map_or("-".to_string(), |d| {
+                        humantime::format_duration(d).to_string()
+                    })
+                };
+                println!(
+                    "{:<24} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} {}",
+                    p.id,
+                    p.kind.as_str(),
+                    p.currency,
+                    p.price_minor,
+                    p.per_1000_minor,
+                    window(p.delay),
+                    window(p.aggregate),
+                    if p.active { "yes" } else { "no" },
+                    p.name
+                );
+            }
+        }
+        PlansCommand::Withdraw { id } => {
+            if !store.withdraw_plan(&id).await? {
+                bail!("no plan `{id}` on offer");
+            }
+            eprintln!("plan {id} withdrawn; its subscriptions run on");
         }
     }
     Ok(ExitCode::SUCCESS)

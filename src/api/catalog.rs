@@ -2,11 +2,13 @@
 //!
 //! | route | who | what |
 //! |---|---|---|
-//! | `GET /v1/catalog?page=&per_page=` | anyone | datasets with licence, schema, live quality |
+//! | `GET /v1/catalog?page=&per_page=` | anyone | datasets with licence, schema, live quality, plans |
 //! | `GET /v1/catalog/{id}` | anyone | one dataset |
 //! | `GET /v1/catalog.jsonld` | anyone | the catalog as DCAT-AP JSON-LD, for open-data portals |
 //! | `POST /v1/catalog` | provider (own), admin | publish a dataset (the config's shape, as JSON) |
 //! | `PATCH /v1/catalog/{id}` | its provider, admin | edit an API dataset's metadata |
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -21,6 +23,7 @@ use super::error::{ApiError, ApiJson};
 use crate::config::{DatasetConfig, UPDATE_FREQUENCIES};
 use crate::market::KeyKind;
 use crate::market::catalog::{CatalogError, DatasetPatch, Origin, StoredDataset};
+use crate::market::plans::Plan;
 use crate::model::{FieldSpec, Micros, now_micros};
 use crate::pipeline::quality::QualitySnapshot;
 
@@ -54,9 +57,11 @@ pub struct CatalogItem {
     created_at: Micros,
     updated_at: Micros,
     quality: QualitySnapshot,
+    /// The plans on offer.
+    plans: Vec<Plan>,
 }
 
-fn item(state: &AppState, d: StoredDataset, now: Micros) -> CatalogItem {
+fn item(state: &AppState, d: StoredDataset, plans: Vec<Plan>, now: Micros) -> CatalogItem {
     let quality = state
         .pipeline
         .dataset(&d.spec.id)
@@ -79,7 +84,20 @@ fn item(state: &AppState, d: StoredDataset, now: Micros) -> CatalogItem {
         created_at: d.created_at,
         updated_at: d.updated_at,
         quality,
+        plans,
     }
+}
+
+/// The plans on offer, by dataset.
+async fn offered_plans(state: &AppState) -> Result<HashMap<String, Vec<Plan>>, ApiError> {
+    let mut by_dataset: HashMap<String, Vec<Plan>> = HashMap::new();
+    for plan in state.catalog.store().offered_plans().await? {
+        by_dataset
+            .entry(plan.dataset.clone())
+            .or_default()
+            .push(plan);
+    }
+    Ok(by_dataset)
 }
 
 #[derive(Deserialize)]
@@ -114,11 +132,15 @@ pub async fn list(
     let all = state.catalog.store().catalog().await?;
     let total = all.len();
     let now = now_micros();
+    let mut plans = offered_plans(&state).await?;
     let items = all
         .into_iter()
         .skip((page - 1).saturating_mul(per_page))
         .take(per_page)
-        .map(|d| item(&state, d, now))
+        .map(|d| {
+            let offered = plans.remove(&d.spec.id).unwrap_or_default();
+            item(&state, d, offered, now)
+        })
         .collect();
     Ok(Json(CatalogPage {
         items,
@@ -139,7 +161,8 @@ pub async fn show(
         .catalog_dataset(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
-    Ok(Json(item(&state, d, now_micros())))
+    let plans = state.catalog.store().plans_of(&id, false).await?;
+    Ok(Json(item(&state, d, plans, now_micros())))
 }
 
 /// `POST /v1/catalog`: the body is a dataset declaration as in the config file (JSON);
@@ -189,9 +212,11 @@ pub async fn create(
         )
     })?;
     let stored = state.catalog.create(spec).await?;
+    // Entitlements cached while the dataset did not exist are stale now.
+    state.market.invalidate();
     Ok((
         StatusCode::CREATED,
-        Json(item(&state, stored, now_micros())),
+        Json(item(&state, stored, Vec::new(), now_micros())),
     ))
 }
 
@@ -210,7 +235,8 @@ pub async fn update(
         return Err(not_found());
     }
     let stored = store.update_dataset(&id, patch).await?;
-    Ok(Json(item(&state, stored, now_micros())))
+    let plans = store.plans_of(&id, false).await?;
+    Ok(Json(item(&state, stored, plans, now_micros())))
 }
 
 /// The base URL of links in exports: `[http] public_url`, else the request's host.

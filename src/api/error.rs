@@ -27,6 +27,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    PaymentRequired(String),
+    #[error("{0}")]
+    BadGateway(String),
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("the request did not arrive within {0:?}")]
@@ -72,6 +76,13 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            ApiError::PaymentRequired(_) => {
+                (StatusCode::PAYMENT_REQUIRED, "payment_required", None)
+            }
+            ApiError::BadGateway(detail) => {
+                tracing::warn!(detail = %detail, "payment provider failed");
+                (StatusCode::BAD_GATEWAY, "payment_provider", None)
+            }
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", None),
             ApiError::PayloadTooLarge(_) => {

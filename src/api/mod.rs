@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod datasets;
 pub mod error;
+pub mod market;
 pub mod ops;
 pub mod server;
 
@@ -20,8 +21,8 @@ use axum::routing::{delete, get, post};
 
 use crate::config::HttpConfig;
 use crate::ingest;
-use crate::market::Keyring;
 use crate::market::catalog::Catalog;
+use crate::market::{Keyring, Market};
 use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
 
@@ -31,6 +32,7 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub catalog: Arc<Catalog>,
     pub keyring: Arc<Keyring>,
+    pub market: Arc<Market>,
     pub metrics: Arc<Metrics>,
     pub http: Arc<HttpConfig>,
 }
@@ -61,6 +63,39 @@ pub fn router(state: AppState) -> Router {
             "/v1/catalog/{id}",
             get(catalog::show).patch(catalog::update),
         )
+        .route(
+            "/v1/catalog/{id}/plans",
+            get(market::list_plans).post(market::create_plan),
+        )
+        .route("/v1/plans/{id}", delete(market::withdraw_plan))
+        .route(
+            "/v1/subscriptions",
+            get(market::list_subscriptions).post(market::subscribe),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(market::show_subscription).delete(market::cancel_subscription),
+        )
+        .route(
+            "/v1/subscriptions/{id}/checkout",
+            get(market::show_checkout),
+        )
+        .route(
+            "/v1/subscriptions/{id}/checkout/complete",
+            post(market::complete_checkout),
+        )
+        .route(
+            "/v1/subscriptions/{id}/payments",
+            get(market::list_payments).post(market::record_payment),
+        )
+        .route("/v1/payments/webhook", post(market::webhook))
+        .route("/v1/access/{dataset}", get(market::access))
+        .route("/v1/usage", get(market::usage))
+        .route("/v1/invoices", get(market::list_invoices))
+        .route("/v1/invoices/generate", post(market::generate_invoices))
+        .route("/v1/invoices/{id}", get(market::show_invoice))
+        .route("/v1/invoices/{id}/pay", post(market::pay_invoice))
+        .route("/v1/statements", get(market::statement))
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/datasets/{id}", get(datasets::show))
         .route("/v1/datasets/{id}/rejects", get(datasets::rejects))

@@ -49,6 +49,8 @@ pub struct Config {
     pub influx: InfluxConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub market: MarketConfig,
+    pub payments: PaymentsConfig,
     pub datasets: Vec<DatasetConfig>,
 }
 
@@ -358,6 +360,72 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct MarketConfig {
+    /// The marketplace's share of every payment, in percent (0-100): deducted from
+    /// providers' revenue in their statements.
+    pub platform_fee_percent: f64,
+    /// Usage counted in memory is written to the database this often (and at shutdown).
+    #[serde(with = "units::duration")]
+    pub usage_flush_interval: Duration,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig {
+            platform_fee_percent: 10.0,
+            usage_flush_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which payment provider takes subscribers' money.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentProviderKind {
+    /// No processor: an admin records payments (bank transfer, invoice).
+    #[default]
+    Manual,
+    Stripe,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PaymentsConfig {
+    pub provider: PaymentProviderKind,
+    pub stripe: StripeConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct StripeConfig {
+    /// The Stripe API, or a Stripe-compatible server (localstripe in tests).
+    pub api_base: String,
+    /// The secret API key (`sk_…`); better from `CITYGATE__PAYMENTS__STRIPE__SECRET_KEY`.
+    pub secret_key: Secret,
+    /// Webhook signing secrets (`whsec_…`): a signature by any of them is accepted, so a
+    /// secret can be rotated by listing old and new for a while.
+    pub webhook_secrets: Vec<Secret>,
+    /// Signed webhooks older (or newer) than this are refused as replays.
+    #[serde(with = "units::duration")]
+    pub webhook_tolerance: Duration,
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        StripeConfig {
+            api_base: "https://api.stripe.com".into(),
+            secret_key: Secret::default(),
+            webhook_secrets: Vec::new(),
+            webhook_tolerance: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(20),
         }
     }
 }

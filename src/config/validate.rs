@@ -92,6 +92,42 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     if config.database.max_connections == 0 {
         p.push("database.max_connections: must be at least 1".into());
     }
+    let fee = config.market.platform_fee_percent;
+    if !(0.0..=100.0).contains(&fee) {
+        p.push(format!(
+            "market.platform_fee_percent: {fee} must be between 0 and 100"
+        ));
+    }
+    if config.market.usage_flush_interval.is_zero() {
+        p.push("market.usage_flush_interval: must be more than 0".into());
+    }
+    if config.payments.provider == super::PaymentProviderKind::Stripe {
+        let stripe = &config.payments.stripe;
+        match reqwest::Url::parse(&stripe.api_base) {
+            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
+            _ => p.push(format!(
+                "payments.stripe.api_base: `{}` is not an http(s):// URL",
+                stripe.api_base
+            )),
+        }
+        if stripe.secret_key.0.is_empty() {
+            p.push(
+                "payments.stripe.secret_key: required with provider = \"stripe\" \
+                 (CITYGATE__PAYMENTS__STRIPE__SECRET_KEY)"
+                    .into(),
+            );
+        }
+        if stripe.webhook_secrets.iter().all(|s| s.0.is_empty()) {
+            p.push(
+                "payments.stripe.webhook_secrets: at least one signing secret (whsec_…) is \
+                 needed to accept Stripe's webhooks"
+                    .into(),
+            );
+        }
+        if stripe.webhook_tolerance.is_zero() {
+            p.push("payments.stripe.webhook_tolerance: must be more than 0".into());
+        }
+    }
     let influx = &config.influx;
     if influx.enabled {
         match reqwest::Url::parse(&influx.url) {

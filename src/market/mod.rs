@@ -1,14 +1,24 @@
-//! The marketplace: accounts, API keys, and (as the marketplace issue lands) the catalog,
-//! plans, subscriptions, payments, metering and invoices, on SQLite or PostgreSQL.
+//! The marketplace: accounts and API keys, the catalog, plans, subscriptions, payments,
+//! the entitlement check, metering, invoices and provider statements, on SQLite or
+//! PostgreSQL. [`service::Market`] ties them together for the API and the delivery paths.
 
 pub mod accounts;
 pub mod catalog;
+pub mod entitlement;
+pub mod invoices;
 pub mod keys;
+pub mod payments;
+pub mod plans;
 pub mod schema;
+pub mod service;
 pub mod store;
+pub mod subscriptions;
 #[doc(hidden)]
 pub mod testdb;
+pub mod usage;
 
 pub use accounts::{Account, NewAccount, Role};
+pub use entitlement::Grant;
 pub use keys::{ApiKey, KeyKind, Keyring};
+pub use service::Market;
 pub use store::{Backend, Store, StoreError};

@@ -75,4 +75,113 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         );
         CREATE INDEX datasets_provider ON datasets (provider);",
     ),
+    (
+        4,
+        // Plans per dataset; subscriptions to them; the payments that paid subscription
+        // periods; payment-provider events seen (their ids make replays do nothing); the
+        // payment provider's customer of each account.
+        "CREATE TABLE plans (
+            id             TEXT PRIMARY KEY,
+            dataset        TEXT NOT NULL REFERENCES datasets(id),
+            name           TEXT NOT NULL,
+            kind           TEXT NOT NULL CHECK (kind IN ('free', 'monthly', 'metered')),
+            currency       TEXT NOT NULL,
+            price_minor    BIGINT NOT NULL,
+            per_1000_minor BIGINT NOT NULL,
+            delay_us       BIGINT NOT NULL,
+            aggregate_us   BIGINT NOT NULL,
+            active         BIGINT NOT NULL,
+            created_at     BIGINT NOT NULL
+        );
+        CREATE INDEX plans_dataset ON plans (dataset);
+        CREATE TABLE subscriptions (
+            id                   TEXT PRIMARY KEY,
+            account              TEXT NOT NULL REFERENCES accounts(id),
+            plan                 TEXT NOT NULL REFERENCES plans(id),
+            dataset              TEXT NOT NULL REFERENCES datasets(id),
+            status               TEXT NOT NULL CHECK (status IN
+                ('pending_payment', 'active', 'past_due', 'cancelled', 'expired')),
+            payment_provider     TEXT NOT NULL,
+            payment_ref          TEXT,
+            checkout_url         TEXT,
+            checkout_ref         TEXT,
+            period_start         BIGINT,
+            period_end           BIGINT,
+            cancel_at_period_end BIGINT NOT NULL,
+            created_at           BIGINT NOT NULL,
+            updated_at           BIGINT NOT NULL
+        );
+        CREATE INDEX subscriptions_account ON subscriptions (account);
+        CREATE INDEX subscriptions_dataset ON subscriptions (dataset);
+        CREATE INDEX subscriptions_payment_ref ON subscriptions (payment_ref);
+        CREATE TABLE payments (
+            id           TEXT PRIMARY KEY,
+            subscription TEXT NOT NULL REFERENCES subscriptions(id),
+            provider     TEXT NOT NULL,
+            reference    TEXT NOT NULL,
+            amount_minor BIGINT NOT NULL,
+            currency     TEXT NOT NULL,
+            period_start BIGINT NOT NULL,
+            period_end   BIGINT NOT NULL,
+            paid_at      BIGINT NOT NULL,
+            UNIQUE (provider, reference)
+        );
+        CREATE INDEX payments_subscription ON payments (subscription);
+        CREATE TABLE payment_events (
+            id          TEXT PRIMARY KEY,
+            provider    TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            received_at BIGINT NOT NULL
+        );
+        CREATE TABLE payment_customers (
+            provider  TEXT NOT NULL,
+            account   TEXT NOT NULL REFERENCES accounts(id),
+            reference TEXT NOT NULL,
+            PRIMARY KEY (provider, account)
+        );",
+    ),
+    (
+        5,
+        // Metered deliveries per subscription and hour; the ids of usage batches already
+        // written (a retried flush adds nothing twice); invoices per subscriber, period and
+        // currency, with their lines.
+        "CREATE TABLE usage_hours (
+            subscription TEXT NOT NULL REFERENCES subscriptions(id),
+            hour         BIGINT NOT NULL,
+            readings     BIGINT NOT NULL,
+            bytes        BIGINT NOT NULL,
+            PRIMARY KEY (subscription, hour)
+        );
+        CREATE TABLE usage_flushes (
+            id         TEXT PRIMARY KEY,
+            flushed_at BIGINT NOT NULL
+        );
+        CREATE TABLE invoices (
+            id           TEXT PRIMARY KEY,
+            account      TEXT NOT NULL REFERENCES accounts(id),
+            period       TEXT NOT NULL,
+            currency     TEXT NOT NULL,
+            total_minor  BIGINT NOT NULL,
+            due_minor    BIGINT NOT NULL,
+            status       TEXT NOT NULL CHECK (status IN ('open', 'paid')),
+            created_at   BIGINT NOT NULL,
+            paid_at      BIGINT,
+            UNIQUE (account, period, currency)
+        );
+        CREATE INDEX invoices_period ON invoices (period);
+        CREATE TABLE invoice_lines (
+            invoice      TEXT NOT NULL REFERENCES invoices(id),
+            line         BIGINT NOT NULL,
+            subscription TEXT NOT NULL,
+            dataset      TEXT NOT NULL,
+            plan         TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            description  TEXT NOT NULL,
+            quantity     BIGINT NOT NULL,
+            unit_minor   BIGINT NOT NULL,
+            amount_minor BIGINT NOT NULL,
+            settled      BIGINT NOT NULL,
+            PRIMARY KEY (invoice, line)
+        );",
+    ),
 ];

@@ -1,6 +1,7 @@
 //! citygate integration tests: one binary; each test runs a gateway on port 0 with a temp dir.
 
 mod cli;
+mod commerce;
 mod crash;
 mod harness;
 mod influx;

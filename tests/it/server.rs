@@ -152,7 +152,8 @@ async fn intake_answers_503_once_shutdown_has_begun() {
     let app = router(AppState {
         pipeline,
         catalog: Arc::new(catalog),
-        keyring: Arc::new(Keyring::new(store)),
+        keyring: Arc::new(Keyring::new(store.clone())),
+        market: Arc::new(citygate::market::Market::new(store, &config).unwrap()),
         metrics,
         http: Arc::new(config.http.clone()),
     });

@@ -57,7 +57,7 @@ impl Precision {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -81,13 +81,48 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn days_in_month(year: i64, month: u32) -> u32 {
+pub fn days_in_month(year: i64, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
         _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
         _ => 28,
     }
+}
+
+const DAY: Micros = 86_400_000_000;
+
+/// `t` moved by `n` calendar months, the day clamped to the month's length (Jan 31 + 1 month
+/// is Feb 28 or 29), the time of day kept: how subscription periods run.
+pub fn add_months(t: Micros, n: i64) -> Micros {
+    let days = t.div_euclid(DAY);
+    let time_of_day = t.rem_euclid(DAY);
+    let (y, m, d) = civil_from_days(days);
+    let months = y * 12 + (m as i64 - 1) + n;
+    let (y, m) = (months.div_euclid(12), months.rem_euclid(12) as u32 + 1);
+    let d = d.min(days_in_month(y, m));
+    days_from_civil(y, m, d) * DAY + time_of_day
+}
+
+/// The first and the end (exclusive) of calendar month `YYYY-MM` (UTC), in µs.
+pub fn month_bounds(period: &str) -> Option<(Micros, Micros)> {
+    let b = period.as_bytes();
+    if b.len() != 7 || b[4] != b'-' {
+        return None;
+    }
+    let year = digits(b, 0, 4)? as i64;
+    let month = digits(b, 5, 2)?;
+    if !(1..=12).contains(&month) {
+        return None;
+    }
+    let start = days_from_civil(year, month, 1) * DAY;
+    Some((start, add_months(start, 1)))
+}
+
+/// The calendar month `YYYY-MM` (UTC) of `t`.
+pub fn month_of(t: Micros) -> String {
+    let (y, m, _) = civil_from_days(t.div_euclid(DAY));
+    format!("{y:04}-{m:02}")
 }
 
 #[inline]

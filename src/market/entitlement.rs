@@ -1,0 +1,181 @@
+//! The one entitlement check every delivery path calls: may this key have this dataset now,
+//! and on what terms?
+//!
+//! Admins may have every dataset; a provider its own; a subscriber what an active
+//! subscription gives it (a free plan's delay or aggregation included), within its key's
+//! dataset limits; a device key nothing. Answers are cached in memory per account and
+//! dataset; every change to subscriptions, plans or the catalog invalidates the cache (a
+//! generation counter keeps a lookup that raced an invalidation from being cached), and
+//! times (period ends, key expiry) are checked at every call, so a cached answer never
+//! outlives the access it describes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::catalog::CatalogError;
+use super::keys::{ApiKey, KeyKind};
+use super::plans::Plan;
+use super::store::Store;
+use super::subscriptions::Subscription;
+use crate::model::Micros;
+
+/// What a key may have of a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Grant {
+    pub dataset: String,
+    /// The subscription behind it (none for providers and admins).
+    pub subscription: Option<String>,
+    pub plan: Option<String>,
+    /// Readings are delivered this late (a free plan's delay).
+    #[serde(with = "humantime_serde_micros")]
+    pub delay: Duration,
+    /// Only per-sensor aggregates over windows this long.
+    pub aggregate: Option<String>,
+    /// When the access ends, if it does (period end, or the key's expiry).
+    pub expires_at: Option<Micros>,
+}
+
+mod humantime_serde_micros {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// What the cache keeps per (account, dataset): the dataset's provider (`None`: no such
+/// dataset on offer) and the account's subscriptions to it that were active.
+#[derive(Clone)]
+struct Facts {
+    provider: Option<String>,
+    subscriptions: Arc<Vec<(Subscription, Plan)>>,
+}
+
+pub struct Entitlements {
+    store: Store,
+    cache: Mutex<HashMap<(String, String), Facts>>,
+    generation: AtomicU64,
+}
+
+/// Cached answers at most; past this the cache starts over.
+const CACHE_MAX: usize = 100_000;
+
+impl Entitlements {
+    pub fn new(store: Store) -> Entitlements {
+        Entitlements {
+            store,
+            cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets every cached answer: called after any change to subscriptions, plans or the
+    /// catalog.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    async fn facts(&self, account: &str, dataset: &str) -> Result<Facts, CatalogError> {
+        let key = (account.to_string(), dataset.to_string());
+        if let Some(f) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(f.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let provider = self
+            .store
+            .catalog_dataset(dataset)
+            .await?
+            .map(|d| d.spec.provider);
+        let subscriptions = if provider.is_some() {
+            self.store.grants_of(account, dataset).await?
+        } else {
+            Vec::new()
+        };
+        let facts = Facts {
+            provider,
+            subscriptions: Arc::new(subscriptions),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::SeqCst) == generation {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, facts.clone());
+        }
+        Ok(facts)
+    }
+
+    /// May `key` have `dataset` at `now`, and on what terms? `None`: no (and callers answer
+    /// 404, as if the dataset did not exist).
+    pub async fn entitlement(
+        &self,
+        key: &ApiKey,
+        dataset: &str,
+        now: Micros,
+    ) -> Result<Option<Grant>, CatalogError> {
+        if !key.is_live(now) || key.kind == KeyKind::Device {
+            return Ok(None);
+        }
+        let facts = self.facts(&key.account, dataset).await?;
+        let Some(provider) = facts.provider else {
+            return Ok(None);
+        };
+        let unlimited = |expires_at| Grant {
+            dataset: dataset.to_string(),
+            subscription: None,
+            plan: None,
+            delay: Duration::ZERO,
+            aggregate: None,
+            expires_at,
+        };
+        match key.kind {
+            KeyKind::Admin => return Ok(Some(unlimited(key.expires_at))),
+            KeyKind::Provider if key.account == provider => {
+                return Ok(Some(unlimited(key.expires_at)));
+            }
+            KeyKind::Subscriber => {}
+            _ => return Ok(None),
+        }
+        if !key.datasets.is_empty() && !key.datasets.iter().any(|d| d == dataset) {
+            return Ok(None);
+        }
+        // The best of the active subscriptions: live before delayed, raw before aggregated,
+        // then the one that runs longest.
+        let best = facts
+            .subscriptions
+            .iter()
+            .filter(|(s, _)| s.grants(now))
+            .min_by_key(|(s, p)| {
+                (
+                    p.delay.unwrap_or_default(),
+                    p.aggregate.is_some(),
+                    std::cmp::Reverse(s.period_end.unwrap_or(i64::MAX)),
+                )
+            });
+        Ok(best.map(|(s, p)| {
+            let ends = [s.period_end, key.expires_at].into_iter().flatten().min();
+            Grant {
+                dataset: dataset.to_string(),
+                subscription: Some(s.id.clone()),
+                plan: Some(p.id.clone()),
+                delay: p.delay.unwrap_or_default(),
+                aggregate: p
+                    .aggregate
+                    .map(|a| humantime::format_duration(a).to_string()),
+                expires_at: ends,
+            }
+        }))
+    }
+}

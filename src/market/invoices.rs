@@ -1,0 +1,554 @@
+//! Invoices for subscribers and statements for providers, per calendar month (UTC).
+//!
+//! Both come from the same lines, so they always agree: for a period `YYYY-MM`,
+//! - a **flat** line per payment received in the month (a monthly plan's fee, already
+//!   settled through the payment provider; a metered plan's zero-fee periods make none), and
+//! - a **metered** line per metered subscription with deliveries in the month: readings ×
+//!   the plan's price per 1000, rounded half up to a minor unit, due on the invoice.
+//!
+//! An invoice gathers a subscriber's lines of one currency; `total` is everything billed,
+//! `due` what is still to pay (the metered part). Generating a period again recomputes its
+//! open invoices and leaves paid ones alone. A provider's statement sums the lines of its
+//! datasets: revenue per dataset, the platform's fee (`[market] platform_fee_percent`), the
+//! payout, and who subscribes, by sector and plan.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::catalog::CatalogError;
+use super::keys::random_alnum;
+use super::store::Store;
+use crate::model::Micros;
+use crate::pipeline::decode::time::month_bounds;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineKind {
+    Flat,
+    Metered,
+}
+
+impl LineKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Flat => "flat",
+            LineKind::Metered => "metered",
+        }
+    }
+}
+
+/// One billed item of a period.
+#[derive(Clone, Debug, Serialize)]
+pub struct Line {
+    pub subscription: String,
+    #[serde(skip)]
+    pub account: String,
+    pub dataset: String,
+    #[serde(skip)]
+    pub provider: String,
+    pub plan: String,
+    pub kind: LineKind,
+    pub description: String,
+    /// 1 for a flat fee; readings for a metered line.
+    pub quantity: i64,
+    /// The fee, or the price per 1000 readings.
+    pub unit_minor: i64,
+    pub amount_minor: i64,
+    #[serde(skip)]
+    pub currency: String,
+    /// Already paid through the payment provider.
+    pub settled: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvoiceStatus {
+    Open,
+    Paid,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Invoice {
+    pub id: String,
+    pub account: String,
+    pub period: String,
+    pub currency: String,
+    pub total_minor: i64,
+    pub due_minor: i64,
+    pub status: InvoiceStatus,
+    pub created_at: Micros,
+    pub paid_at: Option<Micros>,
+    pub lines: Vec<Line>,
+}
+
+/// A provider's revenue from one dataset in one currency.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DatasetRevenue {
+    pub dataset: String,
+    pub currency: String,
+    pub flat_minor: i64,
+    pub metered_minor: i64,
+    pub revenue_minor: i64,
+    pub readings: i64,
+}
+
+/// How many accounts of a sector subscribe under a plan.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SubscriberCount {
+    pub dataset: String,
+    pub plan: String,
+    pub plan_name: String,
+    pub sector: String,
+    pub subscribers: i64,
+}
+
+/// Totals in one currency.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Payout {
+    pub currency: String,
+    pub revenue_minor: i64,
+    pub platform_fee_minor: i64,
+    pub payout_minor: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Statement {
+    pub provider: String,
+    pub period: String,
+    pub platform_fee_percent: f64,
+    pub datasets: Vec<DatasetRevenue>,
+    pub totals: Vec<Payout>,
+    pub subscribers: Vec<SubscriberCount>,
+}
+
+/// `readings` at `per_1000` minor units per 1000 readings, rounded half up.
+pub fn metered_amount(readings: i64, per_1000: i64) -> i64 {
+    ((readings as i128 * per_1000 as i128 + 500) / 1000) as i64
+}
+
+/// `amount × percent / 100`, rounded half up to a minor unit.
+pub fn fee_of(amount: i64, percent: f64) -> i64 {
+    (amount as f64 * percent / 100.0).round() as i64
+}
+
+fn date(t: Micros) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(t.max(0) as u64),
+    )
+    .to_string()[..10]
+        .to_string()
+}
+
+fn period_of(period: &str) -> Result<(Micros, Micros), CatalogError> {
+    month_bounds(period).ok_or_else(|| {
+        CatalogError::Invalid(format!("period: `{period}` is not a month like 2026-11"))
+    })
+}
+
+const INVOICE_COLUMNS: &str =
+    "id, account, period, currency, total_minor, due_minor, status, created_at, paid_at";
+
+fn invoice_from_row(row: &sqlx::any::AnyRow) -> Result<Invoice, sqlx::Error> {
+    let status: String = row.try_get(6)?;
+    Ok(Invoice {
+        id: row.try_get(0)?,
+        account: row.try_get(1)?,
+        period: row.try_get(2)?,
+        currency: row.try_get(3)?,
+        total_minor: row.try_get(4)?,
+        due_minor: row.try_get(5)?,
+        status: if status == "paid" {
+            InvoiceStatus::Paid
+        } else {
+            InvoiceStatus::Open
+        },
+        created_at: row.try_get(7)?,
+        paid_at: row.try_get(8)?,
+        lines: Vec::new(),
+    })
+}
+
+impl Store {
+    /// Every billed line of `period` (`YYYY-MM`).
+    pub async fn period_lines(&self, period: &str) -> Result<Vec<Line>, CatalogError> {
+        let (start, end) = period_of(period)?;
+        let mut lines = Vec::new();
+        let flat = sqlx::query(
+            "SELECT p.subscription, s.account, s.dataset, d.provider, s.plan, pl.name,
+                    p.amount_minor, p.currency, p.period_start, p.period_end
+             FROM payments p JOIN subscriptions s ON s.id = p.subscription
+             JOIN datasets d ON d.id = s.dataset JOIN plans pl ON pl.id = s.plan
+             WHERE p.paid_at >= $1 AND p.paid_at < $2 AND p.amount_minor > 0
+             ORDER BY p.paid_at, p.reference",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_all(self.pool())
+        .await?;
+        for row in &flat {
+            let name: String = row.try_get(5)?;
+            let dataset: String = row.try_get(2)?;
+            let amount: i64 = row.try_get(6)?;
+            lines.push(Line {
+                subscription: row.try_get(0)?,
+                account: row.try_get(1)?,
+                provider: row.try_get(3)?,
+                plan: row.try_get(4)?,
+                kind: LineKind::Flat,
+                description: format!(
+                    "{name} ({dataset}), {} to {}",
+                    date(row.try_get(8)?),
+                    date(row.try_get(9)?)
+                ),
+                dataset,
+                quantity: 1,
+                unit_minor: amount,
+                amount_minor: amount,
+                currency: row.try_get(7)?,
+                settled: true,
+            });
+        }
+        let metered = sqlx::query(
+            "SELECT s.id, s.account, s.dataset, d.provider, s.plan, pl.name, pl.currency,
+                    pl.per_1000_minor, CAST(SUM(u.readings) AS BIGINT)
+             FROM usage_hours u JOIN subscriptions s ON s.id = u.subscription
+             JOIN plans pl ON pl.id = s.plan JOIN datasets d ON d.id = s.dataset
+             WHERE pl.kind = 'metered' AND u.hour >= $1 AND u.hour < $2
+             GROUP BY s.id, s.account, s.dataset, d.provider, s.plan, pl.name, pl.currency,
+                      pl.per_1000_minor
+             ORDER BY s.id",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_all(self.pool())
+        .await?;
+        for row in &metered {
+            let name: String = row.try_get(5)?;
+            let dataset: String = row.try_get(2)?;
+            let per_1000: i64 = row.try_get(7)?;
+            let readings: i64 = row.try_get(8)?;
+            lines.push(Line {
+                subscription: row.try_get(0)?,
+                account: row.try_get(1)?,
+                provider: row.try_get(3)?,
+                plan: row.try_get(4)?,
+                kind: LineKind::Metered,
+                description: format!("{name} ({dataset}), {readings} readings delivered"),
+                dataset,
+                quantity: readings,
+                unit_minor: per_1000,
+                amount_minor: metered_amount(readings, per_1000),
+                currency: row.try_get(6)?,
+                settled: false,
+            });
+        }
+        Ok(lines)
+    }
+
+    /// Writes the invoices of `period`: one per subscriber and currency with lines. Paid
+    /// invoices stay as they are; open ones are recomputed. Returns the period's invoices.
+    pub async fn generate_invoices(
+        &self,
+        period: &str,
+        now: Micros,
+    ) -> Result<Vec<Invoice>, CatalogError> {
+        let mut groups: BTreeMap<(String, String), Vec<Line>> = BTreeMap::new();
+        for line in self.period_lines(period).await? {
+            groups
+                .entry((line.account.clone(), line.currency.clone()))
+                .or_default()
+                .push(line);
+        }
+        let mut tx = self.pool().begin().await?;
+        for ((account, currency), lines) in groups {
+            let existing = sqlx::query(
+                "SELECT id, status FROM invoices WHERE account = $1 AND period = $2 AND currency = $3",
+            )
+            .bind(&account)
+            .bind(period)
+            .bind(&currency)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let id = match existing {
+                Some(row) if row.try_get::<String, _>(1)? == "paid" => continue,
+                Some(row) => {
+                    let id: String = row.try_get(0)?;
+                    sqlx::query("DELETE FROM invoice_lines WHERE invoice = $1")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM invoices WHERE id = $1")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    id
+                }
+                None => format!("inv_{}", random_alnum(14).to_ascii_lowercase()),
+            };
+            let total: i64 = lines.iter().map(|l| l.amount_minor).sum();
+            let due: i64 = lines
+                .iter()
+                .filter(|l| !l.settled)
+                .map(|l| l.amount_minor)
+                .sum();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            )))
+            .bind(&id)
+            .bind(&account)
+            .bind(period)
+            .bind(&currency)
+            .bind(total)
+            .bind(due)
+            .bind(if due == 0 { "paid" } else { "open" })
+            .bind(now)
+            .bind((due == 0).then_some(now))
+            .execute(&mut *tx)
+            .await?;
+            for (n, l) in lines.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO invoice_lines (invoice, line, subscription, dataset, plan, kind,
+                         description, quantity, unit_minor, amount_minor, settled)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&id)
+                .bind(n as i64 + 1)
+                .bind(&l.subscription)
+                .bind(&l.dataset)
+                .bind(&l.plan)
+                .bind(l.kind.as_str())
+                .bind(&l.description)
+                .bind(l.quantity)
+                .bind(l.unit_minor)
+                .bind(l.amount_minor)
+                .bind(i64::from(l.settled))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.invoices_where("period = $1", period).await
+    }
+
+    /// An account's invoices, newest period first.
+    pub async fn invoices_of(&self, account: &str) -> Result<Vec<Invoice>, CatalogError> {
+        self.invoices_where("account = $1", account).await
+    }
+
+    pub async fn invoices_in(&self, period: &str) -> Result<Vec<Invoice>, CatalogError> {
+        self.invoices_where("period = $1", period).await
+    }
+
+    pub async fn invoice(&self, id: &str) -> Result<Option<Invoice>, CatalogError> {
+        Ok(self.invoices_where("id = $1", id).await?.into_iter().next())
+    }
+
+    async fn invoices_where(&self, filter: &str, arg: &str) -> Result<Vec<Invoice>, CatalogError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVOICE_COLUMNS} FROM invoices WHERE {filter}
+             ORDER BY period DESC, account, currency"
+        )))
+        .bind(arg)
+        .fetch_all(self.pool())
+        .await?;
+        let mut invoices = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut invoice = invoice_from_row(row)?;
+            let lines = sqlx::query(
+                "SELECT subscription, dataset, plan, kind, description, quantity, unit_minor,
+                        amount_minor, settled
+                 FROM invoice_lines WHERE invoice = $1 ORDER BY line",
+            )
+            .bind(&invoice.id)
+            .fetch_all(self.pool())
+            .await?;
+            for l in &lines {
+                let kind: String = l.try_get(3)?;
+                invoice.lines.push(Line {
+                    subscription: l.try_get(0)?,
+                    account: invoice.account.clone(),
+                    dataset: l.try_get(1)?,
+                    provider: String::new(),
+                    plan: l.try_get(2)?,
+                    kind: if kind == "metered" {
+                        LineKind::Metered
+                    } else {
+                        LineKind::Flat
+                    },
+                    description: l.try_get(4)?,
+                    quantity: l.try_get(5)?,
+                    unit_minor: l.try_get(6)?,
+                    amount_minor: l.try_get(7)?,
+                    currency: invoice.currency.clone(),
+                    settled: l.try_get::<i64, _>(8)? != 0,
+                });
+            }
+            invoices.push(invoice);
+        }
+        Ok(invoices)
+    }
+
+    /// Marks an open invoice paid (the manual provider's record of money received).
+    /// `Ok(false)`: it was already paid.
+    pub async fn pay_invoice(&self, id: &str, now: Micros) -> Result<bool, CatalogError> {
+        let done = sqlx::query(
+            "UPDATE invoices SET status = 'paid', paid_at = $1 WHERE id = $2 AND status = 'open'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Provider `provider`'s statement for `period`.
+    pub async fn statement(
+        &self,
+        provider: &str,
+        period: &str,
+        fee_percent: f64,
+    ) -> Result<Statement, CatalogError> {
+        let (start, end) = period_of(period)?;
+        let mut per_dataset: BTreeMap<(String, String), DatasetRevenue> = BTreeMap::new();
+        for l in self.period_lines(period).await? {
+            if l.provider != provider {
+                continue;
+            }
+            let r = per_dataset
+                .entry((l.dataset.clone(), l.currency.clone()))
+                .or_insert_with(|| DatasetRevenue {
+                    dataset: l.dataset.clone(),
+                    currency: l.currency.clone(),
+                    flat_minor: 0,
+                    metered_minor: 0,
+                    revenue_minor: 0,
+                    readings: 0,
+                });
+            match l.kind {
+                LineKind::Flat => r.flat_minor += l.amount_minor,
+                LineKind::Metered => {
+                    r.metered_minor += l.amount_minor;
+                    r.readings += l.quantity;
+                }
+            }
+            r.revenue_minor += l.amount_minor;
+        }
+        let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+        for r in per_dataset.values() {
+            *totals.entry(r.currency.clone()).or_default() += r.revenue_minor;
+        }
+        let totals = totals
+            .into_iter()
+            .map(|(currency, revenue)| {
+                let fee = fee_of(revenue, fee_percent);
+                Payout {
+                    currency,
+                    revenue_minor: revenue,
+                    platform_fee_minor: fee,
+                    payout_minor: revenue - fee,
+                }
+            })
+            .collect();
+        // Who subscribed during the period: subscriptions begun before its end that were
+        // still live, or changed, after its start.
+        let subscribers = sqlx::query(
+            "SELECT s.dataset, s.plan, pl.name, a.sector, COUNT(DISTINCT s.account)
+             FROM subscriptions s JOIN plans pl ON pl.id = s.plan
+             JOIN datasets d ON d.id = s.dataset JOIN accounts a ON a.id = s.account
+             WHERE d.provider = $1 AND s.created_at < $2
+               AND (s.status IN ('active', 'past_due') OR s.updated_at >= $3)
+               AND s.status <> 'pending_payment'
+             GROUP BY s.dataset, s.plan, pl.name, a.sector
+             ORDER BY s.dataset, s.plan, a.sector",
+        )
+        .bind(provider)
+        .bind(end)
+        .bind(start)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(SubscriberCount {
+                dataset: row.try_get(0)?,
+                plan: row.try_get(1)?,
+                plan_name: row.try_get(2)?,
+                sector: row.try_get(3)?,
+                subscribers: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Statement {
+            provider: provider.to_string(),
+            period: period.to_string(),
+            platform_fee_percent: fee_percent,
+            datasets: per_dataset.into_values().collect(),
+            totals,
+            subscribers,
+        })
+    }
+}
+
+/// A CSV field: quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Invoices as CSV, one row per line (RFC 4180).
+pub fn invoices_csv(invoices: &[Invoice]) -> String {
+    let mut out = String::from(
+        "invoice,period,account,currency,status,line,subscription,dataset,plan,kind,description,quantity,unit_minor,amount_minor,settled\r\n",
+    );
+    for inv in invoices {
+        for (n, l) in inv.lines.iter().enumerate() {
+            let fields = [
+                inv.id.clone(),
+                inv.period.clone(),
+                inv.account.clone(),
+                inv.currency.clone(),
+                format!("{:?}", inv.status).to_lowercase(),
+                (n + 1).to_string(),
+                l.subscription.clone(),
+                l.dataset.clone(),
+                l.plan.clone(),
+                l.kind.as_str().to_string(),
+                l.description.clone(),
+                l.quantity.to_string(),
+                l.unit_minor.to_string(),
+                l.amount_minor.to_string(),
+                l.settled.to_string(),
+            ];
+            let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+            out.push_str(&row.join(","));
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_round_half_up() {
+        assert_eq!(metered_amount(12_345, 40), 494); // 493.8
+        assert_eq!(metered_amount(1_500, 1), 2); // 1.5
+        assert_eq!(metered_amount(1_499, 1), 1);
+        assert_eq!(metered_amount(0, 40), 0);
+        assert_eq!(fee_of(49_900, 10.0), 4_990);
+        assert_eq!(fee_of(995, 12.5), 124); // 124.375
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a, b"), "\"a, b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

@@ -1,0 +1,457 @@
+//! The marketplace as one service: plans, subscriptions, payments, entitlements and
+//! metering over the store, with the entitlement cache invalidated on every change.
+//!
+//! HTTP handlers and the CLI call this; the feed and query paths call
+//! [`Market::entitlement`] and [`UsageRecorder::record`].
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::accounts::Account;
+use super::catalog::CatalogError;
+use super::entitlement::{Entitlements, Grant};
+use super::keys::{ApiKey, random_alnum};
+use super::payments::manual::Manual;
+use super::payments::stripe::{SignatureError, Stripe};
+use super::payments::{Checkout, CheckoutRequest, PaymentError, PaymentProvider};
+use super::plans::{NewPlan, Plan, PlanKind};
+use super::store::Store;
+use super::subscriptions::{Applied, Payment, Status, Subscription};
+use super::usage::UsageRecorder;
+use crate::config::{Config, MarketConfig, PaymentProviderKind};
+use crate::model::Micros;
+use crate::pipeline::decode::time::add_months;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MarketError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+    #[error("webhook refused: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("webhook refused: {0}")]
+    BadEvent(String),
+}
+
+impl From<sqlx::Error> for MarketError {
+    fn from(e: sqlx::Error) -> Self {
+        MarketError::Catalog(e.into())
+    }
+}
+
+fn not_found(what: &str, id: &str) -> MarketError {
+    MarketError::Catalog(CatalogError::NotFound(format!("no {what} `{id}`")))
+}
+
+/// What a webhook did, for the log and the response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    Applied(&'static str),
+    Replayed,
+    Ignored(&'static str),
+}
+
+pub struct Market {
+    store: Store,
+    entitlements: Entitlements,
+    usage: UsageRecorder,
+    payments: Box<dyn PaymentProvider>,
+    config: MarketConfig,
+}
+
+impl Market {
+    pub fn new(store: Store, config: &Config) -> Result<Market, PaymentError> {
+        let payments: Box<dyn PaymentProvider> = match config.payments.provider {
+            PaymentProviderKind::Manual => Box::new(Manual),
+            PaymentProviderKind::Stripe => Box::new(Stripe::new(&config.payments.stripe)?),
+        };
+        Ok(Market {
+            entitlements: Entitlements::new(store.clone()),
+            usage: UsageRecorder::new(store.clone()),
+            store,
+            payments,
+            config: config.market.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The usage recorder every delivery path counts into.
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
+    pub fn payments(&self) -> &dyn PaymentProvider {
+        &*self.payments
+    }
+
+    pub fn platform_fee_percent(&self) -> f64 {
+        self.config.platform_fee_percent
+    }
+
+    pub fn usage_flush_interval(&self) -> Duration {
+        self.config.usage_flush_interval
+    }
+
+    /// May `key` have `dataset` at `now`, and on what terms? See [`Entitlements`].
+    pub async fn entitlement(
+        &self,
+        key: &ApiKey,
+        dataset: &str,
+        now: Micros,
+    ) -> Result<Option<Grant>, CatalogError> {
+        self.entitlements.entitlement(key, dataset, now).await
+    }
+
+    /// Forgets cached entitlements: after any change outside this service (the catalog).
+    pub fn invalidate(&self) {
+        self.entitlements.invalidate();
+    }
+
+    pub async fn create_plan(&self, dataset: &str, new: NewPlan) -> Result<Plan, CatalogError> {
+        let plan = self.store.create_plan(dataset, new).await?;
+        self.entitlements.invalidate();
+        Ok(plan)
+    }
+
+    pub async fn withdraw_plan(&self, id: &str) -> Result<bool, CatalogError> {
+        let done = self.store.withdraw_plan(id).await?;
+        self.entitlements.invalidate();
+        Ok(done)
+    }
+
+    /// Subscribes `account` to plan `plan_id`: a free plan at once, a paid one pending its
+    /// checkout (returned). A checkout the payment provider refuses cancels the subscription.
+    pub async fn subscribe(
+        &self,
+        account: &Account,
+        plan_id: &str,
+        base_url: &str,
+        now: Micros,
+    ) -> Result<(Subscription, Option<Checkout>), MarketError> {
+        let plan = self
+            .store
+            .plan(plan_id)
+            .await?
+            .ok_or_else(|| not_found("plan", plan_id))?;
+        let dataset = self
+            .store
+            .catalog_dataset(&plan.dataset)
+            .await?
+            .ok_or_else(|| not_found("plan", plan_id))?;
+        let sub = self
+            .store
+            .create_subscription(&account.id, &plan, self.payments.name(), now)
+            .await?;
+        if !plan.kind.is_paid() {
+            self.entitlements.invalidate();
+            return Ok((sub, None));
+        }
+        let checkout = self
+            .payments
+            .checkout(
+                &self.store,
+                CheckoutRequest {
+                    subscription: &sub,
+                    plan: &plan,
+                    account,
+                    dataset_title: &dataset.spec.title,
+                    base_url,
+                },
+            )
+            .await;
+        match checkout {
+            Ok(checkout) => {
+                self.store.set_checkout(&sub.id, &checkout, now).await?;
+                let sub = self
+                    .store
+                    .subscription(&sub.id)
+                    .await?
+                    .ok_or_else(|| not_found("subscription", &sub.id))?;
+                Ok((sub, Some(checkout)))
+            }
+            Err(e) => {
+                self.store.cancel_subscription(&sub.id, now).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A pending subscription's checkout, again.
+    pub async fn checkout(
+        &self,
+        sub: &Subscription,
+        base_url: &str,
+    ) -> Result<Checkout, MarketError> {
+        if sub.status != Status::PendingPayment {
+            return Err(CatalogError::Conflict(format!(
+                "subscription `{}` is {}, not awaiting payment",
+                sub.id,
+                sub.status.as_str()
+            ))
+            .into());
+        }
+        Ok(self.payments.resume_checkout(sub, base_url).await?)
+    }
+
+    /// The subscriber finished its checkout: the payment provider starts charging; the
+    /// subscription turns active when the payment is confirmed.
+    pub async fn complete_checkout(
+        &self,
+        sub: &Subscription,
+        now: Micros,
+    ) -> Result<Subscription, MarketError> {
+        if sub.status != Status::PendingPayment {
+            return Err(CatalogError::Conflict(format!(
+                "subscription `{}` is {}, not awaiting payment",
+                sub.id,
+                sub.status.as_str()
+            ))
+            .into());
+        }
+        if let Some(existing) = &sub.payment_ref {
+            return Err(CatalogError::Conflict(format!(
+                "the checkout is complete (payment provider's subscription `{existing}`); \
+                 waiting for the payment's confirmation"
+            ))
+            .into());
+        }
+        let plan = self
+            .store
+            .plan(&sub.plan)
+            .await?
+            .ok_or_else(|| not_found("plan", &sub.plan))?;
+        let payment_ref = self.payments.complete_checkout(sub, &plan).await?;
+        self.store
+            .set_payment_ref(&sub.id, &payment_ref, now)
+            .await?;
+        self.store
+            .subscription(&sub.id)
+            .await?
+            .ok_or_else(|| not_found("subscription", &sub.id))
+    }
+
+    /// Cancels: a paid, running subscription at its period end (the payment provider stops
+    /// renewing it), anything else at once.
+    pub async fn cancel(
+        &self,
+        sub: &Subscription,
+        now: Micros,
+    ) -> Result<Subscription, MarketError> {
+        if sub.status_at(now) == Status::Active
+            && sub.period_end.is_some()
+            && !sub.cancel_at_period_end
+            && let Some(payment_ref) = &sub.payment_ref
+            && sub.payment_provider == self.payments.name()
+        {
+            self.payments.cancel_at_period_end(payment_ref).await?;
+        }
+        let sub = self.store.cancel_subscription(&sub.id, now).await?;
+        self.entitlements.invalidate();
+        Ok(sub)
+    }
+
+    /// An admin records a payment received outside any processor (manual provider): the
+    /// subscription runs a month from its current period end (or from now). `reference`
+    /// (a bank transfer's id) makes recording the same payment twice do nothing.
+    pub async fn record_payment(
+        &self,
+        sub: &Subscription,
+        reference: Option<String>,
+        now: Micros,
+    ) -> Result<(Applied, Subscription), MarketError> {
+        let plan = self
+            .store
+            .plan(&sub.plan)
+            .await?
+            .ok_or_else(|| not_found("plan", &sub.plan))?;
+        if !plan.kind.is_paid() {
+            return Err(CatalogError::Conflict("a free plan takes no payments".into()).into());
+        }
+        if matches!(sub.status, Status::Cancelled | Status::Expired) {
+            return Err(CatalogError::Conflict(format!(
+                "subscription `{}` is {}",
+                sub.id,
+                sub.status.as_str()
+            ))
+            .into());
+        }
+        let start = sub.period_end.map_or(now, |end| end.max(now));
+        let payment = Payment {
+            subscription: sub.id.clone(),
+            provider: "manual".into(),
+            reference: reference
+                .unwrap_or_else(|| format!("manual_{}", random_alnum(16).to_ascii_lowercase())),
+            amount_minor: if plan.kind == PlanKind::Monthly {
+                plan.price_minor
+            } else {
+                0
+            },
+            currency: plan.currency.clone(),
+            period_start: start,
+            period_end: add_months(start, 1),
+            paid_at: now,
+        };
+        let mut tx = self.store.pool().begin().await?;
+        let applied = Store::apply_payment(&mut tx, &payment, now).await?;
+        tx.commit().await?;
+        self.entitlements.invalidate();
+        let sub = self
+            .store
+            .subscription(&sub.id)
+            .await?
+            .ok_or_else(|| not_found("subscription", &sub.id))?;
+        Ok((applied, sub))
+    }
+
+    /// Stores what time changed (periods that ran out); returns how many changed.
+    pub async fn sweep(&self, now: Micros) -> Result<u64, CatalogError> {
+        let changed = self.store.sweep_subscriptions(now).await?;
+        if changed > 0 {
+            self.entitlements.invalidate();
+        }
+        Ok(changed)
+    }
+
+    /// A Stripe webhook: verified, then applied once.
+    pub async fn stripe_webhook(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now: Micros,
+    ) -> Result<WebhookOutcome, MarketError> {
+        let Some(stripe) = self.payments.as_stripe() else {
+            return Err(MarketError::BadEvent(
+                "this gateway does not take payments through Stripe".into(),
+            ));
+        };
+        stripe.verify(signature, body)?;
+        let event: Value = serde_json::from_slice(body)
+            .map_err(|e| MarketError::BadEvent(format!("not a JSON event: {e}")))?;
+        let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
+            return Err(MarketError::BadEvent(
+                "an event has an id and a type".into(),
+            ));
+        };
+        let object = &event["data"]["object"];
+        // Which citygate subscription the event is about (looked up before the transaction:
+        // it may ask Stripe).
+        let stripe_sub = match kind {
+            "invoice.payment_succeeded" | "invoice.paid" | "invoice.payment_failed" => {
+                object["subscription"]
+                    .as_str()
+                    .or_else(|| object["parent"]["subscription_details"]["subscription"].as_str())
+            }
+            "customer.subscription.deleted" => object["id"].as_str(),
+            _ => None,
+        };
+        let target = match stripe_sub {
+            Some(stripe_sub) => self.subscription_for(stripe, stripe_sub).await?,
+            None => None,
+        };
+
+        let mut tx = self.store.pool().begin().await?;
+        let first = sqlx::query(
+            "INSERT INTO payment_events (id, provider, kind, received_at) VALUES ($1, 'stripe', $2, $3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if first.rows_affected() == 0 {
+            return Ok(WebhookOutcome::Replayed);
+        }
+        let outcome = match (kind, target) {
+            (_, None) => WebhookOutcome::Ignored("not about a citygate subscription"),
+            ("invoice.payment_succeeded" | "invoice.paid", Some(sub)) => {
+                let payment = invoice_payment(&sub.id, object, now)?;
+                match Store::apply_payment(&mut tx, &payment, now).await? {
+                    Applied::Extended => {
+                        WebhookOutcome::Applied("subscription paid until period end")
+                    }
+                    Applied::Duplicate => WebhookOutcome::Ignored("invoice already recorded"),
+                    Applied::Ignored => WebhookOutcome::Ignored("subscription has ended"),
+                }
+            }
+            ("invoice.payment_failed", Some(sub)) => {
+                let period_end = invoice_period(object).map(|(_, end)| end).unwrap_or(now);
+                Store::payment_failed(&mut tx, &sub.id, period_end, now).await?;
+                WebhookOutcome::Applied("payment failed: past due")
+            }
+            ("customer.subscription.deleted", Some(sub)) => {
+                Store::subscription_ended(&mut tx, &sub.id, now).await?;
+                WebhookOutcome::Applied("subscription ended")
+            }
+            _ => WebhookOutcome::Ignored("event type not used"),
+        };
+        tx.commit().await?;
+        self.entitlements.invalidate();
+        Ok(outcome)
+    }
+
+    async fn subscription_for(
+        &self,
+        stripe: &Stripe,
+        stripe_sub: &str,
+    ) -> Result<Option<Subscription>, MarketError> {
+        if let Some(sub) = self.store.subscription_by_ref("stripe", stripe_sub).await? {
+            return Ok(Some(sub));
+        }
+        // The event may come before the checkout stored the reference: ask Stripe whose it is.
+        let Some(id) = stripe.subscription_metadata(stripe_sub).await? else {
+            return Ok(None);
+        };
+        let sub = self.store.subscription(&id).await?;
+        Ok(sub.filter(|s| {
+            s.payment_provider == "stripe"
+                && s.payment_ref.as_deref().is_none_or(|r| r == stripe_sub)
+        }))
+    }
+}
+
+fn secs(v: &Value) -> Option<Micros> {
+    v.as_i64().map(|s| s * 1_000_000)
+}
+
+/// The period an invoice pays: its subscription line's, else the invoice's.
+fn invoice_period(invoice: &Value) -> Option<(Micros, Micros)> {
+    let line = &invoice["lines"]["data"][0]["period"];
+    match (secs(&line["start"]), secs(&line["end"])) {
+        (Some(s), Some(e)) if e > s => Some((s, e)),
+        _ => match (secs(&invoice["period_start"]), secs(&invoice["period_end"])) {
+            (Some(s), Some(e)) if e > s => Some((s, e)),
+            _ => None,
+        },
+    }
+}
+
+fn invoice_payment(
+    subscription: &str,
+    invoice: &Value,
+    now: Micros,
+) -> Result<Payment, MarketError> {
+    let reference = invoice["id"]
+        .as_str()
+        .ok_or_else(|| MarketError::BadEvent("an invoice without an id".into()))?;
+    let (period_start, period_end) = invoice_period(invoice)
+        .ok_or_else(|| MarketError::BadEvent(format!("invoice `{reference}` has no period")))?;
+    Ok(Payment {
+        subscription: subscription.to_string(),
+        provider: "stripe".into(),
+        reference: reference.to_string(),
+        amount_minor: invoice["amount_paid"].as_i64().unwrap_or(0),
+        currency: invoice["currency"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_uppercase(),
+        period_start,
+        period_end,
+        paid_at: secs(&invoice["status_transitions"]["paid_at"]).unwrap_or(now),
+    })
+}
