@@ -387,3 +387,16 @@ pub fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Se
         .expect("logs its addresses");
     Server { child, http, mqtt }
 }
+
+/// `CITYGATE_TEST_PYTHON`, else the virtualenv `scripts/test.sh` makes, else `python3`.
+pub fn python() -> std::process::Command {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers-venv/bin/python");
+    let exe = std::env::var("CITYGATE_TEST_PYTHON").unwrap_or_else(|_| {
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
+    std::process::Command::new(exe)
+}

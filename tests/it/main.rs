@@ -11,3 +11,4 @@ mod mqtt;
 mod peers;
 mod server;
 mod simulate;
+mod stripe;

@@ -3,24 +3,10 @@
 //! virtualenv and points `CITYGATE_TEST_PYTHON` at it.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{Value, json};
 
 use crate::harness::*;
-
-/// `CITYGATE_TEST_PYTHON`, else the virtualenv `scripts/test.sh` makes, else `python3`.
-fn python() -> Command {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers-venv/bin/python");
-    let exe = std::env::var("CITYGATE_TEST_PYTHON").unwrap_or_else(|_| {
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".into()
-        }
-    });
-    Command::new(exe)
-}
 
 fn peer_script(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -141,7 +127,7 @@ async fn influxdb_python_client_writes_through_api_v2() {
 /// Runs a Debian mosquitto client; a missing one is a failure that says how to install it.
 async fn mosquitto_pub(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        Command::new("mosquitto_pub")
+        std::process::Command::new("mosquitto_pub")
             .args(&args)
             .output()
             .expect("mosquitto_pub runs (scripts/test.sh installs mosquitto-clients)")
