@@ -151,16 +151,16 @@ impl Entitlements {
         if !key.datasets.is_empty() && !key.datasets.iter().any(|d| d == dataset) {
             return Ok(None);
         }
-        // The best of the active subscriptions: live before delayed, raw before aggregated,
-        // then the one that runs longest.
+        // The best of the active subscriptions: raw readings before aggregates, then the
+        // least delayed (paid plans are raw and real time), then the one that runs longest.
         let best = facts
             .subscriptions
             .iter()
             .filter(|(s, _)| s.grants(now))
             .min_by_key(|(s, p)| {
                 (
-                    p.delay.unwrap_or_default(),
                     p.aggregate.is_some(),
+                    p.delay.unwrap_or_default(),
                     std::cmp::Reverse(s.period_end.unwrap_or(i64::MAX)),
                 )
             });

@@ -304,3 +304,98 @@ async fn first_start_shows_the_admin_key_once_and_the_accounts_cli_makes_keys() 
         .unwrap();
     assert_eq!(me["account"]["role"], "admin");
 }
+
+#[test]
+fn plans_and_invoices_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cli = |args: &[&str]| {
+        let out = run(bin_on(&data).args(args));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, id, err) = cli(&[
+        "plans",
+        "create",
+        "--dataset",
+        "weather",
+        "--name",
+        "Live",
+        "--kind",
+        "monthly",
+        "--currency",
+        "EUR",
+        "--price-minor",
+        "1500",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(id.starts_with("plan_"), "{id}");
+    let (code, _, err) = cli(&[
+        "plans",
+        "create",
+        "--dataset",
+        "weather",
+        "--id",
+        "weather-free",
+        "--name",
+        "Free",
+        "--kind",
+        "free",
+        "--delay",
+        "15m",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    // Every problem of a bad plan, and a dataset that does not exist.
+    let (code, _, err) = cli(&[
+        "plans",
+        "create",
+        "--dataset",
+        "weather",
+        "--name",
+        "Bad",
+        "--kind",
+        "metered",
+        "--currency",
+        "euro",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("currency") && err.contains("per_1000_minor"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&[
+        "plans",
+        "create",
+        "--dataset",
+        "nowhere",
+        "--name",
+        "X",
+        "--kind",
+        "free",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no dataset `nowhere`"), "{err}");
+
+    let (code, _, err) = cli(&["plans", "withdraw", "weather-free"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(cli(&["plans", "withdraw", "weather-free"]).0, Some(1));
+    let (_, list, _) = cli(&["plans", "list", "--dataset", "weather"]);
+    let rows: Vec<&str> = list.lines().collect();
+    assert_eq!(rows.len(), 3, "{list}");
+    assert!(rows[1].starts_with(&id) && rows[1].contains("monthly") && rows[1].contains("1500"));
+    assert!(
+        rows[2].starts_with("weather-free") && rows[2].contains("15m") && rows[2].contains(" no ")
+    );
+
+    // Invoices of a month with nothing billed: none, and a bad month is refused.
+    let (code, out, err) = cli(&["invoices", "generate", "--period", "2026-11"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 1, "header only: {out}");
+    assert!(err.contains("0 invoice(s) for 2026-11"), "{err}");
+    let (code, _, err) = cli(&["invoices", "generate", "--period", "2026-13"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("2026-13"), "{err}");
+}
