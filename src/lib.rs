@@ -3,8 +3,10 @@
 //! A gateway for city sensor data. Devices push live readings (traffic counts, weather,
 //! energy meters, air quality) over HTTP and MQTT; citygate validates and rate-limits them,
 //! writes them to a write-ahead log, and from there into Parquet files and an InfluxDB-API
-//! store; next, it serves them as paid live feeds and recent history. One binary, one TOML
-//! file.
+//! store. It is the data plane of a city data marketplace ([`market`]): a catalog,
+//! accounts and keys, plans, subscriptions paid through Stripe or recorded by an admin, one
+//! entitlement check for every delivery path, metering, invoices and provider statements.
+//! Next, it serves readings as paid live feeds and recent history. One binary, one TOML file.
 //!
 //! ## Data path
 //!
@@ -36,7 +38,7 @@
 //! ## Module map
 //!
 //! ```text
-//! main.rs        CLI: serve, check-config, keys, datasets, simulate
+//! main.rs        CLI: serve, check-config, accounts, keys, plans, invoices, datasets, simulate
 //! app.rs         builds components from Config, wires channels, shutdown order
 //! config/        TOML + CITYGATE__SECTION__KEY overrides; validate() reports every problem
 //! model.rs       Reading, Dataset, FieldSpec, Value (no I/O)
@@ -47,8 +49,12 @@
 //!                writer thread, consumer checkpoints
 //! sink/          parquet/ (log consumer per dataset; encode: layout, crash-safe file write),
 //!                influx/ (log consumer: line protocol, parallel writes, retries, poison)
-//! market/        store (SQLite via sqlx, migrations), keys (device/provider keys, auth cache)
-//! api/           router, the one error type, key extraction, accept loop, ops endpoints
+//! market/        store + schema (SQLite or PostgreSQL via sqlx, migrations), accounts, keys
+//!                (every role, auth cache), catalog, plans, subscriptions, payments/ (manual,
+//!                stripe), entitlement (the one access check, cached), usage (metering),
+//!                invoices (and provider statements), service (Market: ties them together)
+//! api/           router, the one error type, key extraction, accept loop, ops endpoints;
+//!                accounts, catalog, market (plans … statements) routes
 //! telemetry.rs   tracing init, every metric
 //! simulate.rs    the load and demo generator behind `citygate simulate`
 //! ```
