@@ -144,6 +144,8 @@ impl App {
         let (pipeline, parquet_sinks) =
             Pipeline::with_datasets(&config, &datasets, &metrics, wal.clone(), closing.clone())?;
         let pipeline = Arc::new(pipeline);
+        let hub = Arc::new(crate::feed::Hub::new(config.feed.clone()));
+        pipeline.set_feed(hub.clone());
         let sinks = TaskTracker::new();
         for sink in parquet_sinks {
             sinks.spawn(sink.run(sinks_stop.clone()));
@@ -204,6 +206,12 @@ impl App {
                 sinks.clone(),
                 sinks_stop.clone(),
             )),
+            feed: Arc::new(crate::feed::session::Context {
+                hub,
+                keyring: keyring.clone(),
+                market: market.clone(),
+                closing: closing.clone(),
+            }),
             keyring,
             market: market.clone(),
             metrics: metrics.clone(),

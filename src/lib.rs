@@ -62,6 +62,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod feed;
 pub mod ingest;
 pub mod market;
 pub mod model;

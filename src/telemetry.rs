@@ -84,6 +84,60 @@ pub struct Metrics {
     mqtt: MqttMetrics,
     wal: WalMetrics,
     influx: InfluxMetrics,
+    feed: FeedMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionEndLabels {
+    protocol: String,
+    reason: String,
+}
+
+/// Live feed metrics (cheap to clone).
+#[derive(Clone, Debug, Default)]
+pub struct FeedMetrics {
+    sessions: Family<ProtocolLabels, Gauge>,
+    ended: Family<SessionEndLabels, Counter>,
+    deliveries: Family<ProtocolLabels, Counter>,
+}
+
+impl FeedMetrics {
+    pub fn session_started(&self, protocol: &str) {
+        self.sessions
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
+            })
+            .inc();
+    }
+
+    /// A session ended, and why (`slow_consumer`, `key_revoked`, `not_entitled`, …).
+    pub fn session_ended(&self, protocol: &str, reason: &str) {
+        self.sessions
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
+            })
+            .dec();
+        self.ended
+            .get_or_create(&SessionEndLabels {
+                protocol: protocol.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A message (a reading or an aggregate) sent to a subscriber.
+    pub fn delivered(&self, protocol: &str) {
+        self.deliveries
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
+            })
+            .inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -286,6 +340,7 @@ impl Metrics {
             mqtt: MqttMetrics::default(),
             wal: WalMetrics::default(),
             influx: InfluxMetrics::default(),
+            feed: FeedMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -443,7 +498,27 @@ impl Metrics {
             "Points written to the store",
             m.influx.points.clone(),
         );
+        let feed = registry.sub_registry_with_prefix("feed");
+        feed.register(
+            "sessions",
+            "Live feed sessions open, by protocol",
+            m.feed.sessions.clone(),
+        );
+        feed.register(
+            "sessions_ended",
+            "Live feed sessions ended, by protocol and reason (slow_consumer, key_revoked, not_entitled, gone, shutdown)",
+            m.feed.ended.clone(),
+        );
+        feed.register(
+            "deliveries",
+            "Readings and aggregates delivered to subscribers, by protocol",
+            m.feed.deliveries.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn feed(&self) -> &FeedMetrics {
+        &self.feed
     }
 
     pub fn mqtt(&self) -> &MqttMetrics {

@@ -282,6 +282,7 @@ pub async fn revoke_key(
     let caller = require_key(&state, &headers, None).await?;
     own_key(&state, &caller, &id).await?;
     if state.keyring.store().revoke_key(&id).await? {
+        state.keyring.clear();
         tracing::info!(key = %id, by = %caller.id, "key revoked");
     }
     Ok(StatusCode::NO_CONTENT)

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod datasets;
 pub mod error;
+pub mod live;
 pub mod market;
 pub mod ops;
 pub mod server;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,
+    pub feed: Arc<crate::feed::session::Context>,
     pub metrics: Arc<Metrics>,
     pub http: Arc<HttpConfig>,
 }
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/datasets/{id}", get(datasets::show))
         .route("/v1/datasets/{id}/rejects", get(datasets::rejects))
+        .route("/v1/datasets/{id}/live", get(live::sse))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/ping", get(ops::ping).head(ops::ping))

@@ -51,6 +51,7 @@ pub struct Config {
     pub log: LogConfig,
     pub market: MarketConfig,
     pub payments: PaymentsConfig,
+    pub feed: FeedConfig,
     pub datasets: Vec<DatasetConfig>,
 }
 
@@ -360,6 +361,37 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct FeedConfig {
+    /// Recent readings kept per dataset, so a reconnecting subscriber gets what it missed
+    /// (`Last-Event-ID`)...
+    #[serde(with = "units::duration")]
+    pub replay_window: Duration,
+    /// ...at most this many per dataset.
+    pub replay_max: usize,
+    /// Batches a session may fall behind before it is closed as a slow consumer.
+    pub session_queue: usize,
+    /// How often a session checks its key and entitlement again.
+    #[serde(with = "units::duration")]
+    pub recheck: Duration,
+    /// SSE comments that keep idle connections open through proxies.
+    #[serde(with = "units::duration")]
+    pub heartbeat: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            replay_window: Duration::from_secs(15 * 60),
+            replay_max: 100_000,
+            session_queue: 1024,
+            recheck: Duration::from_millis(250),
+            heartbeat: Duration::from_secs(15),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Semantic checks of a parsed config. Each problem names its key; all are returned at once.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use super::{Config, DatasetConfig, UPDATE_FREQUENCIES};
 use crate::model::{FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name};
@@ -91,6 +92,19 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     }
     if config.database.max_connections == 0 {
         p.push("database.max_connections: must be at least 1".into());
+    }
+    let feed = &config.feed;
+    if feed.session_queue == 0 {
+        p.push("feed.session_queue: must be at least 1".into());
+    }
+    if feed.recheck.is_zero() || feed.recheck > Duration::from_secs(1) {
+        p.push(
+            "feed.recheck: must be more than 0 and at most 1s (revocation must stop delivery within a second)"
+                .into(),
+        );
+    }
+    if feed.heartbeat.is_zero() {
+        p.push("feed.heartbeat: must be more than 0".into());
     }
     let fee = config.market.platform_fee_percent;
     if !(0.0..=100.0).contains(&fee) {

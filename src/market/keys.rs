@@ -554,6 +554,12 @@ impl Keyring {
     }
 
     /// The live key for `secret`, or `None` if there is none.
+    /// Forgets every cached lookup: after a revocation in this process, so it takes
+    /// effect at once here (other processes see it within [`KEY_CACHE_TTL`]).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Arc<ApiKey>>, KeyError> {
         if !looks_like_secret(secret) {
             return Ok(None);

@@ -106,6 +106,8 @@ pub struct Pipeline {
     parquet_dir: PathBuf,
     parquet: ParquetConfig,
     rejects_kept: usize,
+    /// Live feeds: acknowledged readings are published here.
+    feed: std::sync::OnceLock<Arc<crate::feed::Hub>>,
 }
 
 impl Pipeline {
@@ -136,6 +138,7 @@ impl Pipeline {
             parquet_dir: config.parquet_dir(),
             parquet: config.parquet.clone(),
             rejects_kept: config.pipeline.rejects_kept,
+            feed: std::sync::OnceLock::new(),
         };
         let mut sinks = Vec::new();
         for ds_config in datasets {
@@ -176,6 +179,11 @@ impl Pipeline {
     /// The write-ahead log every accepted batch goes to.
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// Publishes every acknowledged reading to `hub` from now on.
+    pub fn set_feed(&self, hub: Arc<crate::feed::Hub>) {
+        let _ = self.feed.set(hub);
     }
 
     pub fn dataset(&self, id: &str) -> Option<Arc<DatasetPipeline>> {
@@ -303,6 +311,9 @@ impl Pipeline {
                 WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
             })?;
             ds.quality.accepted(&checked.accepted, checked.received_at);
+            if let Some(hub) = self.feed.get() {
+                hub.publish(&ds.dataset, &checked.accepted);
+            }
         }
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {

@@ -6,6 +6,7 @@ mod crash;
 mod harness;
 mod influx;
 mod intake;
+mod live;
 mod market;
 mod mqtt;
 mod peers;

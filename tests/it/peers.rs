@@ -276,3 +276,82 @@ async fn an_open_data_portal_harvests_the_dcat_catalog() {
     );
     assert_eq!(seen["keywords"], json!(["bicycles"]));
 }
+
+#[tokio::test]
+async fn a_browser_style_eventsource_client_follows_and_resumes() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (status, _) = gw
+        .post_as(
+            "/v1/catalog/traffic-counts/plans",
+            &provider,
+            json!({"id": "open", "name": "Open data", "kind": "free"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let (status, _) = gw
+        .post_as("/v1/subscriptions", &alice, json!({"plan": "open"}))
+        .await;
+    assert_eq!(status, 201);
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let url = gw.url("/v1/datasets/traffic-counts/live");
+    let script = peer_script("sse_follow.py");
+
+    let follower = tokio::spawn({
+        let (script, url, alice) = (script.clone(), url.clone(), alice.clone());
+        async move { run_peer(&[&script, &url, &alice, "10"]).await }
+    });
+    // Publish once the client's session is open.
+    let started = std::time::Instant::now();
+    while !gw
+        .metrics()
+        .await
+        .contains("citygate_feed_sessions{protocol=\"sse\"} 1")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let batch = |from: i64, n: i64| -> Value {
+        json!(
+            (from..from + n)
+                .map(|i| json!({"sensor_id": "tc-1", "ts": now_ms(), "vehicle_count": i}))
+                .collect::<Vec<_>>()
+        )
+    };
+    assert_eq!(
+        gw.post_json(TRAFFIC, &device, batch(0, 10)).await.status(),
+        204
+    );
+    let lines: Vec<Value> = follower
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counts: Vec<i64> = lines
+        .iter()
+        .map(|l| l["vehicle_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, (0..10).collect::<Vec<_>>());
+
+    // Published while it was away; it resumes from its last event id.
+    assert_eq!(
+        gw.post_json(TRAFFIC, &device, batch(10, 5)).await.status(),
+        204
+    );
+    let last = lines.last().unwrap()["id"].as_str().unwrap().to_string();
+    let resumed: Vec<i64> = run_peer(&[&script, &url, &alice, "5", &last])
+        .await
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["vehicle_count"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(resumed, [10, 11, 12, 13, 14]);
+}

@@ -149,11 +149,19 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         tokio_util::task::TaskTracker::new(),
         CancellationToken::new(),
     );
+    let keyring = Arc::new(Keyring::new(store.clone()));
+    let market = Arc::new(citygate::market::Market::new(store, &config).unwrap());
     let app = router(AppState {
         pipeline,
         catalog: Arc::new(catalog),
-        keyring: Arc::new(Keyring::new(store.clone())),
-        market: Arc::new(citygate::market::Market::new(store, &config).unwrap()),
+        feed: Arc::new(citygate::feed::session::Context {
+            hub: Arc::new(citygate::feed::Hub::new(config.feed.clone())),
+            keyring: keyring.clone(),
+            market: market.clone(),
+            closing: closing.clone(),
+        }),
+        keyring,
+        market,
         metrics,
         http: Arc::new(config.http.clone()),
     });

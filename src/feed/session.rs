@@ -1,0 +1,486 @@
+//! One subscriber following one dataset, whatever the protocol: the readings it missed,
+//! then live ones, filtered, shaped by its plan's tier, metered, and stopped when its
+//! entitlement ends.
+//!
+//! Tiers: a paid (or provider's, or admin's) grant gets each reading as it arrives; a
+//! `delay` grant gets each reading `delay` after its device time, in position order (so a
+//! reconnect resuming from the last position it saw loses nothing, and replay cannot read
+//! around the delay); an `aggregate` grant gets, at the end of each window, per sensor the
+//! count and, per numeric field, count, mean, min and max of what arrived in the window.
+//!
+//! The key and the entitlement are checked again every `[feed] recheck`: a revoked key, an
+//! expired subscription or a cancelled plan ends the session within that time (plus the
+//! key cache's second when the key was revoked by another process).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::{FeedBatch, Hub};
+use crate::market::{Grant, Keyring, Market};
+use crate::model::{Micros, Reading, Value, now_micros};
+
+/// Which readings of a dataset a session wants.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub sensors: Option<HashSet<String>>,
+    /// min lon, min lat, max lon, max lat.
+    pub bbox: Option<[f64; 4]>,
+}
+
+impl Filter {
+    /// From `sensors=a,b` and `bbox=minlon,minlat,maxlon,maxlat`.
+    pub fn parse(sensors: Option<&str>, bbox: Option<&str>) -> Result<Filter, String> {
+        let sensors = match sensors {
+            Some(s) => {
+                let set: HashSet<String> = s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if set.is_empty() {
+                    return Err("sensors: name at least one sensor id".into());
+                }
+                Some(set)
+            }
+            None => None,
+        };
+        let bbox = match bbox {
+            Some(b) => {
+                let v: Vec<f64> = b
+                    .split(',')
+                    .map(|x| x.trim().parse::<f64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("bbox: `{b}` is not four numbers"))?;
+                let [min_lon, min_lat, max_lon, max_lat] = v[..] else {
+                    return Err(format!(
+                        "bbox: `{b}` is not min_lon,min_lat,max_lon,max_lat"
+                    ));
+                };
+                let ok = (-180.0..=180.0).contains(&min_lon)
+                    && (-180.0..=180.0).contains(&max_lon)
+                    && (-90.0..=90.0).contains(&min_lat)
+                    && (-90.0..=90.0).contains(&max_lat)
+                    && min_lon <= max_lon
+                    && min_lat <= max_lat;
+                if !ok {
+                    return Err(format!(
+                        "bbox: `{b}` is not min_lon,min_lat,max_lon,max_lat within the globe"
+                    ));
+                }
+                Some([min_lon, min_lat, max_lon, max_lat])
+            }
+            None => None,
+        };
+        Ok(Filter { sensors, bbox })
+    }
+
+    pub fn matches(&self, r: &Reading) -> bool {
+        if let Some(s) = &self.sensors
+            && !s.contains(r.sensor_id.as_str())
+        {
+            return false;
+        }
+        if let Some([min_lon, min_lat, max_lon, max_lat]) = self.bbox {
+            let (Some(lat), Some(lon)) = (r.lat, r.lon) else {
+                return false;
+            };
+            return (min_lon..=max_lon).contains(&lon) && (min_lat..=max_lat).contains(&lat);
+        }
+        true
+    }
+}
+
+/// What a session sends to its protocol.
+#[derive(Debug)]
+pub enum Out {
+    /// A reading, with its position (the SSE event id).
+    Reading { position: u64, json: Arc<str> },
+    /// Per-sensor aggregates of one window.
+    Aggregate(String),
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The client went away.
+    Gone,
+    /// The client could not keep up.
+    SlowConsumer,
+    /// The key was revoked or expired.
+    KeyRevoked,
+    /// The entitlement ended (subscription expired or cancelled, dataset withdrawn).
+    NotEntitled,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Gone => "gone",
+            End::SlowConsumer => "slow_consumer",
+            End::KeyRevoked => "key_revoked",
+            End::NotEntitled => "not_entitled",
+            End::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            End::Gone => "the client went away",
+            End::SlowConsumer => "the client did not keep up with the feed",
+            End::KeyRevoked => "the key was revoked or expired",
+            End::NotEntitled => "the subscription to this dataset ended",
+            End::Shutdown => "the gateway is shutting down",
+        }
+    }
+}
+
+/// What every session needs.
+pub struct Context {
+    pub hub: Arc<Hub>,
+    pub keyring: Arc<Keyring>,
+    pub market: Arc<Market>,
+    pub closing: tokio_util::sync::CancellationToken,
+}
+
+/// One session's request.
+pub struct Follow {
+    /// The key's secret, to check it again as time passes.
+    pub secret: String,
+    pub dataset: String,
+    pub filter: Filter,
+    /// The last position the client has (resume).
+    pub after: Option<u64>,
+    /// The entitlement found at subscribe.
+    pub grant: Grant,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tier {
+    Live,
+    Delay(Micros),
+    Aggregate(Micros),
+}
+
+fn tier_of(grant: &Grant) -> Tier {
+    if let Some(a) = grant
+        .aggregate
+        .as_deref()
+        .and_then(|a| humantime::parse_duration(a).ok())
+    {
+        return Tier::Aggregate(a.as_micros() as Micros);
+    }
+    if grant.delay.is_zero() {
+        Tier::Live
+    } else {
+        Tier::Delay(grant.delay.as_micros() as Micros)
+    }
+}
+
+#[derive(Default)]
+struct FieldStats {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+#[derive(Default)]
+struct SensorWindow {
+    readings: u64,
+    fields: BTreeMap<String, FieldStats>,
+}
+
+struct State<'a> {
+    follow: &'a Follow,
+    out: &'a mpsc::Sender<Out>,
+    tier: Tier,
+    /// Positions up to here were handled.
+    last: Option<u64>,
+    /// Delay tier: (due, position, json), in position order.
+    delayed: VecDeque<(Micros, u64, Arc<str>)>,
+    /// Aggregate tier: this window's stats by sensor.
+    window: BTreeMap<String, SensorWindow>,
+    window_start: Micros,
+    metered: (u64, u64),
+}
+
+impl State<'_> {
+    fn send(&mut self, out: Out) -> Result<(), End> {
+        let bytes = match &out {
+            Out::Reading { json, .. } => json.len(),
+            Out::Aggregate(s) => s.len(),
+        } as u64;
+        match self.out.try_send(out) {
+            Ok(()) => {
+                self.metered.0 += 1;
+                self.metered.1 += bytes;
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(End::SlowConsumer),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::Gone),
+        }
+    }
+
+    fn take(&mut self, batch: &FeedBatch, now: Micros) -> Result<(), End> {
+        let json = batch.json();
+        for (i, r) in batch.readings.iter().enumerate() {
+            let position = batch.first + i as u64;
+            if self.last.is_some_and(|l| position <= l) {
+                continue;
+            }
+            self.last = Some(position);
+            if !self.follow.filter.matches(r) {
+                continue;
+            }
+            match self.tier {
+                Tier::Live => self.send(Out::Reading {
+                    position,
+                    json: json[i].clone(),
+                })?,
+                Tier::Delay(d) => {
+                    self.delayed
+                        .push_back((r.ts.saturating_add(d), position, json[i].clone()));
+                }
+                Tier::Aggregate(_) => self.aggregate(batch, r),
+            }
+        }
+        self.release(now)
+    }
+
+    /// Sends the delayed readings that are due, in position order.
+    fn release(&mut self, now: Micros) -> Result<(), End> {
+        while let Some((due, _, _)) = self.delayed.front() {
+            if *due > now {
+                break;
+            }
+            let (_, position, json) = self.delayed.pop_front().expect("front exists");
+            self.send(Out::Reading { position, json })?;
+        }
+        Ok(())
+    }
+
+    fn aggregate(&mut self, batch: &FeedBatch, r: &Reading) {
+        let w = self.window.entry(r.sensor_id.to_string()).or_default();
+        w.readings += 1;
+        for (spec, value) in batch.dataset.fields.iter().zip(&r.values) {
+            let x = match value {
+                Some(Value::Float(f)) if f.is_finite() => *f,
+                Some(Value::Int(i)) => *i as f64,
+                _ => continue,
+            };
+            let s = w.fields.entry(spec.name.clone()).or_default();
+            if s.count == 0 {
+                s.min = x;
+                s.max = x;
+            }
+            s.count += 1;
+            s.sum += x;
+            s.min = s.min.min(x);
+            s.max = s.max.max(x);
+        }
+    }
+
+    /// Ends the aggregation window at `end`: one message per sensor seen in it.
+    fn close_window(&mut self, end: Micros) -> Result<(), End> {
+        let start = self.window_start;
+        self.window_start = end;
+        for (sensor, w) in std::mem::take(&mut self.window) {
+            let fields: serde_json::Map<String, serde_json::Value> = w
+                .fields
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        json!({"count": s.count, "mean": s.sum / s.count as f64,
+                               "min": s.min, "max": s.max}),
+                    )
+                })
+                .collect();
+            let msg = json!({
+                "dataset": self.follow.dataset,
+                "sensor_id": sensor,
+                "window_start": start,
+                "window_end": end,
+                "count": w.readings,
+                "fields": fields,
+            });
+            self.send(Out::Aggregate(msg.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn meter(&mut self, ctx: &Context) {
+        if self.metered.0 > 0
+            && let Some(sub) = &self.follow.grant.subscription
+        {
+            ctx.market
+                .usage()
+                .record(sub, self.metered.0, self.metered.1);
+        }
+        self.metered = (0, 0);
+    }
+}
+
+fn instant_at(t: Micros, now: Micros) -> Instant {
+    Instant::now() + Duration::from_micros(t.saturating_sub(now).max(0) as u64)
+}
+
+/// Runs a session until it ends; sends what the client gets to `out` (bounded: a client
+/// that lets it fill is a slow consumer).
+pub async fn run(ctx: Arc<Context>, follow: Follow, out: mpsc::Sender<Out>) -> End {
+    let mut sub = ctx.hub.subscribe(&follow.dataset, follow.after);
+    let now = now_micros();
+    let tier = tier_of(&follow.grant);
+    let mut state = State {
+        follow: &follow,
+        out: &out,
+        tier,
+        last: sub.after,
+        delayed: VecDeque::new(),
+        window: BTreeMap::new(),
+        window_start: match tier {
+            Tier::Aggregate(w) => now - now.rem_euclid(w),
+            _ => now,
+        },
+        metered: (0, 0),
+    };
+    let end = follow_feed(
+        &ctx,
+        &mut state,
+        &mut sub.live,
+        std::mem::take(&mut sub.missed),
+    )
+    .await;
+    state.meter(&ctx);
+    end
+}
+
+async fn follow_feed(
+    ctx: &Context,
+    state: &mut State<'_>,
+    live: &mut broadcast::Receiver<Arc<FeedBatch>>,
+    missed: Vec<Arc<FeedBatch>>,
+) -> End {
+    let now = now_micros();
+    for batch in missed {
+        if let Err(end) = state.take(&batch, now) {
+            return end;
+        }
+    }
+    state.meter(ctx);
+    let mut recheck = tokio::time::interval(ctx.hub.config().recheck);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = now_micros();
+        let next_due = match state.tier {
+            Tier::Delay(_) => state
+                .delayed
+                .front()
+                .map(|(due, _, _)| instant_at(*due, now)),
+            Tier::Aggregate(w) => Some(instant_at(state.window_start + w, now)),
+            Tier::Live => None,
+        };
+        let step = tokio::select! {
+            biased;
+            _ = ctx.closing.cancelled() => Err(End::Shutdown),
+            _ = state.out.closed() => Err(End::Gone),
+            _ = recheck.tick() => recheck_grant(ctx, state).await,
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                let now = now_micros();
+                match state.tier {
+                    Tier::Aggregate(w) => {
+                        let end = now - now.rem_euclid(w);
+                        state.close_window(end.max(state.window_start + w))
+                    }
+                    _ => state.release(now),
+                }
+            }
+            msg = live.recv() => match msg {
+                Ok(batch) => state.take(&batch, now_micros()),
+                Err(broadcast::error::RecvError::Lagged(_)) => Err(End::SlowConsumer),
+                Err(broadcast::error::RecvError::Closed) => Err(End::Shutdown),
+            },
+        };
+        state.meter(ctx);
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+/// Checks the key and the entitlement again; a grant whose terms changed (a plan paid, a
+/// tier ended) changes the session's tier.
+async fn recheck_grant(ctx: &Context, state: &mut State<'_>) -> Result<(), End> {
+    let key = match ctx.keyring.authenticate(&state.follow.secret).await {
+        Ok(Some(key)) => key,
+        Ok(None) => return Err(End::KeyRevoked),
+        // A database hiccup is not a reason to cut a paying subscriber off: try again.
+        Err(e) => {
+            tracing::warn!(error = %e, "feed: key check failed; retrying");
+            return Ok(());
+        }
+    };
+    let now = now_micros();
+    match ctx
+        .market
+        .entitlement(&key, &state.follow.dataset, now)
+        .await
+    {
+        Ok(Some(grant)) => {
+            let tier = tier_of(&grant);
+            if tier != state.tier {
+                // Upgraded to real time: what waited goes out now.
+                if tier == Tier::Live {
+                    while let Some((_, position, json)) = state.delayed.pop_front() {
+                        state.send(Out::Reading { position, json })?;
+                    }
+                }
+                state.tier = tier;
+                state.window.clear();
+                if let Tier::Aggregate(w) = tier {
+                    state.window_start = now - now.rem_euclid(w);
+                }
+            }
+            Ok(())
+        }
+        Ok(None) => Err(End::NotEntitled),
+        Err(e) => {
+            tracing::warn!(error = %e, "feed: entitlement check failed; retrying");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match() {
+        let f = Filter::parse(Some("a, b"), Some("12.4,55.6,12.7,55.8")).unwrap();
+        let mut r = Reading::empty(1, 0);
+        r.sensor_id = "a".into();
+        assert!(!f.matches(&r), "no position: outside every box");
+        r.lat = Some(55.7);
+        r.lon = Some(12.5);
+        assert!(f.matches(&r));
+        r.lon = Some(13.0);
+        assert!(!f.matches(&r));
+        r.lon = Some(12.5);
+        r.sensor_id = "c".into();
+        assert!(!f.matches(&r));
+        assert!(Filter::parse(None, None).unwrap().matches(&r));
+        for bad in ["1,2,3", "a,b,c,d", "12.7,55.6,12.4,55.8", "0,95,1,96"] {
+            assert!(Filter::parse(None, Some(bad)).is_err(), "{bad}");
+        }
+        assert!(Filter::parse(Some(" , "), None).is_err());
+    }
+}
