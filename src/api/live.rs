@@ -1,4 +1,6 @@
-//! Live readings over Server-Sent Events.
+//! Live readings over Server-Sent Events and WebSocket.
+//!
+//! ## Server-Sent Events
 //!
 //! `GET /v1/datasets/{id}/live?sensors=a,b&bbox=minlon,minlat,maxlon,maxlat` with the key
 //! as `Authorization: Bearer` or `?key=` (browsers' EventSource sends no headers). Events:
@@ -8,8 +10,25 @@
 //! reason when the gateway closes the stream (entitlement ended, key revoked, slow consumer,
 //! shutdown). `: keep-alive` comments every `[feed] heartbeat`. A key that may not have the
 //! dataset gets 404, as if it did not exist.
+//!
+//! ## WebSocket
+//!
+//! `GET /v1/live/ws` (key as for SSE; 401 without one) opens a socket on which the client
+//! follows several datasets, each subscription checked on its own. Client messages (JSON):
+//! `{"op":"subscribe","dataset":"…","sensors":["…"],"bbox":[minlon,minlat,maxlon,maxlat],"last_id":"…"}`,
+//! `{"op":"unsubscribe","dataset":"…"}`, `{"op":"ping"}`. Server messages:
+//! `{"type":"subscribed","dataset":…,"grant":{…}}`, `{"type":"reading","data":{…}}`,
+//! `{"type":"aggregate","data":{…}}`, `{"type":"unsubscribed",…}`, `{"type":"pong"}`,
+//! `{"type":"end","dataset":…,"reason":…,"message":…}` (that dataset's feed stopped), and
+//! `{"type":"error","error":…,"message":…[,"dataset":…]}` for a message that cannot be done
+//! (the socket stays open). The server pings every `[feed] heartbeat`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use futures_util::{SinkExt, StreamExt};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -24,7 +43,9 @@ use super::AppState;
 use super::auth::presented_secret;
 use super::error::ApiError;
 use crate::feed::session::{self, End, Filter, Follow, Out};
+use crate::market::ApiKey;
 use crate::model::now_micros;
+use crate::telemetry::FeedMetrics;
 
 #[derive(Deserialize)]
 pub struct LiveQuery {
@@ -75,21 +96,18 @@ pub async fn sse(
     let (tx, rx) = mpsc::channel(ctx.hub.config().session_queue);
     let metrics = state.metrics.feed().clone();
     metrics.session_started("sse");
+    let follow = Follow {
+        secret,
+        dataset,
+        filter,
+        after,
+        grant,
+    };
+    let sub = session::start(&ctx, &follow);
     let task = tokio::spawn({
         let metrics = metrics.clone();
         async move {
-            let end = session::run(
-                ctx,
-                Follow {
-                    secret,
-                    dataset,
-                    filter,
-                    after,
-                    grant,
-                },
-                tx,
-            )
-            .await;
+            let end = session::run(ctx, follow, sub, tx).await;
             metrics.session_ended("sse", end.as_str());
             end
         }
@@ -124,4 +142,261 @@ pub async fn sse(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(heartbeat).text("keep-alive"))
         .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct KeyQuery {
+    key: Option<String>,
+}
+
+/// `GET /v1/live/ws`
+pub async fn ws(
+    State(state): State<AppState>,
+    Query(q): Query<KeyQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let secret = presented_secret(&headers, q.key.as_deref()).ok_or(ApiError::Unauthorized)?;
+    let key = state
+        .keyring
+        .authenticate(&secret)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(upgrade
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| ws_connection(state, secret, key, socket)))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        dataset: String,
+        #[serde(default)]
+        sensors: Option<Vec<String>>,
+        #[serde(default)]
+        bbox: Option<[f64; 4]>,
+        #[serde(default)]
+        last_id: Option<String>,
+    },
+    Unsubscribe {
+        dataset: String,
+    },
+    Ping,
+}
+
+fn error_message(error: &str, message: &str, dataset: Option<&str>) -> Message {
+    let mut v = json!({"type": "error", "error": error, "message": message});
+    if let Some(d) = dataset {
+        v["dataset"] = json!(d);
+    }
+    Message::Text(v.to_string().into())
+}
+
+/// One WebSocket: reads client messages, runs a session per followed dataset, and writes
+/// everything through one bounded queue.
+async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket: WebSocket) {
+    let ctx = state.feed.clone();
+    let queue = ctx.hub.config().session_queue;
+    let metrics = state.metrics.feed().clone();
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(queue);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let closing = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut followed: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut ping = tokio::time::interval(ctx.hub.config().heartbeat);
+    ping.tick().await;
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            _ = ping.tick() => {
+                let _ = tx.send(Message::Ping(Vec::new().into())).await;
+                continue;
+            }
+            _ = ctx.closing.cancelled() => {
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: "the gateway is shutting down".into(),
+                    })))
+                    .await;
+                break;
+            }
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                let _ = tx
+                    .send(error_message(
+                        "invalid_message",
+                        "messages are JSON text",
+                        None,
+                    ))
+                    .await;
+                continue;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+        };
+        let parsed: ClientMessage = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx
+                    .send(error_message("invalid_message", &e.to_string(), None))
+                    .await;
+                continue;
+            }
+        };
+        match parsed {
+            ClientMessage::Ping => {
+                let _ = tx
+                    .send(Message::Text(json!({"type": "pong"}).to_string().into()))
+                    .await;
+            }
+            ClientMessage::Unsubscribe { dataset } => {
+                let reply = match followed.remove(&dataset) {
+                    Some(forwarder) => {
+                        forwarder.abort();
+                        json!({"type": "unsubscribed", "dataset": dataset})
+                    }
+                    None => json!({"type": "error", "error": "not_subscribed", "dataset": dataset,
+                                   "message": "this socket does not follow that dataset"}),
+                };
+                let _ = tx.send(Message::Text(reply.to_string().into())).await;
+            }
+            ClientMessage::Subscribe {
+                dataset,
+                sensors,
+                bbox,
+                last_id,
+            } => {
+                match follow_on_socket(&state, &secret, &key, &dataset, sensors, bbox, last_id)
+                    .await
+                {
+                    Ok((follow, grant_json)) => {
+                        if let Some(previous) = followed.remove(&dataset) {
+                            previous.abort();
+                        }
+                        // Following before saying so: whatever is published once the client
+                        // reads "subscribed" reaches it.
+                        let sub = session::start(&ctx, &follow);
+                        let _ = tx
+                            .send(Message::Text(
+                                json!({"type": "subscribed", "dataset": dataset, "grant": grant_json})
+                                    .to_string()
+                                    .into(),
+                            ))
+                            .await;
+                        let forwarder =
+                            spawn_ws_session(ctx.clone(), follow, sub, tx.clone(), metrics.clone());
+                        followed.insert(dataset, forwarder);
+                    }
+                    Err((error, message)) => {
+                        let _ = tx
+                            .send(error_message(error, &message, Some(&dataset)))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    for (_, forwarder) in followed {
+        forwarder.abort();
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Checks one subscribe request: the key may have the dataset, the filter is sound.
+async fn follow_on_socket(
+    state: &AppState,
+    secret: &str,
+    key: &ApiKey,
+    dataset: &str,
+    sensors: Option<Vec<String>>,
+    bbox: Option<[f64; 4]>,
+    last_id: Option<String>,
+) -> Result<(Follow, serde_json::Value), (&'static str, String)> {
+    let grant = match state.market.entitlement(key, dataset, now_micros()).await {
+        Ok(Some(grant)) => grant,
+        Ok(None) => {
+            return Err(("not_found", format!("no dataset `{dataset}` for this key")));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "entitlement check failed");
+            return Err(("internal", "the entitlement could not be checked".into()));
+        }
+    };
+    let sensors = sensors.map(|s| s.join(","));
+    let bbox = bbox.map(|b| format!("{},{},{},{}", b[0], b[1], b[2], b[3]));
+    let filter =
+        Filter::parse(sensors.as_deref(), bbox.as_deref()).map_err(|m| ("invalid_filter", m))?;
+    let after = match last_id {
+        Some(id) => Some(id.trim().parse::<u64>().map_err(|_| {
+            (
+                "invalid_last_id",
+                format!("last_id: `{id}` is not a position"),
+            )
+        })?),
+        None => None,
+    };
+    let grant_json = serde_json::to_value(&grant).unwrap_or_default();
+    Ok((
+        Follow {
+            secret: secret.to_string(),
+            dataset: dataset.to_string(),
+            filter,
+            after,
+            grant,
+        },
+        grant_json,
+    ))
+}
+
+/// Runs a session for one dataset of a socket; its messages go to the socket's queue.
+/// Aborting the returned forwarder ends the session (it sees its queue closed).
+fn spawn_ws_session(
+    ctx: Arc<session::Context>,
+    follow: Follow,
+    sub: crate::feed::Subscription,
+    socket: mpsc::Sender<Message>,
+    metrics: FeedMetrics,
+) -> JoinHandle<()> {
+    let queue = ctx.hub.config().session_queue;
+    let dataset = follow.dataset.clone();
+    let (out_tx, mut out_rx) = mpsc::channel(queue);
+    metrics.session_started("ws");
+    let session = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let end = session::run(ctx, follow, sub, out_tx).await;
+            metrics.session_ended("ws", end.as_str());
+            end
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let text = match out {
+                Out::Reading { json, .. } => format!("{{\"type\":\"reading\",\"data\":{json}}}"),
+                Out::Aggregate(json) => format!("{{\"type\":\"aggregate\",\"data\":{json}}}"),
+            };
+            if socket.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+            metrics.delivered("ws");
+        }
+        let end = session.await.unwrap_or(End::Shutdown);
+        if end != End::Gone {
+            let message = json!({"type": "end", "dataset": dataset, "reason": end.as_str(),
+                                 "message": end.message()});
+            let _ = socket.send(Message::Text(message.to_string().into())).await;
+        }
+    })
 }

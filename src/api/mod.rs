@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/datasets/{id}", get(datasets::show))
         .route("/v1/datasets/{id}/rejects", get(datasets::rejects))
         .route("/v1/datasets/{id}/live", get(live::sse))
+        .route("/v1/live/ws", get(live::ws))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/ping", get(ops::ping).head(ops::ping))

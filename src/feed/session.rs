@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::{FeedBatch, Hub};
+use super::{FeedBatch, Hub, Subscription};
 use crate::market::{Grant, Keyring, Market};
 use crate::model::{Micros, Reading, Value, now_micros};
 
@@ -333,10 +333,20 @@ fn instant_at(t: Micros, now: Micros) -> Instant {
     Instant::now() + Duration::from_micros(t.saturating_sub(now).max(0) as u64)
 }
 
-/// Runs a session until it ends; sends what the client gets to `out` (bounded: a client
-/// that lets it fill is a slow consumer).
-pub async fn run(ctx: Arc<Context>, follow: Follow, out: mpsc::Sender<Out>) -> End {
-    let mut sub = ctx.hub.subscribe(&follow.dataset, follow.after);
+/// Starts following: from this call on, every reading published to the dataset reaches
+/// the session (call it before telling the client it is subscribed).
+pub fn start(ctx: &Context, follow: &Follow) -> Subscription {
+    ctx.hub.subscribe(&follow.dataset, follow.after)
+}
+
+/// Runs a session begun with [`start`] until it ends; sends what the client gets to `out`
+/// (bounded: a client that lets it fill is a slow consumer).
+pub async fn run(
+    ctx: Arc<Context>,
+    follow: Follow,
+    mut sub: Subscription,
+    out: mpsc::Sender<Out>,
+) -> End {
     let now = now_micros();
     let tier = tier_of(&follow.grant);
     let mut state = State {
