@@ -146,6 +146,13 @@ impl App {
         let pipeline = Arc::new(pipeline);
         let hub = Arc::new(crate::feed::Hub::new(config.feed.clone()));
         pipeline.set_feed(hub.clone());
+        let feed = Arc::new(crate::feed::session::Context {
+            hub,
+            keyring: keyring.clone(),
+            market: market.clone(),
+            metrics: metrics.feed().clone(),
+            closing: closing.clone(),
+        });
         let sinks = TaskTracker::new();
         for sink in parquet_sinks {
             sinks.spawn(sink.run(sinks_stop.clone()));
@@ -191,6 +198,7 @@ impl App {
                 keyring.clone(),
                 metrics.mqtt().clone(),
                 config.mqtt.clone(),
+                feed.clone(),
                 closing.clone(),
             ));
             let task = tokio::spawn(mqtt::serve(listener, shared, config.shutdown.timeout));
@@ -206,12 +214,7 @@ impl App {
                 sinks.clone(),
                 sinks_stop.clone(),
             )),
-            feed: Arc::new(crate::feed::session::Context {
-                hub,
-                keyring: keyring.clone(),
-                market: market.clone(),
-                closing: closing.clone(),
-            }),
+            feed,
             keyring,
             market: market.clone(),
             metrics: metrics.clone(),

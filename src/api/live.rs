@@ -121,11 +121,14 @@ pub async fn sse(
                 Some(out) => {
                     metrics.delivered("sse");
                     let event = match out {
-                        Out::Reading { position, json } => Event::default()
+                        Out::Retained { json, .. } => Event::default().event("latest").data(&*json),
+                        Out::Reading { position, json, .. } => Event::default()
                             .id(position.to_string())
                             .event("reading")
                             .data(&*json),
-                        Out::Aggregate(json) => Event::default().event("aggregate").data(json),
+                        Out::Aggregate { json, .. } => {
+                            Event::default().event("aggregate").data(json)
+                        }
                     };
                     Some((Ok::<_, Infallible>(event), (rx, Some(task), metrics)))
                 }
@@ -384,8 +387,12 @@ fn spawn_ws_session(
     tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
             let text = match out {
-                Out::Reading { json, .. } => format!("{{\"type\":\"reading\",\"data\":{json}}}"),
-                Out::Aggregate(json) => format!("{{\"type\":\"aggregate\",\"data\":{json}}}"),
+                Out::Reading { json, .. } | Out::Retained { json, .. } => {
+                    format!("{{\"type\":\"reading\",\"data\":{json}}}")
+                }
+                Out::Aggregate { json, .. } => {
+                    format!("{{\"type\":\"aggregate\",\"data\":{json}}}")
+                }
             };
             if socket.send(Message::Text(text.into())).await.is_err() {
                 return;

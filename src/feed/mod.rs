@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use compact_str::CompactString;
 use tokio::sync::broadcast;
 
 use crate::config::FeedConfig;
@@ -104,6 +105,18 @@ struct Recent {
     next: u64,
     batches: VecDeque<Arc<FeedBatch>>,
     readings: usize,
+    /// The last reading of each sensor, with its position (MQTT's retained messages).
+    latest: HashMap<CompactString, (u64, Reading)>,
+    dataset: Option<Arc<Dataset>>,
+}
+
+/// A sensor's last reading, as a retained message.
+pub struct Latest {
+    pub sensor: CompactString,
+    /// Device time.
+    pub ts: Micros,
+    pub reading: Reading,
+    pub json: Arc<str>,
 }
 
 /// One dataset's feed: positions, recent batches, and the broadcast to its sessions.
@@ -114,6 +127,8 @@ pub struct DatasetFeed {
 
 /// What a new session starts from: the readings it missed, then everything live.
 pub struct Subscription {
+    /// Each sensor's last reading, when asked for.
+    pub latest: Vec<Latest>,
     pub missed: Vec<Arc<FeedBatch>>,
     /// Readings at or before this position were in `missed` or before the resume point.
     pub after: Option<u64>,
@@ -158,6 +173,8 @@ impl Hub {
                         next: self.start,
                         batches: VecDeque::new(),
                         readings: 0,
+                        latest: HashMap::new(),
+                        dataset: None,
                     }),
                     tx: broadcast::channel(self.config.session_queue).0,
                 })
@@ -181,6 +198,20 @@ impl Hub {
             json: OnceLock::new(),
         });
         recent.next += readings.len() as u64;
+        for (i, r) in readings.iter().enumerate() {
+            let position = batch.first + i as u64;
+            match recent.latest.get_mut(&r.sensor_id) {
+                Some(slot) => *slot = (position, r.clone()),
+                None => {
+                    recent
+                        .latest
+                        .insert(r.sensor_id.clone(), (position, r.clone()));
+                }
+            }
+        }
+        if recent.dataset.is_none() {
+            recent.dataset = Some(dataset.clone());
+        }
         if window > 0 && self.config.replay_max > 0 {
             recent.readings += readings.len();
             recent.batches.push_back(batch.clone());
@@ -200,9 +231,23 @@ impl Hub {
 
     /// Starts following `dataset`: live from now, or, with `after` (the last position the
     /// client has), from the reading after it as far as the recent history goes.
-    pub fn subscribe(&self, dataset: &str, after: Option<u64>) -> Subscription {
+    /// With `latest`, also each sensor's last reading (for retained messages).
+    pub fn subscribe(&self, dataset: &str, after: Option<u64>, latest: bool) -> Subscription {
         let feed = self.feed(dataset);
         let recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = match (&recent.dataset, latest) {
+            (Some(ds), true) => recent
+                .latest
+                .iter()
+                .map(|(sensor, (position, r))| Latest {
+                    sensor: sensor.clone(),
+                    ts: r.ts,
+                    reading: r.clone(),
+                    json: reading_json(ds, *position, r).into(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let live = feed.tx.subscribe();
         let missed = match after {
             Some(after) if after < recent.next => recent
@@ -214,6 +259,7 @@ impl Hub {
             _ => Vec::new(),
         };
         Subscription {
+            latest,
             missed,
             after,
             live,
@@ -256,7 +302,7 @@ mod tests {
     fn readings_become_json_once_with_their_positions() {
         let ds = dataset();
         let hub = Hub::new(FeedConfig::default());
-        let mut sub = hub.subscribe(&ds.id, None);
+        let mut sub = hub.subscribe(&ds.id, None, false);
         hub.publish(&ds, &[reading("a", 1), reading("b\"x", 2)]);
         let batch = sub.live.try_recv().unwrap();
         let json = batch.json();
@@ -279,16 +325,16 @@ mod tests {
         }
         // The client saw positions up to start + 6: it gets 7..=19, whole batches from the
         // one holding position 7 (the session skips what it already has).
-        let sub = hub.subscribe(&ds.id, Some(hub.start + 6));
+        let sub = hub.subscribe(&ds.id, Some(hub.start + 6), false);
         let firsts: Vec<u64> = sub.missed.iter().map(|b| b.first - hub.start).collect();
         assert_eq!(firsts, [6, 8, 10, 12, 14, 16, 18]);
         // Nothing to resume from a future position; everything from an older process's.
         assert!(
-            hub.subscribe(&ds.id, Some(hub.start + 1_000))
+            hub.subscribe(&ds.id, Some(hub.start + 1_000), false)
                 .missed
                 .is_empty()
         );
-        assert_eq!(hub.subscribe(&ds.id, Some(5)).missed.len(), 10);
+        assert_eq!(hub.subscribe(&ds.id, Some(5), false).missed.len(), 10);
     }
 
     #[test]
@@ -302,6 +348,23 @@ mod tests {
         for n in 0..10 {
             hub.publish(&ds, &[reading("a", n)]);
         }
-        assert_eq!(hub.subscribe(&ds.id, Some(0)).missed.len(), 5);
+        assert_eq!(hub.subscribe(&ds.id, Some(0), false).missed.len(), 5);
+    }
+
+    #[test]
+    fn each_sensors_last_reading_is_kept() {
+        let ds = dataset();
+        let hub = Hub::new(FeedConfig::default());
+        hub.publish(&ds, &[reading("a", 1), reading("b", 2)]);
+        hub.publish(&ds, &[reading("a", 3)]);
+        let mut latest: Vec<(String, i64)> = hub
+            .subscribe(&ds.id, None, true)
+            .latest
+            .iter()
+            .map(|l| (l.sensor.to_string(), l.ts - 1_000))
+            .collect();
+        latest.sort();
+        assert_eq!(latest, [("a".into(), 3), ("b".into(), 2)]);
+        assert!(hub.subscribe(&ds.id, None, false).latest.is_empty());
     }
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -99,10 +100,19 @@ impl Filter {
 /// What a session sends to its protocol.
 #[derive(Debug)]
 pub enum Out {
+    /// A sensor's last reading, sent on subscribe (MQTT retained).
+    Retained {
+        sensor: CompactString,
+        json: Arc<str>,
+    },
     /// A reading, with its position (the SSE event id).
-    Reading { position: u64, json: Arc<str> },
-    /// Per-sensor aggregates of one window.
-    Aggregate(String),
+    Reading {
+        position: u64,
+        sensor: CompactString,
+        json: Arc<str>,
+    },
+    /// One sensor's aggregates of one window.
+    Aggregate { sensor: CompactString, json: String },
 }
 
 /// Why a session ended.
@@ -147,6 +157,7 @@ pub struct Context {
     pub hub: Arc<Hub>,
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,
+    pub metrics: crate::telemetry::FeedMetrics,
     pub closing: tokio_util::sync::CancellationToken,
 }
 
@@ -198,25 +209,43 @@ struct SensorWindow {
     fields: BTreeMap<String, FieldStats>,
 }
 
+struct Delayed {
+    due: Micros,
+    position: u64,
+    sensor: CompactString,
+    json: Arc<str>,
+}
+
+impl Delayed {
+    fn out(self) -> Out {
+        Out::Reading {
+            position: self.position,
+            sensor: self.sensor,
+            json: self.json,
+        }
+    }
+}
+
 struct State<'a> {
     follow: &'a Follow,
     out: &'a mpsc::Sender<Out>,
     tier: Tier,
     /// Positions up to here were handled.
     last: Option<u64>,
-    /// Delay tier: (due, position, json), in position order.
-    delayed: VecDeque<(Micros, u64, Arc<str>)>,
+    /// Delay tier: readings waiting for their time, in position order.
+    delayed: VecDeque<Delayed>,
     /// Aggregate tier: this window's stats by sensor.
     window: BTreeMap<String, SensorWindow>,
     window_start: Micros,
     metered: (u64, u64),
+    latest: Vec<super::Latest>,
 }
 
 impl State<'_> {
     fn send(&mut self, out: Out) -> Result<(), End> {
         let bytes = match &out {
-            Out::Reading { json, .. } => json.len(),
-            Out::Aggregate(s) => s.len(),
+            Out::Reading { json, .. } | Out::Retained { json, .. } => json.len(),
+            Out::Aggregate { json, .. } => json.len(),
         } as u64;
         match self.out.try_send(out) {
             Ok(()) => {
@@ -243,11 +272,16 @@ impl State<'_> {
             match self.tier {
                 Tier::Live => self.send(Out::Reading {
                     position,
+                    sensor: r.sensor_id.clone(),
                     json: json[i].clone(),
                 })?,
                 Tier::Delay(d) => {
-                    self.delayed
-                        .push_back((r.ts.saturating_add(d), position, json[i].clone()));
+                    self.delayed.push_back(Delayed {
+                        due: r.ts.saturating_add(d),
+                        position,
+                        sensor: r.sensor_id.clone(),
+                        json: json[i].clone(),
+                    });
                 }
                 Tier::Aggregate(_) => self.aggregate(batch, r),
             }
@@ -257,12 +291,12 @@ impl State<'_> {
 
     /// Sends the delayed readings that are due, in position order.
     fn release(&mut self, now: Micros) -> Result<(), End> {
-        while let Some((due, _, _)) = self.delayed.front() {
-            if *due > now {
+        while let Some(front) = self.delayed.front() {
+            if front.due > now {
                 break;
             }
-            let (_, position, json) = self.delayed.pop_front().expect("front exists");
-            self.send(Out::Reading { position, json })?;
+            let d = self.delayed.pop_front().expect("front exists");
+            self.send(d.out())?;
         }
         Ok(())
     }
@@ -312,7 +346,10 @@ impl State<'_> {
                 "count": w.readings,
                 "fields": fields,
             });
-            self.send(Out::Aggregate(msg.to_string()))?;
+            self.send(Out::Aggregate {
+                sensor: sensor.into(),
+                json: msg.to_string(),
+            })?;
         }
         Ok(())
     }
@@ -336,7 +373,13 @@ fn instant_at(t: Micros, now: Micros) -> Instant {
 /// Starts following: from this call on, every reading published to the dataset reaches
 /// the session (call it before telling the client it is subscribed).
 pub fn start(ctx: &Context, follow: &Follow) -> Subscription {
-    ctx.hub.subscribe(&follow.dataset, follow.after)
+    ctx.hub.subscribe(&follow.dataset, follow.after, false)
+}
+
+/// [`start`], beginning with each sensor's last reading (MQTT's retained messages), as far
+/// as the grant's tier allows: none for aggregates, only those due for a delay.
+pub fn start_retained(ctx: &Context, follow: &Follow) -> Subscription {
+    ctx.hub.subscribe(&follow.dataset, follow.after, true)
 }
 
 /// Runs a session begun with [`start`] until it ends; sends what the client gets to `out`
@@ -361,6 +404,7 @@ pub async fn run(
             _ => now,
         },
         metered: (0, 0),
+        latest: std::mem::take(&mut sub.latest),
     };
     let end = follow_feed(
         &ctx,
@@ -380,6 +424,22 @@ async fn follow_feed(
     missed: Vec<Arc<FeedBatch>>,
 ) -> End {
     let now = now_micros();
+    for l in std::mem::take(&mut state.latest) {
+        let due = match state.tier {
+            Tier::Live => true,
+            Tier::Delay(d) => l.ts.saturating_add(d) <= now,
+            Tier::Aggregate(_) => false,
+        };
+        if due && state.follow.filter.matches(&l.reading) {
+            let out = Out::Retained {
+                sensor: l.sensor,
+                json: l.json,
+            };
+            if let Err(end) = state.send(out) {
+                return end;
+            }
+        }
+    }
     for batch in missed {
         if let Err(end) = state.take(&batch, now) {
             return end;
@@ -391,10 +451,7 @@ async fn follow_feed(
     loop {
         let now = now_micros();
         let next_due = match state.tier {
-            Tier::Delay(_) => state
-                .delayed
-                .front()
-                .map(|(due, _, _)| instant_at(*due, now)),
+            Tier::Delay(_) => state.delayed.front().map(|d| instant_at(d.due, now)),
             Tier::Aggregate(w) => Some(instant_at(state.window_start + w, now)),
             Tier::Live => None,
         };
@@ -449,8 +506,8 @@ async fn recheck_grant(ctx: &Context, state: &mut State<'_>) -> Result<(), End> 
             if tier != state.tier {
                 // Upgraded to real time: what waited goes out now.
                 if tier == Tier::Live {
-                    while let Some((_, position, json)) = state.delayed.pop_front() {
-                        state.send(Out::Reading { position, json })?;
+                    while let Some(d) = state.delayed.pop_front() {
+                        state.send(d.out())?;
                     }
                 }
                 state.tier = tier;

@@ -818,3 +818,258 @@ async fn a_thousand_connections_publish_at_once() {
     ids.dedup();
     assert_eq!(ids.len(), 1000);
 }
+
+/// Publishes received by a subscriber until `quiet` passes without one: (topic, payload
+/// JSON, retain).
+async fn collect5(c: &mut Client5, quiet: Duration) -> Vec<(String, serde_json::Value, bool)> {
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(packet))) = tokio::time::timeout(quiet, c.events.recv()).await {
+        if let P5::Publish(p) = packet {
+            got.push((
+                String::from_utf8_lossy(&p.topic).to_string(),
+                serde_json::from_slice(&p.payload).unwrap(),
+                p.retain,
+            ));
+        }
+    }
+    got
+}
+
+/// Prices traffic-counts with a free plan and subscribes a new subscriber; returns its key.
+async fn entitled_subscriber(gw: &Gateway) -> String {
+    let provider = gw.provider_key("copenhagen").await;
+    let (status, _) = gw
+        .post_as(
+            "/v1/catalog/traffic-counts/plans",
+            &provider,
+            serde_json::json!({"id": "open", "name": "Open data", "kind": "free"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, key) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let (status, _) = gw
+        .post_as(
+            "/v1/subscriptions",
+            &key,
+            serde_json::json!({"plan": "open"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_only_what_it_is_entitled_to_filter_by_filter() {
+    let gw = Gateway::start().await;
+    let alice = entitled_subscriber(&gw).await;
+    let device = gw.device_key(&[TRAFFIC, "weather"]).await;
+    let mut sub = Client5::connect(&gw, "alice", &alice).await;
+    use mqtt5::mqttbytes::QoS;
+    use mqtt5::mqttbytes::v5::Filter;
+    let filters = [
+        (
+            "citygate/traffic-counts/#",
+            Sub5::Success(mqtt5::mqttbytes::QoS::AtLeastOnce),
+        ),
+        ("#", Sub5::NotAuthorized),
+        ("+/#", Sub5::NotAuthorized),
+        ("citygate/#", Sub5::NotAuthorized),
+        ("citygate/+/x", Sub5::NotAuthorized),
+        ("citygate/weather/#", Sub5::NotAuthorized),
+        ("$share/g/citygate/weather/#", Sub5::NotAuthorized),
+        ("$SYS/#", Sub5::NotAuthorized),
+        ("citygate/Traffic-Counts/#", Sub5::NotAuthorized),
+        ("citygate/traffic_counts/#", Sub5::NotAuthorized),
+        (
+            "citygate/traffic-counts/tc-1",
+            Sub5::Success(mqtt5::mqttbytes::QoS::AtLeastOnce),
+        ),
+    ];
+    sub.client
+        .subscribe_many(
+            filters
+                .iter()
+                .map(|(f, _)| Filter::new(*f, QoS::AtLeastOnce)),
+        )
+        .await
+        .unwrap();
+    let codes = sub
+        .wait_for(|p| match p {
+            P5::SubAck(ack) => Some(ack.return_codes.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let expected: Vec<Sub5> = filters.iter().map(|(_, c)| *c).collect();
+    assert_eq!(codes, expected);
+
+    // The device publishes to both datasets; only traffic-counts reaches the subscriber,
+    // tc-1 twice (it matches two of its filters).
+    let mut dev = Client5::connect(&gw, "device", &device).await;
+    for (topic, payload) in [
+        ("citygate/traffic-counts/tc-1", r#"{"vehicle_count": 11}"#),
+        ("citygate/weather/w-1", r#"{"temperature": 4.5}"#),
+        ("citygate/traffic-counts/tc-2", r#"{"vehicle_count": 22}"#),
+    ] {
+        dev.publish(topic, 1, payload).await;
+        assert_eq!(dev.puback().await.0, PubAckReason::Success);
+    }
+    let got = collect5(&mut sub, Duration::from_millis(700)).await;
+    let mut seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|(t, p, _)| {
+            (
+                t.clone(),
+                p["fields"]["vehicle_count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("citygate/traffic-counts/tc-1".to_string(), 11),
+            ("citygate/traffic-counts/tc-1".to_string(), 11),
+            ("citygate/traffic-counts/tc-2".to_string(), 22),
+        ]
+    );
+    assert!(
+        got.iter()
+            .all(|(_, p, retain)| p["dataset"] == TRAFFIC && !retain)
+    );
+
+    // A later subscriber gets each sensor's last reading first, retained.
+    let mut late = Client5::connect(&gw, "alice-late", &alice).await;
+    late.client
+        .subscribe("citygate/traffic-counts/+", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut retained: Vec<(String, bool)> = collect5(&mut late, Duration::from_millis(500))
+        .await
+        .into_iter()
+        .map(|(t, _, r)| (t, r))
+        .collect();
+    retained.sort();
+    assert_eq!(
+        retained,
+        [
+            ("citygate/traffic-counts/tc-1".to_string(), true),
+            ("citygate/traffic-counts/tc-2".to_string(), true),
+        ]
+    );
+
+    // A subscriber cannot publish, and cannot leave a will.
+    sub.publish("citygate/traffic-counts/tc-9", 1, r#"{"vehicle_count": 1}"#)
+        .await;
+    assert_eq!(sub.puback().await.0, PubAckReason::NotAuthorized);
+    let mut options = mqtt5::MqttOptions::new("alice-will", "127.0.0.1", mqtt_port(&gw));
+    options.set_credentials("subscriber", &alice);
+    options.set_last_will(mqtt5::mqttbytes::v5::LastWill::new(
+        "citygate/traffic-counts/x",
+        "gone",
+        QoS::AtMostOnce,
+        false,
+        None,
+    ));
+    let (_client, mut eventloop) = mqtt5::AsyncClient::new(options, 10);
+    let err = eventloop.poll().await.expect_err("a will is refused");
+    assert!(err.to_string().contains("NotAuthorized"), "{err}");
+
+    // Revoking the key ends the subscription within a second: DISCONNECT 0x87.
+    let (_, me) = gw.get_as("/v1/me", &alice).await;
+    let key_id = me["key"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        gw.delete_as(&format!("/v1/keys/{key_id}"), &alice).await.0,
+        204
+    );
+    let revoked = Instant::now();
+    match sub
+        .wait_for(|p| match p {
+            P5::Disconnect(d) => Some(d.reason_code),
+            _ => None,
+        })
+        .await
+    {
+        Ok(reason) => assert_eq!(reason, DisconnectReasonCode::NotAuthorized),
+        Err(e) => assert!(e.contains("NotAuthorized"), "{e}"),
+    }
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_311_subscriber_gets_per_filter_codes_and_qos1_deliveries() {
+    let gw = Gateway::start().await;
+    let alice = entitled_subscriber(&gw).await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let mut sub = Client4::connect(&gw, "alice-311", &alice).await;
+    sub.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new(
+                "citygate/traffic-counts/#".into(),
+                rumqttc::QoS::AtLeastOnce,
+            ),
+            rumqttc::SubscribeFilter::new("citygate/weather/#".into(), rumqttc::QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                "citygate/traffic-counts/+".into(),
+                rumqttc::QoS::ExactlyOnce,
+            ),
+        ])
+        .await
+        .unwrap();
+    let codes = sub
+        .wait_for(|p| match p {
+            rumqttc::Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    use rumqttc::SubscribeReasonCode as Sub4;
+    assert_eq!(
+        codes,
+        [
+            Sub4::Success(rumqttc::QoS::AtLeastOnce),
+            Sub4::Failure,
+            Sub4::Success(rumqttc::QoS::AtLeastOnce),
+        ],
+        "QoS 2 is granted as 1"
+    );
+    sub.client
+        .unsubscribe("citygate/traffic-counts/+")
+        .await
+        .unwrap();
+    let mut dev = Client5::connect(&gw, "device", &device).await;
+    for i in 0..20 {
+        dev.publish(
+            &format!("citygate/traffic-counts/tc-{i}"),
+            1,
+            &format!(r#"{{"vehicle_count": {i}}}"#),
+        )
+        .await;
+        dev.puback().await;
+    }
+    let mut counts = Vec::new();
+    while counts.len() < 20 {
+        let (qos, count) = sub
+            .wait_for(|p| match p {
+                rumqttc::Packet::Publish(p) => {
+                    Some((
+                        p.qos,
+                        serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap()["fields"]
+                            ["vehicle_count"]
+                            .as_i64()
+                            .unwrap(),
+                    ))
+                }
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(qos, rumqttc::QoS::AtLeastOnce);
+        counts.push(count);
+    }
+    assert_eq!(counts, (0..20).collect::<Vec<_>>(), "in order, once each");
+}

@@ -158,6 +158,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
             hub: Arc::new(citygate::feed::Hub::new(config.feed.clone())),
             keyring: keyring.clone(),
             market: market.clone(),
+            metrics: citygate::telemetry::FeedMetrics::default(),
             closing: closing.clone(),
         }),
         keyring,

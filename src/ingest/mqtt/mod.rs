@@ -19,7 +19,13 @@
 //!   device slows down); QoS 0 over the limit is dropped and counted; a publish that can
 //!   never be accepted (unknown topic, dataset not allowed) closes the connection, as the
 //!   3.1.1 spec allows, instead of being acknowledged and dropped.
-//! - SUBSCRIBE with a device key is refused filter by filter (subscriber feeds come later).
+//! - Subscribers (any key but a device key; no will allowed) SUBSCRIBE to
+//!   `citygate/{dataset}/#`, `…/+` or `…/{sensor_id}` of datasets they are entitled to; every
+//!   filter is checked on its own and the SUBACK says which were granted (QoS 0 or 1) and
+//!   which refused (MQTT 5 `0x87`, 3.1.1 `0x80`). Each sensor's last reading comes first,
+//!   retained; then readings as the live feeds deliver them (delay and aggregate tiers
+//!   included), QoS 1 within the client's receive maximum. When the entitlement ends the
+//!   connection is closed (MQTT 5: DISCONNECT `0x87`). A device key's SUBSCRIBE is refused.
 //! - Protocol violations disconnect that client only.
 
 mod session;
@@ -47,6 +53,8 @@ pub struct Shared {
     pub keyring: Arc<Keyring>,
     pub metrics: MqttMetrics,
     pub config: MqttConfig,
+    /// Live feeds for subscriber connections.
+    pub feed: Arc<crate::feed::session::Context>,
     /// Fired when the gateway shuts down.
     pub closing: CancellationToken,
     sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
@@ -59,6 +67,7 @@ impl Shared {
         keyring: Arc<Keyring>,
         metrics: MqttMetrics,
         config: MqttConfig,
+        feed: Arc<crate::feed::session::Context>,
         closing: CancellationToken,
     ) -> Shared {
         Shared {
@@ -66,6 +75,7 @@ impl Shared {
             keyring,
             metrics,
             config,
+            feed,
             closing,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),

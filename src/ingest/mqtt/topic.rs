@@ -169,6 +169,38 @@ impl<'de> serde::Deserialize<'de> for SenmlShaped {
     }
 }
 
+/// What a SUBSCRIBE topic filter follows: one dataset, all its sensors or one.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Follow<'t> {
+    pub dataset: &'t str,
+    pub sensor: Option<&'t str>,
+}
+
+/// The dataset (and sensor) a subscriber's topic filter follows, or `None` when the filter
+/// is not one citygate grants: it must name one dataset literally, as
+/// `citygate/{dataset}/#`, `citygate/{dataset}/+` or `citygate/{dataset}/{sensor_id}`.
+/// Filters that could match several datasets (`#`, `+/…`, `citygate/#`, `citygate/+/…`),
+/// shared subscriptions (`$share/…`) and system topics (`$SYS/…`) are never granted: the
+/// set of datasets changes while a subscription lives.
+pub(super) fn follow(filter: &str) -> Option<Follow<'_>> {
+    let rest = filter.strip_prefix(PREFIX)?;
+    let (dataset, sensor) = rest.split_once('/')?;
+    if dataset.is_empty() || dataset.contains(['+', '#']) {
+        return None;
+    }
+    match sensor {
+        "#" | "+" => Some(Follow {
+            dataset,
+            sensor: None,
+        }),
+        s if is_valid_sensor_id(s) => Some(Follow {
+            dataset,
+            sensor: Some(s),
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +265,46 @@ mod tests {
             Format::Ndjson
         );
         assert_eq!(format_of(br#"[{"bn":"x"}]"#, None, true), Format::Json);
+    }
+
+    #[test]
+    fn subscription_filters_name_one_dataset() {
+        assert_eq!(
+            follow("citygate/traffic-counts/#"),
+            Some(Follow {
+                dataset: "traffic-counts",
+                sensor: None
+            })
+        );
+        assert_eq!(
+            follow("citygate/traffic-counts/+"),
+            Some(Follow {
+                dataset: "traffic-counts",
+                sensor: None
+            })
+        );
+        assert_eq!(
+            follow("citygate/traffic-counts/tc-1"),
+            Some(Follow {
+                dataset: "traffic-counts",
+                sensor: Some("tc-1")
+            })
+        );
+        for refused in [
+            "#",
+            "+/#",
+            "citygate/#",
+            "citygate/+/x",
+            "citygate/+/#",
+            "$share/g/citygate/weather/#",
+            "$SYS/#",
+            "citygate/weather",
+            "citygate/weather/a/b",
+            "citygate/weather/a+",
+            "citygate//#",
+            "Citygate/weather/#",
+        ] {
+            assert_eq!(follow(refused), None, "{refused}");
+        }
     }
 }

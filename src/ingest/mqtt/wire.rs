@@ -81,6 +81,48 @@ pub(super) fn publish_header(frame: &[u8], header: &FixedHeader) -> Option<Publi
     })
 }
 
+/// Appends a PUBLISH to `out` (rumqttd's `Publish` cannot be given a QoS or packet id):
+/// fixed header, remaining length, topic, packet id when `qos > 0`, MQTT 5's empty
+/// properties, payload.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn encode_publish(
+    out: &mut bytes::BytesMut,
+    version: Version,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    pkid: u16,
+    retain: bool,
+    dup: bool,
+) {
+    let props = usize::from(version == Version::V5);
+    let id = if qos > 0 { 2 } else { 0 };
+    let remaining = 2 + topic.len() + id + props + payload.len();
+    out.reserve(remaining + 5);
+    out.extend_from_slice(&[(PUBLISH << 4) | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain)]);
+    let mut len = remaining;
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+    if props == 1 {
+        out.extend_from_slice(&[0]);
+    }
+    out.extend_from_slice(payload);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +173,41 @@ mod tests {
         assert_eq!((name, level), (&b"MQTT"[..], 5));
         let frame = [0x10, 0x02, 0x00, 0x09];
         assert_eq!(connect_protocol(&frame, &header(&frame)), None);
+    }
+
+    #[test]
+    fn encoded_publishes_read_back_with_the_codec() {
+        use rumqttd::protocol::{Packet, Protocol};
+        let payload = vec![b'x'; 300];
+        for version in [Version::V4, Version::V5] {
+            for (qos, retain, dup) in [(0, false, false), (1, true, false), (1, false, true)] {
+                let mut out = bytes::BytesMut::new();
+                encode_publish(
+                    &mut out,
+                    version,
+                    "citygate/weather/s-1",
+                    &payload,
+                    qos,
+                    7,
+                    retain,
+                    dup,
+                );
+                let h = header(&out);
+                let ph = publish_header(&out, &h).unwrap();
+                assert_eq!((ph.qos, ph.retain, ph.dup), (qos, retain, dup));
+                assert_eq!(ph.pkid, if qos > 0 { 7 } else { 0 });
+                let packet = match version {
+                    Version::V4 => rumqttd::protocol::v4::V4.read_mut(&mut out, 1 << 20),
+                    Version::V5 => rumqttd::protocol::v5::V5.read_mut(&mut out, 1 << 20),
+                }
+                .unwrap();
+                let Packet::Publish(p, _) = packet else {
+                    panic!("{packet:?}")
+                };
+                assert_eq!(&p.topic[..], b"citygate/weather/s-1");
+                assert_eq!(p.payload.len(), 300);
+                assert!(out.is_empty());
+            }
+        }
     }
 }

@@ -2,6 +2,9 @@
 //! than `max_inflight` publishes await the pipeline, and writes their acknowledgements in
 //! the order the publishes came (MQTT §4.6). When the window is full the socket is not read:
 //! backpressure reaches the device instead of memory growing.
+//!
+//! A connection with a subscriber's (or provider's, or admin's) key may also SUBSCRIBE to
+//! the datasets it is entitled to; [`follow`] runs those feeds and writes their PUBLISHes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,13 +23,15 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
     DisconnectReasonCode, Error, Packet, PingResp, Protocol, PubAck, PubAckProperties,
     PubAckReason, PubComp, PubCompReason, PubRec, PubRecProperties, PubRecReason, Publish,
-    PublishProperties, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PublishProperties, UnsubAck, UnsubAckReason,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod follow;
 
 use super::wire::{self, PublishHeader, Version};
 use super::{Shared, topic};
@@ -43,6 +48,7 @@ pub(super) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let reason = match handshake(stream, &shared).await {
         Ok(mut session) => {
             let reason = session.serve().await;
+            session.feeds.stop_all();
             shared.unregister(&session.client_id, session.number);
             metrics.inflight().dec_by(session.inflight.len() as i64);
             reason
@@ -174,6 +180,8 @@ struct Session {
     /// then the PUBREC reason sent (so a duplicate gets the same answer, and is not stored
     /// twice).
     qos2: HashMap<u16, Option<PubRecReason>>,
+    /// What this connection subscribed to (subscriber keys).
+    feeds: follow::Feeds,
 }
 
 /// Reads the CONNECT (within `connect_timeout`), authenticates, answers CONNACK.
@@ -223,7 +231,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         Version::V4 => Codec::V4(v4::V4),
         Version::V5 => Codec::V5(v5::V5),
     };
-    let Ok(Packet::Connect(connect, _props, _will, _will_props, login)) = codec.read(&mut buf, max)
+    let Ok(Packet::Connect(connect, props, will, _will_props, login)) = codec.read(&mut buf, max)
     else {
         return Err("malformed_connect");
     };
@@ -240,7 +248,9 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         })
         .unwrap_or_default();
     let key = match shared.keyring.authenticate(&secret).await {
-        Ok(Some(key)) if key.kind == crate::market::KeyKind::Device => key,
+        // Devices publish; subscribers (providers, admins) follow feeds and may leave no
+        // will: they publish nothing, not even on disconnect.
+        Ok(Some(key)) if key.kind == crate::market::KeyKind::Device || will.is_none() => key,
         Ok(_) => {
             let code = match version {
                 Version::V4 => ConnectReturnCode::NotAuthorized,
@@ -304,6 +314,11 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
     shared.metrics.connection("accepted");
     let keep_alive = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let receive_max = props
+        .and_then(|p| p.receive_maximum)
+        .unwrap_or(u16::MAX)
+        .min(shared.config.max_inflight);
+    let feeds = follow::Feeds::new(secret, receive_max, shared.feed.hub.config().session_queue);
     Ok(Session {
         shared: shared.clone(),
         version,
@@ -319,6 +334,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         keep_alive,
         inflight: FuturesOrdered::new(),
         qos2: HashMap::new(),
+        feeds,
     })
 }
 
@@ -374,6 +390,9 @@ fn packet_name(packet: &Packet) -> &'static str {
 enum Flow {
     Continue,
     Close(&'static str),
+    /// A SUBSCRIBE: its filters are checked against the entitlements (which may ask the
+    /// database) before the SUBACK.
+    Subscribe(rumqttd::protocol::Subscribe),
 }
 
 impl Session {
@@ -398,6 +417,7 @@ impl Session {
                     Ok(None) => break,
                     Ok(Some((packet, header))) => match self.handle(packet, header) {
                         Ok(Flow::Continue) => {}
+                        Ok(Flow::Subscribe(subscribe)) => self.on_subscribe(subscribe).await,
                         Ok(Flow::Close(reason)) => {
                             self.drain().await;
                             return reason;
@@ -427,6 +447,8 @@ impl Session {
             // While publishes await the pipeline the client may be waiting on us: its
             // keep-alive only counts while nothing of it is in flight.
             let idle = self.inflight.is_empty();
+            let may_deliver = self.feeds.may_deliver();
+            let retransmit = self.feeds.retransmit_due(self.version);
             tokio::select! {
                 biased;
                 _ = takeover.cancelled() => {
@@ -462,6 +484,14 @@ impl Session {
                     return self
                         .disconnect(violation(DisconnectReasonCode::KeepAliveTimeout, "keep_alive_timeout"))
                         .await;
+                }
+                Some(message) = self.feeds.next(), if may_deliver => {
+                    if let Err(v) = self.deliver(message) {
+                        return self.disconnect(v).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(retransmit.unwrap_or_else(Instant::now)), if retransmit.is_some() => {
+                    self.retransmit();
                 }
             }
         }
@@ -578,26 +608,18 @@ impl Session {
                 ));
             }
             Packet::PingReq(_) => self.send(Packet::PingResp(PingResp)),
-            Packet::Subscribe(subscribe, _) => {
-                // Device keys publish; subscriber feeds come with subscriber keys.
-                let code = match self.version {
-                    Version::V4 => SubscribeReasonCode::Failure,
-                    Version::V5 => SubscribeReasonCode::NotAuthorized,
-                };
-                let return_codes = subscribe.filters.iter().map(|_| code).collect();
-                self.send(Packet::SubAck(
-                    SubAck {
-                        pkid: subscribe.pkid,
-                        return_codes,
-                    },
-                    None,
-                ));
-            }
+            Packet::Subscribe(subscribe, _) => return Ok(Flow::Subscribe(subscribe)),
             Packet::Unsubscribe(unsubscribe, _) => {
                 let reasons = unsubscribe
                     .filters
                     .iter()
-                    .map(|_| UnsubAckReason::NoSubscriptionExisted)
+                    .map(|filter| {
+                        if self.feeds.stop(filter) {
+                            UnsubAckReason::Success
+                        } else {
+                            UnsubAckReason::NoSubscriptionExisted
+                        }
+                    })
                     .collect();
                 self.send(Packet::UnsubAck(
                     UnsubAck {
@@ -606,6 +628,10 @@ impl Session {
                     },
                     None,
                 ));
+            }
+            // The subscriber acknowledges a QoS 1 delivery.
+            Packet::PubAck(ack, _) if self.key.kind != crate::market::KeyKind::Device => {
+                self.feeds.acked(ack.pkid);
             }
             Packet::Disconnect(..) => return Ok(Flow::Close("client_disconnect")),
             Packet::Connect(..) => {

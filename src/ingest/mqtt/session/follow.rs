@@ -1,0 +1,298 @@
+//! The subscriber side of an MQTT connection: SUBSCRIBE checked filter by filter against
+//! the entitlements, one live-feed session per granted filter, and the PUBLISHes they
+//! deliver (QoS 0, or QoS 1 within the client's receive maximum; MQTT 3.1.1 clients get an
+//! unacknowledged QoS 1 delivery again, flagged DUP, after [`RETRY`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttd::protocol::{DisconnectReasonCode, Packet, SubAck, Subscribe, SubscribeReasonCode};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::super::topic;
+use super::super::wire::{self, Version};
+use super::{Session, Violation, violation};
+use crate::feed::Subscription;
+use crate::feed::session::{self as feed, End, Filter, Follow, Out};
+use crate::market::KeyKind;
+use crate::model::now_micros;
+
+/// Topic filters one connection may follow at once.
+pub(super) const MAX_FILTERS: usize = 100;
+/// When a 3.1.1 subscriber has not acknowledged a QoS 1 delivery, it is sent again.
+pub(super) const RETRY: Duration = Duration::from_secs(5);
+
+/// What a feed hands the connection.
+pub(super) enum Message {
+    Deliver {
+        topic: String,
+        payload: Arc<str>,
+        qos: u8,
+        retain: bool,
+    },
+    /// A feed stopped (its entitlement ended, the client fell behind, shutdown).
+    End(End),
+}
+
+struct Unacked {
+    frame: Vec<u8>,
+    sent: Instant,
+}
+
+/// The feeds of one connection.
+pub(super) struct Feeds {
+    secret: String,
+    by_filter: HashMap<String, JoinHandle<()>>,
+    tx: mpsc::Sender<Message>,
+    rx: mpsc::Receiver<Message>,
+    unacked: BTreeMap<u16, Unacked>,
+    next_pkid: u16,
+    receive_max: usize,
+}
+
+impl Feeds {
+    pub(super) fn new(secret: String, receive_max: u16, queue: usize) -> Feeds {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Feeds {
+            secret,
+            by_filter: HashMap::new(),
+            tx,
+            rx,
+            unacked: BTreeMap::new(),
+            next_pkid: 1,
+            receive_max: usize::from(receive_max.max(1)),
+        }
+    }
+
+    /// Whether another QoS 1 delivery fits the client's receive maximum.
+    pub(super) fn may_deliver(&self) -> bool {
+        self.unacked.len() < self.receive_max
+    }
+
+    pub(super) async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// When the oldest unacknowledged delivery is due again (3.1.1 only: MQTT 5 forbids
+    /// resending on the same connection).
+    pub(super) fn retransmit_due(&self, version: Version) -> Option<Instant> {
+        if version != Version::V4 {
+            return None;
+        }
+        self.unacked.values().map(|u| u.sent + RETRY).min()
+    }
+
+    pub(super) fn acked(&mut self, pkid: u16) {
+        self.unacked.remove(&pkid);
+    }
+
+    /// Stops following `filter`. `false`: it was not followed.
+    pub(super) fn stop(&mut self, filter: &str) -> bool {
+        match self.by_filter.remove(filter) {
+            Some(forwarder) => {
+                forwarder.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn stop_all(&mut self) {
+        for (_, forwarder) in self.by_filter.drain() {
+            forwarder.abort();
+        }
+    }
+
+    fn pkid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.unacked.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Answers a SUBSCRIBE: each filter granted (and followed) or refused on its own.
+    pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in &subscribe.filters {
+            return_codes.push(self.follow_filter(&filter.path, filter.qos as u8).await);
+        }
+        self.send(Packet::SubAck(
+            SubAck {
+                pkid: subscribe.pkid,
+                return_codes,
+            },
+            None,
+        ));
+    }
+
+    async fn follow_filter(&mut self, path: &str, qos: u8) -> SubscribeReasonCode {
+        let refused = match self.version {
+            Version::V4 => SubscribeReasonCode::Failure,
+            Version::V5 => SubscribeReasonCode::NotAuthorized,
+        };
+        if self.key.kind == KeyKind::Device {
+            return refused;
+        }
+        let Some(target) = topic::follow(path) else {
+            tracing::info!(key = %self.key.id, filter = path, "mqtt subscribe refused: not one dataset");
+            return refused;
+        };
+        if !self.feeds.by_filter.contains_key(path) && self.feeds.by_filter.len() >= MAX_FILTERS {
+            return match self.version {
+                Version::V4 => SubscribeReasonCode::Failure,
+                Version::V5 => SubscribeReasonCode::QuotaExceeded,
+            };
+        }
+        let ctx = self.shared.feed.clone();
+        let grant = match ctx
+            .market
+            .entitlement(&self.key, target.dataset, now_micros())
+            .await
+        {
+            Ok(Some(grant)) => grant,
+            Ok(None) => {
+                tracing::info!(key = %self.key.id, filter = path, "mqtt subscribe refused: not entitled");
+                return refused;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "entitlement check failed during SUBSCRIBE");
+                return match self.version {
+                    Version::V4 => SubscribeReasonCode::Failure,
+                    Version::V5 => SubscribeReasonCode::Unspecified,
+                };
+            }
+        };
+        let qos = qos.min(1);
+        let follow = Follow {
+            secret: self.feeds.secret.clone(),
+            dataset: target.dataset.to_string(),
+            filter: Filter {
+                sensors: target.sensor.map(|s| HashSet::from([s.to_string()])),
+                bbox: None,
+            },
+            after: None,
+            grant,
+        };
+        let sub = feed::start_retained(&ctx, &follow);
+        let forwarder = spawn_feed(ctx, follow, sub, qos, self.feeds.tx.clone());
+        if let Some(previous) = self.feeds.by_filter.insert(path.to_string(), forwarder) {
+            // The same filter again replaces the subscription (MQTT §3.8.4).
+            previous.abort();
+        }
+        if qos == 1 {
+            SubscribeReasonCode::QoS1
+        } else {
+            SubscribeReasonCode::QoS0
+        }
+    }
+
+    /// Writes what a feed delivers; a feed that stopped ends the connection.
+    pub(super) fn deliver(&mut self, message: Message) -> Result<(), Violation> {
+        match message {
+            Message::Deliver {
+                topic,
+                payload,
+                qos,
+                retain,
+            } => {
+                let pkid = if qos > 0 { self.feeds.pkid() } else { 0 };
+                let start = self.out.len();
+                wire::encode_publish(
+                    &mut self.out,
+                    self.version,
+                    &topic,
+                    payload.as_bytes(),
+                    qos,
+                    pkid,
+                    retain,
+                    false,
+                );
+                if qos > 0 {
+                    self.feeds.unacked.insert(
+                        pkid,
+                        Unacked {
+                            frame: self.out[start..].to_vec(),
+                            sent: Instant::now(),
+                        },
+                    );
+                }
+                self.shared.metrics.packet_out("publish");
+                Ok(())
+            }
+            Message::End(end) => Err(match end {
+                End::Gone => return Ok(()),
+                End::KeyRevoked | End::NotEntitled => {
+                    violation(DisconnectReasonCode::NotAuthorized, end.as_str())
+                }
+                End::SlowConsumer => violation(DisconnectReasonCode::QuotaExceeded, end.as_str()),
+                End::Shutdown => {
+                    violation(DisconnectReasonCode::ServerShuttingDown, "server_shutdown")
+                }
+            }),
+        }
+    }
+
+    /// Sends again, flagged DUP, the 3.1.1 deliveries unacknowledged for [`RETRY`].
+    pub(super) fn retransmit(&mut self) {
+        let now = Instant::now();
+        for unacked in self.feeds.unacked.values_mut() {
+            if unacked.sent + RETRY <= now {
+                unacked.frame[0] |= 0b1000;
+                self.out.extend_from_slice(&unacked.frame);
+                unacked.sent = now;
+                self.shared.metrics.packet_out("publish");
+            }
+        }
+    }
+}
+
+/// Runs the live-feed session of one granted filter; its readings become PUBLISHes on
+/// `citygate/{dataset}/{sensor_id}`. Aborting the returned task ends the session.
+fn spawn_feed(
+    ctx: Arc<feed::Context>,
+    follow: Follow,
+    sub: Subscription,
+    qos: u8,
+    connection: mpsc::Sender<Message>,
+) -> JoinHandle<()> {
+    let dataset = follow.dataset.clone();
+    let (out_tx, mut out_rx) = mpsc::channel(ctx.hub.config().session_queue);
+    ctx.metrics.session_started("mqtt");
+    let session = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let end = feed::run(ctx.clone(), follow, sub, out_tx).await;
+            ctx.metrics.session_ended("mqtt", end.as_str());
+            end
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let (sensor, payload, retain) = match out {
+                Out::Retained { sensor, json } => (sensor, json, true),
+                Out::Reading { sensor, json, .. } => (sensor, json, false),
+                Out::Aggregate { sensor, json } => (sensor, Arc::from(json), false),
+            };
+            let message = Message::Deliver {
+                topic: format!("{}{dataset}/{sensor}", topic::PREFIX),
+                payload,
+                qos,
+                retain,
+            };
+            if connection.send(message).await.is_err() {
+                return;
+            }
+            ctx.metrics.delivered("mqtt");
+        }
+        let end = session.await.unwrap_or(End::Shutdown);
+        let _ = connection.send(Message::End(end)).await;
+    })
+}
