@@ -99,14 +99,31 @@ struct SessionEndLabels {
 }
 
 /// Live feed metrics (cheap to clone).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FeedMetrics {
     sessions: Family<ProtocolLabels, Gauge>,
     ended: Family<SessionEndLabels, Counter>,
     deliveries: Family<ProtocolLabels, Counter>,
+    lag: Histogram,
+}
+
+impl Default for FeedMetrics {
+    fn default() -> Self {
+        FeedMetrics {
+            sessions: Family::default(),
+            ended: Family::default(),
+            deliveries: Family::default(),
+            lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
 }
 
 impl FeedMetrics {
+    /// How long a batch waited between its acknowledgement and a session taking it (µs).
+    pub fn lag(&self, micros: i64) {
+        self.lag.observe(micros.max(0) as f64 / 1e6);
+    }
+
     pub fn session_started(&self, protocol: &str) {
         self.sessions
             .get_or_create(&ProtocolLabels {
@@ -508,6 +525,11 @@ impl Metrics {
             "sessions_ended",
             "Live feed sessions ended, by protocol and reason (slow_consumer, key_revoked, not_entitled, gone, shutdown)",
             m.feed.ended.clone(),
+        );
+        feed.register(
+            "lag_seconds",
+            "Time from a batch's acknowledgement to a subscriber session taking it",
+            m.feed.lag.clone(),
         );
         feed.register(
             "deliveries",

@@ -6,8 +6,8 @@
 //! restarted gateway are above any earlier one) and keeps recent batches for
 //! `[feed] replay_window` (at most `replay_max` readings), from which a reconnecting client
 //! gets what it missed. Fan-out is a broadcast channel per dataset holding `session_queue`
-//! batches: a session that falls that far behind is closed as a slow consumer, and nobody
-//! else waits for it. A batch's JSON is made once, on first use, and shared by every
+//! batches: a session whose client does not take what it has is not given more, and once it
+//! is that many batches behind it is closed as a slow consumer; nobody else waits for it. A batch's JSON is made once, on first use, and shared by every
 //! session. [`session`] runs one subscriber's session whatever its protocol.
 
 pub mod session;

@@ -239,23 +239,36 @@ struct State<'a> {
     window_start: Micros,
     metered: (u64, u64),
     latest: Vec<super::Latest>,
+    /// What is ready for the client and not yet taken by its connection. While anything
+    /// waits here the session takes no new batch from the hub, so a client that does not
+    /// keep up falls behind the hub's fan-out queue and is closed as a slow consumer.
+    queue: VecDeque<Out>,
 }
 
 impl State<'_> {
     fn send(&mut self, out: Out) -> Result<(), End> {
-        let bytes = match &out {
-            Out::Reading { json, .. } | Out::Retained { json, .. } => json.len(),
-            Out::Aggregate { json, .. } => json.len(),
-        } as u64;
-        match self.out.try_send(out) {
-            Ok(()) => {
-                self.metered.0 += 1;
-                self.metered.1 += bytes;
-                Ok(())
+        self.queue.push_back(out);
+        Ok(())
+    }
+
+    /// Hands the connection what it has room for.
+    fn flush(&mut self) -> Result<(), End> {
+        while !self.queue.is_empty() {
+            match self.out.try_reserve() {
+                Ok(permit) => {
+                    let out = self.queue.pop_front().expect("not empty");
+                    self.metered.0 += 1;
+                    self.metered.1 += match &out {
+                        Out::Reading { json, .. } | Out::Retained { json, .. } => json.len(),
+                        Out::Aggregate { json, .. } => json.len(),
+                    } as u64;
+                    permit.send(out);
+                }
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(End::Gone),
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(End::SlowConsumer),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::Gone),
         }
+        Ok(())
     }
 
     fn take(&mut self, batch: &FeedBatch, now: Micros) -> Result<(), End> {
@@ -405,6 +418,7 @@ pub async fn run(
         },
         metered: (0, 0),
         latest: std::mem::take(&mut sub.latest),
+        queue: VecDeque::new(),
     };
     let end = follow_feed(
         &ctx,
@@ -445,6 +459,9 @@ async fn follow_feed(
             return end;
         }
     }
+    if let Err(end) = state.flush() {
+        return end;
+    }
     state.meter(ctx);
     let mut recheck = tokio::time::interval(ctx.hub.config().recheck);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -455,11 +472,21 @@ async fn follow_feed(
             Tier::Aggregate(w) => Some(instant_at(state.window_start + w, now)),
             Tier::Live => None,
         };
+        let waiting = !state.queue.is_empty();
+        let out = state.out;
         let step = tokio::select! {
             biased;
             _ = ctx.closing.cancelled() => Err(End::Shutdown),
-            _ = state.out.closed() => Err(End::Gone),
+            _ = out.closed() => Err(End::Gone),
             _ = recheck.tick() => recheck_grant(ctx, state).await,
+            // Room again at the connection: hand over what waits.
+            permit = out.reserve(), if waiting => match permit {
+                Ok(permit) => {
+                    drop(permit);
+                    Ok(())
+                }
+                Err(_) => Err(End::Gone),
+            },
             _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                 let now = now_micros();
                 match state.tier {
@@ -470,12 +497,24 @@ async fn follow_feed(
                     _ => state.release(now),
                 }
             }
-            msg = live.recv() => match msg {
-                Ok(batch) => state.take(&batch, now_micros()),
+            msg = live.recv(), if !waiting => match msg {
+                Ok(batch) => {
+                    ctx.metrics.lag(now_micros() - batch.readings[0].received_at);
+                    state.take(&batch, now_micros())
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => Err(End::SlowConsumer),
                 Err(broadcast::error::RecvError::Closed) => Err(End::Shutdown),
             },
         };
+        let step = step.and_then(|()| state.flush()).and_then(|()| {
+            // A client holding up its session while the hub's queue for it fills is closed
+            // now, not when (if ever) it catches up to find it lagged.
+            if !state.queue.is_empty() && live.len() >= ctx.hub.config().session_queue {
+                Err(End::SlowConsumer)
+            } else {
+                Ok(())
+            }
+        });
         state.meter(ctx);
         if let Err(end) = step {
             return end;

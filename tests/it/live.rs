@@ -617,3 +617,62 @@ mod websocket {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_dropped_without_slowing_anyone() {
+    let gw = Gateway::start_with(|c| {
+        c.feed.session_queue = 16;
+        for ds in &mut c.datasets {
+            ds.rate_limit = citygate::model::RateLimit {
+                per_second: 1e9,
+                burst: 1_000_000,
+            };
+        }
+    })
+    .await;
+    let provider = gw.provider_key("copenhagen").await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "open", "name": "Open data", "kind": "free"}),
+    )
+    .await;
+    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
+    subscribe(&gw, &alice, "open").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+
+    // One client never reads; another reads everything as it comes.
+    let (_, stuck) = Sse::open(&gw, LIVE, &alice, None).await;
+    let stuck = stuck.unwrap();
+    let (_, reader) = Sse::open(&gw, LIVE, &alice, None).await;
+    let mut reader = reader.unwrap();
+    const BATCHES: i64 = 80;
+    const PER_BATCH: i64 = 500;
+    let reading = tokio::spawn(async move {
+        let got = reader
+            .readings((BATCHES * PER_BATCH) as usize, Duration::from_secs(30))
+            .await;
+        got.len()
+    });
+    // Every post is acknowledged (204) while the stuck client holds its session up.
+    for b in 0..BATCHES {
+        post_counts(&gw, &device, "tc-a", b * PER_BATCH, PER_BATCH).await;
+    }
+    assert_eq!(
+        reading.await.unwrap(),
+        (BATCHES * PER_BATCH) as usize,
+        "the reader got everything"
+    );
+    let started = Instant::now();
+    loop {
+        let metrics = gw.metrics().await;
+        if metrics.contains(
+            "citygate_feed_sessions_ended_total{protocol=\"sse\",reason=\"slow_consumer\"} 1",
+        ) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stuck);
+}

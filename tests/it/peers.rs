@@ -355,3 +355,131 @@ async fn a_browser_style_eventsource_client_follows_and_resumes() {
         .collect();
     assert_eq!(resumed, [10, 11, 12, 13, 14]);
 }
+
+/// A peer process whose stdout is read after it exits.
+fn spawn_peer(cmd: &mut std::process::Command) -> std::process::Child {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the peer starts (scripts/test.sh installs mosquitto-clients and paho-mqtt)")
+}
+
+async fn finish(child: std::process::Child) -> (String, String) {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_sub_and_paho_follow_only_entitled_feeds() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    gw.post_as(
+        "/v1/catalog/traffic-counts/plans",
+        &provider,
+        json!({"id": "open", "name": "Open data", "kind": "free"}),
+    )
+    .await;
+    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let (status, _) = gw
+        .post_as("/v1/subscriptions", &alice, json!({"plan": "open"}))
+        .await;
+    assert_eq!(status, 201);
+    let device = gw.device_key(&[TRAFFIC, "weather"]).await;
+    let port = gw.app().mqtt_addr().unwrap().port().to_string();
+
+    let mut children = Vec::new();
+    for version in ["mqttv311", "mqttv5"] {
+        children.push(spawn_peer(
+            std::process::Command::new("mosquitto_sub").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-u",
+                "subscriber",
+                "-P",
+                &alice,
+                "-q",
+                "1",
+                "-v",
+                "-C",
+                "3",
+                "-W",
+                "20",
+                "-t",
+                "citygate/traffic-counts/#",
+                "-t",
+                "citygate/weather/#",
+            ]),
+        ));
+    }
+    let paho = spawn_peer(python().args([
+        &peer_script("paho_subscribe.py"),
+        "127.0.0.1",
+        &port,
+        &alice,
+        "3",
+        "citygate/traffic-counts/#",
+        "citygate/weather/#",
+        "#",
+    ]));
+    // Publish once all three follow traffic-counts.
+    let started = std::time::Instant::now();
+    while !gw
+        .metrics()
+        .await
+        .contains("citygate_feed_sessions{protocol=\"mqtt\"} 3")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{}",
+            gw.metrics().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let readings: Vec<Value> = (1..=3)
+        .map(|i| json!({"sensor_id": format!("tc-{i}"), "ts": now_ms(), "vehicle_count": i}))
+        .collect();
+    assert_eq!(
+        gw.post_json(TRAFFIC, &device, json!(readings))
+            .await
+            .status(),
+        204
+    );
+    let weather = json!([{"sensor_id": "w-1", "ts": now_ms(), "temperature": 3.5}]);
+    assert_eq!(
+        gw.post_json("weather", &device, weather).await.status(),
+        204
+    );
+
+    for child in children {
+        let (stdout, stderr) = finish(child).await;
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "{stdout}\n{stderr}");
+        for (i, line) in lines.iter().enumerate() {
+            let (topic, payload) = line.split_once(' ').unwrap();
+            assert_eq!(topic, format!("citygate/traffic-counts/tc-{}", i + 1));
+            let reading: Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(reading["fields"]["vehicle_count"], i as i64 + 1);
+        }
+    }
+    let (stdout, stderr) = finish(paho).await;
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or("null"))
+        .unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
+    assert_eq!(result["suback"], json!([1, 135, 135]));
+    assert_eq!(
+        result["messages"],
+        json!([
+            ["citygate/traffic-counts/tc-1", 1, false],
+            ["citygate/traffic-counts/tc-2", 2, false],
+            ["citygate/traffic-counts/tc-3", 3, false]
+        ])
+    );
+}
