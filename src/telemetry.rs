@@ -149,11 +149,16 @@ impl FeedMetrics {
 
     /// A message (a reading or an aggregate) sent to a subscriber.
     pub fn delivered(&self, protocol: &str) {
+        self.delivered_counter(protocol).inc();
+    }
+
+    /// The deliveries counter of `protocol`, to keep and count into without a lookup.
+    pub fn delivered_counter(&self, protocol: &str) -> Counter {
         self.deliveries
             .get_or_create(&ProtocolLabels {
                 protocol: protocol.into(),
             })
-            .inc();
+            .clone()
     }
 }
 
@@ -306,9 +311,14 @@ impl MqttMetrics {
     }
 
     pub fn packet_out(&self, kind: &'static str) {
+        self.packets_out_n(kind, 1);
+    }
+
+    /// `n` packets of one kind written.
+    pub fn packets_out_n(&self, kind: &'static str, n: u64) {
         self.packets_out
             .get_or_create(&PacketLabels { r#type: kind })
-            .inc();
+            .inc_by(n);
     }
 
     /// A PUBLISH settled: `accepted`, `partial`, or the reject reason.

@@ -30,9 +30,10 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use futures_util::{SinkExt, StreamExt};
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -93,7 +94,7 @@ pub async fn sse(
         None => None,
     };
     let ctx = state.feed.clone();
-    let (tx, rx) = mpsc::channel(ctx.hub.config().session_queue);
+    let (tx, rx) = session::channel();
     let metrics = state.metrics.feed().clone();
     metrics.session_started("sse");
     let follow = Follow {
@@ -113,38 +114,64 @@ pub async fn sse(
         }
     });
     let heartbeat = state.feed.hub.config().heartbeat;
+    let delivered = metrics.delivered_counter("sse");
+    // The events are written here rather than with axum's `Sse`: everything the session has
+    // ready goes out as one chunk, and an idle stream gets a comment every heartbeat.
     let stream = futures_util::stream::unfold(
-        (rx, Some(task), metrics),
-        |(mut rx, task, metrics)| async move {
+        (rx, Some(task), delivered),
+        move |(mut rx, task, delivered)| async move {
             let task: JoinHandle<End> = task?;
-            match rx.recv().await {
-                Some(out) => {
-                    metrics.delivered("sse");
-                    let event = match out {
-                        Out::Retained { json, .. } => Event::default().event("latest").data(&*json),
-                        Out::Reading { position, json, .. } => Event::default()
-                            .id(position.to_string())
-                            .event("reading")
-                            .data(&*json),
-                        Out::Aggregate { json, .. } => {
-                            Event::default().event("aggregate").data(json)
-                        }
-                    };
-                    Some((Ok::<_, Infallible>(event), (rx, Some(task), metrics)))
+            let first = match tokio::time::timeout(heartbeat, rx.recv()).await {
+                Err(_) => {
+                    let chunk = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok::<_, Infallible>(chunk), (rx, Some(task), delivered)));
                 }
-                None => {
-                    let end = task.await.unwrap_or(End::Shutdown);
-                    let event = Event::default().event("end").data(
-                        json!({"reason": end.as_str(), "message": end.message()}).to_string(),
-                    );
-                    Some((Ok(event), (rx, None, metrics)))
+                Ok(first) => first,
+            };
+            let Some(first) = first else {
+                let end = task.await.unwrap_or(End::Shutdown);
+                let data = json!({"reason": end.as_str(), "message": end.message()});
+                let chunk = Bytes::from(format!("event: end\ndata: {data}\n\n"));
+                return Some((Ok(chunk), (rx, None, delivered)));
+            };
+            let mut chunk = Vec::with_capacity(512);
+            let mut n = 0u64;
+            let mut next = Some(first);
+            while let Some(outs) = next {
+                n += outs.len() as u64;
+                for out in outs {
+                    write_event(&mut chunk, out);
                 }
+                next = if chunk.len() < 256 * 1024 {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
+            delivered.inc_by(n);
+            Some((Ok(Bytes::from(chunk)), (rx, Some(task), delivered)))
         },
     );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(heartbeat).text("keep-alive"))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response())
+}
+
+/// One server-sent event (`data` is one line of JSON).
+fn write_event(out: &mut Vec<u8>, event: Out) {
+    use std::io::Write as _;
+    let _ = match event {
+        Out::Retained { json, .. } => write!(out, "event: latest\ndata: {json}\n\n"),
+        Out::Reading { position, json, .. } => {
+            write!(out, "id: {position}\nevent: reading\ndata: {json}\n\n")
+        }
+        Out::Aggregate { json, .. } => write!(out, "event: aggregate\ndata: {json}\n\n"),
+    };
 }
 
 #[derive(Deserialize)]
@@ -205,9 +232,17 @@ async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(queue);
     let writer = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            let closing = matches!(message, Message::Close(_));
-            if sink.send(message).await.is_err() || closing {
+        // Everything queued goes out before one flush (one write for many frames).
+        'socket: while let Some(message) = rx.recv().await {
+            let mut next = Some(message);
+            while let Some(message) = next {
+                let closing = matches!(message, Message::Close(_));
+                if sink.feed(message).await.is_err() || closing {
+                    break 'socket;
+                }
+                next = rx.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
@@ -372,9 +407,8 @@ fn spawn_ws_session(
     socket: mpsc::Sender<Message>,
     metrics: FeedMetrics,
 ) -> JoinHandle<()> {
-    let queue = ctx.hub.config().session_queue;
     let dataset = follow.dataset.clone();
-    let (out_tx, mut out_rx) = mpsc::channel(queue);
+    let (out_tx, mut out_rx) = session::channel();
     metrics.session_started("ws");
     let session = tokio::spawn({
         let metrics = metrics.clone();
@@ -384,20 +418,23 @@ fn spawn_ws_session(
             end
         }
     });
+    let delivered = metrics.delivered_counter("ws");
     tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let text = match out {
-                Out::Reading { json, .. } | Out::Retained { json, .. } => {
-                    format!("{{\"type\":\"reading\",\"data\":{json}}}")
+        while let Some(outs) = out_rx.recv().await {
+            for out in outs {
+                let text = match out {
+                    Out::Reading { json, .. } | Out::Retained { json, .. } => {
+                        format!("{{\"type\":\"reading\",\"data\":{json}}}")
+                    }
+                    Out::Aggregate { json, .. } => {
+                        format!("{{\"type\":\"aggregate\",\"data\":{json}}}")
+                    }
+                };
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
                 }
-                Out::Aggregate { json, .. } => {
-                    format!("{{\"type\":\"aggregate\",\"data\":{json}}}")
-                }
-            };
-            if socket.send(Message::Text(text.into())).await.is_err() {
-                return;
+                delivered.inc();
             }
-            metrics.delivered("ws");
         }
         let end = session.await.unwrap_or(End::Shutdown);
         if end != End::Gone {

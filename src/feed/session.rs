@@ -25,6 +25,20 @@ use super::{FeedBatch, Hub, Subscription};
 use crate::market::{Grant, Keyring, Market};
 use crate::model::{Micros, Reading, Value, now_micros};
 
+/// Batches a session takes from the hub in one turn at most, and the readings it gathers
+/// before handing them on.
+const DRAIN_BATCHES: usize = 256;
+const DRAIN_READINGS: usize = 4096;
+/// Readings handed to the connection in one message at most...
+pub const CHUNK: usize = 1024;
+/// ...and such messages waiting for the connection at most.
+const OUT_CHUNKS: usize = 8;
+
+/// The channel a session hands its client's readings through, in chunks.
+pub fn channel() -> (mpsc::Sender<Vec<Out>>, mpsc::Receiver<Vec<Out>>) {
+    mpsc::channel(OUT_CHUNKS)
+}
+
 /// Which readings of a dataset a session wants.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
@@ -228,7 +242,7 @@ impl Delayed {
 
 struct State<'a> {
     follow: &'a Follow,
-    out: &'a mpsc::Sender<Out>,
+    out: &'a mpsc::Sender<Vec<Out>>,
     tier: Tier,
     /// Positions up to here were handled.
     last: Option<u64>,
@@ -252,17 +266,22 @@ impl State<'_> {
     }
 
     /// Hands the connection what it has room for.
+    /// Hands the connection what waits, in chunks of at most [`CHUNK`].
     fn flush(&mut self) -> Result<(), End> {
         while !self.queue.is_empty() {
             match self.out.try_reserve() {
                 Ok(permit) => {
-                    let out = self.queue.pop_front().expect("not empty");
-                    self.metered.0 += 1;
-                    self.metered.1 += match &out {
-                        Out::Reading { json, .. } | Out::Retained { json, .. } => json.len(),
-                        Out::Aggregate { json, .. } => json.len(),
-                    } as u64;
-                    permit.send(out);
+                    let n = self.queue.len().min(CHUNK);
+                    let chunk: Vec<Out> = self.queue.drain(..n).collect();
+                    self.metered.0 += n as u64;
+                    self.metered.1 += chunk
+                        .iter()
+                        .map(|out| match out {
+                            Out::Reading { json, .. } | Out::Retained { json, .. } => json.len(),
+                            Out::Aggregate { json, .. } => json.len(),
+                        } as u64)
+                        .sum::<u64>();
+                    permit.send(chunk);
                 }
                 Err(mpsc::error::TrySendError::Full(())) => break,
                 Err(mpsc::error::TrySendError::Closed(())) => return Err(End::Gone),
@@ -401,7 +420,7 @@ pub async fn run(
     ctx: Arc<Context>,
     follow: Follow,
     mut sub: Subscription,
-    out: mpsc::Sender<Out>,
+    out: mpsc::Sender<Vec<Out>>,
 ) -> End {
     let now = now_micros();
     let tier = tier_of(&follow.grant);
@@ -499,8 +518,24 @@ async fn follow_feed(
             }
             msg = live.recv(), if !waiting => match msg {
                 Ok(batch) => {
-                    ctx.metrics.lag(now_micros() - batch.readings[0].received_at);
-                    state.take(&batch, now_micros())
+                    let now = now_micros();
+                    ctx.metrics.lag(now - batch.readings[0].received_at);
+                    let mut taken = state.take(&batch, now);
+                    // Whatever else is already there goes in the same turn: under load a
+                    // session wakes once for many batches.
+                    for _ in 0..DRAIN_BATCHES {
+                        if taken.is_err() || state.queue.len() >= DRAIN_READINGS {
+                            break;
+                        }
+                        match live.try_recv() {
+                            Ok(batch) => taken = state.take(&batch, now),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                taken = Err(End::SlowConsumer)
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    taken
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => Err(End::SlowConsumer),
                 Err(broadcast::error::RecvError::Closed) => Err(End::Shutdown),

@@ -82,13 +82,13 @@ pub(super) fn publish_header(frame: &[u8], header: &FixedHeader) -> Option<Publi
 }
 
 /// Appends a PUBLISH to `out` (rumqttd's `Publish` cannot be given a QoS or packet id):
-/// fixed header, remaining length, topic, packet id when `qos > 0`, MQTT 5's empty
-/// properties, payload.
+/// fixed header, remaining length, topic (the concatenation of `topic`'s parts), packet id
+/// when `qos > 0`, MQTT 5's empty properties, payload.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn encode_publish(
     out: &mut bytes::BytesMut,
     version: Version,
-    topic: &str,
+    topic: &[&str],
     payload: &[u8],
     qos: u8,
     pkid: u16,
@@ -97,7 +97,8 @@ pub(super) fn encode_publish(
 ) {
     let props = usize::from(version == Version::V5);
     let id = if qos > 0 { 2 } else { 0 };
-    let remaining = 2 + topic.len() + id + props + payload.len();
+    let topic_len: usize = topic.iter().map(|p| p.len()).sum();
+    let remaining = 2 + topic_len + id + props + payload.len();
     out.reserve(remaining + 5);
     out.extend_from_slice(&[(PUBLISH << 4) | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain)]);
     let mut len = remaining;
@@ -112,8 +113,10 @@ pub(super) fn encode_publish(
             break;
         }
     }
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&(topic_len as u16).to_be_bytes());
+    for part in topic {
+        out.extend_from_slice(part.as_bytes());
+    }
     if qos > 0 {
         out.extend_from_slice(&pkid.to_be_bytes());
     }
@@ -185,7 +188,7 @@ mod tests {
                 encode_publish(
                     &mut out,
                     version,
-                    "citygate/weather/s-1",
+                    &["citygate/weather/", "s-1"],
                     &payload,
                     qos,
                     7,

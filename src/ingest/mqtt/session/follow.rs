@@ -3,10 +3,11 @@
 //! deliver (QoS 0, or QoS 1 within the client's receive maximum; MQTT 3.1.1 clients get an
 //! unacknowledged QoS 1 delivery again, flagged DUP, after [`RETRY`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use rumqttd::protocol::{DisconnectReasonCode, Packet, SubAck, Subscribe, SubscribeReasonCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,14 +26,20 @@ pub(super) const MAX_FILTERS: usize = 100;
 /// When a 3.1.1 subscriber has not acknowledged a QoS 1 delivery, it is sent again.
 pub(super) const RETRY: Duration = Duration::from_secs(5);
 
+/// One reading (or aggregate) for the subscriber, on `{prefix}{sensor}`.
+pub(super) struct Delivery {
+    /// `citygate/{dataset}/`
+    prefix: Arc<str>,
+    sensor: CompactString,
+    payload: Arc<str>,
+    qos: u8,
+    retain: bool,
+}
+
 /// What a feed hands the connection.
 pub(super) enum Message {
-    Deliver {
-        topic: String,
-        payload: Arc<str>,
-        qos: u8,
-        retain: bool,
-    },
+    /// What the feed had ready, in order.
+    Deliver(Vec<Delivery>),
     /// A feed stopped (its entitlement ended, the client fell behind, shutdown).
     End(End),
 }
@@ -51,6 +58,8 @@ pub(super) struct Feeds {
     unacked: BTreeMap<u16, Unacked>,
     next_pkid: u16,
     receive_max: usize,
+    /// Deliveries taken from a feed that did not fit the client's receive maximum yet.
+    pending: VecDeque<Delivery>,
 }
 
 impl Feeds {
@@ -64,6 +73,7 @@ impl Feeds {
             unacked: BTreeMap::new(),
             next_pkid: 1,
             receive_max: usize::from(receive_max.max(1)),
+            pending: VecDeque::new(),
         }
     }
 
@@ -72,8 +82,19 @@ impl Feeds {
         self.unacked.len() < self.receive_max
     }
 
+    /// The next message of any feed; deliveries that had to wait come first.
     pub(super) async fn next(&mut self) -> Option<Message> {
+        if !self.pending.is_empty() {
+            return Some(Message::Deliver(self.pending.drain(..).collect()));
+        }
         self.rx.recv().await
+    }
+
+    pub(super) fn try_next(&mut self) -> Option<Message> {
+        if !self.pending.is_empty() {
+            return Some(Message::Deliver(self.pending.drain(..).collect()));
+        }
+        self.rx.try_recv().ok()
     }
 
     /// When the oldest unacknowledged delivery is due again (3.1.1 only: MQTT 5 forbids
@@ -194,37 +215,42 @@ impl Session {
         }
     }
 
-    /// Writes what a feed delivers; a feed that stopped ends the connection.
+    /// Writes what a feed delivers, as far as the client's receive maximum allows (the
+    /// rest waits in order); a feed that stopped ends the connection.
     pub(super) fn deliver(&mut self, message: Message) -> Result<(), Violation> {
         match message {
-            Message::Deliver {
-                topic,
-                payload,
-                qos,
-                retain,
-            } => {
-                let pkid = if qos > 0 { self.feeds.pkid() } else { 0 };
-                let start = self.out.len();
-                wire::encode_publish(
-                    &mut self.out,
-                    self.version,
-                    &topic,
-                    payload.as_bytes(),
-                    qos,
-                    pkid,
-                    retain,
-                    false,
-                );
-                if qos > 0 {
-                    self.feeds.unacked.insert(
+            Message::Deliver(deliveries) => {
+                let mut written = 0;
+                let mut deliveries = deliveries.into_iter();
+                for d in deliveries.by_ref() {
+                    let pkid = if d.qos > 0 { self.feeds.pkid() } else { 0 };
+                    let start = self.out.len();
+                    wire::encode_publish(
+                        &mut self.out,
+                        self.version,
+                        &[&d.prefix, &d.sensor],
+                        d.payload.as_bytes(),
+                        d.qos,
                         pkid,
-                        Unacked {
-                            frame: self.out[start..].to_vec(),
-                            sent: Instant::now(),
-                        },
+                        d.retain,
+                        false,
                     );
+                    if d.qos > 0 {
+                        self.feeds.unacked.insert(
+                            pkid,
+                            Unacked {
+                                frame: self.out[start..].to_vec(),
+                                sent: Instant::now(),
+                            },
+                        );
+                    }
+                    written += 1;
+                    if !self.feeds.may_deliver() {
+                        break;
+                    }
                 }
-                self.shared.metrics.packet_out("publish");
+                self.feeds.pending.extend(deliveries);
+                self.shared.metrics.packets_out_n("publish", written);
                 Ok(())
             }
             Message::End(end) => Err(match end {
@@ -263,8 +289,8 @@ fn spawn_feed(
     qos: u8,
     connection: mpsc::Sender<Message>,
 ) -> JoinHandle<()> {
-    let dataset = follow.dataset.clone();
-    let (out_tx, mut out_rx) = mpsc::channel(ctx.hub.config().session_queue);
+    let prefix: Arc<str> = format!("{}{}/", topic::PREFIX, follow.dataset).into();
+    let (out_tx, mut out_rx) = feed::channel();
     ctx.metrics.session_started("mqtt");
     let session = tokio::spawn({
         let ctx = ctx.clone();
@@ -274,23 +300,32 @@ fn spawn_feed(
             end
         }
     });
+    let delivered = ctx.metrics.delivered_counter("mqtt");
     tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let (sensor, payload, retain) = match out {
-                Out::Retained { sensor, json } => (sensor, json, true),
-                Out::Reading { sensor, json, .. } => (sensor, json, false),
-                Out::Aggregate { sensor, json } => (sensor, Arc::from(json), false),
-            };
-            let message = Message::Deliver {
-                topic: format!("{}{dataset}/{sensor}", topic::PREFIX),
-                payload,
-                qos,
-                retain,
-            };
-            if connection.send(message).await.is_err() {
+        while let Some(outs) = out_rx.recv().await {
+            // What the session handed over goes to the connection as one message.
+            let batch: Vec<Delivery> = outs
+                .into_iter()
+                .map(|out| {
+                    let (sensor, payload, retain) = match out {
+                        Out::Retained { sensor, json } => (sensor, json, true),
+                        Out::Reading { sensor, json, .. } => (sensor, json, false),
+                        Out::Aggregate { sensor, json } => (sensor, Arc::from(json), false),
+                    };
+                    Delivery {
+                        prefix: prefix.clone(),
+                        sensor,
+                        payload,
+                        qos,
+                        retain,
+                    }
+                })
+                .collect();
+            let n = batch.len() as u64;
+            if connection.send(Message::Deliver(batch)).await.is_err() {
                 return;
             }
-            ctx.metrics.delivered("mqtt");
+            delivered.inc_by(n);
         }
         let end = session.await.unwrap_or(End::Shutdown);
         let _ = connection.send(Message::End(end)).await;

@@ -486,8 +486,17 @@ impl Session {
                         .await;
                 }
                 Some(message) = self.feeds.next(), if may_deliver => {
-                    if let Err(v) = self.deliver(message) {
-                        return self.disconnect(v).await;
+                    // Everything ready goes out in one write.
+                    let mut next = Some(message);
+                    while let Some(message) = next {
+                        if let Err(v) = self.deliver(message) {
+                            return self.disconnect(v).await;
+                        }
+                        next = if self.feeds.may_deliver() && self.out.len() < 256 * 1024 {
+                            self.feeds.try_next()
+                        } else {
+                            None
+                        };
                     }
                 }
                 _ = tokio::time::sleep_until(retransmit.unwrap_or_else(Instant::now)), if retransmit.is_some() => {
