@@ -5,7 +5,7 @@
 //! that only grow (they start at the hub's start time in nanoseconds, so positions of a
 //! restarted gateway are above any earlier one) and keeps recent batches for
 //! `[feed] replay_window` (at most `replay_max` readings), from which a reconnecting client
-//! gets what it missed. Fan-out is a broadcast channel per dataset holding `session_queue`
+//! gets what it missed, and an MQTT subscriber each sensor's last reading. Fan-out is a broadcast channel per dataset holding `session_queue`
 //! batches: a session whose client does not take what it has is not given more, and once it
 //! is that many batches behind it is closed as a slow consumer; nobody else waits for it. A batch's JSON is made once, on first use, and shared by every
 //! session. [`session`] runs one subscriber's session whatever its protocol.
@@ -105,9 +105,6 @@ struct Recent {
     next: u64,
     batches: VecDeque<Arc<FeedBatch>>,
     readings: usize,
-    /// The last reading of each sensor, with its position (MQTT's retained messages).
-    latest: HashMap<CompactString, (u64, Reading)>,
-    dataset: Option<Arc<Dataset>>,
 }
 
 /// A sensor's last reading, as a retained message.
@@ -173,8 +170,6 @@ impl Hub {
                         next: self.start,
                         batches: VecDeque::new(),
                         readings: 0,
-                        latest: HashMap::new(),
-                        dataset: None,
                     }),
                     tx: broadcast::channel(self.config.session_queue).0,
                 })
@@ -183,7 +178,7 @@ impl Hub {
     }
 
     /// Publishes acknowledged readings of `dataset`.
-    pub fn publish(&self, dataset: &Arc<Dataset>, readings: &[Reading]) {
+    pub fn publish(&self, dataset: &Arc<Dataset>, readings: Vec<Reading>) {
         if readings.is_empty() {
             return;
         }
@@ -194,26 +189,13 @@ impl Hub {
         let batch = Arc::new(FeedBatch {
             dataset: dataset.clone(),
             first: recent.next,
-            readings: readings.to_vec(),
+            readings,
             json: OnceLock::new(),
         });
-        recent.next += readings.len() as u64;
-        for (i, r) in readings.iter().enumerate() {
-            let position = batch.first + i as u64;
-            match recent.latest.get_mut(&r.sensor_id) {
-                Some(slot) => *slot = (position, r.clone()),
-                None => {
-                    recent
-                        .latest
-                        .insert(r.sensor_id.clone(), (position, r.clone()));
-                }
-            }
-        }
-        if recent.dataset.is_none() {
-            recent.dataset = Some(dataset.clone());
-        }
+        let count = batch.readings.len();
+        recent.next += count as u64;
         if window > 0 && self.config.replay_max > 0 {
-            recent.readings += readings.len();
+            recent.readings += count;
             recent.batches.push_back(batch.clone());
             while let Some(old) = recent.batches.front() {
                 let too_many = recent.readings > self.config.replay_max;
@@ -231,22 +213,30 @@ impl Hub {
 
     /// Starts following `dataset`: live from now, or, with `after` (the last position the
     /// client has), from the reading after it as far as the recent history goes.
-    /// With `latest`, also each sensor's last reading (for retained messages).
+    /// With `latest`, also each sensor's last reading within the recent history (for
+    /// retained messages).
     pub fn subscribe(&self, dataset: &str, after: Option<u64>, latest: bool) -> Subscription {
         let feed = self.feed(dataset);
         let recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let latest = match (&recent.dataset, latest) {
-            (Some(ds), true) => recent
-                .latest
-                .iter()
-                .map(|(sensor, (position, r))| Latest {
-                    sensor: sensor.clone(),
-                    ts: r.ts,
-                    reading: r.clone(),
-                    json: reading_json(ds, *position, r).into(),
-                })
-                .collect(),
-            _ => Vec::new(),
+        let latest = if latest {
+            // Newest first: the first reading seen of each sensor is its last.
+            let mut seen: HashMap<&str, ()> = HashMap::new();
+            let mut found = Vec::new();
+            for batch in recent.batches.iter().rev() {
+                for (i, r) in batch.readings.iter().enumerate().rev() {
+                    if seen.insert(r.sensor_id.as_str(), ()).is_none() {
+                        found.push(Latest {
+                            sensor: r.sensor_id.clone(),
+                            ts: r.ts,
+                            reading: r.clone(),
+                            json: batch.json()[i].clone(),
+                        });
+                    }
+                }
+            }
+            found
+        } else {
+            Vec::new()
         };
         let live = feed.tx.subscribe();
         let missed = match after {
@@ -303,7 +293,7 @@ mod tests {
         let ds = dataset();
         let hub = Hub::new(FeedConfig::default());
         let mut sub = hub.subscribe(&ds.id, None, false);
-        hub.publish(&ds, &[reading("a", 1), reading("b\"x", 2)]);
+        hub.publish(&ds, vec![reading("a", 1), reading("b\"x", 2)]);
         let batch = sub.live.try_recv().unwrap();
         let json = batch.json();
         let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
@@ -321,7 +311,7 @@ mod tests {
         let ds = dataset();
         let hub = Hub::new(FeedConfig::default());
         for n in 0..10 {
-            hub.publish(&ds, &[reading("a", 2 * n), reading("b", 2 * n + 1)]);
+            hub.publish(&ds, vec![reading("a", 2 * n), reading("b", 2 * n + 1)]);
         }
         // The client saw positions up to start + 6: it gets 7..=19, whole batches from the
         // one holding position 7 (the session skips what it already has).
@@ -346,7 +336,7 @@ mod tests {
             ..FeedConfig::default()
         });
         for n in 0..10 {
-            hub.publish(&ds, &[reading("a", n)]);
+            hub.publish(&ds, vec![reading("a", n)]);
         }
         assert_eq!(hub.subscribe(&ds.id, Some(0), false).missed.len(), 5);
     }
@@ -355,8 +345,8 @@ mod tests {
     fn each_sensors_last_reading_is_kept() {
         let ds = dataset();
         let hub = Hub::new(FeedConfig::default());
-        hub.publish(&ds, &[reading("a", 1), reading("b", 2)]);
-        hub.publish(&ds, &[reading("a", 3)]);
+        hub.publish(&ds, vec![reading("a", 1), reading("b", 2)]);
+        hub.publish(&ds, vec![reading("a", 3)]);
         let mut latest: Vec<(String, i64)> = hub
             .subscribe(&ds.id, None, true)
             .latest

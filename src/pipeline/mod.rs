@@ -227,9 +227,9 @@ impl Pipeline {
         key: &LimitKey,
         batch: Batch,
     ) -> Result<Outcome, IngestError> {
-        let checked = self.prepare(ds, batch).await?;
+        let mut checked = self.prepare(ds, batch).await?;
         self.admit(ds, key, &checked)?;
-        self.deliver(ds, key, &checked).await
+        self.deliver(ds, key, &mut checked).await
     }
 
     /// Decode and validate. Large bodies are decoded on a blocking thread.
@@ -278,12 +278,13 @@ impl Pipeline {
 
     /// Appends the accepted readings to the write-ahead log (returns once the record is
     /// durable: the acknowledgement) and records the rejects in the dataset's log and
-    /// metrics. `checked` is left intact, so a caller may try again after a refusal.
+    /// metrics. After a refusal `checked` is intact, so a caller may try again; once
+    /// delivered, its accepted readings have gone on to the live feeds.
     pub async fn deliver(
         &self,
         ds: &DatasetPipeline,
         key: &LimitKey,
-        checked: &Checked,
+        checked: &mut Checked,
     ) -> Result<Outcome, IngestError> {
         let count = checked.accepted.len();
         if count > 0 {
@@ -311,8 +312,9 @@ impl Pipeline {
                 WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
             })?;
             ds.quality.accepted(&checked.accepted, checked.received_at);
+            // Acknowledged: the live feeds take the readings (the caller needs them no more).
             if let Some(hub) = self.feed.get() {
-                hub.publish(&ds.dataset, &checked.accepted);
+                hub.publish(&ds.dataset, std::mem::take(&mut checked.accepted));
             }
         }
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);

@@ -22,10 +22,11 @@
 //! - Subscribers (any key but a device key; no will allowed) SUBSCRIBE to
 //!   `citygate/{dataset}/#`, `…/+` or `…/{sensor_id}` of datasets they are entitled to; every
 //!   filter is checked on its own and the SUBACK says which were granted (QoS 0 or 1) and
-//!   which refused (MQTT 5 `0x87`, 3.1.1 `0x80`). Each sensor's last reading comes first,
-//!   retained; then readings as the live feeds deliver them (delay and aggregate tiers
-//!   included), QoS 1 within the client's receive maximum. When the entitlement ends the
-//!   connection is closed (MQTT 5: DISCONNECT `0x87`). A device key's SUBSCRIBE is refused.
+//!   which refused (MQTT 5 `0x87`, 3.1.1 `0x80`). Each sensor's last reading (within
+//!   `[feed] replay_window`) comes first, retained; then readings as the live feeds deliver
+//!   them (delay and aggregate tiers included), QoS 1 within the client's receive maximum.
+//!   When the entitlement ends the connection is closed (MQTT 5: DISCONNECT `0x87`). A
+//!   device key's SUBSCRIBE is refused.
 //! - Protocol violations disconnect that client only.
 
 mod session;

@@ -871,7 +871,7 @@ async fn settle(
 ) -> Verdict {
     let pipeline = &shared.pipeline;
     let received_at = batch.received_at;
-    let checked = match pipeline.prepare(&ds, batch).await {
+    let mut checked = match pipeline.prepare(&ds, batch).await {
         Ok(checked) => checked,
         Err(e @ (IngestError::Malformed(_) | IngestError::NoReadings)) => {
             if version == Version::V5 {
@@ -931,7 +931,7 @@ async fn settle(
     }
     let total = checked.accepted.len() + checked.rejected.len();
     loop {
-        let refused = match pipeline.deliver(&ds, &key, &checked).await {
+        let refused = match pipeline.deliver(&ds, &key, &mut checked).await {
             Ok(outcome) if outcome.rejected.is_empty() => return Verdict::Accepted,
             // The rejects are on record; 3.1.1 has no way to say more.
             Ok(_) if version == Version::V4 => return Verdict::Accepted,
