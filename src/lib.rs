@@ -6,15 +6,18 @@
 //! store. It is the data plane of a city data marketplace ([`market`]): a catalog,
 //! accounts and keys, plans, subscriptions paid through Stripe or recorded by an admin, one
 //! entitlement check for every delivery path, metering, invoices and provider statements.
-//! Next, it serves readings as paid live feeds and recent history. One binary, one TOML file.
+//! Subscribers receive what they may have live ([`feed`]) over SSE, WebSocket and MQTT.
+//! One binary, one TOML file.
 //!
 //! ## Data path
 //!
 //! ```text
 //! devices ─HTTP (JSON, NDJSON, SenML)──┐
 //! telegraf ─/api/v2/write, /write──────┼─► decode ─► validate ─► limit ─► WAL append + fsync ─┬─► parquet sink ─► data/parquet/dataset=…/date=…/hour=…/*.parquet
-//! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)        │           └─► influx sink ──► InfluxDB / VictoriaMetrics
-//!                                                          ack (2xx, PUBACK) ◄─────┘  (the device is answered after the fsync)
+//! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)        │           ├─► influx sink ──► InfluxDB / VictoriaMetrics
+//!                                                          ack (2xx, PUBACK) ◄─────┤           │  (the device is answered after the fsync)
+//!                                                                     feed hub ◄───┘  (acknowledged readings) ─► sessions: entitlement, filters,
+//!                                                                                      tier, metering ─► SSE / WebSocket / MQTT subscribers
 //! ```
 //!
 //! 1. **Intake** ([`ingest`]) authenticates the device key, reads the body (bounded in size
@@ -34,6 +37,11 @@
 //!    files per dataset, named by the log range they hold so a replay rewrites rather than
 //!    duplicates; the influx sink batches line protocol to an InfluxDB v2 API with retries,
 //!    and splits out poison points. Each moves its checkpoint once its store has the data.
+//! 5. **Live feeds** ([`feed`]): acknowledged readings go to a hub that numbers them per
+//!    dataset, keeps recent history for resume, and fans out to subscriber sessions; each
+//!    session asks [`market::Market::entitlement`] at start and every `[feed] recheck`,
+//!    applies filters and its plan's tier, meters what it delivers, and is closed when its
+//!    client falls behind.
 //!
 //! ## Module map
 //!
@@ -43,7 +51,8 @@
 //! config/        TOML + CITYGATE__SECTION__KEY overrides; validate() reports every problem
 //! model.rs       Reading, Dataset, FieldSpec, Value (no I/O)
 //! ingest/        http.rs: the intake routes (citygate JSON/NDJSON/SenML, InfluxDB v1/v2);
-//!                mqtt/: the MQTT 3.1.1/5 endpoint (session, topics, wire helpers)
+//!                mqtt/: the MQTT 3.1.1/5 endpoint (session, session/follow: subscriber
+//!                feeds, topics, wire helpers)
 //! pipeline/      decode/ (json, ndjson, senml, line protocol), validate, limit, reject
 //! wal/           the write-ahead log: record format, segments and recovery, group-commit
 //!                writer thread, consumer checkpoints
@@ -53,8 +62,10 @@
 //!                (every role, auth cache), catalog, plans, subscriptions, payments/ (manual,
 //!                stripe), entitlement (the one access check, cached), usage (metering),
 //!                invoices (and provider statements), service (Market: ties them together)
+//! feed/          hub (positions, recent history, fan-out), session (one subscriber: resume,
+//!                filters, delay/aggregate tiers, rechecks, metering, backpressure)
 //! api/           router, the one error type, key extraction, accept loop, ops endpoints;
-//!                accounts, catalog, market (plans … statements) routes
+//!                accounts, catalog, market (plans … statements), live (SSE, WebSocket) routes
 //! telemetry.rs   tracing init, every metric
 //! simulate.rs    the load and demo generator behind `citygate simulate`
 //! ```

@@ -164,6 +164,18 @@ async fn entitled_subscribers_receive_exactly_their_readings_in_order() {
         404
     );
     assert_eq!(Sse::open(&gw, LIVE, "", None).await.0, 401);
+    for lookalike in [
+        "/v1/datasets/Traffic-Counts/live",
+        "/v1/datasets/traffic-counts%2F..%2Fweather/live",
+        "/v1/datasets/traffic%2Dcounts%20/live",
+        "/v1/datasets/weather%2F..%2Ftraffic-counts/live",
+    ] {
+        assert_eq!(
+            Sse::open(&gw, lookalike, &alice, None).await.0,
+            404,
+            "{lookalike}"
+        );
+    }
     assert_eq!(
         Sse::open(&gw, &format!("{LIVE}?bbox=1,2,3"), &alice, None)
             .await
