@@ -1073,3 +1073,66 @@ async fn a_311_subscriber_gets_per_filter_codes_and_qos1_deliveries() {
     }
     assert_eq!(counts, (0..20).collect::<Vec<_>>(), "in order, once each");
 }
+
+/// Reads one whole MQTT packet: (first byte, body).
+async fn read_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let first = read_n(s, 1).await[0];
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let b = read_n(s, 1).await[0];
+        len |= ((b & 0x7F) as usize) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    (first, read_n(s, len).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_qos1_delivery_is_sent_again_to_a_311_subscriber() {
+    let gw = Gateway::start().await;
+    let alice = entitled_subscriber(&gw).await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let mut s = raw_client(&gw, &alice, "raw-subscriber").await;
+    // SUBSCRIBE pkid 1: citygate/traffic-counts/# at QoS 1.
+    let mut body = 1u16.to_be_bytes().to_vec();
+    body.extend(mqtt_string(b"citygate/traffic-counts/#"));
+    body.push(1);
+    s.write_all(&packet(0x82, body)).await.unwrap();
+    assert_eq!(
+        read_n(&mut s, 5).await,
+        [0x90, 0x03, 0x00, 0x01, 0x01],
+        "SUBACK QoS 1"
+    );
+
+    let mut dev = Client5::connect(&gw, "device", &device).await;
+    dev.publish("citygate/traffic-counts/tc-1", 1, r#"{"vehicle_count": 5}"#)
+        .await;
+    assert_eq!(dev.puback().await.0, PubAckReason::Success);
+    let (first, body) = read_packet(&mut s).await;
+    assert_eq!(first, 0x32, "PUBLISH, QoS 1, no DUP: {first:#x}");
+    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    assert_eq!(&body[2..2 + topic_len], b"citygate/traffic-counts/tc-1");
+    let pkid = [body[2 + topic_len], body[3 + topic_len]];
+    let sent = Instant::now();
+    // Not acknowledged: the same delivery again, flagged DUP, after the retry interval.
+    let (again, body_again) = read_packet(&mut s).await;
+    assert_eq!(again, 0x3A, "PUBLISH, QoS 1, DUP: {again:#x}");
+    assert_eq!(body_again, body);
+    assert!(
+        sent.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        sent.elapsed()
+    );
+    // Acknowledged: nothing more.
+    s.write_all(&[0x40, 0x02, pkid[0], pkid[1]]).await.unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf))
+            .await
+            .is_err(),
+        "no third delivery"
+    );
+}
