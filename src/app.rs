@@ -89,6 +89,7 @@ pub struct App {
     mqtt_addr: Option<SocketAddr>,
     store: Store,
     market: Arc<Market>,
+    feed: Arc<crate::feed::session::Context>,
     metrics: Arc<Metrics>,
     /// Fired first: intake stops.
     closing: CancellationToken,
@@ -151,6 +152,7 @@ impl App {
             keyring: keyring.clone(),
             market: market.clone(),
             metrics: metrics.feed().clone(),
+            tasks: TaskTracker::new(),
             closing: closing.clone(),
         });
         let sinks = TaskTracker::new();
@@ -214,7 +216,7 @@ impl App {
                 sinks.clone(),
                 sinks_stop.clone(),
             )),
-            feed,
+            feed: feed.clone(),
             keyring,
             market: market.clone(),
             metrics: metrics.clone(),
@@ -271,6 +273,7 @@ impl App {
             mqtt_addr,
             store,
             market,
+            feed,
             metrics,
             closing,
             sinks_stop,
@@ -319,13 +322,17 @@ impl App {
         tracing::info!("shutting down: intake stops, buffers flush");
         self.closing.cancel();
         let _ = self.background.await;
-        if let Err(e) = self.market.usage().flush().await {
-            tracing::error!(error = %e, "usage counted since the last flush could not be written");
-        }
         // The servers bound their connection drains by the same timeout.
         let _ = self.http_task.await;
         if let Some(mqtt) = self.mqtt_task {
             let _ = mqtt.await;
+        }
+        // Live-feed sessions end with the closing signal; what they delivered since the last
+        // flush is written once they have.
+        self.feed.tasks.close();
+        let _ = tokio::time::timeout_at(deadline, self.feed.tasks.wait()).await;
+        if let Err(e) = self.market.usage().flush().await {
+            tracing::error!(error = %e, "usage counted since the last flush could not be written");
         }
         // Intake is done: the writer finishes what is queued, then sinks catch up and stop.
         let wal = self.wal.clone();

@@ -105,7 +105,8 @@ pub async fn sse(
         grant,
     };
     let sub = session::start(&ctx, &follow);
-    let task = tokio::spawn({
+    let tasks = ctx.tasks.clone();
+    let task = tasks.spawn({
         let metrics = metrics.clone();
         async move {
             let end = session::run(ctx, follow, sub, tx).await;
@@ -410,7 +411,8 @@ fn spawn_ws_session(
     let dataset = follow.dataset.clone();
     let (out_tx, mut out_rx) = session::channel();
     metrics.session_started("ws");
-    let session = tokio::spawn({
+    let tasks = ctx.tasks.clone();
+    let session = tasks.spawn({
         let metrics = metrics.clone();
         async move {
             let end = session::run(ctx, follow, sub, out_tx).await;

@@ -172,6 +172,8 @@ pub struct Context {
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,
     pub metrics: crate::telemetry::FeedMetrics,
+    /// Every running session, so shutdown can wait for their last metering.
+    pub tasks: tokio_util::task::TaskTracker,
     pub closing: tokio_util::sync::CancellationToken,
 }
 

@@ -159,6 +159,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
             keyring: keyring.clone(),
             market: market.clone(),
             metrics: citygate::telemetry::FeedMetrics::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
             closing: closing.clone(),
         }),
         keyring,

@@ -292,7 +292,7 @@ fn spawn_feed(
     let prefix: Arc<str> = format!("{}{}/", topic::PREFIX, follow.dataset).into();
     let (out_tx, mut out_rx) = feed::channel();
     ctx.metrics.session_started("mqtt");
-    let session = tokio::spawn({
+    let session = ctx.tasks.spawn({
         let ctx = ctx.clone();
         async move {
             let end = feed::run(ctx.clone(), follow, sub, out_tx).await;
