@@ -688,3 +688,57 @@ async fn a_subscriber_that_does_not_read_is_dropped_without_slowing_anyone() {
     }
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_paid_period_running_out_ends_the_stream_within_a_second() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "live", "name": "Live", "kind": "monthly", "currency": "DKK", "price_minor": 100}),
+    )
+    .await;
+    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let sub = subscribe(&gw, &alice, "live").await;
+    // A payment of a period that ends 1.5 s from now (as a payment provider's webhook would
+    // record it).
+    let now = citygate::model::now_micros();
+    let end = now + 1_500_000;
+    let store = gw.app().store();
+    let mut tx = store.pool().begin().await.unwrap();
+    let payment = citygate::market::subscriptions::Payment {
+        subscription: sub.clone(),
+        provider: "manual".into(),
+        reference: "short-period".into(),
+        amount_minor: 100,
+        currency: "DKK".into(),
+        period_start: now,
+        period_end: end,
+        paid_at: now,
+    };
+    citygate::market::Store::apply_payment(&mut tx, &payment, now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    gw.app().market().invalidate();
+
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let (status, sse) = Sse::open(&gw, LIVE, &alice, None).await;
+    assert_eq!(status, 200);
+    let mut sse = sse.unwrap();
+    post_counts(&gw, &device, "tc-a", 0, 3).await;
+    assert_eq!(sse.readings(3, WAIT).await.len(), 3, "paid: live");
+    let ended = sse
+        .next(Duration::from_secs(5))
+        .await
+        .expect("an end event");
+    let late = citygate::model::now_micros() - end;
+    assert_eq!(ended.event, "end");
+    assert_eq!(ended.json()["reason"], "not_entitled");
+    assert!(
+        (0..1_000_000).contains(&late),
+        "ended {late} µs after the period end"
+    );
+    assert_eq!(Sse::open(&gw, LIVE, &alice, None).await.0, 404);
+}
