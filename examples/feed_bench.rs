@@ -198,14 +198,16 @@ async fn sse_subscriber(
             continue;
         };
         buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let block: Vec<u8> = buf.drain(..end + 2).collect();
-            for line in block.split(|b| *b == b'\n') {
-                if let Some(data) = line.strip_prefix(b"data: ") {
-                    tally.reading(data, &mut local);
-                }
+        // Every complete line is handled in one pass; the incomplete tail is kept.
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = &buf[start..start + nl];
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                tally.reading(data, &mut local);
             }
+            start += nl + 1;
         }
+        buf.drain(..start);
     }
     tally.merge(local);
 }

@@ -228,7 +228,8 @@ fn error_message(error: &str, message: &str, dataset: Option<&str>) -> Message {
 /// everything through one bounded queue.
 async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket: WebSocket) {
     let ctx = state.feed.clone();
-    let queue = ctx.hub.config().session_queue;
+    // Room for a whole chunk of a session (its frames are queued together).
+    let queue = ctx.hub.config().session_queue.max(session::CHUNK);
     let metrics = state.metrics.feed().clone();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(queue);
@@ -423,20 +424,20 @@ fn spawn_ws_session(
     let delivered = metrics.delivered_counter("ws");
     tokio::spawn(async move {
         while let Some(outs) = out_rx.recv().await {
-            for out in outs {
-                let text = match out {
-                    Out::Reading { json, .. } | Out::Retained { json, .. } => {
-                        format!("{{\"type\":\"reading\",\"data\":{json}}}")
-                    }
-                    Out::Aggregate { json, .. } => {
-                        format!("{{\"type\":\"aggregate\",\"data\":{json}}}")
-                    }
+            // Room for the whole chunk at once, then one frame per reading.
+            let Ok(permits) = socket.reserve_many(outs.len()).await else {
+                return;
+            };
+            let n = outs.len() as u64;
+            for (permit, out) in permits.zip(outs) {
+                let (kind, json) = match &out {
+                    Out::Reading { json, .. } | Out::Retained { json, .. } => ("reading", &**json),
+                    Out::Aggregate { json, .. } => ("aggregate", json.as_str()),
                 };
-                if socket.send(Message::Text(text.into())).await.is_err() {
-                    return;
-                }
-                delivered.inc();
+                let text = format!("{{\"type\":\"{kind}\",\"data\":{json}}}");
+                permit.send(Message::Text(text.into()));
             }
+            delivered.inc_by(n);
         }
         let end = session.await.unwrap_or(End::Shutdown);
         if end != End::Gone {

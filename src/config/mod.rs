@@ -379,6 +379,11 @@ pub struct FeedConfig {
     /// How often a session checks its key and entitlement again.
     #[serde(with = "units::duration")]
     pub recheck: Duration,
+    /// A reading may wait this long for more to go to its subscriber in the same write: a
+    /// busy feed then costs one write per subscriber per interval instead of one per reading.
+    /// 0: every reading is written at once.
+    #[serde(with = "units::duration")]
+    pub coalesce: Duration,
     /// SSE comments that keep idle connections open through proxies.
     #[serde(with = "units::duration")]
     pub heartbeat: Duration,
@@ -391,6 +396,7 @@ impl Default for FeedConfig {
             replay_max: 100_000,
             session_queue: 1024,
             recheck: Duration::from_millis(250),
+            coalesce: Duration::from_millis(1),
             heartbeat: Duration::from_secs(15),
         }
     }

@@ -103,6 +103,9 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
                 .into(),
         );
     }
+    if feed.coalesce > Duration::from_millis(100) {
+        p.push("feed.coalesce: at most 100ms (it adds to every delivery's latency)".into());
+    }
     if feed.heartbeat.is_zero() {
         p.push("feed.heartbeat: must be more than 0".into());
     }

@@ -255,21 +255,47 @@ struct State<'a> {
     window_start: Micros,
     metered: (u64, u64),
     latest: Vec<super::Latest>,
-    /// What is ready for the client and not yet taken by its connection. While anything
-    /// waits here the session takes no new batch from the hub, so a client that does not
-    /// keep up falls behind the hub's fan-out queue and is closed as a slow consumer.
+    /// What is ready for the client and not yet taken by its connection. Once it is due
+    /// (see `since`) and the connection has no room, the session takes no new batch from the
+    /// hub, so a client that does not keep up falls behind the hub's fan-out queue and is
+    /// closed as a slow consumer.
     queue: VecDeque<Out>,
+    /// When the oldest reading in `queue` got there: the queue is handed over `coalesce`
+    /// later (or once it holds a chunk), so a busy feed writes once for many readings.
+    since: Option<Instant>,
+    coalesce: Duration,
 }
 
 impl State<'_> {
     fn send(&mut self, out: Out) -> Result<(), End> {
+        if self.queue.is_empty() {
+            self.since = Some(Instant::now());
+        }
         self.queue.push_back(out);
         Ok(())
     }
 
-    /// Hands the connection what it has room for.
-    /// Hands the connection what waits, in chunks of at most [`CHUNK`].
+    /// When what waits is to be handed over (`None`: nothing waits).
+    fn due_at(&self) -> Option<Instant> {
+        let since = self.since?;
+        Some(if self.queue.len() >= CHUNK {
+            since
+        } else {
+            since + self.coalesce
+        })
+    }
+
+    /// Hands the connection what waits once it is due.
     fn flush(&mut self) -> Result<(), End> {
+        match self.due_at() {
+            Some(due) if due <= Instant::now() => self.flush_now(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands the connection what waits, in chunks of at most [`CHUNK`], as far as it has
+    /// room.
+    fn flush_now(&mut self) -> Result<(), End> {
         while !self.queue.is_empty() {
             match self.out.try_reserve() {
                 Ok(permit) => {
@@ -288,6 +314,9 @@ impl State<'_> {
                 Err(mpsc::error::TrySendError::Full(())) => break,
                 Err(mpsc::error::TrySendError::Closed(())) => return Err(End::Gone),
             }
+        }
+        if self.queue.is_empty() {
+            self.since = None;
         }
         Ok(())
     }
@@ -440,6 +469,8 @@ pub async fn run(
         metered: (0, 0),
         latest: std::mem::take(&mut sub.latest),
         queue: VecDeque::new(),
+        since: None,
+        coalesce: ctx.hub.config().coalesce,
     };
     let end = follow_feed(
         &ctx,
@@ -480,7 +511,7 @@ async fn follow_feed(
             return end;
         }
     }
-    if let Err(end) = state.flush() {
+    if let Err(end) = state.flush_now() {
         return end;
     }
     state.meter(ctx);
@@ -493,7 +524,11 @@ async fn follow_feed(
             Tier::Aggregate(w) => Some(instant_at(state.window_start + w, now)),
             Tier::Live => None,
         };
-        let waiting = !state.queue.is_empty();
+        // `due`: what waits is to go out now (the connection must take it before more is
+        // taken from the hub); `gathering`: it waits for more to go with it.
+        let due_at = state.due_at();
+        let due = due_at.is_some_and(|t| t <= Instant::now());
+        let gathering = due_at.filter(|_| !due);
         let out = state.out;
         let step = tokio::select! {
             biased;
@@ -501,13 +536,14 @@ async fn follow_feed(
             _ = out.closed() => Err(End::Gone),
             _ = recheck.tick() => recheck_grant(ctx, state).await,
             // Room again at the connection: hand over what waits.
-            permit = out.reserve(), if waiting => match permit {
+            permit = out.reserve(), if due => match permit {
                 Ok(permit) => {
                     drop(permit);
                     Ok(())
                 }
                 Err(_) => Err(End::Gone),
             },
+            _ = tokio::time::sleep_until(gathering.unwrap_or_else(Instant::now)), if gathering.is_some() => Ok(()),
             _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                 let now = now_micros();
                 match state.tier {
@@ -518,7 +554,7 @@ async fn follow_feed(
                     _ => state.release(now),
                 }
             }
-            msg = live.recv(), if !waiting => match msg {
+            msg = live.recv(), if !due => match msg {
                 Ok(batch) => {
                     let now = now_micros();
                     ctx.metrics.lag(now - batch.readings[0].received_at);
