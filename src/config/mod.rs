@@ -379,9 +379,10 @@ pub struct FeedConfig {
     /// How often a session checks its key and entitlement again.
     #[serde(with = "units::duration")]
     pub recheck: Duration,
-    /// A reading may wait this long for more to go to its subscriber in the same write: a
-    /// busy feed then costs one write per subscriber per interval instead of one per reading.
-    /// 0: every reading is written at once.
+    /// A subscriber's connection is written at most once per this interval: a busy feed
+    /// then costs one write per subscriber per interval instead of one per reading (a
+    /// reading waits at most this long), a quiet one is written at once. 0: every reading is
+    /// written at once.
     #[serde(with = "units::duration")]
     pub coalesce: Duration,
     /// SSE comments that keep idle connections open through proxies.

@@ -260,9 +260,12 @@ struct State<'a> {
     /// hub, so a client that does not keep up falls behind the hub's fan-out queue and is
     /// closed as a slow consumer.
     queue: VecDeque<Out>,
-    /// When the oldest reading in `queue` got there: the queue is handed over `coalesce`
-    /// later (or once it holds a chunk), so a busy feed writes once for many readings.
+    /// When the oldest reading in `queue` got there, and when the connection last took
+    /// something: the queue is handed over at once when the session was idle for `coalesce`,
+    /// else `coalesce` after the last hand-over (or once it holds a chunk), so a busy feed
+    /// writes once for many readings and a quiet one adds no delay.
     since: Option<Instant>,
+    last_flush: Option<Instant>,
     coalesce: Duration,
 }
 
@@ -278,10 +281,9 @@ impl State<'_> {
     /// When what waits is to be handed over (`None`: nothing waits).
     fn due_at(&self) -> Option<Instant> {
         let since = self.since?;
-        Some(if self.queue.len() >= CHUNK {
-            since
-        } else {
-            since + self.coalesce
+        Some(match self.last_flush {
+            Some(last) if self.queue.len() < CHUNK => since.max(last + self.coalesce),
+            _ => since,
         })
     }
 
@@ -317,6 +319,7 @@ impl State<'_> {
         }
         if self.queue.is_empty() {
             self.since = None;
+            self.last_flush = Some(Instant::now());
         }
         Ok(())
     }
@@ -470,6 +473,7 @@ pub async fn run(
         latest: std::mem::take(&mut sub.latest),
         queue: VecDeque::new(),
         since: None,
+        last_flush: None,
         coalesce: ctx.hub.config().coalesce,
     };
     let end = follow_feed(
