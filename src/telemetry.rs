@@ -147,12 +147,8 @@ impl FeedMetrics {
             .inc();
     }
 
-    /// A message (a reading or an aggregate) sent to a subscriber.
-    pub fn delivered(&self, protocol: &str) {
-        self.delivered_counter(protocol).inc();
-    }
-
-    /// The deliveries counter of `protocol`, to keep and count into without a lookup.
+    /// The deliveries counter of `protocol` (readings and aggregates sent to subscribers),
+    /// to keep and count into without a lookup.
     pub fn delivered_counter(&self, protocol: &str) -> Counter {
         self.deliveries
             .get_or_create(&ProtocolLabels {

@@ -255,15 +255,6 @@ impl Hub {
             live,
         }
     }
-
-    /// Sessions following `dataset` now.
-    pub fn followers(&self, dataset: &str) -> usize {
-        self.feeds
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(dataset)
-            .map_or(0, |f| f.tx.receiver_count())
-    }
 }
 
 #[cfg(test)]

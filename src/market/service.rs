@@ -85,10 +85,6 @@ impl Market {
         &self.usage
     }
 
-    pub fn payments(&self) -> &dyn PaymentProvider {
-        &*self.payments
-    }
-
     pub fn platform_fee_percent(&self) -> f64 {
         self.config.platform_fee_percent
     }

@@ -187,23 +187,4 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()?)
     }
-
-    /// Readings delivered under `subscription` in `[from, to)`.
-    pub async fn readings_of(
-        &self,
-        subscription: &str,
-        from: Micros,
-        to: Micros,
-    ) -> Result<i64, CatalogError> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(readings), 0) AS BIGINT) FROM usage_hours
-             WHERE subscription = $1 AND hour >= $2 AND hour < $3",
-        )
-        .bind(subscription)
-        .bind(from)
-        .bind(to)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(row.try_get(0)?)
-    }
 }
