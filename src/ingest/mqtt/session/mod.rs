@@ -292,7 +292,8 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         max_packet_size: Some(u32::try_from(max).unwrap_or(u32::MAX)),
         assigned_client_identifier: assigned,
         topic_alias_max: Some(0),
-        wildcard_subscription_available: Some(0),
+        // Wildcards are granted within one dataset (`citygate/{dataset}/#`, `…/+`).
+        wildcard_subscription_available: None,
         subscription_identifiers_available: Some(0),
         shared_subscription_available: Some(0),
         ..ConnAckProperties::default()
