@@ -41,6 +41,20 @@ impl From<sqlx::Error> for MarketError {
     }
 }
 
+/// `Ok` for a subscription whose checkout is still open.
+fn awaiting_payment(sub: &Subscription) -> Result<(), MarketError> {
+    if sub.status == Status::PendingPayment {
+        Ok(())
+    } else {
+        Err(CatalogError::Conflict(format!(
+            "subscription `{}` is {}, not awaiting payment",
+            sub.id,
+            sub.status.as_str()
+        ))
+        .into())
+    }
+}
+
 fn not_found(what: &str, id: &str) -> MarketError {
     MarketError::Catalog(CatalogError::NotFound(format!("no {what} `{id}`")))
 }
@@ -183,14 +197,7 @@ impl Market {
         sub: &Subscription,
         base_url: &str,
     ) -> Result<Checkout, MarketError> {
-        if sub.status != Status::PendingPayment {
-            return Err(CatalogError::Conflict(format!(
-                "subscription `{}` is {}, not awaiting payment",
-                sub.id,
-                sub.status.as_str()
-            ))
-            .into());
-        }
+        awaiting_payment(sub)?;
         Ok(self.payments.resume_checkout(sub, base_url).await?)
     }
 
@@ -201,14 +208,7 @@ impl Market {
         sub: &Subscription,
         now: Micros,
     ) -> Result<Subscription, MarketError> {
-        if sub.status != Status::PendingPayment {
-            return Err(CatalogError::Conflict(format!(
-                "subscription `{}` is {}, not awaiting payment",
-                sub.id,
-                sub.status.as_str()
-            ))
-            .into());
-        }
+        awaiting_payment(sub)?;
         if let Some(existing) = &sub.payment_ref {
             return Err(CatalogError::Conflict(format!(
                 "the checkout is complete (payment provider's subscription `{existing}`); \

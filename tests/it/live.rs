@@ -137,6 +137,22 @@ async fn subscribe(gw: &Gateway, key: &str, plan: &str) -> String {
     body["subscription"]["id"].as_str().unwrap().to_string()
 }
 
+/// The copenhagen provider prices traffic-counts with `plan_body`; a new subscriber takes
+/// it. Returns the subscriber's key, its subscription and a device key for traffic-counts.
+async fn subscribed(gw: &Gateway, plan_body: Value) -> (String, String, String) {
+    let provider = gw.provider_key("copenhagen").await;
+    let id = plan_body["id"].as_str().unwrap().to_string();
+    plan(gw, &provider, plan_body).await;
+    let (_, key) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let sub = subscribe(gw, &key, &id).await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    (key, sub, device)
+}
+
+fn open_plan() -> Value {
+    json!({"id": "open", "name": "Open data", "kind": "free"})
+}
+
 const LIVE: &str = "/v1/datasets/traffic-counts/live";
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -260,16 +276,7 @@ async fn entitled_subscribers_receive_exactly_their_readings_in_order() {
 #[tokio::test]
 async fn a_reconnecting_client_gets_what_it_missed_once() {
     let gw = Gateway::start().await;
-    let provider = gw.provider_key("copenhagen").await;
-    plan(
-        &gw,
-        &provider,
-        json!({"id": "open", "name": "Open data", "kind": "free"}),
-    )
-    .await;
-    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
-    subscribe(&gw, &alice, "open").await;
-    let device = gw.device_key(&[TRAFFIC]).await;
+    let (alice, _, device) = subscribed(&gw, open_plan()).await;
 
     let (_, first) = Sse::open(&gw, LIVE, &alice, None).await;
     let mut first = first.unwrap();
@@ -370,16 +377,11 @@ async fn revocation_and_cancellation_stop_delivery_within_a_second() {
 #[tokio::test]
 async fn a_delayed_plan_gets_readings_late_even_when_it_reconnects() {
     let gw = Gateway::start().await;
-    let provider = gw.provider_key("copenhagen").await;
-    plan(
+    let (alice, _, device) = subscribed(
         &gw,
-        &provider,
         json!({"id": "late", "name": "Free, 15 minutes late", "kind": "free", "delay": "15m"}),
     )
     .await;
-    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
-    subscribe(&gw, &alice, "late").await;
-    let device = gw.device_key(&[TRAFFIC]).await;
     let (_, sse) = Sse::open(&gw, LIVE, &alice, None).await;
     let mut sse = sse.unwrap();
 
@@ -425,16 +427,11 @@ async fn a_delayed_plan_gets_readings_late_even_when_it_reconnects() {
 #[tokio::test]
 async fn an_aggregate_plan_gets_per_sensor_statistics_at_each_window_end() {
     let gw = Gateway::start().await;
-    let provider = gw.provider_key("copenhagen").await;
-    plan(
+    let (alice, _, device) = subscribed(
         &gw,
-        &provider,
         json!({"id": "summary", "name": "Free, 2 s summaries", "kind": "free", "aggregate": "2s"}),
     )
     .await;
-    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
-    subscribe(&gw, &alice, "summary").await;
-    let device = gw.device_key(&[TRAFFIC]).await;
     let (_, sse) = Sse::open(&gw, LIVE, &alice, None).await;
     let mut sse = sse.unwrap();
     // Just after a window starts, so all readings fall in one window.
@@ -520,16 +517,7 @@ mod websocket {
     #[tokio::test]
     async fn a_socket_follows_several_datasets_each_checked_on_its_own() {
         let gw = Gateway::start().await;
-        let provider = gw.provider_key("copenhagen").await;
-        plan(
-            &gw,
-            &provider,
-            json!({"id": "open", "name": "Open data", "kind": "free"}),
-        )
-        .await;
-        let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
-        let sub = subscribe(&gw, &alice, "open").await;
-        let device = gw.device_key(&[TRAFFIC]).await;
+        let (alice, sub, device) = subscribed(&gw, open_plan()).await;
 
         assert_eq!(connect(&gw, "cg_nobody").await.err(), Some(401));
         let mut ws = connect(&gw, &alice).await.unwrap();
@@ -642,16 +630,7 @@ async fn a_subscriber_that_does_not_read_is_dropped_without_slowing_anyone() {
         }
     })
     .await;
-    let provider = gw.provider_key("copenhagen").await;
-    plan(
-        &gw,
-        &provider,
-        json!({"id": "open", "name": "Open data", "kind": "free"}),
-    )
-    .await;
-    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
-    subscribe(&gw, &alice, "open").await;
-    let device = gw.device_key(&[TRAFFIC]).await;
+    let (alice, _, device) = subscribed(&gw, open_plan()).await;
 
     // One client never reads; another reads everything as it comes.
     let (_, stuck) = Sse::open(&gw, LIVE, &alice, None).await;
@@ -692,15 +671,11 @@ async fn a_subscriber_that_does_not_read_is_dropped_without_slowing_anyone() {
 #[tokio::test]
 async fn a_paid_period_running_out_ends_the_stream_within_a_second() {
     let gw = Gateway::start().await;
-    let provider = gw.provider_key("copenhagen").await;
-    plan(
+    let (alice, sub, device) = subscribed(
         &gw,
-        &provider,
         json!({"id": "live", "name": "Live", "kind": "monthly", "currency": "DKK", "price_minor": 100}),
     )
     .await;
-    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
-    let sub = subscribe(&gw, &alice, "live").await;
     // A payment of a period that ends 1.5 s from now (as a payment provider's webhook would
     // record it).
     let now = citygate::model::now_micros();
@@ -723,7 +698,6 @@ async fn a_paid_period_running_out_ends_the_stream_within_a_second() {
     tx.commit().await.unwrap();
     gw.app().market().invalidate();
 
-    let device = gw.device_key(&[TRAFFIC]).await;
     let (status, sse) = Sse::open(&gw, LIVE, &alice, None).await;
     assert_eq!(status, 200);
     let mut sse = sse.unwrap();
