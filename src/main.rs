@@ -406,10 +406,7 @@ async fn catalog(config: &Config, store: &Store) -> Result<Vec<DatasetConfig>> {
 }
 
 fn show_time(t: Option<i64>) -> String {
-    t.map_or("-".into(), |t| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_micros(t as u64))
-            .to_string()
-    })
+    t.map_or("-".into(), citygate::pipeline::decode::time::format_rfc3339)
 }
 
 async fn accounts(store: &Store, command: AccountsCommand) -> Result<ExitCode> {

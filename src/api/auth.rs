@@ -41,12 +41,25 @@ pub async fn require_key(
     headers: &HeaderMap,
     query_secret: Option<&str>,
 ) -> Result<Arc<ApiKey>, ApiError> {
+    Ok(require_key_with_secret(state, headers, query_secret)
+        .await?
+        .1)
+}
+
+/// [`require_key`] and the secret it was presented with (live feeds check it again as
+/// time passes).
+pub async fn require_key_with_secret(
+    state: &AppState,
+    headers: &HeaderMap,
+    query_secret: Option<&str>,
+) -> Result<(String, Arc<ApiKey>), ApiError> {
     let secret = presented_secret(headers, query_secret).ok_or(ApiError::Unauthorized)?;
-    state
+    let key = state
         .keyring
         .authenticate(&secret)
         .await?
-        .ok_or(ApiError::Unauthorized)
+        .ok_or(ApiError::Unauthorized)?;
+    Ok((secret, key))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use crate::market::KeyKind;
 use crate::market::catalog::{CatalogError, DatasetPatch, Origin, StoredDataset};
 use crate::market::plans::Plan;
 use crate::model::{FieldSpec, Micros, now_micros};
+use crate::pipeline::decode::time::format_rfc3339;
 use crate::pipeline::quality::QualitySnapshot;
 
 impl From<CatalogError> for ApiError {
@@ -251,13 +252,6 @@ pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-fn iso8601(t: Micros) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_micros(t.max(0) as u64),
-    )
-    .to_string()
-}
-
 /// `GET /v1/catalog.jsonld`: DCAT-AP 2 JSON-LD.
 pub async fn jsonld(
     State(state): State<AppState>,
@@ -314,8 +308,8 @@ fn dcat_dataset(base: &str, d: &StoredDataset) -> Value {
         "dct:accrualPeriodicity": {
             "@id": format!("http://publications.europa.eu/resource/authority/frequency/{frequency}")
         },
-        "dct:issued": {"@value": iso8601(d.created_at), "@type": "xsd:dateTime"},
-        "dct:modified": {"@value": iso8601(d.updated_at), "@type": "xsd:dateTime"},
+        "dct:issued": {"@value": format_rfc3339(d.created_at), "@type": "xsd:dateTime"},
+        "dct:modified": {"@value": format_rfc3339(d.updated_at), "@type": "xsd:dateTime"},
         "dcat:landingPage": {"@id": page},
         "dcat:distribution": [{
             "@type": "dcat:Distribution",

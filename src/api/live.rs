@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::AppState;
-use super::auth::presented_secret;
+use super::auth::require_key_with_secret;
 use super::error::ApiError;
 use crate::feed::session::{self, End, Filter, Follow, Out};
 use crate::market::ApiKey;
@@ -72,12 +72,7 @@ pub async fn sse(
     Query(q): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let secret = presented_secret(&headers, q.key.as_deref()).ok_or(ApiError::Unauthorized)?;
-    let key = state
-        .keyring
-        .authenticate(&secret)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    let (secret, key) = require_key_with_secret(&state, &headers, q.key.as_deref()).await?;
     let grant = state
         .market
         .entitlement(&key, &dataset, now_micros())
@@ -187,12 +182,7 @@ pub async fn ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let secret = presented_secret(&headers, q.key.as_deref()).ok_or(ApiError::Unauthorized)?;
-    let key = state
-        .keyring
-        .authenticate(&secret)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
+    let (secret, key) = require_key_with_secret(&state, &headers, q.key.as_deref()).await?;
     Ok(upgrade
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| ws_connection(state, secret, key, socket)))

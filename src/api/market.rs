@@ -45,6 +45,7 @@ use crate::market::subscriptions::{Payment, Subscription};
 use crate::market::usage::{UsageRow, UsageScope};
 use crate::market::{ApiKey, Grant, KeyKind};
 use crate::model::{Micros, now_micros};
+use crate::pipeline::decode::time::parse_rfc3339;
 
 impl From<MarketError> for ApiError {
     fn from(e: MarketError) -> Self {
@@ -413,21 +414,17 @@ pub async fn access(
 
 /// A time in a query: RFC 3339 (`2026-11-01T00:00:00Z`) or a date (`2026-11-01`, UTC).
 fn parse_time(field: &str, text: &str) -> Result<Micros, ApiError> {
-    let full = if text.len() == 10 {
-        format!("{text}T00:00:00Z")
+    let parsed = if text.len() == 10 {
+        parse_rfc3339(&format!("{text}T00:00:00Z"))
     } else {
-        text.to_string()
+        parse_rfc3339(text)
     };
-    humantime::parse_rfc3339_weak(&full)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_micros() as Micros)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_time",
-                format!("{field}: `{text}` is not a date or an RFC 3339 time"),
-            )
-        })
+    parsed.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_time",
+            format!("{field}: `{text}` is not a date or an RFC 3339 time"),
+        )
+    })
 }
 
 #[derive(Deserialize)]

@@ -21,7 +21,7 @@ use super::catalog::CatalogError;
 use super::keys::random_alnum;
 use super::store::Store;
 use crate::model::Micros;
-use crate::pipeline::decode::time::month_bounds;
+use crate::pipeline::decode::time::{format_rfc3339, month_bounds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,12 +133,9 @@ pub fn fee_of(amount: i64, percent: f64) -> i64 {
     (amount as f64 * percent / 100.0).round() as i64
 }
 
+/// `YYYY-MM-DD` (UTC) of `t`.
 fn date(t: Micros) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_micros(t.max(0) as u64),
-    )
-    .to_string()[..10]
-        .to_string()
+    format_rfc3339(t)[..10].to_string()
 }
 
 fn period_of(period: &str) -> Result<(Micros, Micros), CatalogError> {

@@ -28,11 +28,13 @@ pub struct Counts {
 }
 
 type Pending = HashMap<(String, Micros), Counts>;
+/// What is being counted: by subscription, then by hour (looked up without allocating).
+type Counting = HashMap<String, HashMap<Micros, Counts>>;
 
 /// Counts deliveries in memory and writes them in idempotent batches.
 pub struct UsageRecorder {
     store: Store,
-    counting: Mutex<Pending>,
+    counting: Mutex<Counting>,
     /// Batches taken from `counting` that are not known to be written, with their ids.
     unwritten: tokio::sync::Mutex<Vec<(String, Pending)>>,
 }
@@ -55,9 +57,11 @@ impl UsageRecorder {
     pub fn record_at(&self, subscription: &str, readings: u64, bytes: u64, at: Micros) {
         let hour = at - at.rem_euclid(HOUR);
         let mut counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-        let c = counting
-            .entry((subscription.to_string(), hour))
-            .or_default();
+        let hours = match counting.get_mut(subscription) {
+            Some(hours) => hours,
+            None => counting.entry(subscription.to_string()).or_default(),
+        };
+        let c = hours.entry(hour).or_default();
         c.readings = c.readings.saturating_add(readings as i64);
         c.bytes = c.bytes.saturating_add(bytes as i64);
     }
@@ -65,7 +69,15 @@ impl UsageRecorder {
     /// Writes everything counted so far. On error what was not written stays queued.
     pub async fn flush(&self) -> Result<(), CatalogError> {
         let mut unwritten = self.unwritten.lock().await;
-        let taken = std::mem::take(&mut *self.counting.lock().unwrap_or_else(|e| e.into_inner()));
+        let taken: Pending =
+            std::mem::take(&mut *self.counting.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .flat_map(|(sub, hours)| {
+                    hours
+                        .into_iter()
+                        .map(move |(hour, c)| ((sub.clone(), hour), c))
+                })
+                .collect();
         if !taken.is_empty() {
             unwritten.push((format!("usage_{}", random_alnum(20)), taken));
         }

@@ -119,6 +119,18 @@ pub fn month_bounds(period: &str) -> Option<(Micros, Micros)> {
     Some((start, add_months(start, 1)))
 }
 
+/// `t` as RFC 3339 in UTC to the second: `2026-11-26T08:15:00Z`.
+pub fn format_rfc3339(t: Micros) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(DAY));
+    let secs = t.rem_euclid(DAY) / 1_000_000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// The calendar month `YYYY-MM` (UTC) of `t`.
 pub fn month_of(t: Micros) -> String {
     let (y, m, _) = civil_from_days(t.div_euclid(DAY));
@@ -276,5 +288,28 @@ mod tests {
             let text = utc.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Micros, true);
             prop_assert_eq!(parse_rfc3339(&text), Some(utc.timestamp_micros()), "{}", text);
         }
+    }
+
+    #[test]
+    fn formats_and_parses_back() {
+        for text in [
+            "2026-11-26T08:15:00Z",
+            "1970-01-01T00:00:00Z",
+            "2028-02-29T23:59:59Z",
+        ] {
+            assert_eq!(format_rfc3339(parse_rfc3339(text).unwrap()), text);
+        }
+        // Below a second is cut, as the exports show whole seconds.
+        assert_eq!(format_rfc3339(1_500_000), "1970-01-01T00:00:01Z");
+        assert_eq!(
+            month_of(parse_rfc3339("2026-12-31T23:59:59Z").unwrap()),
+            "2026-12"
+        );
+        let (start, end) = month_bounds("2028-02").unwrap();
+        assert_eq!(format_rfc3339(start), "2028-02-01T00:00:00Z");
+        assert_eq!(format_rfc3339(end), "2028-03-01T00:00:00Z");
+        assert_eq!(month_bounds("2026-13"), None);
+        let jan31 = parse_rfc3339("2026-01-31T10:00:00Z").unwrap();
+        assert_eq!(format_rfc3339(add_months(jan31, 1)), "2026-02-28T10:00:00Z");
     }
 }

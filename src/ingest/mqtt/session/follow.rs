@@ -45,6 +45,7 @@ pub(super) enum Message {
 }
 
 struct Unacked {
+    /// The frame, kept for a 3.1.1 client only (MQTT 5 never sends one again).
     frame: Vec<u8>,
     sent: Instant,
 }
@@ -239,7 +240,11 @@ impl Session {
                         self.feeds.unacked.insert(
                             pkid,
                             Unacked {
-                                frame: self.out[start..].to_vec(),
+                                frame: if self.version == Version::V4 {
+                                    self.out[start..].to_vec()
+                                } else {
+                                    Vec::new()
+                                },
                                 sent: Instant::now(),
                             },
                         );
