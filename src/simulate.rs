@@ -755,7 +755,7 @@ mod tests {
                     received_at: now_micros(),
                     sensor: None,
                 };
-                let (accepted, rejected) = check(&ds, &batch).unwrap();
+                let (accepted, rejected) = check(&ds, &batch, usize::MAX).unwrap();
                 assert!(
                     rejected.is_empty(),
                     "{} {sim:?}: {rejected:?}\n{body}",

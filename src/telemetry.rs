@@ -81,6 +81,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
     http_connections: Gauge,
+    http_connections_refused: Counter,
     mqtt: MqttMetrics,
     wal: WalMetrics,
     influx: InfluxMetrics,
@@ -360,6 +361,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             http_connections: Gauge::default(),
+            http_connections_refused: Counter::default(),
             mqtt: MqttMetrics::default(),
             wal: WalMetrics::default(),
             influx: InfluxMetrics::default(),
@@ -420,6 +422,11 @@ impl Metrics {
             "http_connections_open",
             "Open HTTP connections",
             m.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections answered 429 and closed: their address held its share already",
+            m.http_connections_refused.clone(),
         );
         let mqtt = registry.sub_registry_with_prefix("mqtt");
         mqtt.register(
@@ -601,6 +608,10 @@ impl Metrics {
 
     pub fn http_connections(&self) -> &Gauge {
         &self.http_connections
+    }
+
+    pub fn http_connections_refused(&self) -> &Counter {
+        &self.http_connections_refused
     }
 
     /// The OpenMetrics text exposition.

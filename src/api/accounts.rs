@@ -11,6 +11,10 @@
 //! | `POST /v1/keys/{id}/rotate` | the key's account, admin | successor; the old key lives `overlap` |
 //! | `DELETE /v1/keys/{id}` | the key's account, admin | revoke (effective within 1 s) |
 //!
+//! A key never makes or manages one that reaches further than itself: a key limited to
+//! some datasets makes keys limited to (some of) those, an expiring key makes keys that
+//! expire no later (both are inherited when the request does not say), and it may rotate or
+//! revoke only itself and keys within its own reach, never the account's wider keys.
 //! What a key may not see answers 404, as if it did not exist.
 
 use std::time::Duration;
@@ -210,19 +214,38 @@ pub async fn create_key(
             return Err(ApiError::bad_request("invalid_key", problems.join("; ")));
         }
     }
-    let expires_at = match &req.expires_in {
+    let mut expires_at = match &req.expires_in {
         Some(text) => {
             let d = parse_duration("expires_in", text)?;
             Some(now_micros().saturating_add(d.as_micros().min(i64::MAX as u128) as i64))
         }
         None => None,
     };
+    let mut datasets = req.datasets;
+    if !key.is_admin() {
+        // What the request leaves open, the new key inherits from the one making it.
+        if expires_at.is_none() {
+            expires_at = key.expires_at;
+        }
+        if datasets.is_empty() && kind != KeyKind::Device {
+            datasets = key.datasets.clone();
+        }
+        if !within(&datasets, expires_at, &key) {
+            return Err(ApiError::Forbidden(format!(
+                "key {} may not make a key that reaches further than itself \
+                 (datasets {:?}, expiry {})",
+                key.id,
+                key.datasets,
+                key.expires_at.map_or("never".into(), |t| t.to_string())
+            )));
+        }
+    }
     let new = store
         .create_key_with(KeySpec {
             kind,
             account: account.id,
             label: req.label,
-            datasets: req.datasets,
+            datasets,
             expires_at,
         })
         .await?;
@@ -230,12 +253,31 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(new.into())))
 }
 
-/// The key `id` if the caller may manage it (its own account's, or any for an admin).
+/// Whether a key of `datasets` expiring at `expires_at` reaches no further than `maker`:
+/// no dataset `maker` is not limited to, and no later expiry. (An empty list is every
+/// dataset of the account; a device key's list names what it writes, which a provider key
+/// covers whole.)
+fn within(datasets: &[String], expires_at: Option<crate::model::Micros>, maker: &ApiKey) -> bool {
+    let datasets_ok = maker.datasets.is_empty()
+        || (!datasets.is_empty() && datasets.iter().all(|d| maker.datasets.contains(d)));
+    let expiry_ok = match (maker.expires_at, expires_at) {
+        (None, _) => true,
+        (Some(limit), Some(t)) => t <= limit,
+        (Some(_), None) => false,
+    };
+    datasets_ok && expiry_ok
+}
+
+/// The key `id` if the caller may manage it: any for an admin; otherwise a key of its own
+/// account within the caller's own reach (itself included).
 async fn own_key(state: &AppState, caller: &ApiKey, id: &str) -> Result<ApiKey, ApiError> {
     manager(caller)?;
     let not_found = || ApiError::NotFound(format!("no key `{id}`"));
     let target = state.keyring.store().key(id).await?.ok_or_else(not_found)?;
-    if caller.is_admin() || target.account == caller.account {
+    let manages = caller.is_admin()
+        || (target.account == caller.account
+            && (target.id == caller.id || within(&target.datasets, target.expires_at, caller)));
+    if manages {
         Ok(target)
     } else {
         Err(not_found())

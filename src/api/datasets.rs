@@ -99,10 +99,11 @@ pub async fn rejects(
         .pipeline
         .dataset(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
+    // Rejects name sensors and keys: another provider's are not there to see, as the
+    // market answers for what a key may not see.
     if !key.may_administer(&p.dataset.provider) {
-        return Err(ApiError::Forbidden(format!(
-            "only a provider key of `{}` may read the rejects of `{id}`",
-            p.dataset.provider
+        return Err(ApiError::NotFound(format!(
+            "no rejects of `{id}` for this key"
         )));
     }
     let counts = Reason::ALL

@@ -127,6 +127,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still come: do not read it as the next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -142,6 +148,7 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Malformed(e) => ApiError::bad_request("malformed", e.0),
             IngestError::NoReadings => ApiError::bad_request("no_readings", e.to_string()),
+            e @ IngestError::TooManyReadings { .. } => ApiError::PayloadTooLarge(e.to_string()),
             IngestError::RateLimited(LimitError::Exceeded { retry_after }) => {
                 ApiError::RateLimited(retry_after)
             }
@@ -185,6 +192,10 @@ impl From<KeyError> for ApiError {
 
 /// A JSON request body whose problems answer in the API's error shape (400 with the field
 /// at fault) rather than axum's plain-text rejection.
+///
+/// `Content-Type: application/json` (or any `+json`) is the contract; a body sent with no
+/// type or with `curl -d`'s default (`application/x-www-form-urlencoded`) is read as JSON
+/// too when it is JSON, so the commands people type first work. Any other type is 415.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
@@ -195,16 +206,38 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let essence = req.headers().get(header::CONTENT_TYPE).map(|v| {
+            v.to_str()
+                .unwrap_or("?")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        let declared_json = match essence.as_deref() {
+            Some("application/json") => true,
+            Some(t) if t.starts_with("application/") && t.ends_with("+json") => true,
+            None | Some("") | Some("application/x-www-form-urlencoded") => false,
+            Some(other) => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "Content-Type `{other}`: send the body as JSON with Content-Type: \
+                     application/json"
+                )));
+            }
+        };
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request("body_read", e.body_text()))?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(match rejection {
-                axum::extract::rejection::JsonRejection::MissingJsonContentType(_) => {
-                    ApiError::UnsupportedMediaType(
-                        "send the body as JSON with Content-Type: application/json".into(),
-                    )
-                }
-                other => ApiError::bad_request("invalid_json", other.body_text()),
-            }),
+            Err(axum::extract::rejection::JsonRejection::JsonSyntaxError(_)) if !declared_json => {
+                Err(ApiError::UnsupportedMediaType(
+                    "the body is not JSON: send it as JSON with Content-Type: application/json"
+                        .into(),
+                ))
+            }
+            Err(rejection) => Err(ApiError::bad_request("invalid_json", rejection.body_text())),
         }
     }
 }

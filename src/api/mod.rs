@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod body;
 pub mod catalog;
 pub mod datasets;
 pub mod error;
@@ -111,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         // Intake reads bodies itself under `max_body`; this covers any extractor-based route.
         .layer(DefaultBodyLimit::max(state.http.max_body.as_usize()))
+        .layer(middleware::from_fn_with_state(state.clone(), body::bounded))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }

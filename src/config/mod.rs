@@ -72,6 +72,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Open connections at most; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Open connections at most from one IP address: past it, a new connection from there
+    /// is answered 429 and closed, so one client cannot hold every slot.
+    pub max_connections_per_ip: usize,
     /// The URL the public reaches this gateway at, for links in exports (the DCAT-AP
     /// catalog), e.g. `https://data.city.example`. Empty: the request's `Host`.
     pub public_url: String,
@@ -86,6 +89,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             public_url: String::new(),
         }
     }
@@ -199,6 +203,10 @@ pub struct PipelineConfig {
     pub queue_timeout: Duration,
     /// Rejected readings kept per dataset for `GET /v1/datasets/{id}/rejects`.
     pub rejects_kept: usize,
+    /// Readings (accepted and rejected together) one request or MQTT publish may carry; a
+    /// dataset's `rate_limit.burst` lowers it for that dataset. Past it: HTTP 413, MQTT 5
+    /// PUBACK 0x97, and decoding stops there.
+    pub max_readings: usize,
 }
 
 impl Default for PipelineConfig {
@@ -207,6 +215,7 @@ impl Default for PipelineConfig {
             queue_depth: 64,
             queue_timeout: Duration::from_secs(5),
             rejects_kept: 1000,
+            max_readings: 100_000,
         }
     }
 }

@@ -47,6 +47,9 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     if http.max_connections == 0 {
         p.push("http.max_connections: must be at least 1".into());
     }
+    if http.max_connections_per_ip == 0 {
+        p.push("http.max_connections_per_ip: must be at least 1".into());
+    }
 
     if config.storage.data_dir.as_os_str().is_empty() {
         p.push("storage.data_dir: must not be empty".into());
@@ -58,6 +61,9 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     }
     if pipeline.queue_timeout.is_zero() {
         p.push("pipeline.queue_timeout: must be more than 0".into());
+    }
+    if pipeline.max_readings == 0 {
+        p.push("pipeline.max_readings: must be at least 1".into());
     }
 
     let wal = &config.wal;

@@ -151,7 +151,14 @@ async fn intake(
             })
         })
         .transpose()?;
-    let raw = read_body(state, headers, body).await?;
+    // Already read whole by the router's body middleware; this only takes it.
+    let raw = crate::api::body::read(
+        body,
+        headers,
+        state.http.max_body.as_usize(),
+        state.http.request_timeout,
+    )
+    .await?;
     let body = decompress(state, headers, raw)?;
     let outcome = state
         .pipeline
@@ -222,37 +229,6 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
             "Content-Type `{other}` is not one of application/json, application/x-ndjson, \
              application/senml+json, text/plain (line protocol)"
         ))),
-    }
-}
-
-/// Reads the whole body, bounded in size (413) and time (408).
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let max = state.http.max_body.as_usize();
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("the body is larger than {}", state.http.max_body));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(too_large());
-    }
-    let limit = state.http.request_timeout;
-    match tokio::time::timeout(limit, axum::body::to_bytes(body, max)).await {
-        Err(_) => Err(ApiError::RequestTimeout(limit)),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let over_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                Err(too_large())
-            } else {
-                Err(ApiError::bad_request(
-                    "body_read",
-                    format!("the body could not be read: {e}"),
-                ))
-            }
-        }
     }
 }
 

@@ -40,6 +40,10 @@ pub enum IngestError {
     Malformed(#[from] DecodeError),
     #[error("the body holds no readings")]
     NoReadings,
+    /// More readings (accepted or rejected) than one request or publish may carry: the
+    /// dataset's burst, or `pipeline.max_readings`. Decoding stopped there; nothing kept.
+    #[error("the body holds more than {max} readings; send smaller batches")]
+    TooManyReadings { max: usize },
     #[error(transparent)]
     RateLimited(#[from] LimitError),
     #[error("the dataset's queue stayed full for {0:?}")]
@@ -106,6 +110,7 @@ pub struct Pipeline {
     parquet_dir: PathBuf,
     parquet: ParquetConfig,
     rejects_kept: usize,
+    max_readings: usize,
     /// Live feeds: acknowledged readings are published here.
     feed: std::sync::OnceLock<Arc<crate::feed::Hub>>,
 }
@@ -138,6 +143,7 @@ impl Pipeline {
             parquet_dir: config.parquet_dir(),
             parquet: config.parquet.clone(),
             rejects_kept: config.pipeline.rejects_kept,
+            max_readings: config.pipeline.max_readings,
             feed: std::sync::OnceLock::new(),
         };
         let mut sinks = Vec::new();
@@ -242,13 +248,15 @@ impl Pipeline {
             return Err(IngestError::ShuttingDown);
         }
         let received_at = batch.received_at;
+        // More than the burst can never be admitted, so decoding stops there.
+        let max = self.max_readings.min(ds.dataset.rate_limit.burst as usize);
         let (accepted, rejected) = if batch.body.len() >= BLOCKING_DECODE_BYTES {
             let dataset = ds.dataset.clone();
-            tokio::task::spawn_blocking(move || check(&dataset, &batch))
+            tokio::task::spawn_blocking(move || check(&dataset, &batch, max))
                 .await
                 .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??
         } else {
-            check(&ds.dataset, &batch)?
+            check(&ds.dataset, &batch, max)?
         };
         if accepted.is_empty() && rejected.is_empty() {
             return Err(IngestError::NoReadings);
@@ -260,15 +268,18 @@ impl Pipeline {
         })
     }
 
-    /// Takes the accepted readings from the key's allowance, all or nothing. A refusal
-    /// costs nothing; the caller may wait and try again (MQTT 3.1.1 does).
+    /// Takes the request's readings, accepted and rejected alike, from the key's allowance,
+    /// all or nothing: a reject costs its provider's reject log and metrics as much as a
+    /// reading costs storage, so a device cannot flood either for free. A refusal costs
+    /// nothing; the caller may wait and try again (MQTT 3.1.1 does).
     pub fn admit(
         &self,
         ds: &DatasetPipeline,
         key: &LimitKey,
         checked: &Checked,
     ) -> Result<(), IngestError> {
-        ds.limiter.check(key, checked.accepted.len()).map_err(|e| {
+        let n = checked.accepted.len() + checked.rejected.len();
+        ds.limiter.check(key, n).map_err(|e| {
             if matches!(e, LimitError::Exceeded { .. }) {
                 ds.metrics.limited.inc();
             }
@@ -320,7 +331,7 @@ impl Pipeline {
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {
             accepted: count,
-            rejected: checked.rejected.clone(),
+            rejected: std::mem::take(&mut checked.rejected),
         })
     }
 
@@ -337,21 +348,29 @@ impl Pipeline {
         }
         if !rejected.is_empty() {
             ds.quality.rejected(rejected.len(), at);
-            ds.rejects.record(rejected.iter().map(|r| RejectRecord {
-                at,
-                key_id: key.to_string(),
-                sensor_id: r.sensor_id.clone(),
-                index: r.index,
-                reason: r.reason,
-                message: r.message.clone(),
-            }));
+            // Only the newest `rejects_kept` would survive: copy no more than those.
+            let skip = rejected.len().saturating_sub(self.rejects_kept);
+            ds.rejects
+                .record(rejected[skip..].iter().map(|r| RejectRecord {
+                    at,
+                    key_id: key.to_string(),
+                    sensor_id: r.sensor_id.clone(),
+                    index: r.index,
+                    reason: r.reason,
+                    message: r.message.clone(),
+                }));
         }
     }
 }
 
 /// Decode and validate: the pure part of the pipeline, in one pass over the body. Returns
-/// the accepted readings and the rejects.
-pub fn check(ds: &Dataset, batch: &Batch) -> Result<(Vec<Reading>, Vec<Rejected>), DecodeError> {
+/// the accepted readings and the rejects, at most `max` of them together: a body holding
+/// more is refused as a whole ([`IngestError::TooManyReadings`]) as soon as that is seen.
+pub fn check(
+    ds: &Dataset,
+    batch: &Batch,
+    max: usize,
+) -> Result<(Vec<Reading>, Vec<Rejected>), IngestError> {
     let ctx = DecodeCtx {
         received_at: batch.received_at,
         precision: batch
@@ -364,8 +383,14 @@ pub fn check(ds: &Dataset, batch: &Batch) -> Result<(Vec<Reading>, Vec<Rejected>
         now: batch.received_at,
         accepted: Vec::new(),
         rejected: Vec::new(),
+        max,
     };
-    decode::decode(batch.format, &batch.body, ds, &ctx, &mut checked)?;
+    let decoded = decode::decode(batch.format, &batch.body, ds, &ctx, &mut checked);
+    // Past the cap the decoder stopped wherever it was; its verdict on the rest is moot.
+    if checked.full() {
+        return Err(IngestError::TooManyReadings { max });
+    }
+    decoded?;
     Ok((checked.accepted, checked.rejected))
 }
 
@@ -375,9 +400,16 @@ struct Validating<'d> {
     now: Micros,
     accepted: Vec<Reading>,
     rejected: Vec<Rejected>,
+    /// Readings (accepted or rejected) a body may hold.
+    max: usize,
 }
 
 impl Collect for Validating<'_> {
+    fn full(&self) -> bool {
+        // Asked between readings, when `accepted` holds finished ones only.
+        self.accepted.len() + self.rejected.len() > self.max
+    }
+
     fn readings(&mut self) -> &mut Vec<Reading> {
         &mut self.accepted
     }

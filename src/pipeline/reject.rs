@@ -30,6 +30,9 @@ pub enum Reason {
     BelowMin,
     AboveMax,
     StringTooLong,
+    /// A string value holds a control character (a newline, say): stores downstream read
+    /// those as structure (line protocol, CSV).
+    ControlCharacter,
     InvalidLocation,
     InvalidSeq,
     UnitMismatch,
@@ -42,7 +45,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Malformed,
         Reason::NotAnObject,
         Reason::MissingSensorId,
@@ -58,6 +61,7 @@ impl Reason {
         Reason::BelowMin,
         Reason::AboveMax,
         Reason::StringTooLong,
+        Reason::ControlCharacter,
         Reason::InvalidLocation,
         Reason::InvalidSeq,
         Reason::UnitMismatch,
@@ -83,6 +87,7 @@ impl Reason {
             Reason::BelowMin => "below_min",
             Reason::AboveMax => "above_max",
             Reason::StringTooLong => "string_too_long",
+            Reason::ControlCharacter => "control_character",
             Reason::InvalidLocation => "invalid_location",
             Reason::InvalidSeq => "invalid_seq",
             Reason::UnitMismatch => "unit_mismatch",

@@ -101,6 +101,16 @@ pub fn validate(reading: &Reading, ds: &Dataset, now: Micros) -> Result<(), Reje
                         format!("field `{}` is {} bytes, at most {max}", spec.name, s.len()),
                     ));
                 }
+                if let Some(at) = s.bytes().position(|b| b < 0x20 || b == 0x7f) {
+                    return Err(Reject::new(
+                        Reason::ControlCharacter,
+                        format!(
+                            "field `{}` holds control character 0x{:02x} at byte {at}",
+                            spec.name,
+                            s.as_bytes()[at]
+                        ),
+                    ));
+                }
                 continue;
             }
             (FieldType::Bool, Value::Bool(_)) => continue,
@@ -271,5 +281,15 @@ mod tests {
         assert_eq!(check(&long, &ds), Some(Reason::StringTooLong));
         let fine = reading(&ds, NOW, |r| r.values[4] = Some(Value::Str("1234".into())));
         assert_eq!(check(&fine, &ds), None);
+        for text in ["a\nb", "\r", "t\tb", "\u{7f}", "\0"] {
+            let control = reading(&ds, NOW, |r| r.values[4] = Some(Value::Str(text.into())));
+            assert_eq!(
+                check(&control, &ds),
+                Some(Reason::ControlCharacter),
+                "{text:?}"
+            );
+        }
+        let unicode = reading(&ds, NOW, |r| r.values[4] = Some(Value::Str("øé".into())));
+        assert_eq!(check(&unicode, &ds), None);
     }
 }

@@ -95,7 +95,8 @@ async fn partial_acceptance_is_200_with_reasons_and_provider_sees_rejects() {
             .contains("mean_speed")
     );
 
-    // The provider of the dataset reads the rejects; a device key may not.
+    // The provider of the dataset reads the rejects; to a device key or another provider
+    // they are not there (404, as for everything a key may not see).
     let provider = gw.provider_key("copenhagen").await;
     let page: Value = gw
         .client
@@ -125,7 +126,7 @@ async fn partial_acceptance_is_200_with_reasons_and_provider_sees_rejects() {
         .send()
         .await
         .unwrap();
-    assert_eq!(device_try.status(), 403);
+    assert_eq!(device_try.status(), 404);
     let other_provider = gw.provider_key("copenhagen-energy").await;
     let other_try = gw
         .client
@@ -134,7 +135,7 @@ async fn partial_acceptance_is_200_with_reasons_and_provider_sees_rejects() {
         .send()
         .await
         .unwrap();
-    assert_eq!(other_try.status(), 403);
+    assert_eq!(other_try.status(), 404);
 
     let dir = gw.stop().await;
     assert_eq!(sensor_ids(dir.path(), TRAFFIC), ["ok-1", "ok-3"]);
@@ -384,7 +385,8 @@ async fn over_the_rate_limit_is_429_with_retry_after_and_stores_nothing() {
     let resp = gw.post_json(TRAFFIC, &other, batch(11, "huge")).await;
     assert_eq!(resp.status(), 413);
 
-    // Rejected readings do not use the allowance.
+    // Rejected readings use the allowance too (a flood of rejects is not free): over the
+    // limit they are refused whole and recorded nowhere.
     let resp = gw
         .post_json(
             TRAFFIC,
@@ -392,11 +394,11 @@ async fn over_the_rate_limit_is_429_with_retry_after_and_stores_nothing() {
             json!([{"sensor_id": "x", "vehicle_count": -5}]),
         )
         .await;
-    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.status(), 429);
 
     let text = gw.metrics().await;
     assert!(
-        text.contains("citygate_requests_rate_limited_total{dataset=\"traffic-counts\"} 1"),
+        text.contains("citygate_requests_rate_limited_total{dataset=\"traffic-counts\"} 2"),
         "{text}"
     );
     let dir = gw.stop().await;

@@ -1,5 +1,6 @@
 //! citygate integration tests: one binary; each test runs a gateway on port 0 with a temp dir.
 
+mod abuse;
 mod cli;
 mod commerce;
 mod crash;

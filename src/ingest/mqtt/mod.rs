@@ -8,7 +8,12 @@
 //! publish, in the order the publishes came, with many in flight per connection.
 //!
 //! - CONNECT: the password (or the user name when there is no password) is a device key.
-//!   A second connection with the same client id takes the session over.
+//!   A second connection with the same client id takes the session over, if its key belongs
+//!   to the same account; a key of another account is refused (CONNACK `0x85` / 3.1.1
+//!   `0x02`) and the connection in place goes on.
+//! - The key is checked again every `[feed] recheck` (at most a second) while the connection
+//!   lives: once revoked, expired or rotated past its overlap, the connection ends (MQTT 5:
+//!   DISCONNECT `0x87`), so nothing more is acknowledged for it.
 //! - PUBLISH to `citygate/{dataset}/{sensor_id}` or `citygate/{dataset}` (module `topic`).
 //! - MQTT 5 rejects carry reason codes: `0x87` not authorised, `0x90` topic invalid, `0x97`
 //!   quota exceeded (rate limit, full queue), `0x99` payload invalid, with a reason string.
@@ -58,7 +63,8 @@ pub struct Shared {
     pub feed: Arc<crate::feed::session::Context>,
     /// Fired when the gateway shuts down.
     pub closing: CancellationToken,
-    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Open sessions by client id: number, takeover token, the key's account.
+    sessions: Mutex<HashMap<String, (u64, CancellationToken, String)>>,
     next_session: AtomicU64,
 }
 
@@ -83,16 +89,25 @@ impl Shared {
         }
     }
 
-    /// Registers a session under `client_id`, taking over (cancelling) any session already
-    /// there. Returns the session's number and its takeover token.
-    fn register(&self, client_id: &str) -> (u64, CancellationToken) {
+    /// Registers a session of `account` under `client_id`, taking over (cancelling) a
+    /// session of the same account already there. Returns the session's number and its
+    /// takeover token, or `None` when the client id is in use by another account: one tenant
+    /// never disconnects another's device.
+    fn register(&self, client_id: &str, account: &str) -> Option<(u64, CancellationToken)> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(client_id)
+            .is_some_and(|(_, _, owner)| owner != account)
+        {
+            return None;
+        }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, previous)) = sessions.insert(client_id.to_string(), (id, token.clone())) {
+        let entry = (id, token.clone(), account.to_string());
+        if let Some((_, previous, _)) = sessions.insert(client_id.to_string(), entry) {
             previous.cancel();
         }
-        (id, token)
+        Some((id, token))
     }
 
     /// Forgets a finished session, unless another has taken its client id since.
@@ -100,7 +115,7 @@ impl Shared {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions
             .get(client_id)
-            .is_some_and(|(current, _)| *current == id)
+            .is_some_and(|(current, _, _)| *current == id)
         {
             sessions.remove(client_id);
         }

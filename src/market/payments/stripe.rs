@@ -56,7 +56,15 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// `v1` signatures one `Stripe-Signature` header may carry: Stripe sends one per signing
+/// secret in force (two while a secret is rolled).
+pub const MAX_SIGNATURES: usize = 8;
+
 /// Checks a `Stripe-Signature` header over `body` at unix time `now` against `secrets`.
+///
+/// The work is bounded whatever the header holds: only well-formed entries (`v1=` and 64
+/// hex digits) count, at most [`MAX_SIGNATURES`] of them, and the body is hashed once per
+/// secret, not once per signature.
 pub fn verify_signature(
     header: Option<&str>,
     body: &[u8],
@@ -66,14 +74,16 @@ pub fn verify_signature(
 ) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
-    let mut signatures = Vec::new();
+    let mut signatures: Vec<[u8; 32]> = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
             Some(("v1", sig)) => {
-                if let Some(bytes) = hex_decode(sig) {
-                    signatures.push(bytes);
+                let sig = hex_decode_32(sig).ok_or(SignatureError::Malformed)?;
+                if signatures.len() == MAX_SIGNATURES {
+                    return Err(SignatureError::Malformed);
                 }
+                signatures.push(sig);
             }
             _ => {}
         }
@@ -86,14 +96,15 @@ pub fn verify_signature(
         return Err(SignatureError::Stale);
     }
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
         for sig in &signatures {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-                .expect("HMAC takes keys of any length");
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // `verify_slice` compares in constant time.
-            if mac.verify_slice(sig).is_ok() {
+            // A clone of the finished state costs no rehash; `verify_slice` compares in
+            // constant time.
+            if mac.clone().verify_slice(sig).is_ok() {
                 return Ok(());
             }
         }
@@ -101,14 +112,18 @@ pub fn verify_signature(
     Err(SignatureError::Mismatch)
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+/// 64 hex digits (an HMAC-SHA256) as bytes; anything else is `None`.
+fn hex_decode_32(s: &str) -> Option<[u8; 32]> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    let mut out = [0u8; 32];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 /// A signature as Stripe makes it: for tests and for tools that replay events.
@@ -447,6 +462,48 @@ mod tests {
 
     fn secrets() -> Vec<String> {
         vec!["whsec_old".into(), "whsec_new".into()]
+    }
+
+    #[test]
+    fn a_header_of_many_or_malformed_entries_is_refused_before_any_hashing() {
+        let body = br#"{"id":"evt_1"}"#;
+        let tol = Duration::from_secs(300);
+        // The attack seen: 50 000 short entries. Refused as malformed at the first one.
+        let flood = format!("t={NOW},{}", vec!["v1=00"; 50_000].join(","));
+        assert_eq!(
+            verify_signature(Some(&flood), body, &secrets(), tol, NOW),
+            Err(SignatureError::Malformed)
+        );
+        // Well-formed, but more than a header ever needs.
+        let good = sign("whsec_new", NOW, body);
+        let sig = good.split("v1=").nth(1).unwrap();
+        let many = format!(
+            "t={NOW},{}",
+            vec![format!("v1={sig}"); MAX_SIGNATURES + 1].join(",")
+        );
+        assert_eq!(
+            verify_signature(Some(&many), body, &secrets(), tol, NOW),
+            Err(SignatureError::Malformed)
+        );
+        let enough = format!(
+            "t={NOW},{}",
+            vec![format!("v1={sig}"); MAX_SIGNATURES].join(",")
+        );
+        assert_eq!(
+            verify_signature(Some(&enough), body, &secrets(), tol, NOW),
+            Ok(())
+        );
+        // Upper-case hex and other schemes (`v0`) are fine; non-hex is not.
+        let upper = format!("t={NOW},v0=abc,v1={}", sig.to_ascii_uppercase());
+        assert_eq!(
+            verify_signature(Some(&upper), body, &secrets(), tol, NOW),
+            Ok(())
+        );
+        let bad = format!("t={NOW},v1={}", "g".repeat(64));
+        assert_eq!(
+            verify_signature(Some(&bad), body, &secrets(), tol, NOW),
+            Err(SignatureError::Malformed)
+        );
     }
 
     #[test]

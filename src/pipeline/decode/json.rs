@@ -48,6 +48,9 @@ pub(super) fn decode_ndjson<C: Collect>(
         if line.is_empty() {
             continue;
         }
+        if out.full() {
+            break;
+        }
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         let mut de = serde_json::Deserializer::from_slice(line);
         let seed = ReadingSeed {
@@ -92,6 +95,10 @@ impl<'de, 'a, C: Collect> Visitor<'de> for TopVisitor<'a, C> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut index = 0u32;
         loop {
+            if self.out.full() {
+                // Stop reading; serde reports the unread rest, which the caller ignores.
+                return Ok(None);
+            }
             let seed = ReadingSeed {
                 ds: self.ds,
                 ctx: self.ctx,

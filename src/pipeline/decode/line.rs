@@ -29,6 +29,9 @@ pub(super) fn decode_line_protocol<C: Collect>(
         if trimmed.is_empty() || trimmed[0] == b'#' {
             continue;
         }
+        if out.full() {
+            break;
+        }
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         let decoded = match std::str::from_utf8(line) {
             Ok(text) => decode_line(text.trim_start(), ds, ctx, &mut *out, index),

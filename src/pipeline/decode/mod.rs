@@ -142,6 +142,11 @@ pub trait Collect {
     /// Reading `index` could not be decoded. `partial` is what was read of it, if anything
     /// (it has already been removed from `readings()`).
     fn reject(&mut self, index: u32, problem: Reject, partial: Option<Reading>);
+    /// The collector wants no more readings (a request may carry only so many): the decoder
+    /// stops at the next reading boundary. What it returns then does not matter.
+    fn full(&self) -> bool {
+        false
+    }
 }
 
 /// Decodes `body` as `format` into `out`, reading by reading in body order. `index` is the

@@ -288,6 +288,9 @@ impl<'de, 'a, C: Collect> Visitor<'de> for PackVisitor<'a, C> {
                     Some(done) => done.close(),
                     None => idle.take().expect("the collector is idle without a group"),
                 };
+                if out.full() {
+                    return Ok(());
+                }
                 group = Some(Group::start(ds, ctx, out, index, base.sensor.clone(), ts));
             }
             if let Some(g) = group.as_mut() {

@@ -39,13 +39,20 @@ use crate::wal::{Checkpoint, Reader, Wal, record};
 
 pub const CONSUMER: &str = "influx";
 
-/// Appends `s` with a backslash before each of `special`.
+/// Appends `s` with a backslash before each of `special`, and a space in place of each
+/// control character: line protocol has no escape for a newline, which would start a point
+/// of the client's making. (Validation rejects them; this guards records logged before.)
 fn escape(out: &mut String, s: &str, special: &[u8]) {
-    if !s.bytes().any(|b| special.contains(&b)) {
+    let control = |b: u8| b < 0x20 || b == 0x7f;
+    if !s.bytes().any(|b| special.contains(&b) || control(b)) {
         out.push_str(s);
         return;
     }
     for c in s.chars() {
+        if c.is_ascii() && control(c as u8) {
+            out.push(' ');
+            continue;
+        }
         if c.is_ascii() && special.contains(&(c as u8)) {
             out.push('\\');
         }

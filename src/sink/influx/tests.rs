@@ -67,6 +67,26 @@ fn points_are_line_protocol_with_typed_fields_and_escaping() {
     assert_eq!(shape.sensor_of(&out), "a,b=c d\\e");
 }
 
+#[test]
+fn a_newline_in_a_string_never_starts_a_second_point() {
+    let mut ds = traffic();
+    ds.fields
+        .push(field("note", FieldType::String, None, false));
+    let r = reading(&ds, T0, |r| {
+        r.values[0] = Some(Value::Int(1));
+        r.values[2] = Some(Value::Str("x\"\nevil,sensor_id=y n=1i 1\r\t".into()));
+    });
+    let shape = Shape::new(Arc::new(ds));
+    let mut out = String::new();
+    assert!(shape.write_point(&mut out, &r));
+    assert_eq!(out.matches('\n').count(), 1, "{out:?}");
+    assert!(out.ends_with('\n'));
+    assert!(
+        out.contains("note=\"x\\\" evil,sensor_id=y n=1i 1  \""),
+        "{out:?}"
+    );
+}
+
 fn float_text(f: f64) -> String {
     let mut out = String::new();
     push_float(

@@ -171,6 +171,8 @@ struct Session {
     buf: BytesMut,
     out: BytesMut,
     key: Arc<ApiKey>,
+    /// The key's secret, to authenticate it again as time passes.
+    secret: String,
     client_id: String,
     number: u64,
     takeover: CancellationToken,
@@ -281,7 +283,10 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
     } else {
         connect.client_id
     };
-    let (number, takeover) = shared.register(&client_id);
+    let Some((number, takeover)) = shared.register(&client_id, &key.account) else {
+        let code = ConnectReturnCode::ClientIdentifierNotValid;
+        return Err(refuse(&codec, &mut wr, version, code, "client_id_in_use", shared).await);
+    };
 
     let properties = (version == Version::V5).then(|| ConnAckProperties {
         // Sessions are not kept beyond the connection.
@@ -319,7 +324,11 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         .and_then(|p| p.receive_maximum)
         .unwrap_or(u16::MAX)
         .min(shared.config.max_inflight);
-    let feeds = follow::Feeds::new(secret, receive_max, shared.feed.hub.config().session_queue);
+    let feeds = follow::Feeds::new(
+        secret.clone(),
+        receive_max,
+        shared.feed.hub.config().session_queue,
+    );
     Ok(Session {
         shared: shared.clone(),
         version,
@@ -329,6 +338,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         buf,
         out,
         key,
+        secret,
         client_id,
         number,
         takeover,
@@ -411,6 +421,8 @@ impl Session {
         let takeover = self.takeover.clone();
         let mut last_seen = Instant::now();
         let mut eof = false;
+        let mut recheck = tokio::time::interval(self.shared.feed.hub.config().recheck);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Handle what is buffered, as far as the in-flight window allows.
             while self.window_open() {
@@ -503,6 +515,31 @@ impl Session {
                 _ = tokio::time::sleep_until(retransmit.unwrap_or_else(Instant::now)), if retransmit.is_some() => {
                     self.retransmit();
                 }
+                _ = recheck.tick() => {
+                    if let Err(v) = self.recheck_key().await {
+                        return self.disconnect(v).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Authenticates the key afresh: a revoked, expired or rotated-out key ends the
+    /// connection. A database that does not answer keeps the connection (the key cache
+    /// bounds how long a known key is trusted; an unknown one never gets this far).
+    async fn recheck_key(&mut self) -> Result<(), Violation> {
+        match self.shared.keyring.authenticate(&self.secret).await {
+            Ok(Some(key)) => {
+                self.key = key;
+                Ok(())
+            }
+            Ok(None) => Err(violation(
+                DisconnectReasonCode::NotAuthorized,
+                "key_revoked",
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, key = %self.key.id, "mqtt key recheck failed");
+                Ok(())
             }
         }
     }
@@ -889,6 +926,14 @@ async fn settle(
             return Verdict::Accepted;
         }
         Err(IngestError::ShuttingDown) => return Verdict::Abandon("server_shutdown"),
+        // Nothing kept; the device must send less per publish.
+        Err(e @ IngestError::TooManyReadings { .. }) => {
+            return match (version, qos) {
+                (_, 0) => Verdict::Dropped("dropped_too_many_readings"),
+                (Version::V5, _) => Verdict::Refused(Refusal::QuotaExceeded, e.to_string()),
+                (Version::V4, _) => Verdict::Abandon("too_many_readings"),
+            };
+        }
         Err(e) => {
             tracing::error!(error = %e, "mqtt publish failed in the pipeline");
             return match version {
