@@ -154,6 +154,9 @@ impl App {
             metrics: metrics.feed().clone(),
             tasks: TaskTracker::new(),
             closing: closing.clone(),
+            slots: Arc::new(crate::feed::session::Slots::new(
+                config.feed.max_sessions_per_key,
+            )),
         });
         let sinks = TaskTracker::new();
         for sink in parquet_sinks {
@@ -220,7 +223,8 @@ impl App {
             keyring,
             market: market.clone(),
             metrics: metrics.clone(),
-            http: Arc::new(config.http.clone()),
+            http: Arc::new(http_config(&config.http, http_addr)),
+            websockets: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
         };
         let http_task = tokio::spawn(api::server::serve(
             listener,
@@ -349,4 +353,22 @@ impl App {
             }
         }
     }
+}
+
+/// The HTTP config the API serves with: links in exports (DCAT ids, checkout URLs) come
+/// from `public_url`, never from the client's `Host` header (which anyone can set, and a
+/// cache would keep); when it is empty, from the address the server listens on.
+fn http_config(config: &crate::config::HttpConfig, bound: SocketAddr) -> crate::config::HttpConfig {
+    let mut http = config.clone();
+    if http.public_url.is_empty() {
+        http.public_url = format!("http://{bound}");
+        if bound.ip().is_unspecified() {
+            tracing::warn!(
+                public_url = %http.public_url,
+                "http.public_url is empty and the server listens on every address: links in \
+                 exports name {bound}; set http.public_url to the URL the public reaches"
+            );
+        }
+    }
+    http
 }

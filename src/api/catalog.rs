@@ -240,24 +240,15 @@ pub async fn update(
     Ok(Json(item(&state, stored, plans, now_micros())))
 }
 
-/// The base URL of links in exports: `[http] public_url`, else the request's host.
-pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    if !state.http.public_url.is_empty() {
-        return state.http.public_url.trim_end_matches('/').to_string();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}")
+/// The base URL of links in exports: `[http] public_url`, else the address the server
+/// listens on (filled in at start), never the client's `Host`.
+pub fn base_url(state: &AppState) -> String {
+    state.http.public_url.trim_end_matches('/').to_string()
 }
 
 /// `GET /v1/catalog.jsonld`: DCAT-AP 2 JSON-LD.
-pub async fn jsonld(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let base = base_url(&state, &headers);
+pub async fn jsonld(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let base = base_url(&state);
     let datasets: Vec<Value> = state
         .catalog
         .store()

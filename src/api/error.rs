@@ -43,6 +43,9 @@ pub enum ApiError {
     AllRejected(Vec<Rejected>),
     #[error("rate limit exceeded; retry after {0:?}")]
     RateLimited(Duration),
+    /// A cap on what one key may hold open at once (live sessions).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("{message}")]
     Unavailable { message: String, retry_after: u64 },
     #[error("internal error")]
@@ -98,6 +101,11 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 Some(retry_after_secs(*wait)),
+            ),
+            ApiError::TooManyRequests { retry_after, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                Some(*retry_after),
             ),
             ApiError::Unavailable { retry_after, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -89,6 +89,10 @@ pub async fn sse(
         None => None,
     };
     let ctx = state.feed.clone();
+    let slot = ctx
+        .slots
+        .take(&key.id)
+        .ok_or_else(|| too_many_sessions(&ctx))?;
     let (tx, rx) = session::channel();
     let metrics = state.metrics.feed().clone();
     metrics.session_started("sse");
@@ -148,6 +152,10 @@ pub async fn sse(
             Some((Ok(Bytes::from(chunk)), (rx, Some(task), delivered)))
         },
     );
+    // The key's place is held for as long as the response streams.
+    let stream = stream.inspect(move |_| {
+        let _held = &slot;
+    });
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -156,6 +164,16 @@ pub async fn sse(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+fn too_many_sessions(ctx: &session::Context) -> ApiError {
+    ApiError::TooManyRequests {
+        message: format!(
+            "this key runs {} live sessions already ([feed] max_sessions_per_key); end one first",
+            ctx.slots.max()
+        ),
+        retry_after: 5,
+    }
 }
 
 /// One server-sent event (`data` is one line of JSON).
@@ -183,9 +201,25 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let (secret, key) = require_key_with_secret(&state, &headers, q.key.as_deref()).await?;
+    if key.kind == crate::market::KeyKind::Device {
+        return Err(ApiError::Forbidden(
+            "a device key writes readings; live feeds are for subscriber keys".into(),
+        ));
+    }
+    // An upgraded socket leaves the HTTP server's connection count, so it is counted here
+    // against the same cap.
+    let Ok(permit) = state.websockets.clone().try_acquire_owned() else {
+        return Err(ApiError::Unavailable {
+            message: "every WebSocket place is taken (http.max_connections); retry shortly".into(),
+            retry_after: 5,
+        });
+    };
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| ws_connection(state, secret, key, socket)))
+        .on_upgrade(move |socket| async move {
+            ws_connection(state, secret, socket).await;
+            drop(permit);
+        }))
 }
 
 #[derive(Deserialize)]
@@ -216,7 +250,7 @@ fn error_message(error: &str, message: &str, dataset: Option<&str>) -> Message {
 
 /// One WebSocket: reads client messages, runs a session per followed dataset, and writes
 /// everything through one bounded queue.
-async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket: WebSocket) {
+async fn ws_connection(state: AppState, secret: String, socket: WebSocket) {
     let ctx = state.feed.clone();
     // Room for a whole chunk of a session (its frames are queued together).
     let queue = ctx.hub.config().session_queue.max(session::CHUNK);
@@ -240,7 +274,8 @@ async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket
         }
         let _ = sink.close().await;
     });
-    let mut followed: HashMap<String, JoinHandle<()>> = HashMap::new();
+    // Each followed dataset's forwarder and its place among the key's live sessions.
+    let mut followed: HashMap<String, (JoinHandle<()>, session::Slot)> = HashMap::new();
     let mut ping = tokio::time::interval(ctx.hub.config().heartbeat);
     ping.tick().await;
     loop {
@@ -292,7 +327,7 @@ async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket
             }
             ClientMessage::Unsubscribe { dataset } => {
                 let reply = match followed.remove(&dataset) {
-                    Some(forwarder) => {
+                    Some((forwarder, _slot)) => {
                         forwarder.abort();
                         json!({"type": "unsubscribed", "dataset": dataset})
                     }
@@ -307,13 +342,49 @@ async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket
                 bbox,
                 last_id,
             } => {
+                // The key as it is now, not as it was when the socket opened: a key revoked
+                // since gets nothing more, not even a replay.
+                let key = match state.keyring.authenticate(&secret).await {
+                    Ok(Some(key)) => key,
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Message::Close(Some(CloseFrame {
+                                code: 1008,
+                                reason: "the key was revoked or expired".into(),
+                            })))
+                            .await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "key check failed during a WebSocket subscribe");
+                        let _ = tx
+                            .send(error_message(
+                                "internal",
+                                "the key could not be checked; try again",
+                                Some(&dataset),
+                            ))
+                            .await;
+                        continue;
+                    }
+                };
                 match follow_on_socket(&state, &secret, &key, &dataset, sensors, bbox, last_id)
                     .await
                 {
                     Ok((follow, grant_json)) => {
-                        if let Some(previous) = followed.remove(&dataset) {
+                        // Following a dataset again replaces its session and its place.
+                        if let Some((previous, _slot)) = followed.remove(&dataset) {
                             previous.abort();
                         }
+                        let Some(slot) = ctx.slots.take(&key.id) else {
+                            let message = format!(
+                                "this key runs {} live sessions already; end one first",
+                                ctx.slots.max()
+                            );
+                            let _ = tx
+                                .send(error_message("too_many_sessions", &message, Some(&dataset)))
+                                .await;
+                            continue;
+                        };
                         // Following before saying so: whatever is published once the client
                         // reads "subscribed" reaches it.
                         let sub = session::start(&ctx, &follow);
@@ -326,7 +397,7 @@ async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket
                             .await;
                         let forwarder =
                             spawn_ws_session(ctx.clone(), follow, sub, tx.clone(), metrics.clone());
-                        followed.insert(dataset, forwarder);
+                        followed.insert(dataset, (forwarder, slot));
                     }
                     Err((error, message)) => {
                         let _ = tx
@@ -337,7 +408,7 @@ async fn ws_connection(state: AppState, secret: String, key: Arc<ApiKey>, socket
             }
         }
     }
-    for (_, forwarder) in followed {
+    for (_, (forwarder, _slot)) in followed {
         forwarder.abort();
     }
     drop(tx);

@@ -195,12 +195,7 @@ pub async fn subscribe(
         .ok_or(ApiError::Unauthorized)?;
     let (subscription, checkout) = state
         .market
-        .subscribe(
-            &account,
-            &plan.id,
-            &base_url(&state, &headers),
-            now_micros(),
-        )
+        .subscribe(&account, &plan.id, &base_url(&state), now_micros())
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -296,12 +291,7 @@ pub async fn show_checkout(
     headers: HeaderMap,
 ) -> Result<Json<Checkout>, ApiError> {
     let sub = own_subscription(&state, &headers, &id).await?;
-    Ok(Json(
-        state
-            .market
-            .checkout(&sub, &base_url(&state, &headers))
-            .await?,
-    ))
+    Ok(Json(state.market.checkout(&sub, &base_url(&state)).await?))
 }
 
 /// `POST /v1/subscriptions/{id}/checkout/complete`

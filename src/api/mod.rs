@@ -38,6 +38,9 @@ pub struct AppState {
     pub feed: Arc<crate::feed::session::Context>,
     pub metrics: Arc<Metrics>,
     pub http: Arc<HttpConfig>,
+    /// Places for upgraded WebSockets (`http.max_connections` of them): once upgraded a
+    /// socket is no longer one of the HTTP server's counted connections.
+    pub websockets: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -397,6 +397,12 @@ pub struct FeedConfig {
     /// SSE comments that keep idle connections open through proxies.
     #[serde(with = "units::duration")]
     pub heartbeat: Duration,
+    /// Readings a delayed (free-tier) session may hold back at once; a delay that would
+    /// hold more ends the session (`delay_buffer_full`) rather than grow without bound.
+    pub max_delayed: usize,
+    /// Live sessions one key may run at once (each SSE stream, WebSocket subscription and
+    /// MQTT filter is one); past it: 429, a WebSocket error, MQTT 5 SUBACK `0x97`.
+    pub max_sessions_per_key: usize,
 }
 
 impl Default for FeedConfig {
@@ -408,6 +414,8 @@ impl Default for FeedConfig {
             recheck: Duration::from_millis(250),
             coalesce: Duration::from_millis(1),
             heartbeat: Duration::from_secs(15),
+            max_delayed: 100_000,
+            max_sessions_per_key: 64,
         }
     }
 }

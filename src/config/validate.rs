@@ -103,6 +103,12 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     if feed.session_queue == 0 {
         p.push("feed.session_queue: must be at least 1".into());
     }
+    if feed.max_delayed == 0 {
+        p.push("feed.max_delayed: must be at least 1".into());
+    }
+    if feed.max_sessions_per_key == 0 {
+        p.push("feed.max_sessions_per_key: must be at least 1".into());
+    }
     if feed.recheck.is_zero() || feed.recheck > Duration::from_secs(1) {
         p.push(
             "feed.recheck: must be more than 0 and at most 1s (revocation must stop delivery within a second)"

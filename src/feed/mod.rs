@@ -215,14 +215,28 @@ impl Hub {
     /// client has), from the reading after it as far as the recent history goes.
     /// With `latest`, also each sensor's last reading within the recent history (for
     /// retained messages).
+    ///
+    /// The lock that publishing takes is held only to copy pointers to the recent batches
+    /// and join the broadcast; the scans run after it is released, so a subscriber never
+    /// holds up intake's acknowledgements for longer than that copy.
     pub fn subscribe(&self, dataset: &str, after: Option<u64>, latest: bool) -> Subscription {
         let feed = self.feed(dataset);
-        let recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let (live, history, next) = {
+            let recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+            // Batches are in position order: those holding anything after `after` are a tail.
+            let from = match (latest, after) {
+                (true, _) => 0,
+                (false, Some(after)) => recent.batches.partition_point(|b| b.last() <= after),
+                (false, None) => recent.batches.len(),
+            };
+            let history: Vec<Arc<FeedBatch>> = recent.batches.range(from..).cloned().collect();
+            (feed.tx.subscribe(), history, recent.next)
+        };
         let latest = if latest {
             // Newest first: the first reading seen of each sensor is its last.
             let mut seen: HashMap<&str, ()> = HashMap::new();
             let mut found = Vec::new();
-            for batch in recent.batches.iter().rev() {
+            for batch in history.iter().rev() {
                 for (i, r) in batch.readings.iter().enumerate().rev() {
                     if seen.insert(r.sensor_id.as_str(), ()).is_none() {
                         found.push(Latest {
@@ -238,10 +252,8 @@ impl Hub {
         } else {
             Vec::new()
         };
-        let live = feed.tx.subscribe();
         let missed = match after {
-            Some(after) if after < recent.next => recent
-                .batches
+            Some(after) if after < next => history
                 .iter()
                 .filter(|b| b.last() > after)
                 .cloned()

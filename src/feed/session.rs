@@ -12,7 +12,7 @@
 //! expired subscription or a cancelled plan ends the session within that time (plus the
 //! key cache's second when the key was revoked by another process).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +142,8 @@ pub enum End {
     NotEntitled,
     /// The gateway is shutting down.
     Shutdown,
+    /// A delayed tier would hold more readings than a session may (`[feed] max_delayed`).
+    DelayBufferFull,
 }
 
 impl End {
@@ -152,6 +154,7 @@ impl End {
             End::KeyRevoked => "key_revoked",
             End::NotEntitled => "not_entitled",
             End::Shutdown => "shutdown",
+            End::DelayBufferFull => "delay_buffer_full",
         }
     }
 
@@ -162,6 +165,10 @@ impl End {
             End::KeyRevoked => "the key was revoked or expired",
             End::NotEntitled => "the subscription to this dataset ended",
             End::Shutdown => "the gateway is shutting down",
+            End::DelayBufferFull => {
+                "the plan's delay holds back more readings than a session may keep; \
+                 follow fewer sensors, or a plan with a shorter delay"
+            }
         }
     }
 }
@@ -175,6 +182,64 @@ pub struct Context {
     /// Every running session, so shutdown can wait for their last metering.
     pub tasks: tokio_util::task::TaskTracker,
     pub closing: tokio_util::sync::CancellationToken,
+    /// Live sessions per key, capped at `[feed] max_sessions_per_key`.
+    pub slots: Arc<Slots>,
+}
+
+/// Live sessions per key: every SSE stream, WebSocket subscription and MQTT filter holds a
+/// [`Slot`] while it runs, so one key cannot open sessions without bound. The protocol side
+/// holds it (the response stream, the socket's or connection's table of followed feeds), so
+/// a feed replaced or ended there gives its place back at once.
+#[derive(Debug)]
+pub struct Slots {
+    max: usize,
+    open: std::sync::Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        Slots {
+            max,
+            open: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for one more session of `key`, or `None` when it has `max` already.
+    pub fn take(self: &Arc<Self>, key: &Arc<str>) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            key: key.clone(),
+            slots: self.clone(),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// One running session's place; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    key: Arc<str>,
+    slots: Arc<Slots>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// One session's request.
@@ -250,6 +315,8 @@ struct State<'a> {
     last: Option<u64>,
     /// Delay tier: readings waiting for their time, in position order.
     delayed: VecDeque<Delayed>,
+    /// Readings `delayed` may hold (`[feed] max_delayed`).
+    max_delayed: usize,
     /// Aggregate tier: this window's stats by sensor.
     window: BTreeMap<String, SensorWindow>,
     window_start: Micros,
@@ -342,6 +409,9 @@ impl State<'_> {
                     json: json[i].clone(),
                 })?,
                 Tier::Delay(d) => {
+                    if self.delayed.len() >= self.max_delayed {
+                        return Err(End::DelayBufferFull);
+                    }
                     self.delayed.push_back(Delayed {
                         due: r.ts.saturating_add(d),
                         position,
@@ -464,6 +534,7 @@ pub async fn run(
         tier,
         last: sub.after,
         delayed: VecDeque::new(),
+        max_delayed: ctx.hub.config().max_delayed,
         window: BTreeMap::new(),
         window_start: match tier {
             Tier::Aggregate(w) => now - now.rem_euclid(w),

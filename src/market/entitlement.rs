@@ -60,19 +60,34 @@ struct Facts {
 pub struct Entitlements {
     store: Store,
     cache: Mutex<HashMap<(String, String), Facts>>,
+    /// "No such dataset" answers, apart: dataset ids are the client's to invent, and a
+    /// flood of them must not push out the answers real subscribers need.
+    unknown: Mutex<HashMap<(String, String), ()>>,
     generation: AtomicU64,
 }
 
 /// Cached answers at most; past this the cache starts over.
 const CACHE_MAX: usize = 100_000;
+/// Cached "no such dataset" answers at most; past this only they start over.
+const UNKNOWN_MAX: usize = 10_000;
 
 impl Entitlements {
     pub fn new(store: Store) -> Entitlements {
         Entitlements {
             store,
             cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
         }
+    }
+
+    /// How many answers are cached: (known datasets, unknown ones).
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> (usize, usize) {
+        (
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            self.unknown.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        )
     }
 
     /// Forgets every cached answer: called after any change to subscriptions, plans or the
@@ -80,6 +95,10 @@ impl Entitlements {
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.unknown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     async fn facts(&self, account: &str, dataset: &str) -> Result<Facts, CatalogError> {
@@ -91,6 +110,17 @@ impl Entitlements {
             .get(&key)
         {
             return Ok(f.clone());
+        }
+        if self
+            .unknown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+        {
+            return Ok(Facts {
+                provider: None,
+                subscriptions: Arc::new(Vec::new()),
+            });
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let provider = self
@@ -107,6 +137,16 @@ impl Entitlements {
             provider,
             subscriptions: Arc::new(subscriptions),
         };
+        if facts.provider.is_none() {
+            let mut unknown = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+            if self.generation.load(Ordering::SeqCst) == generation {
+                if unknown.len() >= UNKNOWN_MAX {
+                    unknown.clear();
+                }
+                unknown.insert(key, ());
+            }
+            return Ok(facts);
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::SeqCst) == generation {
             if cache.len() >= CACHE_MAX {
@@ -125,7 +165,10 @@ impl Entitlements {
         dataset: &str,
         now: Micros,
     ) -> Result<Option<Grant>, CatalogError> {
-        if !key.is_live(now) || key.kind == KeyKind::Device {
+        if !key.is_live(now)
+            || key.kind == KeyKind::Device
+            || !crate::model::is_valid_dataset_id(dataset)
+        {
             return Ok(None);
         }
         let facts = self.facts(&key.account, dataset).await?;

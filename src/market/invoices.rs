@@ -125,7 +125,8 @@ pub struct Statement {
 
 /// `readings` at `per_1000` minor units per 1000 readings, rounded half up.
 pub fn metered_amount(readings: i64, per_1000: i64) -> i64 {
-    ((readings as i128 * per_1000 as i128 + 500) / 1000) as i64
+    let amount = (readings as i128 * per_1000 as i128 + 500) / 1000;
+    amount.clamp(0, i64::MAX as i128) as i64
 }
 
 /// `amount × percent / 100`, rounded half up to a minor unit.
@@ -284,12 +285,15 @@ impl Store {
                 }
                 None => format!("inv_{}", random_alnum(14).to_ascii_lowercase()),
             };
-            let total: i64 = lines.iter().map(|l| l.amount_minor).sum();
+            // Sums saturate: prices are capped far below where they could meet, but money
+            // must never wrap round.
+            let total: i64 = lines
+                .iter()
+                .fold(0i64, |t, l| t.saturating_add(l.amount_minor));
             let due: i64 = lines
                 .iter()
                 .filter(|l| !l.settled)
-                .map(|l| l.amount_minor)
-                .sum();
+                .fold(0i64, |t, l| t.saturating_add(l.amount_minor));
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             )))
@@ -424,17 +428,18 @@ impl Store {
                     readings: 0,
                 });
             match l.kind {
-                LineKind::Flat => r.flat_minor += l.amount_minor,
+                LineKind::Flat => r.flat_minor = r.flat_minor.saturating_add(l.amount_minor),
                 LineKind::Metered => {
-                    r.metered_minor += l.amount_minor;
-                    r.readings += l.quantity;
+                    r.metered_minor = r.metered_minor.saturating_add(l.amount_minor);
+                    r.readings = r.readings.saturating_add(l.quantity);
                 }
             }
-            r.revenue_minor += l.amount_minor;
+            r.revenue_minor = r.revenue_minor.saturating_add(l.amount_minor);
         }
         let mut totals: BTreeMap<String, i64> = BTreeMap::new();
         for r in per_dataset.values() {
-            *totals.entry(r.currency.clone()).or_default() += r.revenue_minor;
+            let total = totals.entry(r.currency.clone()).or_default();
+            *total = total.saturating_add(r.revenue_minor);
         }
         let totals = totals
             .into_iter()
@@ -488,11 +493,21 @@ impl Store {
 }
 
 /// A CSV field: quoted when it holds a comma, quote or line break.
+/// One CSV cell (RFC 4180). A text cell that a spreadsheet would read as a formula (it
+/// begins with `=`, `+`, `-`, `@`, a tab or a carriage return) is prefixed with `'`, as
+/// OWASP advises: descriptions and names come from providers and subscribers. Numbers are
+/// written as they are.
 fn csv_field(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+    let s = if formula {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -547,5 +562,11 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a, b"), "\"a, b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        // Formulas are defused; negative numbers stay numbers.
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("+1 555"), "'+1 555");
+        assert_eq!(csv_field("-120"), "-120");
+        assert_eq!(metered_amount(i64::MAX, i64::MAX), i64::MAX);
     }
 }

@@ -169,6 +169,11 @@ impl NewPlan {
                         self.kind.as_str()
                     ));
                 }
+                if own > MAX_PRICE_MINOR {
+                    p.push(format!(
+                        "{own_name}: at most {MAX_PRICE_MINOR} minor units (ten billion in major units)"
+                    ));
+                }
                 if other != 0 {
                     p.push(format!(
                         "{other_name}: not part of a {} plan",
@@ -209,6 +214,10 @@ fn micros_to_window(us: i64) -> Option<Duration> {
 fn window_to_micros(d: Option<Duration>) -> i64 {
     d.map_or(0, |d| d.as_micros() as i64)
 }
+
+/// The highest price a plan may ask, in minor units: far above any real price, far below
+/// where sums of a month's invoices could overflow.
+pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 
 pub(crate) const PLAN_COLUMNS: &str = "id, dataset, name, kind, currency, price_minor, \
      per_1000_minor, delay_us, aggregate_us, active, created_at";
@@ -370,6 +379,15 @@ mod tests {
         for needle in ["no price", "aggregate:", "delay:"] {
             assert!(problems.contains(needle), "{problems}");
         }
+        let problems = NewPlan {
+            currency: Some("DKK".into()),
+            price_minor: Some(i64::MAX),
+            ..plan(PlanKind::Monthly)
+        }
+        .build("weather")
+        .unwrap_err()
+        .join("; ");
+        assert!(problems.contains("at most"), "{problems}");
         assert!(
             NewPlan {
                 currency: Some("EUR".into()),

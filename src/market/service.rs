@@ -519,6 +519,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn invented_dataset_ids_do_not_push_out_real_answers() {
+        let (m, _dir) = market().await;
+        let alice = subscriber(&m, "Alice").await;
+        let alice_key = key(&m, KeyKind::Subscriber, &alice.id, &[]).await;
+        let now = crate::model::now_micros();
+        assert_eq!(
+            m.entitlement(&alice_key, "traffic-counts", now)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(m.entitlements.cached(), (1, 0));
+        for i in 0..12_000 {
+            let invented = format!("no-such-{i}");
+            assert_eq!(
+                m.entitlement(&alice_key, &invented, now).await.unwrap(),
+                None
+            );
+        }
+        // Not even an id: answered without a lookup, and not remembered.
+        assert_eq!(m.entitlement(&alice_key, "../x", now).await.unwrap(), None);
+        let (known, unknown) = m.entitlements.cached();
+        assert_eq!(known, 1, "the real answer is still cached");
+        assert!(unknown <= 10_000, "{unknown}");
+    }
+
+    #[tokio::test]
     async fn the_entitlement_answers_every_case() {
         let (m, _dir) = market().await;
         let now = crate::model::now_micros();

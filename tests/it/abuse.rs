@@ -471,3 +471,165 @@ async fn json_bodies_sent_the_way_curl_sends_them_are_read() {
         .unwrap();
     assert_eq!(resp.status(), 415);
 }
+
+mod feeds {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+    use crate::live::websocket::{connect, recv, send};
+    use crate::live::{LIVE, Sse, open_plan, plan, post_counts, subscribe, subscribed};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// The attack seen: a key revoked while its WebSocket stayed open could still subscribe
+    /// (and be sent the replay) with the key as it was at the upgrade. Now every subscribe
+    /// authenticates the secret afresh.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_key_subscribes_to_nothing_over_an_open_websocket() {
+        let gw = Gateway::start().await;
+        let (alice, _, device) = subscribed(&gw, open_plan()).await;
+        post_counts(&gw, &device, "tc-1", 0, 3).await;
+        let mut ws = connect(&gw, &alice).await.unwrap();
+        let id = key_id(&gw, &alice).await;
+        let (status, _) = gw.delete_as(&format!("/v1/keys/{id}"), &gw.admin_key).await;
+        assert_eq!(status, 204);
+        send(
+            &mut ws,
+            json!({"op": "subscribe", "dataset": TRAFFIC, "last_id": "0"}),
+        )
+        .await;
+        let closed = loop {
+            match tokio::time::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Close(frame)))) => break frame,
+                other => panic!("expected the socket closed, got {other:?}"),
+            }
+        };
+        assert_eq!(u16::from(closed.unwrap().code), 1008);
+    }
+
+    /// The attack seen: WebSockets left `http.max_connections` once upgraded, and device keys
+    /// could open them. Now they count against it and device keys get none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn websockets_count_against_the_connection_cap_and_devices_get_none() {
+        let gw = Gateway::start_with(|c| c.http.max_connections = 3).await;
+        let (alice, _, device) = subscribed(&gw, open_plan()).await;
+        assert_eq!(connect(&gw, &device).await.err(), Some(403));
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(connect(&gw, &alice).await.unwrap());
+        }
+        assert_eq!(connect(&gw, &alice).await.err(), Some(503));
+        // Plain requests are still served: upgraded sockets left the HTTP server's count.
+        let (status, _) = gw.get_as("/v1/me", &alice).await;
+        assert_eq!(status, 200);
+        drop(open.pop());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match connect(&gw, &alice).await {
+                Ok(_) => break,
+                Err(503) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(status) => panic!("a place freed up, got {status}"),
+            }
+        }
+    }
+
+    /// Sessions per key are capped on every protocol; a session ended gives its place back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_runs_at_most_its_share_of_live_sessions() {
+        let gw = Gateway::start_with(|c| c.feed.max_sessions_per_key = 2).await;
+        let (alice, _, _) = subscribed(&gw, open_plan()).await;
+        let (status, first) = Sse::open(&gw, LIVE, &alice, None).await;
+        assert_eq!(status, 200);
+        let mut ws = connect(&gw, &alice).await.unwrap();
+        send(&mut ws, json!({"op": "subscribe", "dataset": TRAFFIC})).await;
+        assert_eq!(recv(&mut ws, WAIT).await.unwrap()["type"], "subscribed");
+        // Following the same dataset again replaces the session: no new place needed.
+        send(&mut ws, json!({"op": "subscribe", "dataset": TRAFFIC})).await;
+        assert_eq!(recv(&mut ws, WAIT).await.unwrap()["type"], "subscribed");
+        let resp = gw
+            .client
+            .get(gw.url(LIVE))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+        assert!(resp.headers().contains_key("retry-after"));
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"], "too_many_sessions");
+        // A stream closed by its client frees its place.
+        drop(first);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, sse) = Sse::open(&gw, LIVE, &alice, None).await;
+            if status == 200 {
+                assert!(sse.is_some());
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The attack seen: a free delayed session held every reading for the whole delay. Now
+    /// it holds at most `[feed] max_delayed` and is ended with a reason past that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delayed_session_holds_a_bounded_number_of_readings() {
+        let gw = Gateway::start_with(|c| c.feed.max_delayed = 5).await;
+        let provider = gw.provider_key("copenhagen").await;
+        plan(
+            &gw,
+            &provider,
+            json!({"id": "slow", "name": "A day late", "kind": "free", "delay": "1d"}),
+        )
+        .await;
+        let (_, alice) = gw.account("subscriber", "Patient", "research").await;
+        subscribe(&gw, &alice, "slow").await;
+        let device = gw.device_key(&[TRAFFIC]).await;
+        let (_, sse) = Sse::open(&gw, LIVE, &alice, None).await;
+        let mut sse = sse.unwrap();
+        post_counts(&gw, &device, "tc-1", 0, 6).await;
+        let end = sse.next(WAIT).await.expect("the session ends");
+        assert_eq!(end.event, "end", "{end:?}");
+        assert_eq!(end.json()["reason"], "delay_buffer_full");
+    }
+
+    /// SUBSCRIBE packet (MQTT 5) with `filters`, each QoS 0.
+    fn subscribe5(pkid: u16, filters: &[&str]) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        body.push(0); // no properties
+        for f in filters {
+            body.extend(crate::mqtt::mqtt_string(f.as_bytes()));
+            body.push(0);
+        }
+        packet(0x82, body)
+    }
+
+    /// The attack seen: one SUBSCRIBE repeating a filter got past the filter cap, each copy
+    /// rescanning the replay history under intake's lock. Now a packet's filters past the
+    /// cap, repeats included, are refused (0x97).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_subscribe_cannot_repeat_a_filter_past_the_cap() {
+        let gw = Gateway::start().await;
+        let (alice, _, _) = subscribed(&gw, open_plan()).await;
+        let (mut s, code) = connect5(&gw, "repeater", &alice).await;
+        assert_eq!(code, 0x00);
+        let filter = format!("citygate/{TRAFFIC}/#");
+        let filters = vec![filter.as_str(); 150];
+        s.write_all(&subscribe5(1, &filters)).await.unwrap();
+        let (first, body) = read_packet(&mut s).await;
+        assert_eq!(first, 0x90, "SUBACK");
+        // pkid, properties length 0, then one code per filter.
+        let codes = &body[3..];
+        assert_eq!(codes.len(), 150);
+        assert!(codes[..100].iter().all(|&c| c == 0x00), "{codes:?}");
+        assert!(codes[100..].iter().all(|&c| c == 0x97), "{codes:?}");
+    }
+}

@@ -113,7 +113,7 @@ impl Sse {
 }
 
 /// A device posting `n` traffic readings of `sensor` with counts `from..from+n`.
-async fn post_counts(gw: &Gateway, device: &str, sensor: &str, from: i64, n: i64) {
+pub(crate) async fn post_counts(gw: &Gateway, device: &str, sensor: &str, from: i64, n: i64) {
     let ts = now_ms();
     let body: Vec<Value> = (from..from + n)
         .map(|i| json!({"sensor_id": sensor, "ts": ts, "vehicle_count": i, "lat": 55.68, "lon": 12.57}))
@@ -122,14 +122,14 @@ async fn post_counts(gw: &Gateway, device: &str, sensor: &str, from: i64, n: i64
     assert_eq!(resp.status(), 204);
 }
 
-async fn plan(gw: &Gateway, provider: &str, body: Value) {
+pub(crate) async fn plan(gw: &Gateway, provider: &str, body: Value) {
     let (status, answer) = gw
         .post_as("/v1/catalog/traffic-counts/plans", provider, body)
         .await;
     assert_eq!(status, 201, "{answer}");
 }
 
-async fn subscribe(gw: &Gateway, key: &str, plan: &str) -> String {
+pub(crate) async fn subscribe(gw: &Gateway, key: &str, plan: &str) -> String {
     let (status, body) = gw
         .post_as("/v1/subscriptions", key, json!({"plan": plan}))
         .await;
@@ -139,7 +139,7 @@ async fn subscribe(gw: &Gateway, key: &str, plan: &str) -> String {
 
 /// The copenhagen provider prices traffic-counts with `plan_body`; a new subscriber takes
 /// it. Returns the subscriber's key, its subscription and a device key for traffic-counts.
-async fn subscribed(gw: &Gateway, plan_body: Value) -> (String, String, String) {
+pub(crate) async fn subscribed(gw: &Gateway, plan_body: Value) -> (String, String, String) {
     let provider = gw.provider_key("copenhagen").await;
     let id = plan_body["id"].as_str().unwrap().to_string();
     plan(gw, &provider, plan_body).await;
@@ -149,11 +149,11 @@ async fn subscribed(gw: &Gateway, plan_body: Value) -> (String, String, String) 
     (key, sub, device)
 }
 
-fn open_plan() -> Value {
+pub(crate) fn open_plan() -> Value {
     json!({"id": "open", "name": "Open data", "kind": "free"})
 }
 
-const LIVE: &str = "/v1/datasets/traffic-counts/live";
+pub(crate) const LIVE: &str = "/v1/datasets/traffic-counts/live";
 const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
@@ -473,17 +473,17 @@ async fn an_aggregate_plan_gets_per_sensor_statistics_at_each_window_end() {
     assert_eq!(got[1]["count"], 1);
 }
 
-mod websocket {
+pub(crate) mod websocket {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
     use super::*;
 
-    type Socket = tokio_tungstenite::WebSocketStream<
+    pub(crate) type Socket = tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >;
 
-    async fn connect(gw: &Gateway, key: &str) -> Result<Socket, u16> {
+    pub(crate) async fn connect(gw: &Gateway, key: &str) -> Result<Socket, u16> {
         let url = format!(
             "{}/v1/live/ws?key={key}",
             gw.base.replace("http://", "ws://")
@@ -495,7 +495,7 @@ mod websocket {
         }
     }
 
-    async fn send(socket: &mut Socket, v: Value) {
+    pub(crate) async fn send(socket: &mut Socket, v: Value) {
         socket
             .send(Message::Text(v.to_string().into()))
             .await
@@ -503,7 +503,7 @@ mod websocket {
     }
 
     /// The next JSON message (pings skipped), or `None` after `wait`.
-    async fn recv(socket: &mut Socket, wait: Duration) -> Option<Value> {
+    pub(crate) async fn recv(socket: &mut Socket, wait: Duration) -> Option<Value> {
         loop {
             match tokio::time::timeout(wait, socket.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),

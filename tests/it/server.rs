@@ -161,11 +161,13 @@ async fn intake_answers_503_once_shutdown_has_begun() {
             metrics: citygate::telemetry::FeedMetrics::default(),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: closing.clone(),
+            slots: Arc::new(citygate::feed::session::Slots::new(8)),
         }),
         keyring,
         market,
         metrics,
         http: Arc::new(config.http.clone()),
+        websockets: Arc::new(tokio::sync::Semaphore::new(8)),
     });
     closing.cancel();
 

@@ -17,12 +17,15 @@ use super::super::topic;
 use super::super::wire::{self, Version};
 use super::{Session, Violation, violation};
 use crate::feed::Subscription;
-use crate::feed::session::{self as feed, End, Filter, Follow, Out};
+use crate::feed::session::{self as feed, End, Filter, Follow, Out, Slot};
 use crate::market::KeyKind;
 use crate::model::now_micros;
 
-/// Topic filters one connection may follow at once.
+/// Topic filters one connection may follow at once, and one SUBSCRIBE may carry.
 pub(super) const MAX_FILTERS: usize = 100;
+/// Filters one connection may ask for over its life, repeats included: each costs a
+/// scan of the dataset's recent history.
+pub(super) const MAX_SUBSCRIBES: usize = 1000;
 /// When a 3.1.1 subscriber has not acknowledged a QoS 1 delivery, it is sent again.
 pub(super) const RETRY: Duration = Duration::from_secs(5);
 
@@ -52,8 +55,12 @@ struct Unacked {
 
 /// The feeds of one connection.
 pub(super) struct Feeds {
-    secret: String,
-    by_filter: HashMap<String, JoinHandle<()>>,
+    /// The key's secret: authenticated again at every SUBSCRIBE and every recheck.
+    pub(super) secret: String,
+    /// Filters asked for so far (see [`MAX_SUBSCRIBES`]).
+    asked: usize,
+    /// Each followed filter's forwarder and its place among the key's live sessions.
+    by_filter: HashMap<String, (JoinHandle<()>, Slot)>,
     tx: mpsc::Sender<Message>,
     rx: mpsc::Receiver<Message>,
     unacked: BTreeMap<u16, Unacked>,
@@ -68,6 +75,7 @@ impl Feeds {
         let (tx, rx) = mpsc::channel(queue.max(1));
         Feeds {
             secret,
+            asked: 0,
             by_filter: HashMap::new(),
             tx,
             rx,
@@ -114,7 +122,7 @@ impl Feeds {
     /// Stops following `filter`. `false`: it was not followed.
     pub(super) fn stop(&mut self, filter: &str) -> bool {
         match self.by_filter.remove(filter) {
-            Some(forwarder) => {
+            Some((forwarder, _slot)) => {
                 forwarder.abort();
                 true
             }
@@ -123,7 +131,7 @@ impl Feeds {
     }
 
     pub(super) fn stop_all(&mut self) {
-        for (_, forwarder) in self.by_filter.drain() {
+        for (_, (forwarder, _slot)) in self.by_filter.drain() {
             forwarder.abort();
         }
     }
@@ -141,10 +149,40 @@ impl Feeds {
 
 impl Session {
     /// Answers a SUBSCRIBE: each filter granted (and followed) or refused on its own.
+    ///
+    /// The key is authenticated afresh first (a key revoked since CONNECT gets nothing),
+    /// and a packet or a connection asking for more filters than the caps has the excess
+    /// refused (MQTT 5 `0x97`).
     pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
-        for filter in &subscribe.filters {
-            return_codes.push(self.follow_filter(&filter.path, filter.qos as u8).await);
+        let live = match self.shared.keyring.authenticate(&self.feeds.secret).await {
+            Ok(Some(key)) => {
+                self.key = key;
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "key check failed during SUBSCRIBE");
+                false
+            }
+        };
+        let quota = match self.version {
+            Version::V4 => SubscribeReasonCode::Failure,
+            Version::V5 => SubscribeReasonCode::QuotaExceeded,
+        };
+        for (i, filter) in subscribe.filters.iter().enumerate() {
+            let code = if !live {
+                match self.version {
+                    Version::V4 => SubscribeReasonCode::Failure,
+                    Version::V5 => SubscribeReasonCode::NotAuthorized,
+                }
+            } else if i >= MAX_FILTERS || self.feeds.asked >= MAX_SUBSCRIBES {
+                quota
+            } else {
+                self.feeds.asked += 1;
+                self.follow_filter(&filter.path, filter.qos as u8).await
+            };
+            return_codes.push(code);
         }
         self.send(Packet::SubAck(
             SubAck {
@@ -192,6 +230,18 @@ impl Session {
                 };
             }
         };
+        // The same filter again replaces the subscription (MQTT §3.8.4), giving its place
+        // back first.
+        if let Some((previous, _slot)) = self.feeds.by_filter.remove(path) {
+            previous.abort();
+        }
+        let Some(slot) = ctx.slots.take(&self.key.id) else {
+            tracing::info!(key = %self.key.id, filter = path, "mqtt subscribe refused: the key's sessions are at their cap");
+            return match self.version {
+                Version::V4 => SubscribeReasonCode::Failure,
+                Version::V5 => SubscribeReasonCode::QuotaExceeded,
+            };
+        };
         let qos = qos.min(1);
         let follow = Follow {
             secret: self.feeds.secret.clone(),
@@ -205,10 +255,9 @@ impl Session {
         };
         let sub = feed::start_retained(&ctx, &follow);
         let forwarder = spawn_feed(ctx, follow, sub, qos, self.feeds.tx.clone());
-        if let Some(previous) = self.feeds.by_filter.insert(path.to_string(), forwarder) {
-            // The same filter again replaces the subscription (MQTT §3.8.4).
-            previous.abort();
-        }
+        self.feeds
+            .by_filter
+            .insert(path.to_string(), (forwarder, slot));
         if qos == 1 {
             SubscribeReasonCode::QoS1
         } else {
@@ -263,7 +312,9 @@ impl Session {
                 End::KeyRevoked | End::NotEntitled => {
                     violation(DisconnectReasonCode::NotAuthorized, end.as_str())
                 }
-                End::SlowConsumer => violation(DisconnectReasonCode::QuotaExceeded, end.as_str()),
+                End::SlowConsumer | End::DelayBufferFull => {
+                    violation(DisconnectReasonCode::QuotaExceeded, end.as_str())
+                }
                 End::Shutdown => {
                     violation(DisconnectReasonCode::ServerShuttingDown, "server_shutdown")
                 }

@@ -171,8 +171,6 @@ struct Session {
     buf: BytesMut,
     out: BytesMut,
     key: Arc<ApiKey>,
-    /// The key's secret, to authenticate it again as time passes.
-    secret: String,
     client_id: String,
     number: u64,
     takeover: CancellationToken,
@@ -324,11 +322,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         .and_then(|p| p.receive_maximum)
         .unwrap_or(u16::MAX)
         .min(shared.config.max_inflight);
-    let feeds = follow::Feeds::new(
-        secret.clone(),
-        receive_max,
-        shared.feed.hub.config().session_queue,
-    );
+    let feeds = follow::Feeds::new(secret, receive_max, shared.feed.hub.config().session_queue);
     Ok(Session {
         shared: shared.clone(),
         version,
@@ -338,7 +332,6 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         buf,
         out,
         key,
-        secret,
         client_id,
         number,
         takeover,
@@ -528,7 +521,7 @@ impl Session {
     /// connection. A database that does not answer keeps the connection (the key cache
     /// bounds how long a known key is trusted; an unknown one never gets this far).
     async fn recheck_key(&mut self) -> Result<(), Violation> {
-        match self.shared.keyring.authenticate(&self.secret).await {
+        match self.shared.keyring.authenticate(&self.feeds.secret).await {
             Ok(Some(key)) => {
                 self.key = key;
                 Ok(())
