@@ -225,6 +225,7 @@ impl App {
             metrics: metrics.clone(),
             http: Arc::new(http_config(&config.http, http_addr)),
             websockets: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
+            max_datasets_per_provider: config.market.max_datasets_per_provider,
         };
         let http_task = tokio::spawn(api::server::serve(
             listener,

@@ -676,3 +676,42 @@ mod tests {
         ));
     }
 }
+
+/// Whether a log line about refused client input may be written now: at most
+/// [`REFUSAL_LOGS_PER_SECOND`] a second across the process, so a client sending refusable
+/// input in a loop cannot fill the disk or drown the operator's logs (the metrics count
+/// every refusal; the log shows examples).
+pub(crate) fn refusal_log_allowed() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    let second = crate::model::now_micros().max(0) as u64 / 1_000_000;
+    // The high 40 bits hold the second, the low 24 the lines written in it.
+    let current = WINDOW.load(Ordering::Relaxed);
+    if current >> 24 != second {
+        let fresh = (second << 24) | 1;
+        return WINDOW
+            .compare_exchange(current, fresh, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    }
+    (WINDOW.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF) < REFUSAL_LOGS_PER_SECOND
+}
+
+/// See [`refusal_log_allowed`].
+pub(crate) const REFUSAL_LOGS_PER_SECOND: u64 = 20;
+
+/// Client-given text as a log field: at most 128 bytes (a topic may be 64 KiB).
+pub(crate) fn log_text(text: &str) -> &str {
+    crate::pipeline::decode::truncate(text, 128)
+}
+
+#[cfg(test)]
+mod refusal_log_tests {
+    #[test]
+    fn refusal_logs_are_bounded_per_second() {
+        let allowed = (0..1000).filter(|_| super::refusal_log_allowed()).count() as u64;
+        // A second may turn over during the loop: at most two windows' worth.
+        assert!(allowed >= 1, "{allowed}");
+        assert!(allowed <= 2 * super::REFUSAL_LOGS_PER_SECOND, "{allowed}");
+        assert_eq!(super::log_text(&"x".repeat(70_000)).len(), 128);
+    }
+}

@@ -40,12 +40,16 @@ pub struct Me {
 /// `GET /v1/me`
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Me>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let account = state
+    let mut account = state
         .keyring
         .store()
         .account(&key.account)
         .await?
         .ok_or(ApiError::Unauthorized)?;
+    // A device key sits in a field device: it learns its account, not the people behind it.
+    if key.kind == KeyKind::Device {
+        account.email = None;
+    }
     Ok(Json(Me {
         key: (*key).clone(),
         account,

@@ -212,7 +212,10 @@ pub async fn create(
             format!("dataset.{path}: {}", e.into_inner()),
         )
     })?;
-    let stored = state.catalog.create(spec).await?;
+    // Each dataset costs a sink and a share of every log record: providers get a bounded
+    // number (an admin is not limited).
+    let limit = (!key.is_admin()).then_some(state.max_datasets_per_provider);
+    let stored = state.catalog.create(spec, limit).await?;
     // Entitlements cached while the dataset did not exist are stale now.
     state.market.invalidate();
     Ok((

@@ -135,8 +135,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if status == StatusCode::REQUEST_TIMEOUT {
-            // The rest of a late body may still come: do not read it as the next request.
+        if matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            // The rest of a late or oversized body may still come: the connection ends here
+            // rather than read it as the next request, and the client is told so.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -369,7 +369,11 @@ pub async fn webhook(
         .market
         .stripe_webhook(signature, &body, now_micros())
         .await
-        .inspect_err(|e| tracing::warn!(error = %e, "payment webhook refused"))?;
+        .inspect_err(|e| {
+            if crate::telemetry::refusal_log_allowed() {
+                tracing::warn!(error = %e, "payment webhook refused");
+            }
+        })?;
     let (result, detail) = match outcome {
         WebhookOutcome::Applied(what) => ("applied", what),
         WebhookOutcome::Replayed => ("replayed", "event seen before: nothing done"),

@@ -41,6 +41,8 @@ pub struct AppState {
     /// Places for upgraded WebSockets (`http.max_connections` of them): once upgraded a
     /// socket is no longer one of the HTTP server's counted connections.
     pub websockets: Arc<tokio::sync::Semaphore>,
+    /// `[market] max_datasets_per_provider`.
+    pub max_datasets_per_provider: usize,
 }
 
 pub fn router(state: AppState) -> Router {

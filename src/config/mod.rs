@@ -429,6 +429,8 @@ pub struct MarketConfig {
     /// Usage counted in memory is written to the database this often (and at shutdown).
     #[serde(with = "units::duration")]
     pub usage_flush_interval: Duration,
+    /// Datasets one provider may publish over the API (its configured ones count too).
+    pub max_datasets_per_provider: usize,
 }
 
 impl Default for MarketConfig {
@@ -436,6 +438,7 @@ impl Default for MarketConfig {
         MarketConfig {
             platform_fee_percent: 10.0,
             usage_flush_interval: Duration::from_secs(10),
+            max_datasets_per_provider: 100,
         }
     }
 }

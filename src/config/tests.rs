@@ -101,6 +101,10 @@ min = 1
 [[datasets.fields]]
 name = "label"
 type = "string"
+[[datasets.fields]]
+name = "essay"
+type = "string"
+max_length = 70000
 "#;
     let err = Config::from_toml(text, "t", &[]).unwrap_err();
     let all = err.problems.join("\n");
@@ -116,6 +120,7 @@ type = "string"
         "min (10) is greater than max (5)",
         "only numeric fields have bounds",
         "`label` is declared twice",
+        "max_length: at most 65535 bytes",
     ] {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }

@@ -8,6 +8,9 @@ use crate::model::{FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_fiel
 
 /// Most fields a schema may have (duplicate detection uses a 64-bit mask).
 pub const MAX_FIELDS: usize = 64;
+/// The longest string value a schema may allow: the log stores a string's length in 16
+/// bits, so a longer one would be cut after it was acknowledged.
+pub const MAX_STRING_LEN: usize = u16::MAX as usize;
 
 pub(super) fn validate(config: &Config) -> Vec<String> {
     let mut p = Vec::new();
@@ -340,6 +343,12 @@ fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
         }
         if f.max_length.is_some() && f.ty != FieldType::String {
             p.push(format!("{at}.max_length: only string fields have a length"));
+        }
+        if f.max_length.is_some_and(|l| l > MAX_STRING_LEN) {
+            p.push(format!(
+                "{at}.max_length: at most {MAX_STRING_LEN} bytes (the longest string the \
+                 write-ahead log keeps whole)"
+            ));
         }
         if f.max_length == Some(0) {
             p.push(format!("{at}.max_length: must be at least 1"));

@@ -197,7 +197,14 @@ impl Store {
 
     /// Stores a dataset a provider declared over the API. Every problem is reported; an id
     /// ever used (even by a withdrawn dataset) is refused.
-    pub async fn create_dataset(&self, spec: DatasetConfig) -> Result<StoredDataset, CatalogError> {
+    ///
+    /// `limit`: the most datasets the provider may have (its config ones included); the
+    /// count and the insert are one statement, so racing creates cannot pass it together.
+    pub async fn create_dataset(
+        &self,
+        spec: DatasetConfig,
+        limit: Option<usize>,
+    ) -> Result<StoredDataset, CatalogError> {
         let problems = dataset_problems("dataset", &spec);
         if !problems.is_empty() {
             return Err(CatalogError::Invalid(problems.join("; ")));
@@ -213,16 +220,27 @@ impl Store {
         }
         let now = now_micros();
         let json = serde_json::to_string(&spec).expect("a dataset spec serializes");
+        let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let done = sqlx::query(
             "INSERT INTO datasets (id, provider, origin, spec, created_at, updated_at)
-             VALUES ($1, $2, 'api', $3, $4, $4) ON CONFLICT (id) DO NOTHING",
+             SELECT $1, $2, 'api', $3, $4, $4
+             WHERE (SELECT COUNT(*) FROM datasets WHERE provider = $2) < $5
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(&spec.id)
         .bind(&spec.provider)
         .bind(&json)
         .bind(now)
+        .bind(limit)
         .execute(self.pool())
         .await?;
+        if done.rows_affected() == 0 && self.catalog_dataset(&spec.id).await?.is_none() {
+            return Err(CatalogError::Conflict(format!(
+                "provider `{}` has {limit} datasets, the most it may publish \
+                 ([market] max_datasets_per_provider)",
+                spec.provider
+            )));
+        }
         if done.rows_affected() == 0 {
             return Err(CatalogError::Conflict(format!(
                 "dataset `{}` exists (or existed); choose another id",
@@ -318,8 +336,12 @@ impl Catalog {
     }
 
     /// Creates a dataset and starts taking readings for it.
-    pub async fn create(&self, spec: DatasetConfig) -> Result<StoredDataset, CatalogError> {
-        let stored = self.store.create_dataset(spec).await?;
+    pub async fn create(
+        &self,
+        spec: DatasetConfig,
+        limit: Option<usize>,
+    ) -> Result<StoredDataset, CatalogError> {
+        let stored = self.store.create_dataset(spec, limit).await?;
         let sink = self
             .pipeline
             .add_dataset(&stored.spec)
@@ -417,28 +439,34 @@ mod tests {
     async fn api_datasets_are_validated_unique_and_editable() {
         let (store, _dir, config) = synced().await;
         let created = store
-            .create_dataset(api_dataset("bike-counts"))
+            .create_dataset(api_dataset("bike-counts"), None)
             .await
             .unwrap();
         assert_eq!(created.origin, Origin::Api);
         assert!(matches!(
-            store.create_dataset(api_dataset("bike-counts")).await,
+            store.create_dataset(api_dataset("bike-counts"), None).await,
             Err(CatalogError::Conflict(_))
         ));
         assert!(matches!(
-            store.create_dataset(api_dataset("traffic-counts")).await,
+            store
+                .create_dataset(api_dataset("traffic-counts"), None)
+                .await,
             Err(CatalogError::Conflict(_))
         ));
         let mut bad = api_dataset("Bad Id");
         bad.fields.clear();
         bad.update_frequency = "sometimes".into();
-        let err = store.create_dataset(bad).await.unwrap_err().to_string();
+        let err = store
+            .create_dataset(bad, None)
+            .await
+            .unwrap_err()
+            .to_string();
         for needle in ["dataset.id", "dataset.fields", "dataset.update_frequency"] {
             assert!(err.contains(needle), "{err}");
         }
         let mut foreign = api_dataset("bikes-2");
         foreign.provider = "nobody".into();
-        assert!(store.create_dataset(foreign).await.is_err());
+        assert!(store.create_dataset(foreign, None).await.is_err());
 
         let edited = store
             .update_dataset(

@@ -202,7 +202,9 @@ impl Session {
             return refused;
         }
         let Some(target) = topic::follow(path) else {
-            tracing::info!(key = %self.key.id, filter = path, "mqtt subscribe refused: not one dataset");
+            if crate::telemetry::refusal_log_allowed() {
+                tracing::info!(key = %self.key.id, filter = crate::telemetry::log_text(path), "mqtt subscribe refused: not one dataset");
+            }
             return refused;
         };
         if !self.feeds.by_filter.contains_key(path) && self.feeds.by_filter.len() >= MAX_FILTERS {
@@ -219,7 +221,9 @@ impl Session {
         {
             Ok(Some(grant)) => grant,
             Ok(None) => {
-                tracing::info!(key = %self.key.id, filter = path, "mqtt subscribe refused: not entitled");
+                if crate::telemetry::refusal_log_allowed() {
+                    tracing::info!(key = %self.key.id, filter = crate::telemetry::log_text(path), "mqtt subscribe refused: not entitled");
+                }
                 return refused;
             }
             Err(e) => {
@@ -236,7 +240,9 @@ impl Session {
             previous.abort();
         }
         let Some(slot) = ctx.slots.take(&self.key.id) else {
-            tracing::info!(key = %self.key.id, filter = path, "mqtt subscribe refused: the key's sessions are at their cap");
+            if crate::telemetry::refusal_log_allowed() {
+                tracing::info!(key = %self.key.id, filter = crate::telemetry::log_text(path), "mqtt subscribe refused: the key's sessions are at their cap");
+            }
             return match self.version {
                 Version::V4 => SubscribeReasonCode::Failure,
                 Version::V5 => SubscribeReasonCode::QuotaExceeded,

@@ -787,7 +787,9 @@ impl Session {
             )
         })?;
         if !self.key.may_write(route.dataset) {
-            tracing::warn!(key = %self.key.id, topic = text, "mqtt publish to a dataset the key may not write");
+            if crate::telemetry::refusal_log_allowed() {
+                tracing::warn!(key = %self.key.id, topic = crate::telemetry::log_text(text), "mqtt publish to a dataset the key may not write");
+            }
             return Err(refuse(
                 Refusal::NotAuthorized,
                 format!(
