@@ -123,6 +123,7 @@ impl App {
             tracing::warn!(files = stale, dir = %parquet_dir.display(), "removed temporary Parquet files left by a crash");
         }
 
+        warn_if_files_short(&config);
         let store = Store::connect(&config.database(), config.database.max_connections).await?;
         for ds in &config.datasets {
             store.ensure_provider(&ds.provider, &ds.publisher).await?;
@@ -372,4 +373,64 @@ fn http_config(config: &crate::config::HttpConfig, bound: SocketAddr) -> crate::
         }
     }
     http
+}
+
+/// Open files the caps may need at once: each HTTP and MQTT connection a socket, with room
+/// for the log, Parquet files, the database and the listeners.
+fn files_needed(config: &Config) -> u64 {
+    let mqtt = if config.mqtt.enabled {
+        config.mqtt.max_connections
+    } else {
+        0
+    };
+    (config.http.max_connections + mqtt) as u64 + 256
+}
+
+/// Warns at start when the connection caps exceed what the process may open: past the
+/// open-file limit, `accept` fails (EMFILE) before a cap is reached, and files the log and
+/// the sinks need are refused.
+fn warn_if_files_short(config: &Config) {
+    let Some(limit) = open_file_limit() else {
+        return;
+    };
+    let needed = files_needed(config);
+    if needed > limit {
+        tracing::warn!(
+            open_file_limit = limit,
+            needed,
+            "http.max_connections + mqtt.max_connections exceed the open-file limit \
+             (ulimit -n / LimitNOFILE): raise the limit or lower the caps"
+        );
+    }
+}
+
+/// The soft limit on open files (Linux: `/proc/self/limits`), if known.
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&text)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod limit_tests {
+    #[test]
+    fn the_open_file_limit_is_read_from_proc() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max open files            1024                 1048576              files     \n";
+        assert_eq!(super::parse_open_file_limit(text), Some(1024));
+        assert_eq!(
+            super::parse_open_file_limit("Max open files unlimited"),
+            None
+        );
+        assert!(super::open_file_limit().is_some(), "this is Linux");
+    }
 }

@@ -184,4 +184,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             PRIMARY KEY (invoice, line)
         );",
     ),
+    (
+        6,
+        // One live subscription per account and plan, held by the database: racing
+        // subscribes (PostgreSQL runs them side by side) get one row and one conflict.
+        "CREATE UNIQUE INDEX subscriptions_live_plan ON subscriptions (account, plan)
+            WHERE status IN ('pending_payment', 'active', 'past_due');",
+    ),
 ];

@@ -209,7 +209,9 @@ impl Market {
         now: Micros,
     ) -> Result<Subscription, MarketError> {
         awaiting_payment(sub)?;
-        if let Some(existing) = &sub.payment_ref {
+        if let Some(existing) = &sub.payment_ref
+            && existing != crate::market::subscriptions::CHECKOUT_CLAIM
+        {
             return Err(CatalogError::Conflict(format!(
                 "the checkout is complete (payment provider's subscription `{existing}`); \
                  waiting for the payment's confirmation"
@@ -221,7 +223,23 @@ impl Market {
             .plan(&sub.plan)
             .await?
             .ok_or_else(|| not_found("plan", &sub.plan))?;
-        let payment_ref = self.payments.complete_checkout(sub, &plan).await?;
+        // One completion at a time: a racing second call must not start a second
+        // subscription at the payment provider.
+        if !self.store.claim_checkout(&sub.id, now).await? {
+            return Err(CatalogError::Conflict(
+                "the checkout is being completed or is complete; waiting for the payment's \
+                 confirmation"
+                    .into(),
+            )
+            .into());
+        }
+        let payment_ref = match self.payments.complete_checkout(sub, &plan).await {
+            Ok(payment_ref) => payment_ref,
+            Err(e) => {
+                self.store.release_checkout(&sub.id).await?;
+                return Err(e.into());
+            }
+        };
         self.store
             .set_payment_ref(&sub.id, &payment_ref, now)
             .await?;
@@ -232,19 +250,26 @@ impl Market {
     }
 
     /// Cancels: a paid, running subscription at its period end (the payment provider stops
-    /// renewing it), anything else at once.
+    /// renewing it), anything else at once, and then the payment provider stops charging at
+    /// once too (a checkout completed but not yet paid, a payment past due).
     pub async fn cancel(
         &self,
         sub: &Subscription,
         now: Micros,
     ) -> Result<Subscription, MarketError> {
-        if sub.status_at(now) == Status::Active
-            && sub.period_end.is_some()
-            && !sub.cancel_at_period_end
-            && let Some(payment_ref) = &sub.payment_ref
+        if let Some(payment_ref) = &sub.payment_ref
+            && payment_ref != crate::market::subscriptions::CHECKOUT_CLAIM
             && sub.payment_provider == self.payments.name()
         {
-            self.payments.cancel_at_period_end(payment_ref).await?;
+            match sub.status_at(now) {
+                Status::Active if sub.period_end.is_some() => {
+                    if !sub.cancel_at_period_end {
+                        self.payments.cancel_at_period_end(payment_ref).await?;
+                    }
+                }
+                Status::Cancelled | Status::Expired => {}
+                _ => self.payments.cancel_now(payment_ref).await?,
+            }
         }
         let sub = self.store.cancel_subscription(&sub.id, now).await?;
         self.entitlements.invalidate();

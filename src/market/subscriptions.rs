@@ -18,6 +18,10 @@ use super::plans::{PLAN_COLUMNS, Plan, plan_from_row};
 use super::store::Store;
 use crate::model::Micros;
 
+/// The payment reference of a pending subscription while one call completes its checkout
+/// (see [`Store::claim_checkout`]); never a payment provider's id.
+pub const CHECKOUT_CLAIM: &str = "completing";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -173,6 +177,9 @@ fn sub_columns_of(alias: &str) -> String {
 impl Store {
     /// Subscribes `account` to `plan` at `now`: active at once when free, else pending
     /// payment through `provider`. One live subscription per account and plan.
+    ///
+    /// At most one live (pending, active or past due) subscription per account and plan: a
+    /// unique index holds it, so racing requests get one subscription and one 409.
     pub async fn create_subscription(
         &self,
         account: &str,
@@ -223,7 +230,7 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO subscriptions ({SUB_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7, NULL, 0, $8, $8)"
         )))
@@ -236,7 +243,17 @@ impl Store {
         .bind(sub.period_start)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(CatalogError::Conflict(format!(
+                    "a subscription to plan `{}` exists; cancel it first",
+                    plan.id
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
         tx.commit().await?;
         Ok(sub)
     }
@@ -511,6 +528,34 @@ impl Store {
     }
 
     /// Stores the payment provider's id of a subscription whose checkout completed.
+    /// Claims a pending subscription's checkout for completion: `false` when another call
+    /// claimed it (or completed it) first. The claim is a placeholder payment reference,
+    /// replaced by [`Store::set_payment_ref`] or given back by [`Store::release_checkout`].
+    pub async fn claim_checkout(&self, id: &str, now: Micros) -> Result<bool, CatalogError> {
+        let done = sqlx::query(
+            "UPDATE subscriptions SET payment_ref = $1, updated_at = $2
+             WHERE id = $3 AND payment_ref IS NULL AND status = 'pending_payment'",
+        )
+        .bind(CHECKOUT_CLAIM)
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives back a claim whose completion failed, so the subscriber can try again.
+    pub async fn release_checkout(&self, id: &str) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE subscriptions SET payment_ref = NULL WHERE id = $1 AND payment_ref = $2",
+        )
+        .bind(id)
+        .bind(CHECKOUT_CLAIM)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     pub async fn set_payment_ref(
         &self,
         id: &str,

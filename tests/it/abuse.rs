@@ -746,3 +746,50 @@ async fn a_device_key_does_not_read_its_accounts_email() {
     assert!(me["account"]["email"].is_null(), "{me}");
     assert_eq!(me["account"]["name"], "Acme Energy");
 }
+
+/// Connection caps the open-file limit cannot hold are named at start, not found out when
+/// `accept` starts failing.
+#[test]
+fn caps_above_the_open_file_limit_are_warned_of_at_start() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 512 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_citygate"))
+        .env_remove("RUST_LOG")
+        .env("CITYGATE__STORAGE__DATA_DIR", dir.path())
+        .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__LOG__FORMAT", "json")
+        .env("CITYGATE__LOG__LEVEL", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(url) = database_url_for(dir.path()) {
+        cmd.env("CITYGATE__DATABASE__URL", url);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut warned = None;
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("open-file limit"))
+        {
+            warned = Some(event.clone());
+        }
+        if event["message"] == "citygate started" {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let warned = warned.expect("a warning about the open-file limit");
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert_eq!(warned["open_file_limit"], 512, "{warned}");
+}

@@ -519,3 +519,67 @@ async fn cancelling_a_stripe_subscription_stops_its_renewal_at_stripe() {
     assert_eq!(at_stripe["cancel_at_period_end"], true);
     assert_eq!(gw.get_as("/v1/access/traffic-counts", &alice).await.0, 200);
 }
+
+/// Two racing completions start one Stripe subscription (one 409), and cancelling a
+/// subscription whose first payment has not come stops it at Stripe at once.
+#[tokio::test]
+async fn a_pending_checkout_completes_once_and_cancels_at_stripe() {
+    let stripe = LocalStripe::start().await;
+    let gw = gateway_on(&stripe).await;
+    let provider = gw.provider_key("copenhagen").await;
+    gw.post_as(
+        "/v1/catalog/traffic-counts/plans",
+        &provider,
+        json!({"id": "traffic-live", "name": "Live", "kind": "monthly",
+               "currency": "DKK", "price_minor": 49_900}),
+    )
+    .await;
+    let (_, alice) = gw.account("subscriber", "Mobility Lab", "research").await;
+    // Racing subscribes: one subscription, one 409.
+    let subscribe = || gw.post_as("/v1/subscriptions", &alice, json!({"plan": "traffic-live"}));
+    let (a, b) = tokio::join!(subscribe(), subscribe());
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{} / {}", a.1, b.1);
+    let created = if a.0 == 201 { a.1 } else { b.1 };
+    let sub_id = created["subscription"]["id"].as_str().unwrap().to_string();
+    assert!(
+        confirm_card(&stripe, &created["checkout"], "4242424242424242")
+            .await
+            .status()
+            .is_success()
+    );
+    // Stripe's payment webhook goes nowhere: the subscription stays pending.
+    stripe
+        .post(
+            "/_config/webhooks/citygate",
+            &[
+                ("url", "http://127.0.0.1:9/nowhere"),
+                ("secret", WEBHOOK_SECRET),
+            ],
+            None,
+        )
+        .await;
+    let complete = format!("/v1/subscriptions/{sub_id}/checkout/complete");
+    let (a, b) = tokio::join!(
+        gw.post_as(&complete, &alice, json!({})),
+        gw.post_as(&complete, &alice, json!({}))
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [202, 409], "{} / {}", a.1, b.1);
+    let stripe_sub = if a.0 == 202 { &a.1 } else { &b.1 }["payment_ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let all = stripe.get("/v1/subscriptions?status=all").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 1, "{all}");
+
+    let (status, cancelled) = gw
+        .delete_as(&format!("/v1/subscriptions/{sub_id}"), &alice)
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    let at_stripe = stripe.get(&format!("/v1/subscriptions/{stripe_sub}")).await;
+    assert_eq!(at_stripe["status"], "canceled", "{at_stripe}");
+}

@@ -62,4 +62,8 @@ impl PaymentProvider for Manual {
     ) -> BoxFuture<'a, Result<(), PaymentError>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn cancel_now<'a>(&'a self, _payment_ref: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -85,6 +85,10 @@ pub trait PaymentProvider: Send + Sync {
         payment_ref: &'a str,
     ) -> BoxFuture<'a, Result<(), PaymentError>>;
 
+    /// The subscriber cancelled a subscription not running on paid time (awaiting its
+    /// first payment, or past due): stop charging at once.
+    fn cancel_now<'a>(&'a self, payment_ref: &'a str) -> BoxFuture<'a, Result<(), PaymentError>>;
+
     /// The Stripe provider, for verifying its webhooks.
     fn as_stripe(&self) -> Option<&stripe::Stripe> {
         None

@@ -449,6 +449,18 @@ impl PaymentProvider for Stripe {
         })
     }
 
+    fn cancel_now<'a>(&'a self, payment_ref: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
+        Box::pin(async move {
+            let path = format!("/v1/subscriptions/{payment_ref}");
+            match self.call(reqwest::Method::DELETE, &path, &Vec::new()).await {
+                Ok(_) => Ok(()),
+                // Already gone at Stripe: what cancelling wants.
+                Err(PaymentError::Refused { status: 404, .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn as_stripe(&self) -> Option<&Stripe> {
         Some(self)
     }
