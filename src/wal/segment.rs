@@ -108,25 +108,47 @@ pub fn scan(bytes: &[u8], after: u64) -> Scan {
 
 /// The valid frames of `bytes`, skipping damaged stretches: what remains of a segment
 /// when the operator chooses to skip corruption.
+///
+/// After damage, reading resumes only where an unbroken run of valid frames with rising
+/// LSNs reaches the end of the segment. A frame found at just any offset is not enough:
+/// readings carry client-chosen bytes (float values), and a frame embedded in a record that
+/// the damage cut must not come back to life as a record of its own.
 pub fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
     let mut out = Vec::with_capacity(bytes.len());
     let mut offset = 0;
     let mut last = after;
     let mut skipped = 0u64;
+    let mut damaged = false;
     while offset < bytes.len() {
         match frame_at(bytes, offset, last) {
-            Some((lsn, len)) => {
+            Some((lsn, len)) if !damaged || chain_to_end(bytes, offset, last) => {
                 out.extend_from_slice(&bytes[offset..offset + len]);
                 last = lsn;
                 offset += len;
+                damaged = false;
             }
-            None => {
+            _ => {
                 offset += 1;
                 skipped += 1;
+                damaged = true;
             }
         }
     }
     (out, last, skipped)
+}
+
+/// Whether valid frames with rising LSNs run from `offset` to the end of `bytes`.
+fn chain_to_end(bytes: &[u8], mut offset: usize, mut last: u64) -> bool {
+    while offset < bytes.len() {
+        match frame_at(bytes, offset, last) {
+            Some((lsn, len)) => {
+                last = lsn;
+                offset += len;
+            }
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Cuts a segment at `len` bytes, durably.
@@ -257,4 +279,53 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod salvage_tests {
+    use super::*;
+
+    /// A frame: `len crc payload` with the LSN first in the payload.
+    fn frame(lsn: u64, body: &[u8]) -> Vec<u8> {
+        let mut payload = lsn.to_le_bytes().to_vec();
+        payload.extend_from_slice(body);
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend(crc32c::crc32c(&payload).to_le_bytes());
+        out.extend(payload);
+        out
+    }
+
+    #[test]
+    fn a_frame_inside_a_damaged_record_does_not_come_back() {
+        // Record 2 carries client bytes that happen to form a frame (LSN 99).
+        let embedded = frame(99, b"forged readings");
+        let mut body = b"header".to_vec();
+        body.extend(&embedded);
+        body.extend(b"rest of record 2");
+        let mut bytes = frame(1, b"record 1");
+        let second_at = bytes.len();
+        bytes.extend(frame(2, &body));
+        bytes.extend(frame(3, b"record 3"));
+        bytes.extend(frame(4, b"record 4"));
+        // Damage the second record's header: the embedded frame is now visible on its own.
+        bytes[second_at] ^= 0xff;
+        let (good, last, skipped) = salvage(&bytes, 0);
+        let mut want = frame(1, b"record 1");
+        want.extend(frame(3, b"record 3"));
+        want.extend(frame(4, b"record 4"));
+        assert_eq!(good, want);
+        assert_eq!(last, 4);
+        assert_eq!(skipped as usize, bytes.len() - want.len());
+    }
+
+    #[test]
+    fn damage_at_the_end_keeps_what_came_before() {
+        let mut bytes = frame(1, b"one");
+        bytes.extend(frame(2, b"two"));
+        let keep = bytes.len();
+        bytes.extend(b"\xff\xff garbage");
+        let (good, last, _) = salvage(&bytes, 0);
+        assert_eq!(good, bytes[..keep]);
+        assert_eq!(last, 2);
+    }
 }
