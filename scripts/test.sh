@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the peers the tests talk to, then runs
 # the format check, clippy and every test (unit, integration, doc, and the benches built in
-# test mode).
+# test mode), then every fuzz target for FUZZ_SECONDS (60) each.
 #
 # Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
 # InfluxDB Python client (writes to our /api/v2/write), paho-mqtt (an MQTT 5 device), rdflib
@@ -63,3 +63,24 @@ trap stop_pg EXIT
 CITYGATE_TEST_POSTGRES=$(scripts/postgres.sh "$pg_dir" "$pg_port")
 export CITYGATE_TEST_POSTGRES
 cargo test --lib --test it --locked
+
+# Fuzzing (fuzz/): every target for FUZZ_SECONDS, starting from the seed corpora and what
+# earlier runs on this machine found. A crash fails the suite and leaves its input under
+# fuzz/artifacts/. cargo-fuzz needs the nightly toolchain, which these machines have.
+echo "==> fuzzing (${FUZZ_SECONDS:-60} s per target)"
+rustup run nightly true 2>/dev/null || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+fuzz_flags=(-s none -O --debug-assertions)
+cargo +nightly fuzz build "${fuzz_flags[@]}"
+for target in $(cargo +nightly fuzz list); do
+  mkdir -p "target/fuzz-corpus/$target"
+  log="target/fuzz-$target.log"
+  if ! cargo +nightly fuzz run "${fuzz_flags[@]}" "$target" "target/fuzz-corpus/$target" \
+    "fuzz/corpus/$target" -- -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1 \
+    >"$log" 2>&1; then
+    tail -40 "$log"
+    echo "fuzz target $target failed (its input is under fuzz/artifacts/$target/)"
+    exit 1
+  fi
+  echo "$target: $(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}') runs, no crash"
+done
