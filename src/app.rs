@@ -156,7 +156,7 @@ impl App {
             tasks: TaskTracker::new(),
             closing: closing.clone(),
             slots: Arc::new(crate::feed::session::Slots::new(
-                config.feed.max_sessions_per_key,
+                config.feed.max_sessions_per_account,
             )),
         });
         let sinks = TaskTracker::new();
@@ -375,15 +375,16 @@ fn http_config(config: &crate::config::HttpConfig, bound: SocketAddr) -> crate::
     http
 }
 
-/// Open files the caps may need at once: each HTTP and MQTT connection a socket, with room
-/// for the log, Parquet files, the database and the listeners.
+/// Open files the caps may need at once: each HTTP and MQTT connection a socket, upgraded
+/// WebSockets as many again as HTTP connections, with room for the log, Parquet files, the
+/// database and the listeners.
 fn files_needed(config: &Config) -> u64 {
     let mqtt = if config.mqtt.enabled {
         config.mqtt.max_connections
     } else {
         0
     };
-    (config.http.max_connections + mqtt) as u64 + 256
+    (2 * config.http.max_connections + mqtt) as u64 + 256
 }
 
 /// Warns at start when the connection caps exceed what the process may open: past the
@@ -398,8 +399,9 @@ fn warn_if_files_short(config: &Config) {
         tracing::warn!(
             open_file_limit = limit,
             needed,
-            "http.max_connections + mqtt.max_connections exceed the open-file limit \
-             (ulimit -n / LimitNOFILE): raise the limit or lower the caps"
+            "http.max_connections (twice: WebSockets count apart) + mqtt.max_connections \
+             exceed the open-file limit (ulimit -n / LimitNOFILE): raise the limit or lower \
+             the caps"
         );
     }
 }

@@ -89,7 +89,7 @@ impl Reading {
 }
 
 /// The type of a schema field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     Float,
@@ -117,7 +117,7 @@ impl FieldType {
 pub const DEFAULT_MAX_STRING_LEN: usize = 256;
 
 /// One field of a dataset schema, as declared in config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldSpec {
     pub name: String,
     #[serde(rename = "type")]
@@ -145,7 +145,7 @@ impl FieldSpec {
 }
 
 /// Readings per second and burst allowed to one device key on one dataset.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: f64,

@@ -31,13 +31,16 @@ use crate::market::keys::{KeySpec, NewKey};
 use crate::market::{Account, ApiKey, KeyKind, NewAccount};
 use crate::model::now_micros;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
     key: ApiKey,
     account: Account,
 }
 
 /// `GET /v1/me`
+#[utoipa::path(get, path = "/v1/me", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, description = "the key and its account", body = Me),
+              crate::api::error::Refused))]
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Me>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
     let mut account = state
@@ -57,7 +60,7 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Jso
 }
 
 /// A key as created: its record and its secret, shown this once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     key: ApiKey,
     secret: String,
@@ -72,13 +75,18 @@ impl From<NewKey> for CreatedKey {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedAccount {
     account: Account,
     key: CreatedKey,
 }
 
 /// `POST /v1/accounts` (admin)
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])),
+    request_body = NewAccount,
+    responses((status = 201, description = "the account and its first key (secret shown once)",
+               body = CreatedAccount),
+              crate::api::error::Refused))]
 pub async fn create_account(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -102,6 +110,9 @@ pub async fn create_account(
 }
 
 /// `GET /v1/accounts` (admin)
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, description = "every account", body = Vec<Account>),
+              crate::api::error::Refused))]
 pub async fn list_accounts(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -116,6 +127,10 @@ pub async fn list_accounts(
 }
 
 /// `GET /v1/accounts/{id}`
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the account")),
+    responses((status = 200, description = "the account", body = Account),
+              crate::api::error::Refused))]
 pub async fn show_account(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -126,17 +141,23 @@ pub async fn show_account(
     if !key.is_admin() && key.account != id {
         return Err(not_found());
     }
-    state
+    let mut account = state
         .keyring
         .store()
         .account(&id)
         .await?
-        .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    // As at /v1/me: a device key learns its account, not the people behind it.
+    if key.kind == KeyKind::Device {
+        account.email = None;
+    }
+    Ok(Json(account))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeysQuery {
+    /// Admin only: the keys of this account.
     account: Option<String>,
 }
 
@@ -151,6 +172,10 @@ fn manager(key: &ApiKey) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/keys`
+#[utoipa::path(get, path = "/v1/keys", tag = "accounts", security(("bearer" = [])),
+    params(KeysQuery),
+    responses((status = 200, description = "keys (never their secrets)", body = Vec<ApiKey>),
+              crate::api::error::Refused))]
 pub async fn list_keys(
     State(state): State<AppState>,
     Query(q): Query<KeysQuery>,
@@ -168,7 +193,7 @@ pub async fn list_keys(
     Ok(Json(keys))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewKeyRequest {
     /// Default: the caller's account. Only an admin names another.
     account: Option<String>,
@@ -188,6 +213,10 @@ fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
 }
 
 /// `POST /v1/keys`
+#[utoipa::path(post, path = "/v1/keys", tag = "accounts", security(("bearer" = [])),
+    request_body = NewKeyRequest,
+    responses((status = 201, description = "the key and its secret, shown once", body = CreatedKey),
+              crate::api::error::Refused))]
 pub async fn create_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -288,13 +317,18 @@ async fn own_key(state: &AppState, caller: &ApiKey, id: &str) -> Result<ApiKey, 
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct RotateRequest {
     /// How long the old key keeps working, e.g. `"1h"` (default 24 h).
     overlap: Option<String>,
 }
 
 /// `POST /v1/keys/{id}/rotate`
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "accounts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the key")),
+    request_body(content = Option<RotateRequest>, description = "optional: the overlap"),
+    responses((status = 201, description = "the successor and its secret", body = CreatedKey),
+              crate::api::error::Refused))]
 pub async fn rotate_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -320,6 +354,10 @@ pub async fn rotate_key(
 }
 
 /// `DELETE /v1/keys/{id}`
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the key")),
+    responses((status = 204, description = "revoked (within a second everywhere)"),
+              crate::api::error::Refused))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,

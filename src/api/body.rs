@@ -35,7 +35,8 @@ pub const WEBHOOK_MAX_BODY: usize = 256 << 10;
 const INTAKE_ROUTES: [&str; 3] = ["/v1/datasets/{id}/readings", "/api/v2/write", "/write"];
 
 /// Middleware: reads the body of every request that has one, bounded by the route's cap
-/// and `http.request_timeout`, and hands it on whole.
+/// and `http.request_timeout`, and hands it on whole. An intake body (the largest) is read
+/// only for a valid key: without one the answer is 401 before a byte of it is taken.
 pub(super) async fn bounded(
     State(state): State<AppState>,
     request: Request,
@@ -49,7 +50,19 @@ pub(super) async fn bounded(
         .get::<MatchedPath>()
         .map(|p| p.as_str());
     let max = match route {
-        Some(r) if INTAKE_ROUTES.contains(&r) => state.http.max_body.as_usize(),
+        Some(r) if INTAKE_ROUTES.contains(&r) => {
+            // `/write` may carry its key as `p=` (InfluxDB v1).
+            let p = request.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix("p="))
+                    .map(str::to_string)
+            });
+            if let Err(e) = super::auth::require_key(&state, request.headers(), p.as_deref()).await
+            {
+                return e.into_response();
+            }
+            state.http.max_body.as_usize()
+        }
         Some("/v1/payments/webhook") => WEBHOOK_MAX_BODY,
         _ => API_MAX_BODY,
     };

@@ -41,7 +41,7 @@ impl From<CatalogError> for ApiError {
 }
 
 /// A dataset as the catalog shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CatalogItem {
     id: String,
     title: String,
@@ -101,13 +101,16 @@ async fn offered_plans(state: &AppState) -> Result<HashMap<String, Vec<Plan>>, A
     Ok(by_dataset)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// From 1.
     page: Option<usize>,
+    /// 1 to 200 (default 50).
     per_page: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CatalogPage {
     items: Vec<CatalogItem>,
     page: usize,
@@ -118,6 +121,9 @@ pub struct CatalogPage {
 pub const MAX_PER_PAGE: usize = 200;
 
 /// `GET /v1/catalog`
+#[utoipa::path(get, path = "/v1/catalog", tag = "catalog", params(PageQuery),
+    responses((status = 200, description = "one page of the catalog", body = CatalogPage),
+              crate::api::error::Refused))]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
@@ -152,6 +158,10 @@ pub async fn list(
 }
 
 /// `GET /v1/catalog/{id}`
+#[utoipa::path(get, path = "/v1/catalog/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "the dataset")),
+    responses((status = 200, description = "the dataset", body = CatalogItem),
+              crate::api::error::Refused))]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -168,6 +178,10 @@ pub async fn show(
 
 /// `POST /v1/catalog`: the body is a dataset declaration as in the config file (JSON);
 /// `provider` defaults to the caller's account, `publisher` to its name.
+#[utoipa::path(post, path = "/v1/catalog", tag = "catalog", security(("bearer" = [])),
+    request_body(content = Object, description = "a dataset declaration, as in the config file"),
+    responses((status = 201, description = "published", body = CatalogItem),
+              crate::api::error::Refused))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -225,6 +239,11 @@ pub async fn create(
 }
 
 /// `PATCH /v1/catalog/{id}`
+#[utoipa::path(patch, path = "/v1/catalog/{id}", tag = "catalog", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset")),
+    request_body = DatasetPatch,
+    responses((status = 200, description = "updated", body = CatalogItem),
+              crate::api::error::Refused))]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -250,6 +269,9 @@ pub fn base_url(state: &AppState) -> String {
 }
 
 /// `GET /v1/catalog.jsonld`: DCAT-AP 2 JSON-LD.
+#[utoipa::path(get, path = "/v1/catalog.jsonld", tag = "catalog",
+    responses((status = 200, description = "DCAT-AP 2", body = Object,
+               content_type = "application/ld+json")))]
 pub async fn jsonld(State(state): State<AppState>) -> Result<Response, ApiError> {
     let base = base_url(&state);
     let datasets: Vec<Value> = state

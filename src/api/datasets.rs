@@ -46,6 +46,9 @@ fn describe(p: &DatasetPipeline) -> Value {
     })
 }
 
+/// Every dataset this gateway takes in, with its schema and where to send readings.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
+    responses((status = 200, description = "`{\"datasets\": [...]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let all: Vec<Value> = state
         .pipeline
@@ -56,6 +59,11 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "datasets": all }))
 }
 
+/// One dataset's schema, limits and intake addresses.
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, description = "the dataset")),
+    responses((status = 200, description = "the dataset", body = Object),
+              crate::api::error::Refused))]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -67,12 +75,14 @@ pub async fn show(
     Ok(Json(describe(&p)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RejectsQuery {
+    /// At most this many (default 100).
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RejectsPage {
     dataset: String,
     /// Rejects since start, by reason.
@@ -81,13 +91,18 @@ pub struct RejectsPage {
     recent: Vec<RejectRecord>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ReasonCount {
     reason: Reason,
     count: u64,
 }
 
 /// `GET /v1/datasets/{id}/rejects`: for the dataset's provider.
+#[utoipa::path(get, path = "/v1/datasets/{id}/rejects", tag = "datasets", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset"), RejectsQuery),
+    responses((status = 200, description = "counts by reason and the newest rejects",
+        body = RejectsPage),
+              crate::api::error::Refused))]
 pub async fn rejects(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -52,6 +52,34 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The error body as the OpenAPI document describes it (named `Error` there); what
+/// [`ErrorBody`] writes.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Error)]
+#[allow(dead_code)]
+pub(crate) struct ErrorSchema {
+    /// A stable, machine-readable code: `unauthorized`, `not_found`, `rate_limited`, …
+    error: String,
+    /// What went wrong, for people.
+    message: String,
+    /// Intake only: the rejected readings (at most 1000), each with its reason.
+    rejected: Option<Vec<Rejected>>,
+    /// Intake only: how many readings were rejected in all.
+    rejected_count: Option<usize>,
+}
+
+/// The refusals every operation may answer, all in the house format: 400 invalid, 401 no
+/// or unknown key, 403 not allowed, 404 not found (or not this key's to see), 408 too slow,
+/// 409 conflict, 413 too large, 415 not JSON, 422 every reading rejected, 429 over a limit
+/// (with `Retry-After`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Refused {
+    /// Refused; `error` says why.
+    #[response(status = "4XX")]
+    Refused(ErrorSchema),
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'static str,
@@ -252,4 +280,58 @@ where
             Err(rejection) => Err(ApiError::bad_request("invalid_json", rejection.body_text())),
         }
     }
+}
+
+/// Middleware: a 4xx answer that did not come from [`ApiError`] (axum's own rejections of a
+/// bad path, query or upgrade, which are plain text) is rewritten in the house format, so
+/// every error a client sees has the same shape.
+pub(super) async fn house_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        _ => "bad_request",
+    };
+    let message = if message.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_string()
+    } else {
+        message
+    };
+    let mut rewritten = (
+        status,
+        Json(ErrorBody {
+            error: code,
+            message,
+            rejected: None,
+            rejected_count: None,
+        }),
+    )
+        .into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }

@@ -48,11 +48,16 @@ use crate::market::ApiKey;
 use crate::model::now_micros;
 use crate::telemetry::FeedMetrics;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LiveQuery {
+    /// The key, for clients that cannot send a header (browsers' EventSource).
     key: Option<String>,
+    /// Comma-separated sensor ids.
     sensors: Option<String>,
+    /// `min_lon,min_lat,max_lon,max_lat`.
     bbox: Option<String>,
+    /// Resume after this position (as the `Last-Event-ID` header does).
     last_event_id: Option<String>,
 }
 
@@ -66,6 +71,13 @@ fn parse_position(text: &str) -> Result<u64, ApiError> {
 }
 
 /// `GET /v1/datasets/{id}/live`
+#[utoipa::path(get, path = "/v1/datasets/{id}/live", tag = "live", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset"), LiveQuery,
+           ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")),
+    responses((status = 200,
+        description = "Server-Sent Events: `reading`, `latest`, `aggregate`, `end`",
+               body = String, content_type = "text/event-stream"),
+              crate::api::error::Refused))]
 pub async fn sse(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
@@ -91,7 +103,7 @@ pub async fn sse(
     let ctx = state.feed.clone();
     let slot = ctx
         .slots
-        .take(&key.id)
+        .take(&key.account)
         .ok_or_else(|| too_many_sessions(&ctx))?;
     let (tx, rx) = session::channel();
     let metrics = state.metrics.feed().clone();
@@ -169,7 +181,7 @@ pub async fn sse(
 fn too_many_sessions(ctx: &session::Context) -> ApiError {
     ApiError::TooManyRequests {
         message: format!(
-            "this key runs {} live sessions already ([feed] max_sessions_per_key); end one first",
+            "this account runs {} live sessions already ([feed] max_sessions_per_account); end one first",
             ctx.slots.max()
         ),
         retry_after: 5,
@@ -188,16 +200,25 @@ fn write_event(out: &mut Vec<u8>, event: Out) {
     };
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeyQuery {
+    /// The key, for clients that cannot send a header (browsers' WebSocket).
     key: Option<String>,
 }
 
 /// `GET /v1/live/ws`
+#[utoipa::path(get, path = "/v1/live/ws", tag = "live", security(("bearer" = [])), params(KeyQuery),
+    responses((status = 101,
+        description = "a WebSocket: send `{\"op\": \"subscribe\", \"dataset\": …}`"),
+              crate::api::error::Refused,
+              (status = 503, description = "every WebSocket place is taken",
+                  body = crate::api::error::ErrorSchema)))]
 pub async fn ws(
     State(state): State<AppState>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,
+    share: Option<axum::Extension<super::server::ConnectionShare>>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let (secret, key) = require_key_with_secret(&state, &headers, q.key.as_deref()).await?;
@@ -219,6 +240,7 @@ pub async fn ws(
         .on_upgrade(move |socket| async move {
             ws_connection(state, secret, socket).await;
             drop(permit);
+            drop(share);
         }))
 }
 
@@ -278,11 +300,29 @@ async fn ws_connection(state: AppState, secret: String, socket: WebSocket) {
     let mut followed: HashMap<String, (JoinHandle<()>, session::Slot)> = HashMap::new();
     let mut ping = tokio::time::interval(ctx.hub.config().heartbeat);
     ping.tick().await;
+    // The key is checked again as time passes, as every session does: a socket with no
+    // feed (or whose feeds ended) is closed when the key is revoked too.
+    let mut recheck = tokio::time::interval(ctx.hub.config().recheck);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
             _ = ping.tick() => {
+                // Feeds that ended on their own give their places back.
+                followed.retain(|_, (forwarder, _)| !forwarder.is_finished());
                 let _ = tx.send(Message::Ping(Vec::new().into())).await;
+                continue;
+            }
+            _ = recheck.tick() => {
+                if let Ok(None) = state.keyring.authenticate(&secret).await {
+                    let _ = tx
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1008,
+                            reason: "the key was revoked or expired".into(),
+                        })))
+                        .await;
+                    break;
+                }
                 continue;
             }
             _ = ctx.closing.cancelled() => {
@@ -371,13 +411,14 @@ async fn ws_connection(state: AppState, secret: String, socket: WebSocket) {
                     .await
                 {
                     Ok((follow, grant_json)) => {
+                        followed.retain(|_, (forwarder, _)| !forwarder.is_finished());
                         // Following a dataset again replaces its session and its place.
                         if let Some((previous, _slot)) = followed.remove(&dataset) {
                             previous.abort();
                         }
-                        let Some(slot) = ctx.slots.take(&key.id) else {
+                        let Some(slot) = ctx.slots.take(&key.account) else {
                             let message = format!(
-                                "this key runs {} live sessions already; end one first",
+                                "this account runs {} live sessions already; end one first",
                                 ctx.slots.max()
                             );
                             let _ = tx

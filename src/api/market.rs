@@ -69,13 +69,20 @@ impl From<MarketError> for ApiError {
 // ---------------------------------------------------------------------------------------
 // Plans
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PlansQuery {
     #[serde(default)]
     all: bool,
 }
 
 /// `GET /v1/catalog/{id}/plans`
+#[utoipa::path(get, path = "/v1/catalog/{id}/plans", tag = "market",
+    params(("id" = String, Path, description = "the dataset"), PlansQuery),
+    responses((status = 200,
+        description = "the plans on offer (`all`: withdrawn ones too, for its provider)",
+        body = Vec<Plan>),
+              crate::api::error::Refused))]
 pub async fn list_plans(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
@@ -100,6 +107,10 @@ pub async fn list_plans(
 }
 
 /// `POST /v1/catalog/{id}/plans`
+#[utoipa::path(post, path = "/v1/catalog/{id}/plans", tag = "market", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset")), request_body = NewPlan,
+    responses((status = 201, description = "the plan", body = Plan),
+              crate::api::error::Refused))]
 pub async fn create_plan(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
@@ -128,6 +139,11 @@ pub async fn create_plan(
 }
 
 /// `DELETE /v1/plans/{id}`
+#[utoipa::path(delete, path = "/v1/plans/{id}", tag = "market", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the plan")),
+    responses((status = 200, description = "the plan, withdrawn (running subscriptions go on)",
+        body = Plan),
+              crate::api::error::Refused))]
 pub async fn withdraw_plan(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -153,13 +169,13 @@ pub async fn withdraw_plan(
 // ---------------------------------------------------------------------------------------
 // Subscriptions
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeBody {
     plan: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Subscribed {
     subscription: Subscription,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +183,11 @@ pub struct Subscribed {
 }
 
 /// `POST /v1/subscriptions`
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "market", security(("bearer" = [])),
+    request_body = SubscribeBody,
+    responses((status = 201, description = "the subscription; a paid one with its checkout",
+        body = Subscribed),
+              crate::api::error::Refused))]
 pub async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -233,6 +254,11 @@ async fn visible_subscription(
 }
 
 /// `GET /v1/subscriptions`
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "market", security(("bearer" = [])),
+    responses((status = 200,
+        description = "a subscriber's own; a provider's datasets'; an admin's all",
+        body = Vec<Subscription>),
+              crate::api::error::Refused))]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -250,6 +276,10 @@ pub async fn list_subscriptions(
 }
 
 /// `GET /v1/subscriptions/{id}`
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "market", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription")),
+    responses((status = 200, description = "the subscription", body = Subscription),
+              crate::api::error::Refused))]
 pub async fn show_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -260,6 +290,13 @@ pub async fn show_subscription(
 }
 
 /// `DELETE /v1/subscriptions/{id}`
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "market", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription")),
+    responses((status = 200, description = "cancelled (a paid, running one at its period end)",
+        body = Subscription),
+              crate::api::error::Refused,
+              (status = 502, description = "the payment provider failed",
+                  body = crate::api::error::ErrorSchema)))]
 pub async fn cancel_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -285,6 +322,13 @@ async fn own_subscription(
 }
 
 /// `GET /v1/subscriptions/{id}/checkout`
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/checkout", tag = "market",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription")),
+    responses((status = 200, description = "where and how to pay", body = Checkout),
+              crate::api::error::Refused,
+              (status = 502, description = "the payment provider failed",
+                  body = crate::api::error::ErrorSchema)))]
 pub async fn show_checkout(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -295,6 +339,14 @@ pub async fn show_checkout(
 }
 
 /// `POST /v1/subscriptions/{id}/checkout/complete`
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/checkout/complete", tag = "market",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription")),
+    responses((status = 202,
+        description = "charging starts; active once the payment is confirmed", body = Subscription),
+              crate::api::error::Refused,
+              (status = 502, description = "the payment provider failed",
+                  body = crate::api::error::ErrorSchema)))]
 pub async fn complete_checkout(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -307,6 +359,11 @@ pub async fn complete_checkout(
 }
 
 /// `GET /v1/subscriptions/{id}/payments`
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/payments", tag = "market",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription")),
+    responses((status = 200, description = "payments, oldest first", body = Vec<Payment>),
+              crate::api::error::Refused))]
 pub async fn list_payments(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -317,7 +374,7 @@ pub async fn list_payments(
     Ok(Json(state.market.store().payments_of(&sub.id).await?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordPayment {
     /// The payment's reference (a bank transfer id): recording it twice does nothing.
@@ -326,6 +383,16 @@ pub struct RecordPayment {
 }
 
 /// `POST /v1/subscriptions/{id}/payments` (admin)
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/payments", tag = "market",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the subscription")),
+    request_body(content = Option<RecordPayment>,
+        description = "optional: the payment's reference"),
+    responses((status = 201, description = "recorded; the subscription runs a month more",
+        body = Subscription),
+              (status = 200, description = "this reference was recorded before: nothing done",
+                  body = Subscription),
+              crate::api::error::Refused))]
 pub async fn record_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -357,6 +424,12 @@ pub async fn record_payment(
 }
 
 /// `POST /v1/payments/webhook`: verified before it is parsed; applied once.
+#[utoipa::path(post, path = "/v1/payments/webhook", tag = "market",
+    params(("Stripe-Signature" = String, Header, description = "`t=…,v1=…`")),
+    request_body(content = Object, description = "a Stripe event (at most 256 KiB)"),
+    responses((status = 200,
+        description = "`{received, result: applied|replayed|ignored, detail}`", body = Object),
+              crate::api::error::Refused))]
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -389,6 +462,10 @@ pub async fn webhook(
 // Entitlement
 
 /// `GET /v1/access/{dataset}`: what this key may have of a dataset, or 404.
+#[utoipa::path(get, path = "/v1/access/{dataset}", tag = "market", security(("bearer" = [])),
+    params(("dataset" = String, Path, description = "the dataset")),
+    responses((status = 200, description = "what this key may have of the dataset", body = Grant),
+              crate::api::error::Refused))]
 pub async fn access(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
@@ -421,13 +498,14 @@ fn parse_time(field: &str, text: &str) -> Result<Micros, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     from: Option<String>,
     to: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
     from: Micros,
     to: Micros,
@@ -437,6 +515,10 @@ pub struct UsageReport {
 }
 
 /// `GET /v1/usage?from=&to=` (default: the last 31 days)
+#[utoipa::path(get, path = "/v1/usage", tag = "market", security(("bearer" = [])),
+    params(UsageQuery),
+    responses((status = 200, description = "hourly usage", body = UsageReport),
+              crate::api::error::Refused))]
 pub async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -474,13 +556,17 @@ pub async fn usage(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
     period: String,
 }
 
 /// `POST /v1/invoices/generate` (admin)
+#[utoipa::path(post, path = "/v1/invoices/generate", tag = "market", security(("bearer" = [])),
+    request_body = GenerateBody,
+    responses((status = 200, description = "the period's invoices", body = Vec<Invoice>),
+              crate::api::error::Refused))]
 pub async fn generate_invoices(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -507,7 +593,8 @@ pub async fn generate_invoices(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InvoicesQuery {
     period: Option<String>,
     format: Option<String>,
@@ -529,6 +616,11 @@ fn invoices_response(invoices: Vec<Invoice>, format: Option<&str>) -> Result<Res
 }
 
 /// `GET /v1/invoices`
+#[utoipa::path(get, path = "/v1/invoices", tag = "market", security(("bearer" = [])),
+    params(InvoicesQuery),
+    responses((status = 200, description = "invoices (JSON, or CSV with `format=csv`)", content(
+                (Vec<Invoice> = "application/json"), (String = "text/csv; charset=utf-8"))),
+              crate::api::error::Refused))]
 pub async fn list_invoices(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -573,6 +665,11 @@ async fn visible_invoice(state: &AppState, key: &ApiKey, id: &str) -> Result<Inv
 }
 
 /// `GET /v1/invoices/{id}`
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "market", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the invoice"), InvoicesQuery),
+    responses((status = 200, description = "the invoice (JSON, or CSV with `format=csv`)", content(
+                (Invoice = "application/json"), (String = "text/csv; charset=utf-8"))),
+              crate::api::error::Refused))]
 pub async fn show_invoice(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -588,6 +685,10 @@ pub async fn show_invoice(
 }
 
 /// `POST /v1/invoices/{id}/pay` (admin)
+#[utoipa::path(post, path = "/v1/invoices/{id}/pay", tag = "market", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the invoice")),
+    responses((status = 200, description = "marked paid", body = Invoice),
+              crate::api::error::Refused))]
 pub async fn pay_invoice(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -606,13 +707,19 @@ pub async fn pay_invoice(
     Ok(Json(visible_invoice(&state, &key, &id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatementQuery {
     period: String,
     provider: Option<String>,
 }
 
 /// `GET /v1/statements?period=YYYY-MM`
+#[utoipa::path(get, path = "/v1/statements", tag = "market", security(("bearer" = [])),
+    params(StatementQuery),
+    responses((status = 200, description = "a provider's monthly statement",
+        body = crate::market::invoices::Statement),
+              crate::api::error::Refused))]
 pub async fn statement(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -19,7 +19,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::HttpConfig;
 use crate::ingest;
@@ -45,79 +46,116 @@ pub struct AppState {
     pub max_datasets_per_provider: usize,
 }
 
+/// The API's OpenAPI description; the paths come from the handlers themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "citygate",
+        description = "City sensor data: intake (HTTP, InfluxDB line protocol), the marketplace \
+                       (catalog, accounts, keys, plans, subscriptions, payments, usage, invoices), \
+                       live feeds and operations. Keys go in `Authorization: Bearer <key>` (or \
+                       `Token <key>`). Every error answers `{\"error\": code, \"message\": …}`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorSchema)),
+    tags(
+        (name = "intake", description = "Devices and Telegraf write readings"),
+        (name = "datasets", description = "Schemas and rejects"),
+        (name = "accounts", description = "Accounts and API keys"),
+        (name = "catalog", description = "Datasets on offer"),
+        (name = "market", description = "Plans, subscriptions, payments, usage, invoices"),
+        (name = "live", description = "Live feeds"),
+        (name = "ops", description = "Health, metrics and this document")
+    )
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme every keyed operation names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: `cg_…`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, each registered together with its OpenAPI operation (`routes!`), so the
+/// document cannot leave one out. No route is added to the router any other way.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(ingest::http::post_readings))
+        .routes(routes!(ingest::http::influx_v2_write))
+        .routes(routes!(ingest::http::influx_v1_write))
+        .routes(routes!(accounts::me))
+        .routes(routes!(accounts::list_accounts, accounts::create_account))
+        .routes(routes!(accounts::show_account))
+        .routes(routes!(accounts::list_keys, accounts::create_key))
+        .routes(routes!(accounts::revoke_key))
+        .routes(routes!(accounts::rotate_key))
+        .routes(routes!(catalog::list, catalog::create))
+        .routes(routes!(catalog::jsonld))
+        .routes(routes!(catalog::show, catalog::update))
+        .routes(routes!(market::list_plans, market::create_plan))
+        .routes(routes!(market::withdraw_plan))
+        .routes(routes!(market::list_subscriptions, market::subscribe))
+        .routes(routes!(
+            market::show_subscription,
+            market::cancel_subscription
+        ))
+        .routes(routes!(market::show_checkout))
+        .routes(routes!(market::complete_checkout))
+        .routes(routes!(market::list_payments, market::record_payment))
+        .routes(routes!(market::webhook))
+        .routes(routes!(market::access))
+        .routes(routes!(market::usage))
+        .routes(routes!(market::list_invoices))
+        .routes(routes!(market::generate_invoices))
+        .routes(routes!(market::show_invoice))
+        .routes(routes!(market::pay_invoice))
+        .routes(routes!(market::statement))
+        .routes(routes!(datasets::list))
+        .routes(routes!(datasets::show))
+        .routes(routes!(datasets::rejects))
+        .routes(routes!(live::sse))
+        .routes(routes!(live::ws))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::ping))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document of every route, as JSON (made once).
+pub fn openapi_json() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, doc) = api().split_for_parts();
+        doc.to_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the OpenAPI document does not serialise");
+            "{}".into()
+        })
+    })
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/v1/datasets/{id}/readings",
-            post(ingest::http::post_readings),
-        )
-        .route("/api/v2/write", post(ingest::http::influx_v2_write))
-        .route("/write", post(ingest::http::influx_v1_write))
-        .route("/v1/me", get(accounts::me))
-        .route(
-            "/v1/accounts",
-            get(accounts::list_accounts).post(accounts::create_account),
-        )
-        .route("/v1/accounts/{id}", get(accounts::show_account))
-        .route(
-            "/v1/keys",
-            get(accounts::list_keys).post(accounts::create_key),
-        )
-        .route("/v1/keys/{id}", delete(accounts::revoke_key))
-        .route("/v1/keys/{id}/rotate", post(accounts::rotate_key))
-        .route("/v1/catalog", get(catalog::list).post(catalog::create))
-        .route("/v1/catalog.jsonld", get(catalog::jsonld))
-        .route(
-            "/v1/catalog/{id}",
-            get(catalog::show).patch(catalog::update),
-        )
-        .route(
-            "/v1/catalog/{id}/plans",
-            get(market::list_plans).post(market::create_plan),
-        )
-        .route("/v1/plans/{id}", delete(market::withdraw_plan))
-        .route(
-            "/v1/subscriptions",
-            get(market::list_subscriptions).post(market::subscribe),
-        )
-        .route(
-            "/v1/subscriptions/{id}",
-            get(market::show_subscription).delete(market::cancel_subscription),
-        )
-        .route(
-            "/v1/subscriptions/{id}/checkout",
-            get(market::show_checkout),
-        )
-        .route(
-            "/v1/subscriptions/{id}/checkout/complete",
-            post(market::complete_checkout),
-        )
-        .route(
-            "/v1/subscriptions/{id}/payments",
-            get(market::list_payments).post(market::record_payment),
-        )
-        .route("/v1/payments/webhook", post(market::webhook))
-        .route("/v1/access/{dataset}", get(market::access))
-        .route("/v1/usage", get(market::usage))
-        .route("/v1/invoices", get(market::list_invoices))
-        .route("/v1/invoices/generate", post(market::generate_invoices))
-        .route("/v1/invoices/{id}", get(market::show_invoice))
-        .route("/v1/invoices/{id}/pay", post(market::pay_invoice))
-        .route("/v1/statements", get(market::statement))
-        .route("/v1/datasets", get(datasets::list))
-        .route("/v1/datasets/{id}", get(datasets::show))
-        .route("/v1/datasets/{id}/rejects", get(datasets::rejects))
-        .route("/v1/datasets/{id}/live", get(live::sse))
-        .route("/v1/live/ws", get(live::ws))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/ping", get(ops::ping).head(ops::ping))
-        .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
+    let (routes, _) = api().split_for_parts();
+    routes
         .fallback(ops::not_found)
         // Intake reads bodies itself under `max_body`; this covers any extractor-based route.
         .layer(DefaultBodyLimit::max(state.http.max_body.as_usize()))
         .layer(middleware::from_fn_with_state(state.clone(), body::bounded))
+        .layer(middleware::from_fn(error::house_errors))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -136,4 +174,22 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routes are added only through `api()`'s `routes!`, which puts each in the OpenAPI
+    /// document: a route added to the router directly would be served and not described.
+    #[test]
+    fn no_route_bypasses_the_document() {
+        let source = include_str!("mod.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        for method in ["route", "nest", "merge"] {
+            let call = format!(".{method}(");
+            assert!(
+                !code.contains(&call),
+                "`{call}` in src/api/mod.rs: register routes with routes!"
+            );
+        }
+    }
 }

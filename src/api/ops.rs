@@ -13,11 +13,16 @@ use super::error::ApiError;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// Ready for traffic; 503 once shutdown has begun, so load balancers drain us.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "shutting down", body = String, content_type = "text/plain")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.pipeline.is_closing() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
@@ -27,6 +32,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// InfluxDB's ping: 204 with a version header.
+#[utoipa::path(method(get, head), path = "/ping", tag = "ops", responses(
+    (status = 204, description = "InfluxDB-style ping", headers(("X-Influxdb-Version" = String)))))]
 pub async fn ping() -> Response {
     (
         StatusCode::NO_CONTENT,
@@ -39,6 +46,9 @@ pub async fn ping() -> Response {
 }
 
 /// InfluxDB v2's health document.
+#[utoipa::path(get, path = "/health", tag = "ops", responses(
+    (status = 200, description = "InfluxDB v2 health: pass", body = Object),
+    (status = 503, description = "InfluxDB v2 health: fail (shutting down)", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let closing = state.pipeline.is_closing();
     let status = if closing {
@@ -56,6 +66,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus / OpenMetrics exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "every metric", body = String,
+     content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -63,6 +77,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This document: every route of the API, generated from the handlers that serve them.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi_json(),
     )
         .into_response()
 }

@@ -77,7 +77,17 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Each request carries its connection's place, so an upgraded WebSocket (which
+        // outlives the HTTP connection) keeps counting against its address.
+        let share = ConnectionShare(Arc::new(share));
+        let tagged = share.clone();
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(tagged.clone());
+                request
+            },
+        ));
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -154,6 +164,11 @@ impl PerIp {
         })
     }
 }
+
+/// A connection's place among its address's, shared by the requests it carries (and by a
+/// WebSocket it is upgraded to): freed when the last of them ends.
+#[derive(Clone)]
+pub struct ConnectionShare(#[allow(dead_code)] Arc<Share>);
 
 /// One counted connection; dropping it frees the place.
 struct Share {

@@ -76,7 +76,8 @@ pub struct HttpConfig {
     /// is answered 429 and closed, so one client cannot hold every slot.
     pub max_connections_per_ip: usize,
     /// The URL the public reaches this gateway at, for links in exports (the DCAT-AP
-    /// catalog), e.g. `https://data.city.example`. Empty: the request's `Host`.
+    /// catalog, checkout URLs), e.g. `https://data.city.example`. Empty: the address the
+    /// server listens on (never a request's `Host`, which the client chooses).
     pub public_url: String,
 }
 
@@ -397,12 +398,14 @@ pub struct FeedConfig {
     /// SSE comments that keep idle connections open through proxies.
     #[serde(with = "units::duration")]
     pub heartbeat: Duration,
-    /// Readings a delayed (free-tier) session may hold back at once; a delay that would
-    /// hold more ends the session (`delay_buffer_full`) rather than grow without bound.
+    /// Readings a delayed (free-tier) session may hold back at once (about 56 bytes each);
+    /// a delay that would hold more ends the session (`delay_buffer_full`) rather than grow
+    /// without bound. The default holds a 15-minute delay of a dataset taking 500/s.
     pub max_delayed: usize,
-    /// Live sessions one key may run at once (each SSE stream, WebSocket subscription and
-    /// MQTT filter is one); past it: 429, a WebSocket error, MQTT 5 SUBACK `0x97`.
-    pub max_sessions_per_key: usize,
+    /// Live sessions one account may run at once, whatever keys it uses (each SSE stream,
+    /// WebSocket subscription and MQTT filter is one); past it: 429, a WebSocket error,
+    /// MQTT 5 SUBACK `0x97`.
+    pub max_sessions_per_account: usize,
 }
 
 impl Default for FeedConfig {
@@ -414,8 +417,8 @@ impl Default for FeedConfig {
             recheck: Duration::from_millis(250),
             coalesce: Duration::from_millis(1),
             heartbeat: Duration::from_secs(15),
-            max_delayed: 100_000,
-            max_sessions_per_key: 64,
+            max_delayed: 500_000,
+            max_sessions_per_account: 64,
         }
     }
 }

@@ -109,8 +109,8 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     if feed.max_delayed == 0 {
         p.push("feed.max_delayed: must be at least 1".into());
     }
-    if feed.max_sessions_per_key == 0 {
-        p.push("feed.max_sessions_per_key: must be at least 1".into());
+    if feed.max_sessions_per_account == 0 {
+        p.push("feed.max_sessions_per_account: must be at least 1".into());
     }
     if feed.recheck.is_zero() || feed.recheck > Duration::from_secs(1) {
         p.push(

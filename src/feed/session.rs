@@ -182,18 +182,19 @@ pub struct Context {
     /// Every running session, so shutdown can wait for their last metering.
     pub tasks: tokio_util::task::TaskTracker,
     pub closing: tokio_util::sync::CancellationToken,
-    /// Live sessions per key, capped at `[feed] max_sessions_per_key`.
+    /// Live sessions per account, capped at `[feed] max_sessions_per_account`.
     pub slots: Arc<Slots>,
 }
 
-/// Live sessions per key: every SSE stream, WebSocket subscription and MQTT filter holds a
-/// [`Slot`] while it runs, so one key cannot open sessions without bound. The protocol side
+/// Live sessions per account: every SSE stream, WebSocket subscription and MQTT filter holds
+/// a [`Slot`] while it runs, so one account cannot open sessions without bound (counted by
+/// account, not key: an account can make keys). The protocol side
 /// holds it (the response stream, the socket's or connection's table of followed feeds), so
 /// a feed replaced or ended there gives its place back at once.
 #[derive(Debug)]
 pub struct Slots {
     max: usize,
-    open: std::sync::Mutex<HashMap<Arc<str>, usize>>,
+    open: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl Slots {
@@ -204,16 +205,16 @@ impl Slots {
         }
     }
 
-    /// A place for one more session of `key`, or `None` when it has `max` already.
-    pub fn take(self: &Arc<Self>, key: &Arc<str>) -> Option<Slot> {
+    /// A place for one more session of `account`, or `None` when it has `max` already.
+    pub fn take(self: &Arc<Self>, account: &str) -> Option<Slot> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(key.clone()).or_insert(0);
+        let count = open.entry(account.to_string()).or_insert(0);
         if *count >= self.max {
             return None;
         }
         *count += 1;
         Some(Slot {
-            key: key.clone(),
+            account: account.to_string(),
             slots: self.clone(),
         })
     }
@@ -226,17 +227,17 @@ impl Slots {
 /// One running session's place; dropping it frees the place.
 #[derive(Debug)]
 pub struct Slot {
-    key: Arc<str>,
+    account: String,
     slots: Arc<Slots>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.key) {
+        if let Some(count) = open.get_mut(&self.account) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.key);
+                open.remove(&self.account);
             }
         }
     }

@@ -34,12 +34,29 @@ use crate::pipeline::decode::{Format, Precision};
 use crate::pipeline::reject::Rejected;
 use crate::pipeline::{Batch, Outcome};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReadingsQuery {
+    /// Unit of numeric timestamps: `ns`, `us`, `ms` (the JSON default) or `s`.
     precision: Option<String>,
 }
 
 /// `POST /v1/datasets/{id}/readings`, format by `Content-Type`.
+#[utoipa::path(post, path = "/v1/datasets/{id}/readings", tag = "intake",
+    params(("id" = String, Path, description = "the dataset"), ReadingsQuery),
+    request_body(description = "Readings: a JSON object or array (`application/json`), NDJSON \
+        (`application/x-ndjson`), SenML (`application/senml+json`) or line protocol \
+        (`text/plain`); `Content-Encoding: gzip` allowed",
+        content((Object = "application/json"), (String = "application/x-ndjson"),
+                (Object = "application/senml+json"), (String = "text/plain"))),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "every reading kept"),
+        (status = 200, description = "some kept, some rejected", body = PartialSchema),
+        crate::api::error::Refused,
+        (status = 503,
+            description = "busy or shutting down; nothing kept; retry after `Retry-After`",
+         body = crate::api::error::ErrorSchema)))]
 pub async fn post_readings(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -60,14 +77,27 @@ pub async fn post_readings(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InfluxV2Query {
+    /// The dataset.
     bucket: Option<String>,
+    /// `ns` (default), `us`, `ms` or `s`.
     precision: Option<String>,
 }
 
 /// `POST /api/v2/write?org=&bucket=&precision=`: the bucket is the dataset; `org` is
 /// accepted and not used.
+#[utoipa::path(post, path = "/api/v2/write", tag = "intake", params(InfluxV2Query),
+    request_body(description = "InfluxDB line protocol", content = String,
+        content_type = "text/plain"),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "every point kept"),
+        (status = 200, description = "some kept, some rejected", body = PartialSchema),
+        crate::api::error::Refused,
+        (status = 503, description = "busy; retry after `Retry-After`",
+         body = crate::api::error::ErrorSchema)))]
 pub async fn influx_v2_write(
     State(state): State<AppState>,
     Query(q): Query<InfluxV2Query>,
@@ -89,14 +119,28 @@ pub async fn influx_v2_write(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InfluxV1Query {
+    /// The dataset.
     db: Option<String>,
+    /// `ns` (default), `us`, `ms` or `s`.
     precision: Option<String>,
+    /// The key, where a client cannot send a header.
     p: Option<String>,
 }
 
 /// `POST /write?db=&precision=`: the database is the dataset; the key may come as `p=`.
+#[utoipa::path(post, path = "/write", tag = "intake", params(InfluxV1Query),
+    request_body(description = "InfluxDB line protocol", content = String,
+        content_type = "text/plain"),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "every point kept"),
+        (status = 200, description = "some kept, some rejected", body = PartialSchema),
+        crate::api::error::Refused,
+        (status = 503, description = "busy; retry after `Retry-After`",
+         body = crate::api::error::ErrorSchema)))]
 pub async fn influx_v1_write(
     State(state): State<AppState>,
     Query(q): Query<InfluxV1Query>,
@@ -175,6 +219,19 @@ async fn intake(
         )
         .await?;
     answer(outcome)
+}
+
+/// [`Partial`] as the OpenAPI document names it.
+#[derive(utoipa::ToSchema)]
+#[schema(as = PartialAccept)]
+#[allow(dead_code)]
+pub(crate) struct PartialSchema {
+    /// Readings kept.
+    accepted: usize,
+    /// The rejected readings (at most 1000), each with its position and reason.
+    rejected: Vec<Rejected>,
+    /// Readings rejected in all.
+    rejected_count: usize,
 }
 
 #[derive(Serialize)]

@@ -13,7 +13,7 @@ use crate::model::{Micros, now_micros};
 /// The id of the account the first start creates.
 pub const ADMIN_ACCOUNT: &str = "admin";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -49,7 +49,7 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: String,
     pub role: Role,
@@ -62,7 +62,7 @@ pub struct Account {
 }
 
 /// A new account as asked for; the id is generated unless given.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewAccount {
     #[serde(default)]
     pub id: Option<String>,

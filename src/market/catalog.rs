@@ -26,7 +26,7 @@ use crate::model::{Micros, now_micros};
 use crate::pipeline::Pipeline;
 
 /// Where a dataset was declared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     Config,
@@ -43,7 +43,7 @@ pub struct StoredDataset {
 }
 
 /// A change to a dataset's descriptive metadata; absent fields stay.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetPatch {
     pub title: Option<String>,
@@ -198,8 +198,9 @@ impl Store {
     /// Stores a dataset a provider declared over the API. Every problem is reported; an id
     /// ever used (even by a withdrawn dataset) is refused.
     ///
-    /// `limit`: the most datasets the provider may have (its config ones included); the
-    /// count and the insert are one statement, so racing creates cannot pass it together.
+    /// `limit`: the most datasets on offer the provider may have (its config ones included).
+    /// The count and the insert are one statement; on PostgreSQL, creates racing each other
+    /// may still pass it by one each (READ COMMITTED), which bounds what a provider gets.
     pub async fn create_dataset(
         &self,
         spec: DatasetConfig,
@@ -224,7 +225,7 @@ impl Store {
         let done = sqlx::query(
             "INSERT INTO datasets (id, provider, origin, spec, created_at, updated_at)
              SELECT $1, $2, 'api', $3, $4, $4
-             WHERE (SELECT COUNT(*) FROM datasets WHERE provider = $2) < $5
+             WHERE (SELECT COUNT(*) FROM datasets WHERE provider = $2 AND withdrawn_at IS NULL) < $5
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&spec.id)
@@ -234,7 +235,14 @@ impl Store {
         .bind(limit)
         .execute(self.pool())
         .await?;
-        if done.rows_affected() == 0 && self.catalog_dataset(&spec.id).await?.is_none() {
+        let id_used = || async {
+            sqlx::query("SELECT 1 FROM datasets WHERE id = $1")
+                .bind(&spec.id)
+                .fetch_optional(self.pool())
+                .await
+                .map(|row| row.is_some())
+        };
+        if done.rows_affected() == 0 && !id_used().await? {
             return Err(CatalogError::Conflict(format!(
                 "provider `{}` has {limit} datasets, the most it may publish \
                  ([market] max_datasets_per_provider)",

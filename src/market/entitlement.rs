@@ -24,7 +24,7 @@ use super::subscriptions::Subscription;
 use crate::model::Micros;
 
 /// What a key may have of a dataset.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Grant {
     pub dataset: String,
     /// The subscription behind it (none for providers and admins).
@@ -32,6 +32,7 @@ pub struct Grant {
     pub plan: Option<String>,
     /// Readings are delivered this late (a free plan's delay).
     #[serde(with = "humantime_serde_micros")]
+    #[schema(value_type = String, example = "15m")]
     pub delay: Duration,
     /// Only per-sensor aggregates over windows this long.
     pub aggregate: Option<String>,

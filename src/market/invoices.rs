@@ -23,7 +23,7 @@ use super::store::Store;
 use crate::model::Micros;
 use crate::pipeline::decode::time::{format_rfc3339, month_bounds};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LineKind {
     Flat,
@@ -40,7 +40,7 @@ impl LineKind {
 }
 
 /// One billed item of a period.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Line {
     pub subscription: String,
     #[serde(skip)]
@@ -62,14 +62,14 @@ pub struct Line {
     pub settled: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InvoiceStatus {
     Open,
     Paid,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Invoice {
     pub id: String,
     pub account: String,
@@ -84,7 +84,7 @@ pub struct Invoice {
 }
 
 /// A provider's revenue from one dataset in one currency.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DatasetRevenue {
     pub dataset: String,
     pub currency: String,
@@ -95,7 +95,7 @@ pub struct DatasetRevenue {
 }
 
 /// How many accounts of a sector subscribe under a plan.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SubscriberCount {
     pub dataset: String,
     pub plan: String,
@@ -105,7 +105,7 @@ pub struct SubscriberCount {
 }
 
 /// Totals in one currency.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Payout {
     pub currency: String,
     pub revenue_minor: i64,
@@ -113,7 +113,7 @@ pub struct Payout {
     pub payout_minor: i64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Statement {
     pub provider: String,
     pub period: String,

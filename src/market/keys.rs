@@ -26,7 +26,9 @@ use crate::model::{Micros, now_micros};
 pub const SECRET_PREFIX: &str = "cg_";
 const SECRET_RANDOM_LEN: usize = 43;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
     Admin,
@@ -66,8 +68,9 @@ impl KeyKind {
 }
 
 /// A stored key (never the secret).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
+    #[schema(value_type = String)]
     pub id: Arc<str>,
     pub kind: KeyKind,
     /// The account the key belongs to (for a device key: the provider owning its datasets).
@@ -537,6 +540,8 @@ const UNKNOWN_LOOKUPS: usize = 2;
 struct Cached {
     key: Option<Arc<ApiKey>>,
     fetched: Instant,
+    /// Known, but to be looked up again before it is trusted (after a revocation here).
+    stale: bool,
 }
 
 /// Authenticates secrets, with a short-lived cache in front of the database so a busy
@@ -551,6 +556,8 @@ pub struct Keyring {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     misses: Mutex<HashMap<[u8; 32], Instant>>,
     unknown: tokio::sync::Semaphore,
+    /// Bumped by [`Keyring::clear`]: a lookup that raced it is not trusted from the cache.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Keyring {
@@ -560,6 +567,7 @@ impl Keyring {
             cache: Mutex::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
             unknown: tokio::sync::Semaphore::new(UNKNOWN_LOOKUPS),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -567,17 +575,27 @@ impl Keyring {
         &self.store
     }
 
-    /// The live key for `secret`, or `None` if there is none.
-    /// Forgets every cached lookup: after a revocation in this process, so it takes
-    /// effect at once here (other processes see it within [`KEY_CACHE_TTL`]).
+    /// Trusts no cached lookup any more: after a revocation in this process, so it takes
+    /// effect at once here (other processes see it within [`KEY_CACHE_TTL`]). Known keys stay
+    /// known (they are looked up again, but not behind lookups of invented secrets).
     pub fn clear(&self) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        use std::sync::atomic::Ordering;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for cached in self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+        {
+            cached.stale = true;
+        }
         self.misses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
 
+    /// The live key for `secret`, or `None` if there is none.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Arc<ApiKey>>, KeyError> {
         if !looks_like_secret(secret) {
             return Ok(None);
@@ -586,7 +604,7 @@ impl Keyring {
         let known = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get(&digest) {
-                Some(hit) if hit.fetched.elapsed() < KEY_CACHE_TTL => {
+                Some(hit) if !hit.stale && hit.fetched.elapsed() < KEY_CACHE_TTL => {
                     return Ok(hit.key.clone().filter(|k| k.is_live(now_micros())));
                 }
                 Some(_) => true,
@@ -608,7 +626,10 @@ impl Keyring {
             // Never closed, so acquiring only waits.
             self.unknown.acquire().await.ok()
         };
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let key = self.store.key_by_secret(secret).await?.map(Arc::new);
+        // A revocation here while the lookup ran: the answer may predate it.
+        let raced = self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation;
         if key.is_none() {
             let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
             if misses.len() >= MISS_CACHE_MAX {
@@ -636,6 +657,7 @@ impl Keyring {
                 Cached {
                     key: key.clone(),
                     fetched: Instant::now(),
+                    stale: raced,
                 },
             );
         }

@@ -19,7 +19,7 @@ use crate::model::{Micros, now_micros};
 /// The longest delay or aggregation window a free plan may have.
 pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PlanKind {
     Free,
@@ -63,7 +63,7 @@ mod opt_duration {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Plan {
     pub id: String,
     pub dataset: String,
@@ -77,16 +77,18 @@ pub struct Plan {
     pub per_1000_minor: i64,
     /// Free plans: readings are delivered this late.
     #[serde(with = "opt_duration")]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub delay: Option<Duration>,
     /// Free plans: only per-sensor aggregates over windows this long.
     #[serde(with = "opt_duration")]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub aggregate: Option<Duration>,
     pub active: bool,
     pub created_at: Micros,
 }
 
 /// A plan as a provider asks for it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPlan {
     #[serde(default)]

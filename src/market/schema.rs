@@ -188,7 +188,17 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         6,
         // One live subscription per account and plan, held by the database: racing
         // subscribes (PostgreSQL runs them side by side) get one row and one conflict.
-        "CREATE UNIQUE INDEX subscriptions_live_plan ON subscriptions (account, plan)
+        // Duplicates such races made before are ended first, keeping the newest.
+        "UPDATE subscriptions SET status = 'cancelled'
+            WHERE status IN ('pending_payment', 'active', 'past_due')
+              AND EXISTS (SELECT 1 FROM subscriptions newer
+                          WHERE newer.account = subscriptions.account
+                            AND newer.plan = subscriptions.plan
+                            AND newer.status IN ('pending_payment', 'active', 'past_due')
+                            AND (newer.created_at > subscriptions.created_at
+                                 OR (newer.created_at = subscriptions.created_at
+                                     AND newer.id > subscriptions.id)));
+        CREATE UNIQUE INDEX subscriptions_live_plan ON subscriptions (account, plan)
             WHERE status IN ('pending_payment', 'active', 'past_due');",
     ),
 ];

@@ -17,10 +17,10 @@ use super::payments::stripe::{SignatureError, Stripe};
 use super::payments::{Checkout, CheckoutRequest, PaymentError, PaymentProvider};
 use super::plans::{NewPlan, Plan, PlanKind};
 use super::store::Store;
-use super::subscriptions::{Applied, Payment, Status, Subscription};
+use super::subscriptions::{Applied, Payment, Status, Subscription, is_checkout_claim};
 use super::usage::UsageRecorder;
 use crate::config::{Config, MarketConfig, PaymentProviderKind};
-use crate::model::Micros;
+use crate::model::{Micros, now_micros};
 use crate::pipeline::decode::time::add_months;
 
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +210,7 @@ impl Market {
     ) -> Result<Subscription, MarketError> {
         awaiting_payment(sub)?;
         if let Some(existing) = &sub.payment_ref
-            && existing != crate::market::subscriptions::CHECKOUT_CLAIM
+            && !is_checkout_claim(existing)
         {
             return Err(CatalogError::Conflict(format!(
                 "the checkout is complete (payment provider's subscription `{existing}`); \
@@ -225,24 +225,34 @@ impl Market {
             .ok_or_else(|| not_found("plan", &sub.plan))?;
         // One completion at a time: a racing second call must not start a second
         // subscription at the payment provider.
-        if !self.store.claim_checkout(&sub.id, now).await? {
+        let Some(claim) = self.store.claim_checkout(&sub.id, now).await? else {
             return Err(CatalogError::Conflict(
                 "the checkout is being completed or is complete; waiting for the payment's \
                  confirmation"
                     .into(),
             )
             .into());
-        }
+        };
         let payment_ref = match self.payments.complete_checkout(sub, &plan).await {
             Ok(payment_ref) => payment_ref,
             Err(e) => {
-                self.store.release_checkout(&sub.id).await?;
+                self.store.release_checkout(&sub.id, &claim).await?;
                 return Err(e.into());
             }
         };
-        self.store
-            .set_payment_ref(&sub.id, &payment_ref, now)
-            .await?;
+        if !self
+            .store
+            .set_payment_ref(&sub.id, &claim, &payment_ref, now_micros())
+            .await?
+        {
+            // Cancelled while the payment provider was starting it: stop it there too.
+            self.payments.cancel_now(&payment_ref).await?;
+            return Err(CatalogError::Conflict(
+                "the subscription was cancelled while its checkout completed; nothing is charged"
+                    .into(),
+            )
+            .into());
+        }
         self.store
             .subscription(&sub.id)
             .await?
@@ -257,8 +267,10 @@ impl Market {
         sub: &Subscription,
         now: Micros,
     ) -> Result<Subscription, MarketError> {
+        // (A checkout being completed is cancelled by its completer, which finds its claim
+        // gone.)
         if let Some(payment_ref) = &sub.payment_ref
-            && payment_ref != crate::market::subscriptions::CHECKOUT_CLAIM
+            && !is_checkout_claim(payment_ref)
             && sub.payment_provider == self.payments.name()
         {
             match sub.status_at(now) {
@@ -429,9 +441,12 @@ impl Market {
             return Ok(None);
         };
         let sub = self.store.subscription(&id).await?;
+        // A checkout being completed holds a claim, not yet the reference: it is this one.
         Ok(sub.filter(|s| {
             s.payment_provider == "stripe"
-                && s.payment_ref.as_deref().is_none_or(|r| r == stripe_sub)
+                && s.payment_ref
+                    .as_deref()
+                    .is_none_or(|r| r == stripe_sub || is_checkout_claim(r))
         }))
     }
 }

@@ -18,11 +18,21 @@ use super::plans::{PLAN_COLUMNS, Plan, plan_from_row};
 use super::store::Store;
 use crate::model::Micros;
 
-/// The payment reference of a pending subscription while one call completes its checkout
-/// (see [`Store::claim_checkout`]); never a payment provider's id.
-pub const CHECKOUT_CLAIM: &str = "completing";
+/// How the payment reference of a pending subscription begins while one call completes
+/// its checkout (see [`Store::claim_checkout`]); never a payment provider's id.
+const CHECKOUT_CLAIM: &str = "completing:";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// A claim older than this is taken to be abandoned (the process died mid-completion), and
+/// may be claimed again; the payment provider's idempotency key keeps the retry from
+/// starting a second subscription there.
+const CLAIM_STALE_AFTER: Micros = 5 * 60 * 1_000_000;
+
+/// Whether a payment reference is a checkout claim rather than a payment provider's id.
+pub fn is_checkout_claim(payment_ref: &str) -> bool {
+    payment_ref.starts_with(CHECKOUT_CLAIM)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     PendingPayment,
@@ -63,7 +73,7 @@ impl Status {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub id: String,
     pub account: String,
@@ -115,7 +125,7 @@ impl Subscription {
 }
 
 /// A confirmed payment of one period of a subscription.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Payment {
     pub subscription: String,
     pub provider: String,
@@ -527,48 +537,62 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Stores the payment provider's id of a subscription whose checkout completed.
-    /// Claims a pending subscription's checkout for completion: `false` when another call
-    /// claimed it (or completed it) first. The claim is a placeholder payment reference,
+    /// Claims a pending subscription's checkout for completion: the claim, or `None` when
+    /// another call holds it (or completed it). The claim is a placeholder payment reference,
     /// replaced by [`Store::set_payment_ref`] or given back by [`Store::release_checkout`].
-    pub async fn claim_checkout(&self, id: &str, now: Micros) -> Result<bool, CatalogError> {
+    pub async fn claim_checkout(
+        &self,
+        id: &str,
+        now: Micros,
+    ) -> Result<Option<String>, CatalogError> {
+        let claim = format!("{CHECKOUT_CLAIM}{now}");
         let done = sqlx::query(
             "UPDATE subscriptions SET payment_ref = $1, updated_at = $2
-             WHERE id = $3 AND payment_ref IS NULL AND status = 'pending_payment'",
+             WHERE id = $3 AND status = 'pending_payment'
+               AND (payment_ref IS NULL OR (payment_ref LIKE 'completing:%' AND updated_at < $4))",
         )
-        .bind(CHECKOUT_CLAIM)
+        .bind(&claim)
         .bind(now)
         .bind(id)
+        .bind(now - CLAIM_STALE_AFTER)
         .execute(self.pool())
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok((done.rows_affected() == 1).then_some(claim))
     }
 
     /// Gives back a claim whose completion failed, so the subscriber can try again.
-    pub async fn release_checkout(&self, id: &str) -> Result<(), CatalogError> {
+    pub async fn release_checkout(&self, id: &str, claim: &str) -> Result<(), CatalogError> {
         sqlx::query(
             "UPDATE subscriptions SET payment_ref = NULL WHERE id = $1 AND payment_ref = $2",
         )
         .bind(id)
-        .bind(CHECKOUT_CLAIM)
+        .bind(claim)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
+    /// Stores the payment provider's id of a subscription whose checkout `claim` completed.
+    /// `false`: the claim is gone (the subscription was cancelled meanwhile, or the claim
+    /// went stale and was taken again), and the caller must stop what it started.
     pub async fn set_payment_ref(
         &self,
         id: &str,
+        claim: &str,
         payment_ref: &str,
         now: Micros,
-    ) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE subscriptions SET payment_ref = $1, updated_at = $2 WHERE id = $3")
-            .bind(payment_ref)
-            .bind(now)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+    ) -> Result<bool, CatalogError> {
+        let done = sqlx::query(
+            "UPDATE subscriptions SET payment_ref = $1, updated_at = $2
+             WHERE id = $3 AND payment_ref = $4 AND status NOT IN ('cancelled', 'expired')",
+        )
+        .bind(payment_ref)
+        .bind(now)
+        .bind(id)
+        .bind(claim)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Payments of a subscription, oldest first.

@@ -90,7 +90,7 @@ impl UsageRecorder {
 }
 
 /// Usage in one hour, of one subscription or summed over a dataset.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     /// The subscription (subscriber view) or `None` (per-dataset totals).
     #[serde(skip_serializing_if = "Option::is_none")]

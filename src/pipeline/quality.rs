@@ -20,7 +20,7 @@ const BUCKETS: usize = 60;
 pub const MAX_SENSORS: usize = 1_000_000;
 
 /// What the catalog shows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QualitySnapshot {
     /// Receive time of the newest accepted reading (µs), if any since start.
     pub last_reading_at: Option<Micros>,

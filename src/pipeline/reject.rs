@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::model::Micros;
 
 /// Why a reading was rejected. `code()` is the stable, machine-readable name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The reading's own syntax is broken (an NDJSON line, a line-protocol line).
@@ -116,7 +116,7 @@ impl Reject {
 
 /// A rejected reading of a request: its position in the body (array element, NDJSON or
 /// line-protocol line, first SenML record of the reading; 0-based) and why.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rejected {
     pub index: u32,
     pub reason: Reason,
@@ -127,7 +127,7 @@ pub struct Rejected {
 }
 
 /// A reject as a provider sees it later: when, which key sent it, which sensor.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectRecord {
     /// Receive time, µs since the epoch.
     pub at: Micros,

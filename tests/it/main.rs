@@ -10,6 +10,7 @@ mod intake;
 mod live;
 mod market;
 mod mqtt;
+mod openapi;
 mod peers;
 mod server;
 mod simulate;

@@ -8,9 +8,9 @@
 //! publish, in the order the publishes came, with many in flight per connection.
 //!
 //! - CONNECT: the password (or the user name when there is no password) is a device key.
-//!   A second connection with the same client id takes the session over, if its key belongs
-//!   to the same account; a key of another account is refused (CONNACK `0x85` / 3.1.1
-//!   `0x02`) and the connection in place goes on.
+//!   Client ids are per account: a second connection of the same account with the same
+//!   client id takes the session over; another account's same client id is another session,
+//!   so no tenant can disconnect, or lock out, another's device.
 //! - The key is checked again every `[feed] recheck` (at most a second) while the connection
 //!   lives: once revoked, expired or rotated past its overlap, the connection ends (MQTT 5:
 //!   DISCONNECT `0x87`), so nothing more is acknowledged for it.
@@ -63,8 +63,8 @@ pub struct Shared {
     pub feed: Arc<crate::feed::session::Context>,
     /// Fired when the gateway shuts down.
     pub closing: CancellationToken,
-    /// Open sessions by client id: number, takeover token, the key's account.
-    sessions: Mutex<HashMap<String, (u64, CancellationToken, String)>>,
+    /// Open sessions by (account, client id): number and takeover token.
+    sessions: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
     next_session: AtomicU64,
 }
 
@@ -89,35 +89,28 @@ impl Shared {
         }
     }
 
-    /// Registers a session of `account` under `client_id`, taking over (cancelling) a
-    /// session of the same account already there. Returns the session's number and its
-    /// takeover token, or `None` when the client id is in use by another account: one tenant
-    /// never disconnects another's device.
-    fn register(&self, client_id: &str, account: &str) -> Option<(u64, CancellationToken)> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions
-            .get(client_id)
-            .is_some_and(|(_, _, owner)| owner != account)
-        {
-            return None;
-        }
+    /// Registers a session of `account` under `client_id`, taking over (cancelling) the
+    /// account's session already there. Returns the session's number and its takeover token.
+    fn register(&self, account: &str, client_id: &str) -> (u64, CancellationToken) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        let entry = (id, token.clone(), account.to_string());
-        if let Some((_, previous, _)) = sessions.insert(client_id.to_string(), entry) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (account.to_string(), client_id.to_string());
+        if let Some((_, previous)) = sessions.insert(slot, (id, token.clone())) {
             previous.cancel();
         }
-        Some((id, token))
+        (id, token)
     }
 
     /// Forgets a finished session, unless another has taken its client id since.
-    fn unregister(&self, client_id: &str, id: u64) {
+    fn unregister(&self, account: &str, client_id: &str, id: u64) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (account.to_string(), client_id.to_string());
         if sessions
-            .get(client_id)
-            .is_some_and(|(current, _, _)| *current == id)
+            .get(&slot)
+            .is_some_and(|(current, _)| *current == id)
         {
-            sessions.remove(client_id);
+            sessions.remove(&slot);
         }
     }
 }

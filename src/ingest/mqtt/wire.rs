@@ -43,6 +43,14 @@ pub(super) fn flags_valid(byte1: u8) -> bool {
     }
 }
 
+/// Whether a client may send a packet of this first byte's type at all: CONNECT, PUBLISH,
+/// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT. The rest
+/// (CONNACK, SUBACK, UNSUBACK, PINGRESP, AUTH, reserved) are refused before decoding:
+/// rumqttd's v5 codec panics on some of them (found by fuzzing).
+pub(super) fn client_may_send(byte1: u8) -> bool {
+    matches!(byte1 >> 4, 1 | 3..=8 | 10 | 12 | 14)
+}
+
 /// A CONNACK refusing the protocol version, in the 3.1.1 format every client understands
 /// (return code 0x01).
 pub(super) const CONNACK_BAD_PROTOCOL_V3: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
@@ -165,6 +173,17 @@ mod tests {
         assert!(flags_valid(0xC0)); // PINGREQ
         assert!(!flags_valid(0xC1));
         assert!(flags_valid(0x3D)); // PUBLISH, any flags here
+    }
+
+    #[test]
+    fn only_client_packets_are_decoded() {
+        for byte1 in [0x10, 0x30, 0x40, 0x50, 0x62, 0x70, 0x82, 0xA2, 0xC0, 0xE0] {
+            assert!(client_may_send(byte1), "{byte1:#x}");
+        }
+        // CONNACK, SUBACK, UNSUBACK, PINGRESP, AUTH, reserved.
+        for byte1 in [0x20, 0x90, 0xB0, 0xD0, 0xF0, 0x00] {
+            assert!(!client_may_send(byte1), "{byte1:#x}");
+        }
     }
 
     #[test]

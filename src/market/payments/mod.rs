@@ -26,7 +26,7 @@ pub struct CheckoutRequest<'a> {
 }
 
 /// Where and how the subscriber pays.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Checkout {
     /// The provider's id for the subscription, when the checkout already made one.
     #[serde(skip)]

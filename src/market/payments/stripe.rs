@@ -179,11 +179,26 @@ impl Stripe {
         path: &str,
         params: &Form,
     ) -> Result<Value, PaymentError> {
+        self.call_once(method, path, params, None).await
+    }
+
+    /// [`Stripe::call`] with an `Idempotency-Key`: Stripe answers a repeat of the same key
+    /// with the first answer instead of doing it again.
+    async fn call_once(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        params: &Form,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, PaymentError> {
         let url = format!("{}{path}", self.api_base);
         let mut request = self
             .client
             .request(method.clone(), &url)
             .bearer_auth(&self.secret_key);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
         if method == reqwest::Method::GET {
             request = request.query(params);
         } else {
@@ -418,14 +433,18 @@ impl PaymentProvider for Stripe {
                 form(&[("invoice_settings[default_payment_method]", method)]),
             )
             .await?;
+            // One Stripe subscription per citygate subscription, however often this runs (a
+            // completion retried after a crash or a lost answer gets the same one back).
             let created = self
-                .post(
+                .call_once(
+                    reqwest::Method::POST,
                     "/v1/subscriptions",
-                    form(&[
+                    &form(&[
                         ("customer", customer),
                         ("items[0][plan]", &format!("citygate_{}", plan.id)),
                         ("metadata[citygate_subscription]", &sub.id),
                     ]),
+                    Some(&format!("citygate-complete-{}", sub.id)),
                 )
                 .await?;
             created["id"]

@@ -239,7 +239,7 @@ impl Session {
         if let Some((previous, _slot)) = self.feeds.by_filter.remove(path) {
             previous.abort();
         }
-        let Some(slot) = ctx.slots.take(&self.key.id) else {
+        let Some(slot) = ctx.slots.take(&self.key.account) else {
             if crate::telemetry::refusal_log_allowed() {
                 tracing::info!(key = %self.key.id, filter = crate::telemetry::log_text(path), "mqtt subscribe refused: the key's sessions are at their cap");
             }

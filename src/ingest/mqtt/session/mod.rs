@@ -49,7 +49,7 @@ pub(super) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         Ok(mut session) => {
             let reason = session.serve().await;
             session.feeds.stop_all();
-            shared.unregister(&session.client_id, session.number);
+            shared.unregister(&session.key.account, &session.client_id, session.number);
             metrics.inflight().dec_by(session.inflight.len() as i64);
             reason
         }
@@ -281,10 +281,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
     } else {
         connect.client_id
     };
-    let Some((number, takeover)) = shared.register(&client_id, &key.account) else {
-        let code = ConnectReturnCode::ClientIdentifierNotValid;
-        return Err(refuse(&codec, &mut wr, version, code, "client_id_in_use", shared).await);
-    };
+    let (number, takeover) = shared.register(&key.account, &client_id);
 
     let properties = (version == Version::V5).then(|| ConnAckProperties {
         // Sessions are not kept beyond the connection.
@@ -310,7 +307,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<Session, &
         .is_err()
         || wr.write_all(&out).await.is_err()
     {
-        shared.unregister(&client_id, number);
+        shared.unregister(&key.account, &client_id, number);
         return Err("io_error");
     }
     out.clear();
@@ -557,6 +554,12 @@ impl Session {
                 ));
             }
         };
+        if !wire::client_may_send(header.byte1) {
+            return Err(violation(
+                DisconnectReasonCode::ProtocolError,
+                "unexpected_packet",
+            ));
+        }
         if !wire::flags_valid(header.byte1) {
             return Err(violation(
                 DisconnectReasonCode::MalformedPacket,
