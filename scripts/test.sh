@@ -5,8 +5,9 @@
 #
 # Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
 # InfluxDB Python client (writes to our /api/v2/write), paho-mqtt (an MQTT 5 device), rdflib
-# (reads our DCAT-AP catalog), localstripe (a Stripe API server) and sseclient-py (a
-# browser-style EventSource client), from PyPI into a
+# (reads our DCAT-AP catalog), localstripe (a Stripe API server), sseclient-py (a
+# browser-style EventSource client) and schemathesis (tests the API against its OpenAPI
+# document), from PyPI into a
 # virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
 # Debian. The unit and integration tests run twice: on SQLite (the default database) and on
 # a throwaway PostgreSQL cluster, each test in a database of its own.
@@ -14,11 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis' 2>/dev/null; then
   echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    pyarrow duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10 sseclient-py requests
+    pyarrow duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10 sseclient-py requests \
+    schemathesis==4.32.5
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 

@@ -121,7 +121,8 @@ pub struct CatalogPage {
 pub const MAX_PER_PAGE: usize = 200;
 
 /// `GET /v1/catalog`
-#[utoipa::path(get, path = "/v1/catalog", tag = "catalog", params(PageQuery),
+#[utoipa::path(get, operation_id = "list_catalog", path = "/v1/catalog", tag = "catalog",
+    params(PageQuery),
     responses((status = 200, description = "one page of the catalog", body = CatalogPage),
               crate::api::error::Refused))]
 pub async fn list(
@@ -158,7 +159,8 @@ pub async fn list(
 }
 
 /// `GET /v1/catalog/{id}`
-#[utoipa::path(get, path = "/v1/catalog/{id}", tag = "catalog",
+#[utoipa::path(get, operation_id = "show_catalog_dataset", path = "/v1/catalog/{id}",
+    tag = "catalog",
     params(("id" = String, Path, description = "the dataset")),
     responses((status = 200, description = "the dataset", body = CatalogItem),
               crate::api::error::Refused))]
@@ -178,7 +180,8 @@ pub async fn show(
 
 /// `POST /v1/catalog`: the body is a dataset declaration as in the config file (JSON);
 /// `provider` defaults to the caller's account, `publisher` to its name.
-#[utoipa::path(post, path = "/v1/catalog", tag = "catalog", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "create_dataset", path = "/v1/catalog", tag = "catalog",
+    security(("bearer" = [])),
     request_body(content = Object, description = "a dataset declaration, as in the config file"),
     responses((status = 201, description = "published", body = CatalogItem),
               crate::api::error::Refused))]
@@ -239,7 +242,8 @@ pub async fn create(
 }
 
 /// `PATCH /v1/catalog/{id}`
-#[utoipa::path(patch, path = "/v1/catalog/{id}", tag = "catalog", security(("bearer" = [])),
+#[utoipa::path(patch, operation_id = "update_dataset", path = "/v1/catalog/{id}", tag = "catalog",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "the dataset")),
     request_body = DatasetPatch,
     responses((status = 200, description = "updated", body = CatalogItem),
@@ -269,7 +273,7 @@ pub fn base_url(state: &AppState) -> String {
 }
 
 /// `GET /v1/catalog.jsonld`: DCAT-AP 2 JSON-LD.
-#[utoipa::path(get, path = "/v1/catalog.jsonld", tag = "catalog",
+#[utoipa::path(get, operation_id = "catalog_jsonld", path = "/v1/catalog.jsonld", tag = "catalog",
     responses((status = 200, description = "DCAT-AP 2", body = Object,
                content_type = "application/ld+json")))]
 pub async fn jsonld(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -47,7 +47,7 @@ fn describe(p: &DatasetPipeline) -> Value {
 }
 
 /// Every dataset this gateway takes in, with its schema and where to send readings.
-#[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
+#[utoipa::path(get, operation_id = "list_datasets", path = "/v1/datasets", tag = "datasets",
     responses((status = 200, description = "`{\"datasets\": [...]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let all: Vec<Value> = state
@@ -60,7 +60,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// One dataset's schema, limits and intake addresses.
-#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
+#[utoipa::path(get, operation_id = "show_dataset", path = "/v1/datasets/{id}", tag = "datasets",
     params(("id" = String, Path, description = "the dataset")),
     responses((status = 200, description = "the dataset", body = Object),
               crate::api::error::Refused))]

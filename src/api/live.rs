@@ -75,8 +75,9 @@ fn parse_position(text: &str) -> Result<u64, ApiError> {
     params(("id" = String, Path, description = "the dataset"), LiveQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "resume after this position")),
     responses((status = 200,
-        description = "Server-Sent Events: `reading`, `latest`, `aggregate`, `end`",
-               body = String, content_type = "text/event-stream"),
+        description = "Server-Sent Events `reading`, `latest`, `aggregate` and `end`, each \
+                       `data` one JSON object",
+               body = Object, content_type = "text/event-stream"),
               crate::api::error::Refused))]
 pub async fn sse(
     State(state): State<AppState>,

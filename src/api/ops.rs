@@ -32,7 +32,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// InfluxDB's ping: 204 with a version header.
-#[utoipa::path(method(get, head), path = "/ping", tag = "ops", responses(
+/// (HEAD is answered too, as for every GET route.)
+#[utoipa::path(get, path = "/ping", tag = "ops", responses(
     (status = 204, description = "InfluxDB-style ping", headers(("X-Influxdb-Version" = String)))))]
 pub async fn ping() -> Response {
     (

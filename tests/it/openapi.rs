@@ -78,7 +78,81 @@ async fn every_operation_in_the_document_is_served() {
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
+    // Operation ids are unique, as OpenAPI requires.
+    let mut ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "duplicate operation ids");
+    // HEAD /ping (Influx clients probe it) is answered as GET is.
+    let head = gw.client.head(gw.url("/ping")).send().await.unwrap();
+    assert_eq!(head.status(), 204);
     // Keyed operations name the bearer scheme; public ones do not.
     assert!(doc["paths"]["/v1/me"]["get"]["security"].is_array());
     assert!(doc["paths"]["/v1/catalog"]["get"]["security"].is_null());
+}
+
+/// schemathesis (PyPI) generates requests from the document, with the keys of every role,
+/// and checks every answer: never a server error, and status, content type and body as the
+/// document says. Key revocation and rotation run last, with a key of their own, so the
+/// other runs keep their keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (_, subscriber) = gw.account("subscriber", "Fuzz Lab", "research").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let (_, throwaway_admin) = gw.account("admin", "Second Admin", "public").await;
+    let schema = gw.url("/v1/openapi.json");
+    let key_changes = ["revoke_key", "rotate_key"];
+    let mut runs: Vec<(&str, &str, bool)> = vec![
+        ("admin", &gw.admin_key, false),
+        ("provider", &provider, false),
+        ("subscriber", &subscriber, false),
+        ("device", &device, false),
+    ];
+    runs.push(("key changes", &throwaway_admin, true));
+    for (role, key, only_key_changes) in runs {
+        let mut cmd = python();
+        cmd.args(["-m", "schemathesis.cli", "run", &schema])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,\
+                 response_schema_conformance",
+            ])
+            .args(["--phases", "coverage,fuzzing"])
+            .args([
+                "--max-examples",
+                "15",
+                "--workers",
+                "2",
+                "--request-timeout",
+                "10",
+            ])
+            .args(["--no-color", "--suppress-health-check", "all"])
+            .args(["-H", &format!("Authorization: Bearer {key}")]);
+        for op in key_changes {
+            let flag = if only_key_changes {
+                "--include-operation-id"
+            } else {
+                "--exclude-operation-id"
+            };
+            cmd.args([flag, op]);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("schemathesis runs (scripts/test.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "schemathesis with the {role} key:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("passed"), "{role}: {text}");
+    }
 }
