@@ -1,0 +1,98 @@
+//! The README runs as written: its command examples ("Try it", "The marketplace"), in order,
+//! against a fresh gateway, each HTTP call checked for success, so a newcomer's copy and paste
+//! cannot break unnoticed. The only changes made to the text are the ones a reader makes
+//! without thinking: the gateway's real ports instead of 8080 and 1883, the built binary for
+//! `cargo run --release -q --`, and the admin key the gateway printed for `ADMIN=cg_...`.
+
+use std::path::Path;
+
+use crate::harness::*;
+
+/// The `sh` blocks of the README sections named `titles`, in order.
+fn examples(readme: &str, titles: &[&str]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut block: Option<String> = None;
+    for line in readme.lines() {
+        if let Some(title) = line.strip_prefix("## ") {
+            section = title.trim().to_string();
+        }
+        match &mut block {
+            None if line.trim() == "```sh" && titles.contains(&section.as_str()) => {
+                block = Some(String::new());
+            }
+            Some(text) if line.trim() == "```" => {
+                out.push((section.clone(), std::mem::take(text)));
+                block = None;
+            }
+            Some(text) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let blocks = examples(&readme, &["Try it", "The marketplace"]);
+    assert!(blocks.len() >= 3, "the README's examples were not found");
+
+    let dir = tempfile::tempdir().unwrap();
+    let admin = citygate::market::keys::new_secret();
+    let gw = spawn_gateway(
+        &shipped_config(),
+        dir.path(),
+        &[("CITYGATE_ADMIN_KEY", admin.as_str())],
+    );
+    let mqtt_port = gw.mqtt.rsplit(':').next().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_citygate");
+
+    let mut script = String::from(
+        "set -euo pipefail\n\
+         # Every HTTP call must succeed (an error status fails the walk-through).\n\
+         curl() { command curl --fail-with-body \"$@\"; }\n",
+    );
+    for (section, text) in &blocks {
+        script.push_str(&format!("\n# ---- README: {section}\n"));
+        for line in text.lines() {
+            let line = if line.trim_start().starts_with("ADMIN=cg_...") {
+                "ADMIN=\"$CITYGATE_ADMIN_KEY\"".to_string()
+            } else {
+                line.replace("cargo run --release -q --", bin)
+                    .replace("http://127.0.0.1:8080", &format!("http://{}", gw.http))
+                    .replace("localhost:8080", &gw.http)
+                    .replace("mqtt://127.0.0.1:1883", &format!("mqtt://{}", gw.mqtt))
+                    .replace("mosquitto_pub ", &format!("mosquitto_pub -p {mqtt_port} "))
+            };
+            script.push_str(&line);
+            script.push('\n');
+        }
+    }
+    // The CLI commands work on the gateway's data directory and database, as a reader's do
+    // when both run from the same place.
+    let gateway_env = bin_on(dir.path());
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(gateway_env.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("CITYGATE_ADMIN_KEY", &admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the README's examples failed:\n--- script\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // What the README says the reader sees.
+    assert!(stdout.contains("HTTP/1.1 204 No Content"), "{stdout}");
+    assert!(stdout.contains("\"rejected_count\":3"), "{stdout}");
+    assert!(stdout.contains("\"plan\":\"traffic-live\""), "{stdout}");
+}
