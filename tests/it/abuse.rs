@@ -822,3 +822,124 @@ async fn a_server_only_packet_from_a_client_is_a_protocol_error() {
         assert_eq!(body[0], 0x82, "protocol error for {first:#x}");
     }
 }
+
+/// Many attacks at once, none of which needs a key (plus a 64 KiB topic from a device),
+/// while a well-behaved device publishes QoS 1 readings: its acknowledgements keep coming
+/// promptly and `/healthz` keeps answering. The attacks: 2 000 MQTT sockets that never send
+/// a CONNECT, half-open CONNECTs, a slowloris on every route of the OpenAPI document, deeply
+/// nested and oversized JSON on the API, and publishes to a 64 KiB topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_device_is_served_through_an_attack() {
+    let gw = Gateway::start_with(|c| {
+        c.http.header_read_timeout = Duration::from_secs(1);
+        c.mqtt.connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let key = gw.device_key(&[TRAFFIC]).await;
+    let doc: Value = gw
+        .client
+        .get(gw.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+
+    // The attackers.
+    let mqtt = ("127.0.0.1", mqtt_port(&gw));
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(mqtt).await.unwrap());
+    }
+    let mut half_open = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(mqtt).await.unwrap();
+        let connect = raw_connect(b"MQTT", 4, "half", &key, 0);
+        s.write_all(&connect[..connect.len() / 2]).await.unwrap();
+        half_open.push(s);
+    }
+    let mut slowloris = Vec::new();
+    for path in &paths {
+        let path = path.replace("{id}", "x").replace("{dataset}", "x");
+        let mut s = TcpStream::connect(gw.app().http_addr()).await.unwrap();
+        s.write_all(format!("POST {path} HTTP/1.1\r\nhost: x\r\n").as_bytes())
+            .await
+            .unwrap();
+        slowloris.push(s);
+    }
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let resp = gw
+        .client
+        .post(gw.url("/v1/accounts"))
+        .bearer_auth(&gw.admin_key)
+        .header("content-type", "application/json")
+        .body(nested.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "deep JSON on the API");
+    let resp = gw.post(TRAFFIC, &key, "application/json", nested).await;
+    // Refused as unreadable (400) or as a reading that is not an object (422).
+    assert!(
+        [400, 422].contains(&resp.status().as_u16()),
+        "deep JSON on intake: {}",
+        resp.status()
+    );
+    let resp = gw
+        .client
+        .post(gw.url("/v1/accounts"))
+        .bearer_auth(&gw.admin_key)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await;
+    assert!(
+        resp.map_or(true, |r| r.status() == 413),
+        "oversized JSON on the API"
+    );
+    let (mut long_topic, _) = connect5(&gw, "long-topic", &key).await;
+    let topic = format!("citygate/{TRAFFIC}/{}", "x".repeat(64 * 1024));
+    long_topic
+        .write_all(&publish5(&topic, r#"{"vehicle_count":1}"#, 1))
+        .await
+        .unwrap();
+
+    // Meanwhile, a device publishes 500 readings, one at a time, and times each PUBACK.
+    let (mut device, code) = connect5(&gw, "well-behaved", &key).await;
+    assert_eq!(code, 0x00);
+    let mut waits = Vec::new();
+    for i in 0..500u16 {
+        let reading = format!(r#"{{"sensor_id":"wb-{i}","vehicle_count":{i}}}"#);
+        let started = std::time::Instant::now();
+        device
+            .write_all(&publish5(&format!("citygate/{TRAFFIC}"), &reading, i + 1))
+            .await
+            .unwrap();
+        let (kind, _) = read_packet(&mut device).await;
+        assert_eq!(kind, 0x40, "PUBACK");
+        waits.push(started.elapsed());
+    }
+    waits.sort();
+    let p99 = waits[waits.len() * 99 / 100];
+    let health = std::time::Instant::now();
+    let ok = gw.client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    eprintln!(
+        "under attack: PUBACK p50 {:?}, p99 {p99:?}; /healthz in {:?}",
+        waits[waits.len() / 2],
+        health.elapsed()
+    );
+    // Generous (a loaded CI box, a debug build); what matters is that it is not seconds.
+    assert!(p99 < Duration::from_secs(1), "PUBACK p99 {p99:?}");
+    assert!(health.elapsed() < Duration::from_secs(1));
+
+    // The slowloris sockets were cut off; the half-open CONNECTs and idle sockets too.
+    for mut s in slowloris {
+        assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    }
+    for mut s in half_open.into_iter().chain(idle.into_iter().take(20)) {
+        assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    }
+}
