@@ -64,8 +64,10 @@
 //!                invoices (and provider statements), service (Market: ties them together)
 //! feed/          hub (positions, recent history, fan-out), session (one subscriber: resume,
 //!                filters, delay/aggregate tiers, rechecks, metering, backpressure)
-//! api/           router, the one error type, key extraction, accept loop, ops endpoints;
-//!                accounts, catalog, market (plans … statements), live (SSE, WebSocket) routes
+//! api/           router (every route registered with its OpenAPI operation), the one error
+//!                type, key extraction, bounded bodies, accept loop (per-address shares),
+//!                ops endpoints; accounts, catalog, market (plans … statements), live (SSE,
+//!                WebSocket) routes
 //! telemetry.rs   tracing init, every metric
 //! simulate.rs    the load and demo generator behind `citygate simulate`
 //! ```
