@@ -203,22 +203,8 @@ impl Store {
                 plan.id
             )));
         }
-        let mut tx = self.pool().begin().await?;
-        let live = sqlx::query(
-            "SELECT id FROM subscriptions WHERE account = $1 AND plan = $2
-             AND status IN ('pending_payment', 'active', 'past_due')",
-        )
-        .bind(account)
-        .bind(&plan.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = live {
-            let id: String = row.try_get(0)?;
-            return Err(CatalogError::Conflict(format!(
-                "subscription `{id}` to plan `{}` exists; cancel it first",
-                plan.id
-            )));
-        }
+        // One statement, no read-then-write transaction: the unique index decides, so racing
+        // subscribes neither both pass (PostgreSQL) nor deadlock on the write lock (SQLite).
         let free = !plan.kind.is_paid();
         let sub = Subscription {
             id: format!("sub_{}", random_alnum(14).to_ascii_lowercase()),
@@ -252,20 +238,29 @@ impl Store {
         .bind(&sub.payment_provider)
         .bind(sub.period_start)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(self.pool())
         .await;
         match inserted {
-            Ok(_) => {}
+            Ok(_) => Ok(sub),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(CatalogError::Conflict(format!(
-                    "a subscription to plan `{}` exists; cancel it first",
+                let live = sqlx::query(
+                    "SELECT id FROM subscriptions WHERE account = $1 AND plan = $2
+                     AND status IN ('pending_payment', 'active', 'past_due')",
+                )
+                .bind(account)
+                .bind(&plan.id)
+                .fetch_optional(self.pool())
+                .await?
+                .map(|row| row.try_get::<String, _>(0))
+                .transpose()?
+                .unwrap_or_default();
+                Err(CatalogError::Conflict(format!(
+                    "subscription `{live}` to plan `{}` exists; cancel it first",
                     plan.id
-                )));
+                )))
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        tx.commit().await?;
-        Ok(sub)
     }
 
     /// Stores where a pending subscription is paid.
