@@ -263,6 +263,14 @@ enum ClientMessage {
     Ping,
 }
 
+/// The close a socket gets when its key stops working (1008: policy violation).
+fn key_gone() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1008,
+        reason: "the key was revoked or expired".into(),
+    }))
+}
+
 fn error_message(error: &str, message: &str, dataset: Option<&str>) -> Message {
     let mut v = json!({"type": "error", "error": error, "message": message});
     if let Some(d) = dataset {
@@ -316,12 +324,7 @@ async fn ws_connection(state: AppState, secret: String, socket: WebSocket) {
             }
             _ = recheck.tick() => {
                 if let Ok(None) = state.keyring.authenticate(&secret).await {
-                    let _ = tx
-                        .send(Message::Close(Some(CloseFrame {
-                            code: 1008,
-                            reason: "the key was revoked or expired".into(),
-                        })))
-                        .await;
+                    let _ = tx.send(key_gone()).await;
                     break;
                 }
                 continue;
@@ -388,12 +391,7 @@ async fn ws_connection(state: AppState, secret: String, socket: WebSocket) {
                 let key = match state.keyring.authenticate(&secret).await {
                     Ok(Some(key)) => key,
                     Ok(None) => {
-                        let _ = tx
-                            .send(Message::Close(Some(CloseFrame {
-                                code: 1008,
-                                reason: "the key was revoked or expired".into(),
-                            })))
-                            .await;
+                        let _ = tx.send(key_gone()).await;
                         break;
                     }
                     Err(e) => {

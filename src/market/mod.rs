@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod catalog;
 pub mod entitlement;
 pub mod invoices;
+pub mod keyring;
 pub mod keys;
 pub mod payments;
 pub mod plans;
@@ -19,6 +20,7 @@ pub mod usage;
 
 pub use accounts::{Account, NewAccount, Role};
 pub use entitlement::Grant;
-pub use keys::{ApiKey, KeyKind, Keyring};
+pub use keyring::Keyring;
+pub use keys::{ApiKey, KeyKind};
 pub use service::Market;
 pub use store::{Backend, Store, StoreError};

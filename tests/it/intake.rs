@@ -236,7 +236,7 @@ async fn keys_and_datasets_are_enforced() {
         .unwrap();
     store.revoke_key(&device.id).await.unwrap();
     tokio::time::sleep(
-        citygate::market::keys::KEY_CACHE_TTL + std::time::Duration::from_millis(100),
+        citygate::market::keyring::KEY_CACHE_TTL + std::time::Duration::from_millis(100),
     )
     .await;
     assert_eq!(
