@@ -39,7 +39,7 @@ const INTAKE_ROUTES: [&str; 3] = ["/v1/datasets/{id}/readings", "/api/v2/write",
 /// only for a valid key: without one the answer is 401 before a byte of it is taken.
 pub(super) async fn bounded(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if request.body().is_end_stream() {
@@ -57,9 +57,12 @@ pub(super) async fn bounded(
                     .find_map(|pair| pair.strip_prefix("p="))
                     .map(str::to_string)
             });
-            if let Err(e) = super::auth::require_key(&state, request.headers(), p.as_deref()).await
-            {
-                return e.into_response();
+            match super::auth::require_key(&state, request.headers(), p.as_deref()).await {
+                // The handler takes the key from here rather than authenticate twice.
+                Ok(key) => {
+                    request.extensions_mut().insert(key);
+                }
+                Err(e) => return e.into_response(),
             }
             state.http.max_body.as_usize()
         }

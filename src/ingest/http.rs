@@ -19,16 +19,19 @@
 
 use std::io::Read;
 
-use axum::Json;
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::api::auth::require_key;
 use crate::api::error::{ApiError, MAX_LISTED_REJECTS};
+use crate::market::ApiKey;
 use crate::model::now_micros;
 use crate::pipeline::decode::{Format, Precision};
 use crate::pipeline::reject::Rejected;
@@ -61,16 +64,17 @@ pub async fn post_readings(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ReadingsQuery>,
+    authenticated: Option<Extension<Arc<ApiKey>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers);
     intake(
         &state,
+        caller(&state, authenticated, &headers, None).await?,
         &id,
         format,
         q.precision.as_deref(),
-        None,
         &headers,
         body,
     )
@@ -101,6 +105,7 @@ pub struct InfluxV2Query {
 pub async fn influx_v2_write(
     State(state): State<AppState>,
     Query(q): Query<InfluxV2Query>,
+    authenticated: Option<Extension<Arc<ApiKey>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -109,10 +114,10 @@ pub async fn influx_v2_write(
     })?;
     intake(
         &state,
+        caller(&state, authenticated, &headers, None).await?,
         &bucket,
         Ok(Format::LineProtocol),
         q.precision.as_deref(),
-        None,
         &headers,
         body,
     )
@@ -144,6 +149,7 @@ pub struct InfluxV1Query {
 pub async fn influx_v1_write(
     State(state): State<AppState>,
     Query(q): Query<InfluxV1Query>,
+    authenticated: Option<Extension<Arc<ApiKey>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -153,27 +159,40 @@ pub async fn influx_v1_write(
         .ok_or_else(|| ApiError::bad_request("missing_db", "`db` (the dataset id) is required"))?;
     intake(
         &state,
+        caller(&state, authenticated, &headers, q.p.as_deref()).await?,
         &db,
         Ok(Format::LineProtocol),
         q.precision.as_deref(),
-        q.p.as_deref(),
         &headers,
         body,
     )
     .await
 }
 
+/// The request's key: the one the body middleware authenticated before reading the body,
+/// or (a request without a body) authenticated here.
+async fn caller(
+    state: &AppState,
+    authenticated: Option<Extension<Arc<ApiKey>>>,
+    headers: &HeaderMap,
+    query_secret: Option<&str>,
+) -> Result<Arc<ApiKey>, ApiError> {
+    match authenticated {
+        Some(Extension(key)) => Ok(key),
+        None => require_key(state, headers, query_secret).await,
+    }
+}
+
 async fn intake(
     state: &AppState,
+    key: Arc<ApiKey>,
     dataset: &str,
     format: Result<Format, ApiError>,
     precision: Option<&str>,
-    query_secret: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = now_micros();
-    let key = require_key(state, headers, query_secret).await?;
     let ds = state
         .pipeline
         .dataset(dataset)

@@ -153,13 +153,7 @@ impl Keyring {
 mod tests {
     use super::*;
     use crate::market::keys::{KeyKind, new_secret};
-    use crate::market::store::tests::fresh_store;
-
-    async fn store() -> (Store, Option<tempfile::TempDir>) {
-        let (store, dir) = fresh_store().await;
-        store.ensure_provider("copenhagen", "City").await.unwrap();
-        (store, dir)
-    }
+    use crate::market::store::tests::store_with_provider as store;
 
     #[tokio::test]
     async fn keyring_rejects_garbage_without_lookup_and_sees_revocation_within_ttl() {

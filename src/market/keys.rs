@@ -532,13 +532,7 @@ mod tests {
     use super::*;
     use crate::config::DEFAULT_CONFIG;
     use crate::market::accounts::{NewAccount, Role};
-    use crate::market::store::tests::fresh_store;
-
-    async fn store() -> (Store, Option<tempfile::TempDir>) {
-        let (store, dir) = fresh_store().await;
-        store.ensure_provider("copenhagen", "City").await.unwrap();
-        (store, dir)
-    }
+    use crate::market::store::tests::store_with_provider as store;
 
     #[tokio::test]
     async fn keys_are_created_found_by_secret_and_revoked() {

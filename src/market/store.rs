@@ -161,6 +161,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// [`fresh_store`] with the provider account `copenhagen`, which device keys need.
+    pub(crate) async fn store_with_provider() -> (Store, Option<tempfile::TempDir>) {
+        let (store, dir) = fresh_store().await;
+        store.ensure_provider("copenhagen", "City").await.unwrap();
+        (store, dir)
+    }
+
     #[tokio::test]
     async fn keys_of_the_first_schema_carry_over() {
         let dir = tempfile::tempdir().unwrap();

@@ -160,6 +160,20 @@ async fn wait_for_status(gw: &Gateway, key: &str, id: &str, status: &str) -> Val
     }
 }
 
+/// Points Stripe's webhook for citygate nowhere: payments are made, but citygate never hears.
+async fn silence_webhooks(stripe: &LocalStripe) {
+    stripe
+        .post(
+            "/_config/webhooks/citygate",
+            &[
+                ("url", "http://127.0.0.1:9/nowhere"),
+                ("secret", WEBHOOK_SECRET),
+            ],
+            None,
+        )
+        .await;
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -304,16 +318,7 @@ async fn a_subscriber_pays_through_stripe_and_forged_webhooks_grant_nothing() {
     );
     // Bob's Stripe subscription exists (so events about it resolve), but its real payment
     // webhook is disabled by pointing Stripe's webhook elsewhere first.
-    stripe
-        .post(
-            "/_config/webhooks/citygate",
-            &[
-                ("url", "http://127.0.0.1:9/nowhere"),
-                ("secret", WEBHOOK_SECRET),
-            ],
-            None,
-        )
-        .await;
+    silence_webhooks(&stripe).await;
     let (status, body) = gw
         .post_as(
             &format!("/v1/subscriptions/{bob_sub_id}/checkout/complete"),
@@ -550,16 +555,7 @@ async fn a_pending_checkout_completes_once_and_cancels_at_stripe() {
             .is_success()
     );
     // Stripe's payment webhook goes nowhere: the subscription stays pending.
-    stripe
-        .post(
-            "/_config/webhooks/citygate",
-            &[
-                ("url", "http://127.0.0.1:9/nowhere"),
-                ("secret", WEBHOOK_SECRET),
-            ],
-            None,
-        )
-        .await;
+    silence_webhooks(&stripe).await;
     let complete = format!("/v1/subscriptions/{sub_id}/checkout/complete");
     let (a, b) = tokio::join!(
         gw.post_as(&complete, &alice, json!({})),
