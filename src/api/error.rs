@@ -269,6 +269,13 @@ where
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request("body_read", e.body_text()))?;
+        if holds_nul_escape(&bytes) {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "a string in the body holds the NUL character (\\u0000), which no text field \
+                 may contain",
+            ));
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(axum::extract::rejection::JsonRejection::JsonSyntaxError(_)) if !declared_json => {
@@ -280,6 +287,44 @@ where
             Err(rejection) => Err(ApiError::bad_request("invalid_json", rejection.body_text())),
         }
     }
+}
+
+/// Whether a JSON text holds the escape `\u0000` (a backslash that is not itself escaped,
+/// then `u0000`). No text field may hold NUL: PostgreSQL cannot store it, and an id or a name
+/// with one would differ between the backends.
+fn holds_nul_escape(json: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (i, &b) in json.iter().enumerate() {
+        if b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if backslashes % 2 == 1 && b == b'u' && json[i + 1..].starts_with(b"0000") {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
+
+/// Middleware: a URL holding `%00` is refused (400) before routing reaches a handler: no id,
+/// name or parameter may contain NUL (see [`holds_nul_escape`]).
+pub(super) async fn refuse_nul(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri();
+    let path = uri.path().as_bytes();
+    let query = uri.query().unwrap_or("").as_bytes();
+    let nul = |s: &[u8]| s.windows(3).any(|w| w == b"%00");
+    if nul(path) || nul(query) {
+        return ApiError::bad_request(
+            "bad_request",
+            "the URL holds %00 (the NUL character), which no id or parameter may contain",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Middleware: a 4xx answer that did not come from [`ApiError`] (axum's own rejections of a
@@ -334,4 +379,19 @@ pub(super) async fn house_errors(
         }
     }
     rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_nul_escape;
+
+    #[test]
+    fn a_nul_escape_is_found_and_an_escaped_backslash_is_not_one() {
+        assert!(holds_nul_escape(br#"{"name":"a\u0000b"}"#));
+        assert!(holds_nul_escape(br#"{"name":"\\\u0000"}"#));
+        assert!(!holds_nul_escape(br#"{"name":"\\u0000"}"#));
+        assert!(holds_nul_escape(br#"{"name":"\u00001"}"#));
+        assert!(!holds_nul_escape(br#"{"name":"\u0001 u0000"}"#));
+        assert!(!holds_nul_escape(br#"{"name":"\u"}"#));
+    }
 }

@@ -155,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         // Intake reads bodies itself under `max_body`; this covers any extractor-based route.
         .layer(DefaultBodyLimit::max(state.http.max_body.as_usize()))
         .layer(middleware::from_fn_with_state(state.clone(), body::bounded))
+        .layer(middleware::from_fn(error::refuse_nul))
         .layer(middleware::from_fn(error::house_errors))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
