@@ -141,3 +141,79 @@ fn type_errors_name_the_key() {
         err.problems
     );
 }
+
+#[test]
+fn type_errors_do_not_hide_the_other_problems() {
+    let text = r#"
+[wal]
+fsync = "sometimes"
+[http]
+max_body = "lots"
+[[datasets]]
+id = "a"
+title = "A"
+provider = "p"
+fields = []
+[[datasets]]
+id = "b"
+title = "B"
+provider = "p"
+licence = "CC0-1.0"
+max_age = 5
+fields = [{name = "x", type = "flot"}]
+[[datasets]]
+id = "c"
+title = "C"
+provider = "p"
+licence = "CC0-1.0"
+max_age = "-1d"
+fields = [{name = "x", type = "float", bogus = 1}]
+"#;
+    let err = Config::from_toml(text, "t.toml", &[]).unwrap_err();
+    let all = err.problems.join("\n");
+    for expected in [
+        "wal.fsync: unknown variant `sometimes`",
+        "http.max_body: `lots` is not a size",
+        "datasets[0].licence: required, and missing",
+        "datasets[1].fields[0].type: unknown variant `flot`",
+        "datasets[1].max_age: invalid type",
+        "datasets[2].fields[0].bogus: unknown key",
+        "datasets[2].max_age:",
+    ] {
+        assert!(all.contains(expected), "{expected} not in:\n{all}");
+    }
+    // Each problem once, and the path not repeated in its message.
+    assert_eq!(err.problems.len(), 7, "{all}");
+    assert!(!all.contains("in `"), "{all}");
+    assert!(!all.contains("at least one dataset"), "{all}");
+}
+
+#[test]
+fn problems_from_the_environment_name_their_variable() {
+    let err = Config::from_toml(
+        DEFAULT_CONFIG,
+        "the embedded default config",
+        &env(&[
+            ("CITYGATE__WAL__FSYNC", "sometimes"),
+            ("CITYGATE__HTTP__MAX_BODY", "lots"),
+        ]),
+    )
+    .unwrap_err();
+    let all = err.problems.join("\n");
+    assert!(
+        all.contains("wal.fsync: unknown variant `sometimes`, expected one of `always`, `interval`, `never` (set by CITYGATE__WAL__FSYNC)"),
+        "{all}"
+    );
+    assert!(all.contains("(set by CITYGATE__HTTP__MAX_BODY)"), "{all}");
+    assert!(err.to_string().contains("environment variables"), "{err}");
+}
+
+#[test]
+fn a_file_without_datasets_is_told_that_it_replaces_the_built_in_config() {
+    let err = Config::from_toml("[http]\nlisten = \"127.0.0.1:9\"\n", "only-http.toml", &[])
+        .unwrap_err();
+    assert!(
+        err.problems[0].contains("replaces the built-in config"),
+        "{err}"
+    );
+}

@@ -12,7 +12,9 @@ pub const MAX_FIELDS: usize = 64;
 /// bits, so a longer one would be cut after it was acknowledged.
 pub const MAX_STRING_LEN: usize = u16::MAX as usize;
 
-pub(super) fn validate(config: &Config) -> Vec<String> {
+/// `positions[i]` is where `config.datasets[i]` stands in the file (datasets that could not
+/// be read are not in `config`), so that each problem names the right `[[datasets]]`.
+pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     let mut p = Vec::new();
     check_listen(&mut p, "http.listen", &config.http.listen);
     check_listen(&mut p, "mqtt.listen", &config.mqtt.listen);
@@ -222,11 +224,16 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
     }
 
     if config.datasets.is_empty() {
-        p.push("datasets: at least one dataset is needed".into());
+        p.push(
+            "datasets: at least one dataset is needed (a --config file replaces the built-in \
+             config as a whole: start from a copy of config/citygate.toml, or change single \
+             values of the built-in one with CITYGATE__SECTION__KEY variables)"
+                .into(),
+        );
     }
     let mut ids = HashSet::new();
     for (i, ds) in config.datasets.iter().enumerate() {
-        let at = format!("datasets[{i}] ({})", ds.id);
+        let at = format!("datasets[{}] ({})", positions.get(i).copied().unwrap_or(i), ds.id);
         if !ids.insert(ds.id.as_str()) {
             p.push(format!("{at}.id: `{}` is declared twice", ds.id));
         }
