@@ -59,7 +59,7 @@ start_citygate() {
   export CITYGATE__STORAGE__DATA_DIR="$work/data" CITYGATE__HTTP__LISTEN=127.0.0.1:18080 \
          CITYGATE__MQTT__LISTEN=127.0.0.1:18883 CITYGATE__INFLUX__ENABLED=true \
          CITYGATE__INFLUX__URL=$vm CITYGATE__INFLUX__TOKEN=bench CITYGATE__INFLUX__MAX_RETRY_DELAY=1s
-  key=$($bin --config config/loadtest.toml keys create-device --provider copenhagen --datasets traffic-counts 2>/dev/null)
+  key=$($bin --config config/loadtest.toml keys create-device --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
   "${feeder_cpu[@]}" $bin --config config/loadtest.toml serve >>"$work/citygate.log" 2>&1 &
   cg_pid=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done

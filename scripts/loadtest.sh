@@ -19,7 +19,7 @@ export CITYGATE__STORAGE__DATA_DIR="$data"
 export CITYGATE__HTTP__LISTEN=127.0.0.1:18080
 export CITYGATE__MQTT__LISTEN=127.0.0.1:18883
 export CITYGATE__WAL__FSYNC=${FSYNC:-always}
-key=$($bin --config config/loadtest.toml keys create-device --provider copenhagen --datasets traffic-counts 2>/dev/null)
+key=$($bin --config config/loadtest.toml keys create-device --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
 $bin --config config/loadtest.toml serve &
 pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done

@@ -23,7 +23,7 @@ run_citygate() {
   export CITYGATE__STORAGE__DATA_DIR="$work/data" CITYGATE__HTTP__LISTEN=127.0.0.1:18080 \
          CITYGATE__MQTT__LISTEN=127.0.0.1:18883
   key=$(target/release/citygate --config config/loadtest.toml keys create-device \
-        --provider copenhagen --datasets traffic-counts 2>/dev/null)
+        --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
   target/release/citygate --config config/loadtest.toml serve >"$work/citygate.log" 2>&1 &
   local pid=$!
   sleep 1

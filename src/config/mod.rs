@@ -676,8 +676,7 @@ impl Config {
                 }
             }
             Some(_) => problems.push(
-                "datasets: expected an array of tables, each under a `[[datasets]]` header"
-                    .into(),
+                "datasets: expected an array of tables, each under a `[[datasets]]` header".into(),
             ),
         }
         if let Some(config) = &config {

@@ -210,8 +210,8 @@ fn problems_from_the_environment_name_their_variable() {
 
 #[test]
 fn a_file_without_datasets_is_told_that_it_replaces_the_built_in_config() {
-    let err = Config::from_toml("[http]\nlisten = \"127.0.0.1:9\"\n", "only-http.toml", &[])
-        .unwrap_err();
+    let err =
+        Config::from_toml("[http]\nlisten = \"127.0.0.1:9\"\n", "only-http.toml", &[]).unwrap_err();
     assert!(
         err.problems[0].contains("replaces the built-in config"),
         "{err}"

@@ -233,7 +233,11 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     }
     let mut ids = HashSet::new();
     for (i, ds) in config.datasets.iter().enumerate() {
-        let at = format!("datasets[{}] ({})", positions.get(i).copied().unwrap_or(i), ds.id);
+        let at = format!(
+            "datasets[{}] ({})",
+            positions.get(i).copied().unwrap_or(i),
+            ds.id
+        );
         if !ids.insert(ds.id.as_str()) {
             p.push(format!("{at}.id: `{}` is declared twice", ds.id));
         }

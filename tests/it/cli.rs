@@ -83,13 +83,33 @@ async fn keys_cli_serve_and_sigterm_flushes_everything() {
             .arg(shipped_config()))
     };
 
+    // No database yet: the CLI says where it looked and makes none (a key in a database the
+    // gateway does not use would answer 401).
+    let refused = keys(&["list"]);
+    if test_postgres().is_none() {
+        assert_eq!(refused.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&refused.stderr);
+        let db = data.join("citygate.db");
+        assert!(err.contains(&db.display().to_string()), "{err}");
+        assert!(
+            err.contains("--api") && err.contains("--create-database"),
+            "{err}"
+        );
+        assert!(!db.exists(), "no database was made");
+    }
     let created = keys(&[
         "create-device",
         "--provider",
         "copenhagen",
         "--datasets",
         "traffic-counts,weather",
+        "--create-database",
     ]);
+    let err = String::from_utf8_lossy(&created.stderr);
+    assert!(
+        err.contains("using the database"),
+        "says which database: {err}"
+    );
     assert!(
         created.status.success(),
         "{}",
@@ -303,6 +323,87 @@ async fn first_start_shows_the_admin_key_once_and_the_accounts_cli_makes_keys() 
         .await
         .unwrap();
     assert_eq!(me["account"]["role"], "admin");
+
+    // From anywhere, through the running gateway's API: no config, no database here.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let api = format!("http://{}", server.http);
+    let through_api = |args: &[&str]| {
+        let out = run(bin()
+            .current_dir(elsewhere.path())
+            .args(args)
+            .args(["--api", &api])
+            .env("CITYGATE_API_KEY", &admin));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, device, err) = through_api(&[
+        "keys",
+        "create-device",
+        "--provider",
+        "copenhagen",
+        "--datasets",
+        "weather",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("through the gateway at"), "{err}");
+    let written = reqwest::Client::new()
+        .post(format!("{api}/v1/datasets/weather/readings"))
+        .bearer_auth(&device)
+        .json(&serde_json::json!({"sensor_id": "w-1", "temperature": 4.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 204, "the key the API made writes");
+    let (code, listed, err) = through_api(&["keys", "list", "--account", "copenhagen"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        listed.contains("device") && listed.contains("weather"),
+        "{listed}"
+    );
+    let (code, plan, err) = through_api(&[
+        "plans",
+        "create",
+        "--dataset",
+        "weather",
+        "--name",
+        "Open",
+        "--kind",
+        "free",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, plans, err) = through_api(&["plans", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        plans.contains(&plan) && plans.contains("weather"),
+        "{plans}"
+    );
+    // A refusal is the API's, with its status and words.
+    let (code, _, err) = through_api(&["keys", "revoke", "k_nothing"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404") && err.contains("no key"), "{err}");
+    let (code, _, err) = run_status(
+        bin()
+            .current_dir(elsewhere.path())
+            .args(["keys", "list", "--api", &api]),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--api-key"), "{err}");
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "nothing was made here"
+    );
+}
+
+fn run_status(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = run(cmd);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -310,7 +411,7 @@ fn plans_and_invoices_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cli = |args: &[&str]| {
-        let out = run(bin_on(&data).args(args));
+        let out = run(bin_on(&data).args(args).arg("--create-database"));
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -385,6 +486,8 @@ fn plans_and_invoices_from_the_command_line() {
     let (_, list, _) = cli(&["plans", "list", "--dataset", "weather"]);
     let rows: Vec<&str> = list.lines().collect();
     assert_eq!(rows.len(), 3, "{list}");
+    let (_, every, _) = cli(&["plans", "list"]);
+    assert_eq!(every, list, "only weather has plans");
     assert!(rows[1].starts_with(&id) && rows[1].contains("monthly") && rows[1].contains("1500"));
     assert!(
         rows[2].starts_with("weather-free") && rows[2].contains("15m") && rows[2].contains(" no ")

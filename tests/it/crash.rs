@@ -119,6 +119,7 @@ async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
             "copenhagen",
             "--datasets",
             "traffic-counts",
+            "--create-database",
         ])
         .arg("--config")
         .arg(loadtest_config())
