@@ -21,7 +21,7 @@ use citygate::model::now_micros;
 /// Where the administration commands go.
 pub enum Target {
     /// The database the config names.
-    Database { config: Config, store: Store },
+    Database { config: Box<Config>, store: Store },
     /// A running gateway's API.
     Gateway(Gateway),
 }
@@ -72,7 +72,10 @@ impl Target {
         for ds in &config.datasets {
             store.ensure_provider(&ds.provider, &ds.publisher).await?;
         }
-        Ok(Target::Database { config, store })
+        Ok(Target::Database {
+            config: Box::new(config),
+            store,
+        })
     }
 }
 
