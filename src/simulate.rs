@@ -41,7 +41,8 @@ pub struct SimulateOptions {
     pub key: String,
     /// Readings per second in total; 0 for as fast as the gateway answers.
     pub rate: f64,
-    /// Sensors per dataset.
+    /// Sensors per dataset, in all: the workers share them out (each sensor is sent by one
+    /// worker, so its `seq` counts up without gaps).
     pub sensors: usize,
     pub duration: Duration,
     /// Readings per request.
@@ -140,6 +141,9 @@ pub async fn run(opts: SimulateOptions) -> Result<Summary, SimError> {
             "datasets, batch, sensors and concurrency must all be at least 1".into(),
         ));
     }
+    // A worker without a sensor of its own would have nothing to send.
+    let mut opts = opts;
+    opts.concurrency = opts.concurrency.min(opts.sensors);
     if !(opts.rate.is_finite() && opts.rate >= 0.0) {
         return Err(SimError::Invalid(
             "rate must be 0 (unlimited) or positive".into(),
@@ -241,7 +245,7 @@ async fn run_worker(
     until: Instant,
 ) -> Option<bool> {
     let mut rng = SmallRng::seed_from_u64(0x5eed_0000 + worker as u64);
-    let mut city = City::new(opts.sensors);
+    let mut city = City::new(opts.sensors, worker, opts.concurrency);
     let mut datasets: Vec<String> = opts.datasets.clone();
     let base = opts.http.trim_end_matches('/').to_string();
     let per_worker_rate = opts.rate / opts.concurrency as f64;
@@ -262,7 +266,7 @@ async fn run_worker(
         let ds = datasets[turn % datasets.len()].clone();
         turn = turn.wrapping_add(1);
         body.clear();
-        city.batch(&ds, opts.batch, worker, opts.format, &mut rng, &mut body);
+        city.batch(&ds, opts.batch, opts.format, &mut rng, &mut body);
 
         let request = match opts.format {
             SimFormat::Line => client
@@ -437,7 +441,7 @@ async fn run_mqtt_worker(
         SimFormat::Line => "text/plain",
     };
     let mut rng = SmallRng::seed_from_u64(0x5eed_0000 + worker as u64);
-    let mut city = City::new(opts.sensors);
+    let mut city = City::new(opts.sensors, worker, opts.concurrency);
     let per_worker_rate = opts.rate / opts.concurrency as f64;
     let mut next_send = Instant::now();
     let mut turn = worker;
@@ -454,7 +458,7 @@ async fn run_mqtt_worker(
         let ds = &opts.datasets[turn % opts.datasets.len()];
         turn = turn.wrapping_add(1);
         body.clear();
-        city.batch(ds, opts.batch, worker, opts.format, &mut rng, &mut body);
+        city.batch(ds, opts.batch, opts.format, &mut rng, &mut body);
         let properties = PublishProperties {
             content_type: Some(content_type.into()),
             ..Default::default()
@@ -503,21 +507,24 @@ fn traffic_level(hour: f64) -> f64 {
     (0.12 + 0.8 * peak(8.0, 3.0) + 0.75 * peak(17.0, 5.0)).min(1.0)
 }
 
-/// Per-sensor state that must persist (energy counters), and positions.
+/// One worker's share of the city: the sensors it sends for (every `workers`-th of all, from
+/// its own number), their state that must persist (energy counters, `seq`), and positions.
 struct City {
-    sensors: usize,
-    next_sensor: usize,
+    /// Each sensor's number among all of the dataset's.
+    owned: Vec<usize>,
+    next: usize,
     energy: Vec<f64>,
     seq: Vec<i64>,
 }
 
 impl City {
-    fn new(sensors: usize) -> City {
+    fn new(sensors: usize, worker: usize, workers: usize) -> City {
+        let owned: Vec<usize> = (worker..sensors).step_by(workers.max(1)).collect();
         City {
-            sensors,
-            next_sensor: 0,
-            energy: (0..sensors).map(|i| 10_000.0 + 137.0 * i as f64).collect(),
-            seq: vec![0; sensors],
+            energy: owned.iter().map(|&s| 10_000.0 + 137.0 * s as f64).collect(),
+            seq: vec![0; owned.len()],
+            owned,
+            next: 0,
         }
     }
 
@@ -526,7 +533,6 @@ impl City {
         &mut self,
         ds: &str,
         n: usize,
-        worker: usize,
         format: SimFormat,
         rng: &mut SmallRng,
         out: &mut String,
@@ -545,10 +551,11 @@ impl City {
             out.push('[');
         }
         for k in 0..n {
-            let s = self.next_sensor;
-            self.next_sensor = (self.next_sensor + 1) % self.sensors;
-            self.seq[s] += 1;
-            let sensor = format!("{prefix}-{worker:02}-{s:04}");
+            let at = self.next;
+            self.next = (self.next + 1) % self.owned.len();
+            let s = self.owned[at];
+            self.seq[at] += 1;
+            let sensor = format!("{prefix}-{s:04}");
             let lat = 55.676 + ((s * 7919) % 1000) as f64 / 10_000.0 - 0.05;
             let lon = 12.568 + ((s * 104_729) % 1000) as f64 / 10_000.0 - 0.05;
             let fields: Vec<(&str, &str, FieldValue)> = match ds {
@@ -579,12 +586,12 @@ impl City {
                 }
                 "energy-meters" => {
                     let power = 1500.0 + 2500.0 * sun.max(0.0) + rng.random_range(0.0..800.0);
-                    self.energy[s] += power / 1000.0 / 60.0;
+                    self.energy[at] += power / 1000.0 / 60.0;
                     vec![
                         (
                             "energy",
                             "kWh",
-                            FieldValue::Float((self.energy[s] * 1000.0).round() / 1000.0),
+                            FieldValue::Float((self.energy[at] * 1000.0).round() / 1000.0),
                         ),
                         ("power", "W", FieldValue::Float(power.round())),
                     ]
@@ -613,7 +620,7 @@ impl City {
                 ts,
                 lat,
                 lon,
-                seq: self.seq[s],
+                seq: self.seq[at],
                 fields: &fields,
             };
             match format {
@@ -737,7 +744,7 @@ mod tests {
     fn simulated_bodies_are_valid_for_the_shipped_datasets() {
         let config = Config::from_toml(DEFAULT_CONFIG, "default", &[]).unwrap();
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut city = City::new(7);
+        let mut city = City::new(7, 0, 1);
         for ds_config in &config.datasets {
             let ds = ds_config.build();
             for (sim, format) in [
@@ -747,7 +754,7 @@ mod tests {
                 (SimFormat::Line, Format::LineProtocol),
             ] {
                 let mut body = String::new();
-                city.batch(&ds.id, 20, 0, sim, &mut rng, &mut body);
+                city.batch(&ds.id, 20, sim, &mut rng, &mut body);
                 let batch = Batch {
                     format,
                     body: body.clone().into(),
@@ -787,5 +794,15 @@ mod tests {
         assert!(traffic_level(8.0) > 0.8);
         assert!(traffic_level(17.0) > 0.8);
         assert!(traffic_level(3.0) < 0.2);
+    }
+
+    #[test]
+    fn workers_share_the_sensors_out_each_sensor_to_one() {
+        let mut seen = Vec::new();
+        for worker in 0..4 {
+            seen.extend(City::new(50, worker, 4).owned);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>());
     }
 }

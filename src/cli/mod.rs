@@ -227,7 +227,7 @@ pub struct SimulateArgs {
     /// Readings per second in total; 0 for as fast as possible.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Sensors per dataset.
+    /// Sensors per dataset, in all (the workers share them out).
     #[arg(long, default_value_t = 50)]
     sensors: usize,
     /// How long to run, e.g. 30s or 5m.

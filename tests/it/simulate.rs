@@ -24,8 +24,16 @@ fn options(gw: &Gateway, key: &str, mqtt: bool, qos: u8, format: SimFormat) -> S
     }
 }
 
+/// The readings stored; and `--sensors 10` means ten sensors per dataset, whatever the
+/// number of workers.
 async fn stored(gw: Gateway) -> usize {
     let dir = gw.stop().await;
+    for dataset in [TRAFFIC, "weather"] {
+        let mut sensors = sensor_ids(dir.path(), dataset);
+        sensors.sort();
+        sensors.dedup();
+        assert_eq!(sensors.len(), 10, "{dataset}: {sensors:?}");
+    }
     row_count(dir.path(), TRAFFIC) + row_count(dir.path(), "weather")
 }
 
