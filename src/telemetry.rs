@@ -549,7 +549,37 @@ impl Metrics {
             "Readings and aggregates delivered to subscribers, by protocol",
             m.feed.deliveries.clone(),
         );
-        Metrics { registry, ..m }
+        let m = Metrics { registry, ..m };
+        m.preset();
+        m
+    }
+
+    /// Series whose labels are known before anything happens exist from the start, at 0
+    /// (the Prometheus convention: a rate over a series that appears late is wrong, and
+    /// whoever looks at a fresh gateway finds what the README names). Per-dataset series
+    /// are made in [`Metrics::dataset`].
+    fn preset(&self) {
+        for reason in ["full", "io"] {
+            self.wal.refused.get_or_create(&ReasonLabels { reason });
+        }
+        for status in ["204", "error"] {
+            self.influx.writes.get_or_create(&StatusLabels {
+                status: status.into(),
+            });
+        }
+        self.mqtt.connections.get_or_create(&ReasonLabels {
+            reason: "accepted",
+        });
+        for reason in ["accepted", "partial"] {
+            self.mqtt.publishes.get_or_create(&ReasonLabels { reason });
+        }
+        for protocol in ["sse", "ws", "mqtt"] {
+            let labels = ProtocolLabels {
+                protocol: protocol.into(),
+            };
+            self.feed.sessions.get_or_create(&labels);
+            self.feed.deliveries.get_or_create(&labels);
+        }
     }
 
     pub fn feed(&self) -> &FeedMetrics {
@@ -674,6 +704,21 @@ mod tests {
         assert!(text.contains(
             "citygate_http_requests_total{route=\"/v1/datasets/{id}/readings\",status=\"204\"} 1"
         ));
+    }
+
+    #[test]
+    fn known_label_sets_are_exposed_at_zero_before_any_event() {
+        let text = Metrics::new().render();
+        for series in [
+            "citygate_wal_appends_refused_total{reason=\"full\"} 0",
+            "citygate_wal_appends_refused_total{reason=\"io\"} 0",
+            "citygate_influx_writes_total{status=\"204\"} 0",
+            "citygate_mqtt_publishes_total{reason=\"accepted\"} 0",
+            "citygate_feed_deliveries_total{protocol=\"sse\"} 0",
+            "citygate_feed_sessions{protocol=\"mqtt\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }
 
