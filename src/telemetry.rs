@@ -560,25 +560,29 @@ impl Metrics {
     /// are made in [`Metrics::dataset`].
     fn preset(&self) {
         for reason in ["full", "io"] {
-            self.wal.refused.get_or_create(&ReasonLabels { reason });
+            self.wal
+                .refused
+                .get_or_create_owned(&ReasonLabels { reason });
         }
         for status in ["204", "error"] {
-            self.influx.writes.get_or_create(&StatusLabels {
+            self.influx.writes.get_or_create_owned(&StatusLabels {
                 status: status.into(),
             });
         }
-        self.mqtt.connections.get_or_create(&ReasonLabels {
-            reason: "accepted",
-        });
+        self.mqtt
+            .connections
+            .get_or_create_owned(&ReasonLabels { reason: "accepted" });
         for reason in ["accepted", "partial"] {
-            self.mqtt.publishes.get_or_create(&ReasonLabels { reason });
+            self.mqtt
+                .publishes
+                .get_or_create_owned(&ReasonLabels { reason });
         }
         for protocol in ["sse", "ws", "mqtt"] {
             let labels = ProtocolLabels {
                 protocol: protocol.into(),
             };
-            self.feed.sessions.get_or_create(&labels);
-            self.feed.deliveries.get_or_create(&labels);
+            self.feed.sessions.get_or_create_owned(&labels);
+            self.feed.deliveries.get_or_create_owned(&labels);
         }
     }
 

@@ -131,6 +131,8 @@ pub enum KeysCommand {
         overlap: Duration,
     },
     /// Create a device key; prints the secret (shown once) alone on stdout.
+    ///
+    /// The same as `keys create --account P --kind device --datasets …`.
     CreateDevice {
         /// The provider account that owns the datasets.
         #[arg(long)]
@@ -139,7 +141,10 @@ pub enum KeysCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         datasets: Vec<String>,
     },
-    /// Create a provider key (reads the provider's dataset rejects); prints the secret.
+    /// Create a provider key; prints the secret (shown once) alone on stdout.
+    ///
+    /// A provider key manages the provider's datasets, plans and device keys and reads their
+    /// rejects. The same as `keys create --account P --kind provider`.
     CreateProvider {
         #[arg(long)]
         provider: String,

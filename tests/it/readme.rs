@@ -1,8 +1,10 @@
-//! The README runs as written: its command examples ("Try it", "The marketplace"), in order,
-//! against a fresh gateway, each HTTP call checked for success, so a newcomer's copy and paste
-//! cannot break unnoticed. The only changes made to the text are the ones a reader makes
-//! without thinking: the gateway's real ports instead of 8080 and 1883, the built binary for
-//! `cargo run --release -q --`, and the admin key the gateway printed for `ADMIN=cg_...`.
+//! The README runs as written: its command examples ("Try it", "The command line", "The
+//! marketplace"), in order, against a fresh gateway, each HTTP call checked for success; then,
+//! the gateway stopped, "Where the data lands" reads the Parquet files those examples made. So
+//! a newcomer's copy and paste cannot break unnoticed. The only changes made to the text are
+//! the ones a reader makes without thinking: the gateway's real ports instead of 8080 and
+//! 1883, the built binary for `cargo run --release -q --`, the admin key the gateway printed
+//! for `ADMIN=cg_...`, and the Python that has DuckDB and pyarrow for `python3`.
 
 use std::path::Path;
 
@@ -39,7 +41,7 @@ fn examples(readme: &str, titles: &[&str]) -> Vec<(String, String)> {
 fn the_readme_runs_as_written() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let blocks = examples(&readme, &["Try it", "The marketplace"]);
+    let blocks = examples(&readme, &["Try it", "The command line", "The marketplace"]);
     assert!(blocks.len() >= 3, "the README's examples were not found");
 
     let dir = tempfile::tempdir().unwrap();
@@ -51,6 +53,7 @@ fn the_readme_runs_as_written() {
     );
     let mqtt_port = gw.mqtt.rsplit(':').next().unwrap().to_string();
     let bin = env!("CARGO_BIN_EXE_citygate");
+    let python = python().get_program().to_string_lossy().to_string();
 
     let mut script = String::from(
         "set -euo pipefail\n\
@@ -68,6 +71,7 @@ fn the_readme_runs_as_written() {
                     .replace("localhost:8080", &gw.http)
                     .replace("mqtt://127.0.0.1:1883", &format!("mqtt://{}", gw.mqtt))
                     .replace("mosquitto_pub ", &format!("mosquitto_pub -p {mqtt_port} "))
+                    .replace("python3 ", &format!("{python} "))
             };
             script.push_str(&line);
             script.push('\n');
@@ -95,4 +99,38 @@ fn the_readme_runs_as_written() {
     assert!(stdout.contains("HTTP/1.1 204 No Content"), "{stdout}");
     assert!(stdout.contains("\"rejected_count\":3"), "{stdout}");
     assert!(stdout.contains("\"plan\":\"traffic-live\""), "{stdout}");
+
+    // The readings are in files once the gateway stops; read them from a directory whose
+    // `data` is the gateway's, as the README's reader does.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let mut gw = gw;
+    assert!(gw.child.wait().unwrap().success());
+    let reader = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path(), reader.path().join("data")).unwrap();
+    let mut script = String::from("set -euo pipefail\n");
+    for (_, text) in examples(&readme, &["Where the data lands"]) {
+        script.push_str(&text.replace("python3 ", &format!("{python} ")));
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(reader.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reading the lake as the README says failed:\n{script}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // DuckDB's table of the traffic readings, and pyarrow's mean temperature per sensor.
+    assert!(
+        stdout.contains("tc-0001") && stdout.contains("readings"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("temperature_mean"), "{stdout}");
 }
