@@ -18,11 +18,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::ingest::mqtt;
 use crate::market::catalog::{Catalog, CatalogError};
 use crate::market::keys::KeyError;
 use crate::market::payments::PaymentError;
 use crate::market::{Keyring, Market, Store, StoreError};
+use crate::mqtt;
 use crate::pipeline::Pipeline;
 use crate::sink::influx::InfluxSink;
 use crate::sink::parquet::{EncodeError, remove_stale_temp_files};

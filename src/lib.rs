@@ -20,10 +20,11 @@
 //!                                                                                      tier, metering ─► SSE / WebSocket / MQTT subscribers
 //! ```
 //!
-//! 1. **Intake** ([`ingest`]) authenticates the device key, reads the body (bounded in size
-//!    and time, gzip allowed) or the MQTT publish, and calls the pipeline. The MQTT endpoint is
-//!    citygate's own, on rumqttd's codec: PUBACKs leave in order once the pipeline has
-//!    accepted each publish, with MQTT 5 reason codes for rejects.
+//! 1. **Intake**: the HTTP routes ([`api::intake`]) and the MQTT endpoint ([`mqtt`])
+//!    authenticate the device key, read the body (bounded in size and time, gzip allowed) or
+//!    the MQTT publish, and call the pipeline. The MQTT endpoint is citygate's own, on
+//!    rumqttd's codec: PUBACKs leave in order once the pipeline has accepted each publish,
+//!    with MQTT 5 reason codes for rejects; the same endpoint serves subscribers' feeds.
 //! 2. **Pipeline** ([`pipeline`]): `decode` (four wire formats into typed [`model::Reading`]s)
 //!    and `validate` are pure functions; a rejected reading is data (`index`, `reason`), not an
 //!    error of the request. `limit` takes the accepted readings from the device key's
@@ -46,13 +47,14 @@
 //! ## Module map
 //!
 //! ```text
-//! main.rs        CLI: serve, check-config, accounts, keys, plans, invoices, datasets, simulate
+//! main.rs, cli/  the binary: serve, check-config, datasets, simulate; cli/admin: accounts,
+//!                keys, plans, invoices on the database or through a gateway's API (--api)
 //! app.rs         builds components from Config, wires channels, shutdown order
-//! config/        TOML + CITYGATE__SECTION__KEY overrides; validate() reports every problem
-//! model.rs       Reading, Dataset, FieldSpec, Value (no I/O)
-//! ingest/        http.rs: the intake routes (citygate JSON/NDJSON/SenML, InfluxDB v1/v2);
-//!                mqtt/: the MQTT 3.1.1/5 endpoint (session, session/follow: subscriber
-//!                feeds, topics, wire helpers)
+//! config/        TOML + CITYGATE__SECTION__KEY overrides; every problem reported at once
+//! model.rs       Reading, Dataset, FieldSpec, Value, reject Reason (no I/O)
+//! calendar.rs    UTC dates and months: partitions, subscription periods, invoice months
+//! mqtt/          the MQTT 3.1.1/5 endpoint for devices and subscribers (session:
+//!                handshake, publish settling, follow: subscriber feeds; topics, wire helpers)
 //! pipeline/      decode/ (json, ndjson, senml, line protocol), validate, limit, reject
 //! wal/           the write-ahead log: record format, segments and recovery, group-commit
 //!                writer thread, consumer checkpoints
@@ -66,19 +68,20 @@
 //!                filters, delay/aggregate tiers, rechecks, metering, backpressure)
 //! api/           router (every route registered with its OpenAPI operation), the one error
 //!                type, key extraction, bounded bodies, accept loop (per-address shares),
-//!                ops endpoints; accounts, catalog, market (plans … statements), live (SSE,
-//!                WebSocket) routes
+//!                ops endpoints; intake (citygate JSON/NDJSON/SenML, InfluxDB v1/v2 writes),
+//!                accounts, catalog, market (plans … statements), live (SSE, WebSocket) routes
 //! telemetry.rs   tracing init, every metric
 //! simulate.rs    the load and demo generator behind `citygate simulate`
 //! ```
 
 pub mod api;
 pub mod app;
+pub mod calendar;
 pub mod config;
 pub mod feed;
-pub mod ingest;
 pub mod market;
 pub mod model;
+pub mod mqtt;
 pub mod pipeline;
 pub mod simulate;
 pub mod sink;

@@ -1,4 +1,5 @@
-//! The data model: readings, datasets and their schemas. Plain types, no I/O.
+//! The data model: readings, datasets and their schemas, and why a reading is rejected.
+//! Plain types, no I/O.
 //!
 //! A [`Reading`] is one observation of one sensor at one time. Its field values sit in
 //! schema order (`values[i]` belongs to `dataset.fields[i]`), so every later stage (validate,
@@ -216,6 +217,108 @@ pub fn now_micros() -> Micros {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Why a reading was rejected. `code()` is the stable, machine-readable name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The reading's own syntax is broken (an NDJSON line, a line-protocol line).
+    Malformed,
+    /// An element of a JSON array is not an object.
+    NotAnObject,
+    MissingSensorId,
+    InvalidSensorId,
+    InvalidTimestamp,
+    TimestampInFuture,
+    TimestampTooOld,
+    UnknownField,
+    DuplicateField,
+    MissingField,
+    WrongType,
+    /// NaN or infinity.
+    NotFinite,
+    BelowMin,
+    AboveMax,
+    StringTooLong,
+    /// A string value holds a control character (a newline, say): stores downstream read
+    /// those as structure (line protocol, CSV).
+    ControlCharacter,
+    InvalidLocation,
+    InvalidSeq,
+    UnitMismatch,
+    /// The reading carries no schema field at all.
+    NoFields,
+    /// A construct we do not store (SenML data values, sums, must-understand labels).
+    Unsupported,
+    /// Accepted, but a downstream store (InfluxDB) refused it as invalid.
+    StoreRejected,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 22] = [
+        Reason::Malformed,
+        Reason::NotAnObject,
+        Reason::MissingSensorId,
+        Reason::InvalidSensorId,
+        Reason::InvalidTimestamp,
+        Reason::TimestampInFuture,
+        Reason::TimestampTooOld,
+        Reason::UnknownField,
+        Reason::DuplicateField,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::NotFinite,
+        Reason::BelowMin,
+        Reason::AboveMax,
+        Reason::StringTooLong,
+        Reason::ControlCharacter,
+        Reason::InvalidLocation,
+        Reason::InvalidSeq,
+        Reason::UnitMismatch,
+        Reason::NoFields,
+        Reason::Unsupported,
+        Reason::StoreRejected,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::NotAnObject => "not_an_object",
+            Reason::MissingSensorId => "missing_sensor_id",
+            Reason::InvalidSensorId => "invalid_sensor_id",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::TimestampInFuture => "timestamp_in_future",
+            Reason::TimestampTooOld => "timestamp_too_old",
+            Reason::UnknownField => "unknown_field",
+            Reason::DuplicateField => "duplicate_field",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::NotFinite => "not_finite",
+            Reason::BelowMin => "below_min",
+            Reason::AboveMax => "above_max",
+            Reason::StringTooLong => "string_too_long",
+            Reason::ControlCharacter => "control_character",
+            Reason::InvalidLocation => "invalid_location",
+            Reason::InvalidSeq => "invalid_seq",
+            Reason::UnitMismatch => "unit_mismatch",
+            Reason::NoFields => "no_fields",
+            Reason::Unsupported => "unsupported",
+            Reason::StoreRejected => "store_rejected",
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary: keeps echoed input short.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

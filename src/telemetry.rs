@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
-use crate::pipeline::reject::Reason;
+use crate::model::Reason;
 
 /// Starts logging: `RUST_LOG` when set, else the configured level. Safe to call twice (the
 /// second call is ignored), which tests rely on.
@@ -750,7 +750,7 @@ pub(crate) const REFUSAL_LOGS_PER_SECOND: u64 = 20;
 
 /// Client-given text as a log field: at most 128 bytes (a topic may be 64 KiB).
 pub(crate) fn log_text(text: &str) -> &str {
-    crate::pipeline::decode::truncate(text, 128)
+    crate::model::truncate(text, 128)
 }
 
 #[cfg(test)]

@@ -20,12 +20,12 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::require_key;
 use super::error::{ApiError, ApiJson};
+use crate::calendar::format_rfc3339;
 use crate::config::{DatasetConfig, UPDATE_FREQUENCIES};
 use crate::market::KeyKind;
 use crate::market::catalog::{CatalogError, DatasetPatch, Origin, StoredDataset};
 use crate::market::plans::Plan;
 use crate::model::{FieldSpec, Micros, now_micros};
-use crate::pipeline::decode::time::format_rfc3339;
 use crate::pipeline::quality::QualitySnapshot;
 
 impl From<CatalogError> for ApiError {

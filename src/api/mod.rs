@@ -7,6 +7,7 @@ pub mod body;
 pub mod catalog;
 pub mod datasets;
 pub mod error;
+pub mod intake;
 pub mod live;
 pub mod market;
 pub mod ops;
@@ -23,7 +24,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::HttpConfig;
-use crate::ingest;
 use crate::market::catalog::Catalog;
 use crate::market::{Keyring, Market};
 use crate::pipeline::Pipeline;
@@ -93,9 +93,9 @@ impl utoipa::Modify for BearerAuth {
 /// document cannot leave one out. No route is added to the router any other way.
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
-        .routes(routes!(ingest::http::post_readings))
-        .routes(routes!(ingest::http::influx_v2_write))
-        .routes(routes!(ingest::http::influx_v1_write))
+        .routes(routes!(intake::post_readings))
+        .routes(routes!(intake::influx_v2_write))
+        .routes(routes!(intake::influx_v1_write))
         .routes(routes!(accounts::me))
         .routes(routes!(accounts::list_accounts, accounts::create_account))
         .routes(routes!(accounts::show_account))

@@ -108,7 +108,7 @@ fn cell(v: &Value) -> String {
 
 fn time_cell(v: &Value) -> String {
     v.as_i64()
-        .map_or("-".into(), citygate::pipeline::decode::time::format_rfc3339)
+        .map_or("-".into(), citygate::calendar::format_rfc3339)
 }
 
 /// The secret of a created key (`{key, secret}`), alone on stdout.

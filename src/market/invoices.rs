@@ -20,8 +20,8 @@ use sqlx::Row;
 use super::catalog::CatalogError;
 use super::keys::random_alnum;
 use super::store::Store;
+use crate::calendar::{format_rfc3339, month_bounds};
 use crate::model::Micros;
-use crate::pipeline::decode::time::{format_rfc3339, month_bounds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

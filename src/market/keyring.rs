@@ -34,7 +34,7 @@ struct Cached {
 /// Anyone can invent well-formed secrets, so what they cost is bounded apart from real
 /// keys: misses live in a cache of their own (a flood of them never evicts a key found),
 /// and lookups of secrets the cache has never seen take turns (at most
-/// [`UNKNOWN_LOOKUPS`] at once), while a known key's refresh goes straight to the database.
+/// `UNKNOWN_LOOKUPS` at once), while a known key's refresh goes straight to the database.
 pub struct Keyring {
     store: Store,
     cache: Mutex<HashMap<[u8; 32], Cached>>,

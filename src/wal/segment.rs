@@ -129,7 +129,7 @@ fn next_frame(bytes: &[u8], from: usize, last: u64) -> Option<usize> {
 ///
 /// After damage, reading resumes with a run of valid frames (rising LSNs) only if it runs to
 /// the end of the segment, or is followed by nothing that could be a frame (a torn tail), or
-/// holds two frames or more and starts within [`RESUME_LSN_GAP`] of the last good LSN (a
+/// holds two frames or more and starts within `RESUME_LSN_GAP` of the last good LSN (a
 /// run between two damaged stretches). A frame found at just any
 /// offset is not enough: readings carry client-chosen bytes (float values), and a frame
 /// embedded in a record the damage cut must not come back as a record of its own, nor hide

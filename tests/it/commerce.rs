@@ -23,7 +23,7 @@ async fn price_traffic(gw: &Gateway, provider: &str) {
 }
 
 fn current_period() -> String {
-    citygate::pipeline::decode::time::month_of(citygate::model::now_micros())
+    citygate::calendar::month_of(citygate::model::now_micros())
 }
 
 #[tokio::test]

@@ -19,9 +19,9 @@ use super::plans::{NewPlan, Plan, PlanKind};
 use super::store::Store;
 use super::subscriptions::{Applied, Payment, Status, Subscription, is_checkout_claim};
 use super::usage::UsageRecorder;
+use crate::calendar::add_months;
 use crate::config::{Config, MarketConfig, PaymentProviderKind};
 use crate::model::{Micros, now_micros};
-use crate::pipeline::decode::time::add_months;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MarketError {

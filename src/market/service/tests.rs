@@ -206,7 +206,7 @@ async fn the_entitlement_answers_every_case() {
     let (_, renewed) = m.record_payment(&paid, None, now).await.unwrap();
     assert_eq!(
         renewed.period_end,
-        Some(crate::pipeline::decode::time::add_months(end, 1))
+        Some(crate::calendar::add_months(end, 1))
     );
 
     // A key limited to other datasets, an expired key, a revoked key: nothing.
@@ -264,7 +264,7 @@ async fn the_entitlement_answers_every_case() {
         Status::Cancelled
     );
     let fresh = key(&m, KeyKind::Subscriber, &alice.id, &[]).await;
-    let later = crate::pipeline::decode::time::add_months(end, 2);
+    let later = crate::calendar::add_months(end, 2);
     let g = m
         .entitlement(&fresh, traffic, later)
         .await

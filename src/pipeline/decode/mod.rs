@@ -1,6 +1,6 @@
 //! Decode: request bytes to [`Reading`]s, following the dataset's schema.
 //!
-//! Four wire formats share one [`Builder`], so a field means the same thing whichever way it
+//! Four wire formats share one `Builder`, so a field means the same thing whichever way it
 //! arrived. Decoding is a pure function. A body that cannot be parsed at all is a
 //! [`DecodeError`] (HTTP 400); a reading that parses but does not fit the schema is handed
 //! to `out` as a [`Reject`] and the rest of the body goes on.
@@ -505,17 +505,7 @@ fn type_phrase(ty: FieldType) -> &'static str {
     }
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary: keeps echoed input short.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub(crate) use crate::model::truncate;
 
 #[cfg(test)]
 pub(crate) mod tests;

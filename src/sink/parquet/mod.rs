@@ -26,9 +26,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::calendar::civil_from_days;
 use crate::config::ParquetConfig;
 use crate::model::{Dataset, Micros, Reading, now_micros};
-use crate::pipeline::decode::time::civil_from_days;
 use crate::telemetry::DatasetMetrics;
 use crate::wal::{Checkpoint, Reader, Wal, record};
 pub use encode::{EncodeError, ParquetLayout};

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Refusal, Verdict};
-use crate::ingest::mqtt::Shared;
-use crate::ingest::mqtt::wire::Version;
+use crate::mqtt::Shared;
+use crate::mqtt::wire::Version;
 use crate::pipeline::limit::{LimitError, LimitKey, retry_after_secs};
 use crate::pipeline::reject::{Reason, Rejected};
 use crate::pipeline::{Batch, DatasetPipeline, IngestError};

@@ -16,8 +16,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;
 
 use super::{Codec, Session, follow};
-use crate::ingest::mqtt::Shared;
-use crate::ingest::mqtt::wire::{self, Version};
+use crate::mqtt::Shared;
+use crate::mqtt::wire::{self, Version};
 
 /// Reads the CONNECT (within `connect_timeout`), authenticates, answers CONNACK.
 pub(super) async fn handshake(
