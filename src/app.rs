@@ -17,15 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, DatasetConfig, ParquetConfig};
 use crate::market::catalog::{Catalog, CatalogError};
 use crate::market::keys::KeyError;
 use crate::market::payments::PaymentError;
 use crate::market::{Keyring, Market, Store, StoreError};
 use crate::mqtt;
 use crate::pipeline::Pipeline;
+use crate::registry::{Registry, RegistryError};
 use crate::sink::influx::InfluxSink;
-use crate::sink::parquet::{EncodeError, remove_stale_temp_files};
+use crate::sink::parquet::{EncodeError, ParquetSink, remove_stale_temp_files};
 use crate::telemetry::Metrics;
 use crate::wal::{Wal, WalError};
 
@@ -44,8 +45,8 @@ pub enum AppError {
     Catalog(#[from] CatalogError),
     #[error("payments: {0}")]
     Payments(#[from] PaymentError),
-    #[error("cannot set up the Parquet sink: {0}")]
-    Sink(#[from] EncodeError),
+    #[error("dataset: {0}")]
+    Dataset(#[from] DatasetError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -59,6 +60,49 @@ pub enum AppError {
         "shutdown did not finish within {0:?}; unwritten readings stay in the write-ahead log for the next start"
     )]
     ShutdownTimeout(Duration),
+}
+
+/// Why a dataset could not start taking readings.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot set up its Parquet sink: {0}")]
+    Sink(#[from] EncodeError),
+}
+
+/// How a dataset starts taking readings: every dataset at start, and one a provider creates
+/// while running. It is registered, its Parquet sink (a log consumer) runs among the others,
+/// and the entitlement cache is cleared (answers cached while it did not exist are stale).
+struct DatasetStarter {
+    registry: Arc<Registry>,
+    wal: Wal,
+    parquet_dir: PathBuf,
+    parquet: ParquetConfig,
+    sinks: TaskTracker,
+    sinks_stop: CancellationToken,
+    market: Arc<Market>,
+}
+
+impl DatasetStarter {
+    fn start(&self, spec: &DatasetConfig) -> Result<(), DatasetError> {
+        if self.registry.get(&spec.id).is_some() {
+            return Err(RegistryError::Duplicate(spec.id.clone()).into());
+        }
+        // The sink first: a dataset that takes readings always has its sink.
+        let dataset = Arc::new(spec.build());
+        let sink = ParquetSink::new(
+            dataset,
+            self.parquet_dir.clone(),
+            self.parquet.clone(),
+            self.registry.metrics_of(&spec.id),
+            self.wal.clone(),
+        )?;
+        self.registry.add(spec)?;
+        self.sinks.spawn(sink.run(self.sinks_stop.clone()));
+        self.market.invalidate();
+        Ok(())
+    }
 }
 
 /// How to start, beyond the config: operator decisions for this start only.
@@ -143,11 +187,15 @@ impl App {
             metrics.wal().clone(),
             options.skip_corrupt_wal,
         )?;
-        let (pipeline, parquet_sinks) =
-            Pipeline::with_datasets(&config, &datasets, &metrics, wal.clone(), closing.clone())?;
-        let pipeline = Arc::new(pipeline);
+        let registry = Arc::new(Registry::new(metrics.clone(), config.pipeline.rejects_kept));
         let hub = Arc::new(crate::feed::Hub::new(config.feed.clone()));
-        pipeline.set_feed(hub.clone());
+        let pipeline = Arc::new(Pipeline::new(
+            &config.pipeline,
+            registry.clone(),
+            wal.clone(),
+            hub.clone(),
+            closing.clone(),
+        ));
         let feed = Arc::new(crate::feed::session::Context {
             hub,
             keyring: keyring.clone(),
@@ -160,13 +208,22 @@ impl App {
             )),
         });
         let sinks = TaskTracker::new();
-        for sink in parquet_sinks {
-            sinks.spawn(sink.run(sinks_stop.clone()));
+        let start_dataset = DatasetStarter {
+            registry: registry.clone(),
+            wal: wal.clone(),
+            parquet_dir: config.parquet_dir(),
+            parquet: config.parquet.clone(),
+            sinks: sinks.clone(),
+            sinks_stop: sinks_stop.clone(),
+            market: market.clone(),
+        };
+        for spec in &datasets {
+            start_dataset.start(spec)?;
         }
         if config.influx.enabled {
             let influx = InfluxSink::new(
                 config.influx.clone(),
-                pipeline.clone(),
+                registry.clone(),
                 wal.clone(),
                 metrics.influx().clone(),
             )
@@ -176,6 +233,7 @@ impl App {
             })?;
             sinks.spawn(influx.run(sinks_stop.clone()));
         }
+        // Datasets created later join the tracker all the same.
         sinks.close();
 
         let listener = TcpListener::bind(&config.http.listen)
@@ -214,11 +272,10 @@ impl App {
         };
         let state = AppState {
             pipeline: pipeline.clone(),
+            registry: registry.clone(),
             catalog: Arc::new(Catalog::new(
                 store.clone(),
-                pipeline.clone(),
-                sinks.clone(),
-                sinks_stop.clone(),
+                Box::new(move |spec| start_dataset.start(spec).map_err(|e| e.to_string())),
             )),
             feed: feed.clone(),
             keyring,

@@ -55,6 +55,8 @@
 //! calendar.rs    UTC dates and months: partitions, subscription periods, invoice months
 //! mqtt/          the MQTT 3.1.1/5 endpoint for devices and subscribers (session:
 //!                handshake, publish settling, follow: subscriber feeds; topics, wire helpers)
+//! registry/      every dataset and what is kept about it while running: recent rejects,
+//!                quality figures, metrics (App::start adds each, at start and over the API)
 //! pipeline/      decode/ (json, ndjson, senml, line protocol), validate, limit, reject
 //! wal/           the write-ahead log: record format, segments and recovery, group-commit
 //!                writer thread, consumer checkpoints
@@ -83,6 +85,7 @@ pub mod market;
 pub mod model;
 pub mod mqtt;
 pub mod pipeline;
+pub mod registry;
 pub mod simulate;
 pub mod sink;
 pub mod telemetry;

@@ -238,7 +238,7 @@ pub async fn create_key(
         // A device key writes to its provider's own datasets.
         let mut problems = Vec::new();
         for id in &req.datasets {
-            match state.pipeline.dataset(id) {
+            match state.registry.get(id) {
                 Some(p) if p.dataset.provider == account.id => {}
                 _ => problems.push(format!("`{id}` is not a dataset of `{}`", account.id)),
             }

@@ -26,7 +26,7 @@ use crate::market::KeyKind;
 use crate::market::catalog::{CatalogError, DatasetPatch, Origin, StoredDataset};
 use crate::market::plans::Plan;
 use crate::model::{FieldSpec, Micros, now_micros};
-use crate::pipeline::quality::QualitySnapshot;
+use crate::registry::quality::QualitySnapshot;
 
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
@@ -64,8 +64,8 @@ pub struct CatalogItem {
 
 fn item(state: &AppState, d: StoredDataset, plans: Vec<Plan>, now: Micros) -> CatalogItem {
     let quality = state
-        .pipeline
-        .dataset(&d.spec.id)
+        .registry
+        .get(&d.spec.id)
         .map(|p| p.quality.snapshot(now))
         .unwrap_or_default();
     let s = d.spec;
@@ -233,8 +233,6 @@ pub async fn create(
     // number (an admin is not limited).
     let limit = (!key.is_admin()).then_some(state.max_datasets_per_provider);
     let stored = state.catalog.create(spec, limit).await?;
-    // Entitlements cached while the dataset did not exist are stale now.
-    state.market.invalidate();
     Ok((
         StatusCode::CREATED,
         Json(item(&state, stored, Vec::new(), now_micros())),

@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::require_key;
 use super::error::ApiError;
-use crate::pipeline::DatasetPipeline;
-use crate::pipeline::reject::{Reason, RejectRecord};
+use crate::model::Reason;
+use crate::registry::DatasetEntry;
+use crate::registry::rejects::RejectRecord;
 
-fn describe(p: &DatasetPipeline) -> Value {
+fn describe(p: &DatasetEntry) -> Value {
     let ds = &p.dataset;
     let rejected: u64 = Reason::ALL
         .iter()
@@ -51,8 +52,8 @@ fn describe(p: &DatasetPipeline) -> Value {
     responses((status = 200, description = "`{\"datasets\": [...]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     let all: Vec<Value> = state
-        .pipeline
-        .datasets()
+        .registry
+        .all()
         .into_iter()
         .map(|p| describe(&p))
         .collect();
@@ -69,8 +70,8 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let p = state
-        .pipeline
-        .dataset(&id)
+        .registry
+        .get(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
     Ok(Json(describe(&p)))
 }
@@ -111,8 +112,8 @@ pub async fn rejects(
 ) -> Result<Json<RejectsPage>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
     let p = state
-        .pipeline
-        .dataset(&id)
+        .registry
+        .get(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
     // Rejects name sensors and keys: another provider's are not there to see, as the
     // market answers for what a key may not see.

@@ -194,8 +194,8 @@ async fn intake(
 ) -> Result<Response, ApiError> {
     let received_at = now_micros();
     let ds = state
-        .pipeline
-        .dataset(dataset)
+        .registry
+        .get(dataset)
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{dataset}`")))?;
     if !key.may_write(dataset) {
         return Err(ApiError::Forbidden(format!(

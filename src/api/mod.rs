@@ -33,6 +33,8 @@ use crate::telemetry::Metrics;
 #[derive(Clone)]
 pub struct AppState {
     pub pipeline: Arc<Pipeline>,
+    /// Every dataset (the same registry the pipeline writes to).
+    pub registry: Arc<crate::registry::Registry>,
     pub catalog: Arc<Catalog>,
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,

@@ -9,13 +9,9 @@
 //! attribution, update frequency, keywords); a schema does not change under its buyers, so a
 //! new schema is a new dataset.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::accounts::Role;
 use super::keys::KeyError;
@@ -23,7 +19,6 @@ use super::store::Store;
 use crate::config::validate::dataset_problems;
 use crate::config::{Config, DatasetConfig};
 use crate::model::{Micros, now_micros};
-use crate::pipeline::Pipeline;
 
 /// Where a dataset was declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -315,28 +310,19 @@ impl Store {
     }
 }
 
-/// The catalog as the running gateway uses it: the store, and the pipeline a new dataset
-/// joins at once, with its Parquet sink started among the others.
+/// Starts taking readings for a dataset just stored: what the running gateway does when a
+/// dataset joins (`App` gives it).
+pub type StartDataset = Box<dyn Fn(&DatasetConfig) -> Result<(), String> + Send + Sync>;
+
+/// The catalog as the running gateway uses it: the store, and how a new dataset starts.
 pub struct Catalog {
     store: Store,
-    pipeline: Arc<Pipeline>,
-    sinks: TaskTracker,
-    sinks_stop: CancellationToken,
+    start: StartDataset,
 }
 
 impl Catalog {
-    pub fn new(
-        store: Store,
-        pipeline: Arc<Pipeline>,
-        sinks: TaskTracker,
-        sinks_stop: CancellationToken,
-    ) -> Catalog {
-        Catalog {
-            store,
-            pipeline,
-            sinks,
-            sinks_stop,
-        }
+    pub fn new(store: Store, start: StartDataset) -> Catalog {
+        Catalog { store, start }
     }
 
     pub fn store(&self) -> &Store {
@@ -350,11 +336,7 @@ impl Catalog {
         limit: Option<usize>,
     ) -> Result<StoredDataset, CatalogError> {
         let stored = self.store.create_dataset(spec, limit).await?;
-        let sink = self
-            .pipeline
-            .add_dataset(&stored.spec)
-            .map_err(|e| CatalogError::Pipeline(e.to_string()))?;
-        self.sinks.spawn(sink.run(self.sinks_stop.clone()));
+        (self.start)(&stored.spec).map_err(CatalogError::Pipeline)?;
         tracing::info!(dataset = %stored.spec.id, provider = %stored.spec.provider, "dataset created");
         Ok(stored)
     }

@@ -1,19 +1,19 @@
-//! The pipeline: bytes in, acknowledged readings out. `decode → validate → limit → submit`.
+//! The pipeline: bytes in, acknowledged readings out. `decode → validate → limit → deliver`.
 //!
-//! The first three stages are pure functions chained in the caller's task (an HTTP handler or,
-//! later, an MQTT session): no channel, no actor. `submit` crosses to the dataset's sink over a
-//! bounded queue and waits for its acknowledgement; only then does the caller answer the
-//! device. Overload at that edge blocks for at most `pipeline.queue_timeout`, then the request
-//! is refused (`QueueFull` → 503): never acknowledged and dropped.
+//! The first three stages are pure functions chained in the caller's task (an HTTP handler or
+//! an MQTT session): no channel, no actor. `deliver` appends the accepted readings to the
+//! write-ahead log and returns once the fsync covering them is done; only then does the
+//! caller answer the device, and the readings go on to the live feeds' hub. Overload at the
+//! log blocks for at most `pipeline.queue_timeout`, then the request is refused
+//! (`QueueFull` → 503): never acknowledged and dropped. The datasets are the
+//! [`Registry`]'s; the pipeline keeps only their rate limiters.
 
 pub mod decode;
 pub mod limit;
-pub mod quality;
 pub mod reject;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,16 +22,16 @@ use compact_str::CompactString;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DatasetConfig, ParquetConfig};
+use crate::config::PipelineConfig;
+use crate::feed::Hub;
 use crate::model::now_micros;
 use crate::model::{Dataset, Micros, Reading};
-use crate::sink::parquet::{EncodeError, ParquetSink};
-use crate::telemetry::{DatasetMetrics, Metrics};
+use crate::registry::rejects::RejectRecord;
+use crate::registry::{DatasetEntry, Registry};
 use crate::wal::{self, Wal, WalError};
 use decode::{Collect, DecodeCtx, DecodeError, Format, Precision};
 use limit::{LimitError, LimitKey, Limiter};
-use quality::QualityTracker;
-use reject::{Reject, RejectLog, RejectRecord, Rejected};
+use reject::{Reject, Rejected};
 
 /// Why a whole request was refused. Per-reading problems are not errors: see [`Outcome`].
 #[derive(Debug, thiserror::Error)]
@@ -91,95 +91,39 @@ pub struct Checked {
     pub received_at: Micros,
 }
 
-/// Everything the pipeline keeps per dataset.
-pub struct DatasetPipeline {
-    pub dataset: Arc<Dataset>,
-    pub rejects: RejectLog,
-    pub metrics: DatasetMetrics,
-    pub quality: QualityTracker,
-    limiter: Limiter,
-}
-
-/// The pipelines of all datasets, and the write-ahead log they append to. Datasets can be
-/// added while running (a provider creating one over the API).
+/// The pipeline of every dataset in the [`Registry`], appending to the write-ahead log and
+/// handing acknowledged readings to the live feeds' [`Hub`].
 pub struct Pipeline {
-    datasets: RwLock<HashMap<String, Arc<DatasetPipeline>>>,
+    registry: Arc<Registry>,
     wal: Wal,
+    hub: Arc<Hub>,
     closing: CancellationToken,
-    metrics: Arc<Metrics>,
-    parquet_dir: PathBuf,
-    parquet: ParquetConfig,
-    rejects_kept: usize,
     max_readings: usize,
-    /// Live feeds: acknowledged readings are published here.
-    feed: std::sync::OnceLock<Arc<crate::feed::Hub>>,
+    /// Each dataset's rate limiter, made at its first request.
+    limiters: RwLock<HashMap<String, Arc<Limiter>>>,
 }
 
 impl Pipeline {
-    /// Builds the pipeline of every dataset in `config`, appending to `wal`, and the Parquet
-    /// sinks (log consumers) the caller must run.
     pub fn new(
-        config: &Config,
-        metrics: &Arc<Metrics>,
+        config: &PipelineConfig,
+        registry: Arc<Registry>,
         wal: Wal,
+        hub: Arc<Hub>,
         closing: CancellationToken,
-    ) -> Result<(Pipeline, Vec<ParquetSink>), EncodeError> {
-        Pipeline::with_datasets(config, &config.datasets, metrics, wal, closing)
-    }
-
-    /// [`Pipeline::new`] for `datasets` (the config's and those created over the API).
-    pub fn with_datasets(
-        config: &Config,
-        datasets: &[DatasetConfig],
-        metrics: &Arc<Metrics>,
-        wal: Wal,
-        closing: CancellationToken,
-    ) -> Result<(Pipeline, Vec<ParquetSink>), EncodeError> {
-        let pipeline = Pipeline {
-            datasets: RwLock::new(HashMap::new()),
+    ) -> Pipeline {
+        Pipeline {
+            registry,
             wal,
+            hub,
             closing,
-            metrics: metrics.clone(),
-            parquet_dir: config.parquet_dir(),
-            parquet: config.parquet.clone(),
-            rejects_kept: config.pipeline.rejects_kept,
-            max_readings: config.pipeline.max_readings,
-            feed: std::sync::OnceLock::new(),
-        };
-        let mut sinks = Vec::new();
-        for ds_config in datasets {
-            sinks.push(pipeline.add_dataset(ds_config)?);
+            max_readings: config.max_readings,
+            limiters: RwLock::new(HashMap::new()),
         }
-        Ok((pipeline, sinks))
     }
 
-    /// Adds a dataset; returns its Parquet sink, which the caller must run. An id already
-    /// present is an error.
-    pub fn add_dataset(&self, ds_config: &DatasetConfig) -> Result<ParquetSink, EncodeError> {
-        let dataset = Arc::new(ds_config.build());
-        let ds_metrics = self.metrics.dataset(&dataset.id);
-        let sink = ParquetSink::new(
-            dataset.clone(),
-            self.parquet_dir.clone(),
-            self.parquet.clone(),
-            ds_metrics.clone(),
-            self.wal.clone(),
-        )?;
-        let mut datasets = self.datasets.write().unwrap_or_else(|e| e.into_inner());
-        if datasets.contains_key(&dataset.id) {
-            return Err(EncodeError::Duplicate(dataset.id.clone()));
-        }
-        datasets.insert(
-            dataset.id.clone(),
-            Arc::new(DatasetPipeline {
-                limiter: Limiter::new(dataset.rate_limit),
-                rejects: RejectLog::new(self.rejects_kept),
-                metrics: ds_metrics,
-                quality: QualityTracker::default(),
-                dataset,
-            }),
-        );
-        Ok(sink)
+    /// The datasets this pipeline takes readings for.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The write-ahead log every accepted batch goes to.
@@ -187,40 +131,38 @@ impl Pipeline {
         &self.wal
     }
 
-    /// Publishes every acknowledged reading to `hub` from now on.
-    pub fn set_feed(&self, hub: Arc<crate::feed::Hub>) {
-        let _ = self.feed.set(hub);
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
     }
 
-    pub fn dataset(&self, id: &str) -> Option<Arc<DatasetPipeline>> {
-        self.datasets
+    fn limiter(&self, ds: &Dataset) -> Arc<Limiter> {
+        if let Some(limiter) = self
+            .limiters
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+            .get(&ds.id)
+        {
+            return limiter.clone();
+        }
+        self.limiters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ds.id.clone())
+            .or_insert_with(|| Arc::new(Limiter::new(ds.rate_limit)))
+            .clone()
     }
 
-    /// Datasets sorted by id.
-    pub fn datasets(&self) -> Vec<Arc<DatasetPipeline>> {
-        let mut all: Vec<_> = self
-            .datasets
+    /// Forgets idle rate-limit state of every dataset (called periodically).
+    pub fn forget_idle_limits(&self) {
+        let limiters: Vec<Arc<Limiter>> = self
+            .limiters
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
             .collect();
-        all.sort_by(|a, b| a.dataset.id.cmp(&b.dataset.id));
-        all
-    }
-
-    pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
-    }
-
-    /// Forgets idle rate-limit state of every dataset (called periodically).
-    pub fn forget_idle_limits(&self) {
-        for ds in self.datasets() {
-            ds.limiter.forget_idle();
+        for limiter in limiters {
+            limiter.forget_idle();
         }
     }
 
@@ -229,7 +171,7 @@ impl Pipeline {
     /// [`deliver`](Self::deliver). Returns once the accepted readings are acknowledged.
     pub async fn ingest(
         &self,
-        ds: &DatasetPipeline,
+        ds: &DatasetEntry,
         key: &LimitKey,
         batch: Batch,
     ) -> Result<Outcome, IngestError> {
@@ -239,11 +181,7 @@ impl Pipeline {
     }
 
     /// Decode and validate. Large bodies are decoded on a blocking thread.
-    pub async fn prepare(
-        &self,
-        ds: &DatasetPipeline,
-        batch: Batch,
-    ) -> Result<Checked, IngestError> {
+    pub async fn prepare(&self, ds: &DatasetEntry, batch: Batch) -> Result<Checked, IngestError> {
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
         }
@@ -274,12 +212,12 @@ impl Pipeline {
     /// nothing; the caller may wait and try again (MQTT 3.1.1 does).
     pub fn admit(
         &self,
-        ds: &DatasetPipeline,
+        ds: &DatasetEntry,
         key: &LimitKey,
         checked: &Checked,
     ) -> Result<(), IngestError> {
         let n = checked.accepted.len() + checked.rejected.len();
-        ds.limiter.check(key, n).map_err(|e| {
+        self.limiter(&ds.dataset).check(key, n).map_err(|e| {
             if matches!(e, LimitError::Exceeded { .. }) {
                 ds.metrics.limited.inc();
             }
@@ -293,7 +231,7 @@ impl Pipeline {
     /// delivered, its accepted readings have gone on to the live feeds.
     pub async fn deliver(
         &self,
-        ds: &DatasetPipeline,
+        ds: &DatasetEntry,
         key: &LimitKey,
         checked: &mut Checked,
     ) -> Result<Outcome, IngestError> {
@@ -324,9 +262,8 @@ impl Pipeline {
             })?;
             ds.quality.accepted(&checked.accepted, checked.received_at);
             // Acknowledged: the live feeds take the readings (the caller needs them no more).
-            if let Some(hub) = self.feed.get() {
-                hub.publish(&ds.dataset, std::mem::take(&mut checked.accepted));
-            }
+            self.hub
+                .publish(&ds.dataset, std::mem::take(&mut checked.accepted));
         }
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {
@@ -338,7 +275,7 @@ impl Pipeline {
     /// Counts rejects and keeps them in the dataset's log for its provider.
     pub fn record_rejects(
         &self,
-        ds: &DatasetPipeline,
+        ds: &DatasetEntry,
         key: &LimitKey,
         at: Micros,
         rejected: &[Rejected],
@@ -349,7 +286,7 @@ impl Pipeline {
         if !rejected.is_empty() {
             ds.quality.rejected(rejected.len(), at);
             // Only the newest `rejects_kept` would survive: copy no more than those.
-            let skip = rejected.len().saturating_sub(self.rejects_kept);
+            let skip = rejected.len().saturating_sub(ds.rejects.capacity());
             ds.rejects
                 .record(rejected[skip..].iter().map(|r| RejectRecord {
                     at,

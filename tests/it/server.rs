@@ -134,7 +134,21 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         false,
     )
     .unwrap();
-    let (pipeline, _sinks) = Pipeline::new(&config, &metrics, wal, closing.clone()).unwrap();
+    let registry = Arc::new(citygate::registry::Registry::new(
+        metrics.clone(),
+        config.pipeline.rejects_kept,
+    ));
+    for spec in &config.datasets {
+        registry.add(spec).unwrap();
+    }
+    let hub = Arc::new(citygate::feed::Hub::new(config.feed.clone()));
+    let pipeline = Pipeline::new(
+        &config.pipeline,
+        registry.clone(),
+        wal,
+        hub.clone(),
+        closing.clone(),
+    );
     let store = Store::connect(&config.database(), 2).await.unwrap();
     store.ensure_provider("copenhagen", "City").await.unwrap();
     let secret = store
@@ -143,19 +157,15 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         .unwrap()
         .secret;
     let pipeline = Arc::new(pipeline);
-    let catalog = citygate::market::catalog::Catalog::new(
-        store.clone(),
-        pipeline.clone(),
-        tokio_util::task::TaskTracker::new(),
-        CancellationToken::new(),
-    );
+    let catalog = citygate::market::catalog::Catalog::new(store.clone(), Box::new(|_| Ok(())));
     let keyring = Arc::new(Keyring::new(store.clone()));
     let market = Arc::new(citygate::market::Market::new(store, &config).unwrap());
     let app = router(AppState {
         pipeline,
+        registry,
         catalog: Arc::new(catalog),
         feed: Arc::new(citygate::feed::session::Context {
-            hub: Arc::new(citygate::feed::Hub::new(config.feed.clone())),
+            hub,
             keyring: keyring.clone(),
             market: market.clone(),
             metrics: citygate::telemetry::FeedMetrics::default(),

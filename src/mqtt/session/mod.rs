@@ -41,7 +41,8 @@ use super::wire::{self, PublishHeader, Version};
 use super::{Shared, topic};
 use crate::market::ApiKey;
 use crate::model::now_micros;
-use crate::pipeline::{Batch, DatasetPipeline};
+use crate::pipeline::Batch;
+use crate::registry::DatasetEntry;
 
 /// Runs a connection to its end and counts why it ended.
 pub(super) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -593,7 +594,7 @@ impl Session {
     fn target(
         &self,
         publish: &Publish,
-    ) -> Result<(Arc<DatasetPipeline>, Option<CompactString>), Verdict> {
+    ) -> Result<(Arc<DatasetEntry>, Option<CompactString>), Verdict> {
         let refuse = |refusal: Refusal, message: String| match self.version {
             Version::V5 => Verdict::Refused(refusal, message),
             // 3.1.1 cannot say no: close rather than acknowledge what will not be kept.
@@ -601,12 +602,17 @@ impl Session {
         };
         let text = std::str::from_utf8(&publish.topic).unwrap_or_default();
         let route = topic::route(text).map_err(|m| refuse(Refusal::TopicInvalid, m))?;
-        let ds = self.shared.pipeline.dataset(route.dataset).ok_or_else(|| {
-            refuse(
-                Refusal::TopicInvalid,
-                format!("no dataset `{}`", route.dataset),
-            )
-        })?;
+        let ds = self
+            .shared
+            .pipeline
+            .registry()
+            .get(route.dataset)
+            .ok_or_else(|| {
+                refuse(
+                    Refusal::TopicInvalid,
+                    format!("no dataset `{}`", route.dataset),
+                )
+            })?;
         if !self.key.may_write(route.dataset) {
             if crate::telemetry::refusal_log_allowed() {
                 tracing::warn!(key = %self.key.id, topic = crate::telemetry::log_text(text), "mqtt publish to a dataset the key may not write");

@@ -9,7 +9,8 @@ use crate::mqtt::Shared;
 use crate::mqtt::wire::Version;
 use crate::pipeline::limit::{LimitError, LimitKey, retry_after_secs};
 use crate::pipeline::reject::{Reason, Rejected};
-use crate::pipeline::{Batch, DatasetPipeline, IngestError};
+use crate::pipeline::{Batch, IngestError};
+use crate::registry::DatasetEntry;
 
 /// "2 of 5 readings rejected: #1 above_max (field `x` is 999…); #3 …" (the first few).
 fn summarize(rejected: &[Rejected], total: usize) -> String {
@@ -24,7 +25,7 @@ fn summarize(rejected: &[Rejected], total: usize) -> String {
 /// Runs a publish through the pipeline and decides its acknowledgement.
 pub(super) async fn settle(
     shared: Arc<Shared>,
-    ds: Arc<DatasetPipeline>,
+    ds: Arc<DatasetEntry>,
     key: LimitKey,
     batch: Batch,
     version: Version,

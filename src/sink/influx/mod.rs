@@ -31,9 +31,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::InfluxConfig;
+use crate::model::Reason;
 use crate::model::{Dataset, Micros, Reading, Value, now_micros};
-use crate::pipeline::Pipeline;
-use crate::pipeline::reject::{Reason, RejectRecord};
+use crate::registry::Registry;
+use crate::registry::rejects::RejectRecord;
 use crate::telemetry::InfluxMetrics;
 use crate::wal::{Checkpoint, Reader, Wal, record};
 
@@ -265,7 +266,7 @@ impl Shapes {
 struct Former {
     reader: Reader,
     shapes: Arc<RwLock<Shapes>>,
-    pipeline: Arc<Pipeline>,
+    registry: Arc<Registry>,
     batch_size: usize,
     batch: Batch,
     payload: Vec<u8>,
@@ -275,14 +276,14 @@ struct Former {
 impl Shapes {
     /// The shape of dataset `id` and its position; `None` for a dataset the gateway does
     /// not know (its records are skipped).
-    fn find(this: &RwLock<Shapes>, pipeline: &Pipeline, id: &str) -> Option<(usize, Arc<Shape>)> {
+    fn find(this: &RwLock<Shapes>, registry: &Registry, id: &str) -> Option<(usize, Arc<Shape>)> {
         {
             let shapes = this.read().unwrap_or_else(|e| e.into_inner());
             if let Some(&index) = shapes.by_id.get(id) {
                 return Some((index, shapes.all[index].clone()));
             }
         }
-        let dataset = pipeline.dataset(id)?.dataset.clone();
+        let dataset = registry.get(id)?.dataset.clone();
         let mut shapes = this.write().unwrap_or_else(|e| e.into_inner());
         let index = match shapes.by_id.get(id) {
             Some(&index) => index,
@@ -306,7 +307,7 @@ impl Former {
             };
             seen = header.lsn;
             batch.last_lsn = header.lsn;
-            let Some((index, shape)) = Shapes::find(&self.shapes, &self.pipeline, header.dataset)
+            let Some((index, shape)) = Shapes::find(&self.shapes, &self.registry, header.dataset)
             else {
                 continue;
             };
@@ -403,7 +404,7 @@ pub struct InfluxSink {
     client: influxdb2::Client,
     cfg: InfluxConfig,
     shapes: Arc<RwLock<Shapes>>,
-    pipeline: Arc<Pipeline>,
+    registry: Arc<Registry>,
     wal: Wal,
     metrics: InfluxMetrics,
     checkpoint: Checkpoint,
@@ -413,7 +414,7 @@ impl InfluxSink {
     /// Registers the sink with the log and builds the client.
     pub fn new(
         cfg: InfluxConfig,
-        pipeline: Arc<Pipeline>,
+        registry: Arc<Registry>,
         wal: Wal,
         metrics: InfluxMetrics,
     ) -> std::io::Result<InfluxSink> {
@@ -425,7 +426,7 @@ impl InfluxSink {
             .build()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut shapes = Shapes::default();
-        for p in pipeline.datasets() {
+        for p in registry.all() {
             shapes.add(p.dataset.clone());
         }
         let checkpoint = wal.register(CONSUMER)?;
@@ -433,7 +434,7 @@ impl InfluxSink {
             client,
             cfg,
             shapes: Arc::new(RwLock::new(shapes)),
-            pipeline,
+            registry,
             wal,
             metrics,
             checkpoint,
@@ -517,7 +518,7 @@ impl InfluxSink {
         let sensor_id = shape.sensor_of(&line);
         self.metrics.poison(1);
         tracing::error!(dataset = %shape.dataset.id, %sensor_id, status, %message, "the store refused a point");
-        if let Some(p) = self.pipeline.dataset(&shape.dataset.id) {
+        if let Some(p) = self.registry.get(&shape.dataset.id) {
             p.metrics.rejected(Reason::StoreRejected).inc();
             p.rejects.record([RejectRecord {
                 at: now_micros(),
@@ -559,7 +560,7 @@ impl InfluxSink {
         let mut former = Some(Former {
             reader: Reader::new(self.wal.dir(), self.checkpoint.lsn),
             shapes: self.shapes.clone(),
-            pipeline: self.pipeline.clone(),
+            registry: self.registry.clone(),
             batch_size: self.cfg.batch_size,
             batch: Batch::default(),
             payload: Vec::new(),

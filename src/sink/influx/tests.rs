@@ -176,7 +176,7 @@ async fn fake_store(fail_first: u32) -> (Arc<Store>, String) {
     (store, url)
 }
 
-async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Pipeline>, InfluxMetrics) {
+async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Registry>, InfluxMetrics) {
     let mut config = Config::from_toml(DEFAULT_CONFIG, "t", &[]).unwrap();
     config.storage.data_dir = dir.to_path_buf();
     config.influx.enabled = true;
@@ -191,18 +191,19 @@ async fn make_sink(url: &str, dir: &std::path::Path) -> (InfluxSink, Arc<Pipelin
         false,
     )
     .unwrap();
-    let (pipeline, _) =
-        Pipeline::new(&config, &metrics, wal.clone(), CancellationToken::new()).unwrap();
-    let pipeline = Arc::new(pipeline);
+    let registry = Arc::new(Registry::new(metrics.clone(), config.pipeline.rejects_kept));
+    for spec in &config.datasets {
+        registry.add(spec).unwrap();
+    }
     let influx_metrics = metrics.influx().clone();
     let sink = InfluxSink::new(
         config.influx.clone(),
-        pipeline.clone(),
+        registry.clone(),
         wal,
         influx_metrics.clone(),
     )
     .unwrap();
-    (sink, pipeline, influx_metrics)
+    (sink, registry, influx_metrics)
 }
 
 fn batch_of(sink: &InfluxSink, n: usize, poison: &[usize]) -> (Bytes, Vec<Point>) {
@@ -235,7 +236,7 @@ fn batch_of(sink: &InfluxSink, n: usize, poison: &[usize]) -> (Bytes, Vec<Point>
 async fn poison_points_are_split_out_and_recorded_the_rest_written() {
     let (store, url) = fake_store(0).await;
     let dir = tempfile::tempdir().unwrap();
-    let (sink, pipeline, metrics) = make_sink(&url, dir.path()).await;
+    let (sink, registry, metrics) = make_sink(&url, dir.path()).await;
     let (text, points) = batch_of(&sink, 10, &[3, 7]);
     assert!(
         sink.write(text.clone(), &points, &CancellationToken::new())
@@ -245,11 +246,7 @@ async fn poison_points_are_split_out_and_recorded_the_rest_written() {
     written.sort();
     assert_eq!(written.len(), 8);
     assert!(written.iter().all(|l| l.contains("sensor_id=ok-")));
-    let recent = pipeline
-        .dataset("traffic-counts")
-        .unwrap()
-        .rejects
-        .recent(10);
+    let recent = registry.get("traffic-counts").unwrap().rejects.recent(10);
     let mut bad: Vec<String> = recent
         .iter()
         .map(|r| r.sensor_id.clone().unwrap())

@@ -40,8 +40,6 @@ pub enum EncodeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("dataset `{0}` exists")]
-    Duplicate(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EncodeError + '_ {

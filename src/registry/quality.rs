@@ -31,6 +31,7 @@ pub struct QualitySnapshot {
     pub reject_rate: f64,
 }
 
+#[derive(Debug)]
 struct Inner {
     /// Minute index → (accepted, rejected), in a ring by minute.
     minutes: [(i64, u64, u64); BUCKETS],
@@ -54,6 +55,7 @@ impl Default for QualityTracker {
 }
 
 /// One dataset's tracker; cheap per batch (one lock, one map probe per reading).
+#[derive(Debug)]
 pub struct QualityTracker {
     inner: Mutex<Inner>,
 }
