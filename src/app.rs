@@ -37,6 +37,12 @@ pub enum AppError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another citygate is running on the data directory {0} (it holds {LOCK_FILE} there): \
+         two gateways on one write-ahead log would lose each other's readings. Stop the other \
+         one, or give this one a data_dir of its own (CITYGATE__STORAGE__DATA_DIR)"
+    )]
+    DataDirInUse(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("marketplace: {0}")]
@@ -145,6 +151,35 @@ pub struct App {
     sinks: TaskTracker,
     background: JoinHandle<()>,
     shutdown_timeout: Duration,
+    /// Held while this gateway runs: no other may use the data directory meanwhile.
+    _data_dir_lock: std::fs::File,
+}
+
+/// The name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "citygate.lock";
+
+/// Locks the data directory for this process (an advisory lock the kernel drops when the
+/// process ends, however it ends). Two gateways appending to one write-ahead log would give
+/// different readings the same record numbers, and the Parquet file of one would replace the
+/// other's: acknowledged readings lost. So the second one refuses to start.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, AppError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AppError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(AppError::DataDirInUse(data_dir.to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(source)) => Err(AppError::DataDir { path, source }),
+    }
 }
 
 impl App {
@@ -161,6 +196,7 @@ impl App {
             path: data_dir.clone(),
             source,
         })?;
+        let data_dir_lock = lock_data_dir(&data_dir)?;
         let parquet_dir = config.parquet_dir();
         let stale = remove_stale_temp_files(&parquet_dir);
         if stale > 0 {
@@ -346,6 +382,7 @@ impl App {
             sinks,
             background,
             shutdown_timeout: config.shutdown.timeout,
+            _data_dir_lock: data_dir_lock,
         })
     }
 

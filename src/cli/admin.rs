@@ -404,7 +404,13 @@ pub async fn plans(target: &Target, command: PlansCommand) -> Result<()> {
         }
         PlansCommand::List { dataset } => {
             let datasets = match (&dataset, target) {
-                (Some(d), _) => vec![d.clone()],
+                (Some(d), Target::Database { config, store }) => {
+                    if !catalog(config, store).await?.iter().any(|c| &c.id == d) {
+                        bail!("no dataset `{d}`");
+                    }
+                    vec![d.clone()]
+                }
+                (Some(d), Target::Gateway(_)) => vec![d.clone()],
                 (None, Target::Database { config, store }) => catalog(config, store)
                     .await?
                     .into_iter()
@@ -417,12 +423,10 @@ pub async fn plans(target: &Target, command: PlansCommand) -> Result<()> {
                     .map(|d| cell(&d["id"]))
                     .collect(),
             };
-            println!(
-                "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} name",
-                "id", "dataset", "kind", "cur", "monthly", "per_1000", "delay", "aggr", "offered"
-            );
+            // Every answer first, so that a refusal prints no half table.
+            let mut plans = Vec::new();
             for ds in &datasets {
-                let plans = match target {
+                let of_dataset = match target {
                     Target::Database { store, .. } => {
                         serde_json::to_value(store.plans_of(ds, true).await?)?
                     }
@@ -437,25 +441,30 @@ pub async fn plans(target: &Target, command: PlansCommand) -> Result<()> {
                         }
                     }
                 };
-                for p in plans.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} {}",
-                        cell(&p["id"]),
-                        cell(&p["dataset"]),
-                        cell(&p["kind"]),
-                        cell(&p["currency"]),
-                        cell(&p["price_minor"]),
-                        cell(&p["per_1000_minor"]),
-                        cell(&p["delay"]),
-                        cell(&p["aggregate"]),
-                        if p["active"].as_bool() == Some(true) {
-                            "yes"
-                        } else {
-                            "no"
-                        },
-                        cell(&p["name"])
-                    );
-                }
+                plans.extend(of_dataset.as_array().cloned().unwrap_or_default());
+            }
+            println!(
+                "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} name",
+                "id", "dataset", "kind", "cur", "monthly", "per_1000", "delay", "aggr", "offered"
+            );
+            for p in &plans {
+                println!(
+                    "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} {}",
+                    cell(&p["id"]),
+                    cell(&p["dataset"]),
+                    cell(&p["kind"]),
+                    cell(&p["currency"]),
+                    cell(&p["price_minor"]),
+                    cell(&p["per_1000_minor"]),
+                    cell(&p["delay"]),
+                    cell(&p["aggregate"]),
+                    if p["active"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    cell(&p["name"])
+                );
             }
         }
         PlansCommand::Withdraw { id } => {

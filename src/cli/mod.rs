@@ -23,10 +23,18 @@ pub struct Cli {
     /// change single values.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// accounts, keys, plans, invoices: go through the API of the gateway at this URL
-    /// (e.g. http://127.0.0.1:8080) instead of opening its database here.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Where the accounts, keys, plans and invoices commands go: the config's database, or a
+/// running gateway's API.
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// Go through the API of the gateway at this URL (e.g. http://127.0.0.1:8080) instead
+    /// of opening its database here.
     #[arg(long, global = true, value_name = "URL", env = "CITYGATE_API")]
-    api: Option<String>,
+    pub api: Option<String>,
     /// The key for --api: an admin key (a provider key manages its own keys and plans).
     #[arg(
         long,
@@ -35,13 +43,11 @@ pub struct Cli {
         env = "CITYGATE_API_KEY",
         hide_env_values = true
     )]
-    api_key: Option<String>,
-    /// accounts, keys, plans, invoices: make the SQLite database if it does not exist
-    /// (without this, a missing database is an error: the gateway makes it on first start).
+    pub api_key: Option<String>,
+    /// Make the SQLite database if it does not exist (without this, a missing database is
+    /// an error: the gateway makes it on its first start).
     #[arg(long, global = true)]
-    create_database: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
+    pub create_database: bool,
 }
 
 #[derive(Subcommand)]
@@ -59,21 +65,29 @@ pub enum Command {
     Accounts {
         #[command(subcommand)]
         command: AccountsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Price datasets: plans.
     Plans {
         #[command(subcommand)]
         command: PlansCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Bill subscribers: invoices per calendar month.
     Invoices {
         #[command(subcommand)]
         command: InvoicesCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Inspect datasets.
     Datasets {
@@ -226,7 +240,7 @@ pub struct SimulateArgs {
     /// MQTT QoS (0, 1 or 2).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
-    /// Device key (or CITYGATE_KEY).
+    /// The device key.
     #[arg(long, env = "CITYGATE_KEY", hide_env_values = true)]
     key: String,
     /// Readings per second in total; 0 for as fast as possible.
@@ -268,21 +282,18 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 
 /// Where the accounts, keys, plans and invoices commands go: the gateway at `--api`, else
 /// the database of the config.
-async fn admin_target(cli: &Cli) -> Result<admin::Target> {
-    if let Some(url) = &cli.api {
-        let key = cli.api_key.as_deref().unwrap_or("");
+async fn admin_target(config: Option<&Path>, args: &AdminArgs) -> Result<admin::Target> {
+    if let Some(url) = &args.api {
+        let key = args.api_key.as_deref().unwrap_or("");
         return admin::Target::open(Config::default(), "", Some((url, key)), false).await;
     }
     let default = Path::new(DEFAULT_CONFIG_PATH);
-    let path = cli
-        .config
-        .as_deref()
-        .or_else(|| default.exists().then_some(default));
+    let path = config.or_else(|| default.exists().then_some(default));
     let config = Config::load(path)?;
     let source = path.map_or("the built-in config".to_string(), |p| {
         p.display().to_string()
     });
-    admin::Target::open(config, &source, None, cli.create_database).await
+    admin::Target::open(config, &source, None, args.create_database).await
 }
 
 pub async fn run(mut cli: Cli) -> Result<ExitCode> {
@@ -321,20 +332,20 @@ pub async fn run(mut cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Accounts { command } => {
-            admin::accounts(&admin_target(&cli).await?, command).await?;
+        Command::Accounts { command, admin } => {
+            admin::accounts(&admin_target(cli.config.as_deref(), &admin).await?, command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { command } => {
-            admin::keys(&admin_target(&cli).await?, command).await?;
+        Command::Keys { command, admin } => {
+            admin::keys(&admin_target(cli.config.as_deref(), &admin).await?, command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plans { command } => {
-            admin::plans(&admin_target(&cli).await?, command).await?;
+        Command::Plans { command, admin } => {
+            admin::plans(&admin_target(cli.config.as_deref(), &admin).await?, command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoices { command } => {
-            admin::invoices(&admin_target(&cli).await?, command).await?;
+        Command::Invoices { command, admin } => {
+            admin::invoices(&admin_target(cli.config.as_deref(), &admin).await?, command).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Datasets {

@@ -49,8 +49,8 @@ pub enum WalError {
     Closed,
     #[error(
         "the write-ahead log is corrupt: {segment} at byte {offset}, and valid records follow. \
-         Nothing was changed. Restore the file from a backup, or start with --skip-corrupt-wal \
-         to drop the damaged bytes ({skipped} bytes here) and keep every valid record"
+         Nothing was changed. Restore the file from a backup, or start with \
+         `citygate serve --skip-corrupt-wal` to drop the damaged bytes ({skipped} bytes here) and keep every valid record"
     )]
     Corrupt {
         segment: String,

@@ -205,6 +205,32 @@ async fn keys_cli_serve_and_sigterm_flushes_everything() {
     );
 }
 
+/// A second gateway on the same data directory refuses to start (two on one write-ahead log
+/// would number different readings alike and lose one's files to the other's), and says why;
+/// once the first has stopped, the directory is free.
+#[test]
+fn a_second_gateway_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = serve(dir.path());
+    let second = run(bin_on(dir.path())
+        .arg("serve")
+        .arg("--config")
+        .arg(shipped_config())
+        .env("CITYGATE__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CITYGATE__MQTT__LISTEN", "127.0.0.1:0"));
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another citygate is running on the data directory"),
+        "{err}"
+    );
+    terminate(&first.child);
+    let mut first = first;
+    assert!(first.child.wait().unwrap().success());
+    let again = serve(dir.path());
+    drop(again);
+}
+
 #[test]
 fn serve_refuses_a_bad_config() {
     let out = run(bin()
