@@ -5,6 +5,7 @@
 #
 #   scripts/loadtest.sh [seconds] [connections] [batch]
 #   FSYNC=never scripts/loadtest.sh ...     # the WAL's fsync mode (default: always)
+#   CITYGATE_BIN=/path/to/citygate scripts/loadtest.sh ...   # another build (none is made)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
@@ -13,8 +14,8 @@ batch=${3:-100}
 data=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
 
-cargo build --release --quiet
-bin=target/release/citygate
+if [ -z "${CITYGATE_BIN:-}" ]; then cargo build --release --quiet; fi
+bin=${CITYGATE_BIN:-target/release/citygate}
 export CITYGATE__STORAGE__DATA_DIR="$data"
 export CITYGATE__HTTP__LISTEN=127.0.0.1:18080
 export CITYGATE__MQTT__LISTEN=127.0.0.1:18883

@@ -27,7 +27,7 @@ pub struct FeedBatch {
     pub dataset: Arc<Dataset>,
     /// The position of `readings[0]`; the next reading has the next position.
     pub first: u64,
-    pub readings: Vec<Reading>,
+    pub readings: Arc<Vec<Reading>>,
     json: OnceLock<Vec<Arc<str>>>,
 }
 
@@ -178,7 +178,8 @@ impl Hub {
     }
 
     /// Publishes acknowledged readings of `dataset`.
-    pub fn publish(&self, dataset: &Arc<Dataset>, readings: Vec<Reading>) {
+    pub fn publish(&self, dataset: &Arc<Dataset>, readings: impl Into<Arc<Vec<Reading>>>) {
+        let readings = readings.into();
         if readings.is_empty() {
             return;
         }

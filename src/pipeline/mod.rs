@@ -240,30 +240,50 @@ impl Pipeline {
             if self.is_closing() {
                 return Err(IngestError::ShuttingDown);
             }
-            let frame = wal::record::encode(&ds.dataset, &checked.accepted, now_micros());
+            let appended_at = now_micros();
+            let frame = wal::record::encode(&ds.dataset, &checked.accepted, appended_at);
+            // Shared from here on: the log's consumers that keep up and the live feeds take
+            // these readings as they are.
+            let readings = Arc::new(std::mem::take(&mut checked.accepted));
+            let decoded = wal::Decoded {
+                appended_at,
+                dataset: ds.dataset.clone(),
+                readings: readings.clone(),
+            };
             // The append runs to its end in a task of its own, so that a caller who goes away
             // (a client closing its connection) cannot leave a record in the log that the
             // accepted counter missed.
             let (wal, accepted) = (self.wal.clone(), ds.metrics.accepted.clone());
             let appended = tokio::spawn(async move {
-                let appended = wal.append(frame).await;
+                let appended = wal.append_decoded(frame, decoded).await;
                 if appended.is_ok() {
                     accepted.inc_by(count as u64);
                 }
                 appended
             })
-            .await
-            .map_err(|e| IngestError::Internal(format!("the log append task failed: {e}")))?;
-            appended.map_err(|e| match e {
-                WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
-                WalError::QueueFull(wait) => IngestError::QueueFull(wait),
-                WalError::Closed => IngestError::ShuttingDown,
-                WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
-            })?;
-            ds.quality.accepted(&checked.accepted, checked.received_at);
-            // Acknowledged: the live feeds take the readings (the caller needs them no more).
-            self.hub
-                .publish(&ds.dataset, std::mem::take(&mut checked.accepted));
+            .await;
+            let refused = match appended {
+                Ok(Ok(_lsn)) => None,
+                Ok(Err(e)) => Some(match e {
+                    WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
+                    WalError::QueueFull(wait) => IngestError::QueueFull(wait),
+                    WalError::Closed => IngestError::ShuttingDown,
+                    WalError::Io(_) | WalError::Corrupt { .. } => {
+                        IngestError::Storage(e.to_string())
+                    }
+                }),
+                Err(e) => Some(IngestError::Internal(format!(
+                    "the log append task failed: {e}"
+                ))),
+            };
+            if let Some(e) = refused {
+                // Nothing kept: the caller may try again with the same readings.
+                checked.accepted = Arc::unwrap_or_clone(readings);
+                return Err(e);
+            }
+            ds.quality.accepted(&readings, checked.received_at);
+            // Acknowledged: the live feeds take the readings.
+            self.hub.publish(&ds.dataset, readings);
         }
         self.record_rejects(ds, key, checked.received_at, &checked.rejected);
         Ok(Outcome {

@@ -17,8 +17,10 @@
 //! refuses unless the operator asks to skip it (`citygate serve --skip-corrupt-wal`).
 
 pub mod checkpoint;
+pub mod consumer;
 pub mod record;
 pub mod segment;
+pub mod tail;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -32,7 +34,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot, watch};
 
 pub use checkpoint::Checkpoint;
+pub use consumer::{Consumer, Record};
 pub use segment::Reader;
+pub use tail::{Committed, Decoded};
 
 use crate::config::WalConfig;
 use crate::telemetry::WalMetrics;
@@ -68,6 +72,8 @@ pub(crate) struct Shared {
     segments: Mutex<BTreeMap<u64, u64>>,
     /// Registered consumers and how far each has durably consumed.
     consumers: Mutex<BTreeMap<String, u64>>,
+    /// The recent committed records, decoded, for consumers that keep up.
+    tail: Mutex<tail::Tail>,
     metrics: WalMetrics,
 }
 
@@ -132,6 +138,7 @@ impl Wal {
             committed,
             segments: Mutex::new(segments),
             consumers: Mutex::new(BTreeMap::new()),
+            tail: Mutex::new(tail::Tail::new(tail::TAIL_BYTES)),
             metrics,
         });
         let active = OpenOptions::new()
@@ -179,6 +186,16 @@ impl Wal {
     /// written (and, with `fsync = "always"`, fsynced). Refused when the log is full, the
     /// queue stays full for `queue_timeout`, or the write fails: never accepted and lost.
     pub async fn append(&self, frame: Vec<u8>) -> Result<u64, WalError> {
+        self.append_with(frame, None).await
+    }
+
+    /// [`Wal::append`] of a record whose readings intake has decoded: consumers that keep up
+    /// take them from memory, shared, instead of reading and decoding the record again.
+    pub async fn append_decoded(&self, frame: Vec<u8>, decoded: Decoded) -> Result<u64, WalError> {
+        self.append_with(frame, Some(decoded)).await
+    }
+
+    async fn append_with(&self, frame: Vec<u8>, decoded: Option<Decoded>) -> Result<u64, WalError> {
         let max_bytes = self.shared.max_bytes;
         if self.shared.bytes.load(Ordering::Relaxed) + frame.len() as u64 > max_bytes {
             self.shared.metrics.refused("full");
@@ -194,12 +211,18 @@ impl Wal {
             let tx = tx.as_ref().ok_or(WalError::Closed)?;
             tx.send(writer::Append {
                 frame,
+                decoded,
                 done,
                 permit,
             })
             .map_err(|_| WalError::Closed)?;
         }
         result.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// A reader of the records after `after` (a consumer's checkpoint).
+    pub fn consumer(&self, after: u64) -> Consumer {
+        Consumer::new(self, after)
     }
 
     /// The last LSN written (readable by consumers), and changes to it.

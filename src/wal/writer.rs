@@ -15,16 +15,22 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::record::seal;
 use super::segment::segment_path;
+use super::tail::Decoded;
 use super::{Shared, WalError};
 use crate::config::FsyncMode;
 
 /// One record to append, and where to report its LSN.
 pub(super) struct Append {
     pub frame: Vec<u8>,
+    /// The record's readings, decoded, for the tail.
+    pub decoded: Option<Decoded>,
     pub done: oneshot::Sender<Result<u64, WalError>>,
     /// The caller's place in the queue, given back when the writer takes the append.
     pub permit: OwnedSemaphorePermit,
 }
+
+/// An append of the run being written: where to answer, its LSN, its readings.
+type RunAppend = (oneshot::Sender<Result<u64, WalError>>, u64, Option<Decoded>);
 
 /// Most bytes and appends gathered into one write.
 const GROUP_BYTES: usize = 16 << 20;
@@ -128,10 +134,11 @@ impl Writer {
     fn write_group(&mut self, group: &mut Vec<Append>) {
         let max_bytes = self.shared.max_bytes;
         let mut run: Vec<u8> = Vec::with_capacity(group.iter().map(|a| a.frame.len()).sum());
-        let mut run_appends: Vec<(oneshot::Sender<Result<u64, WalError>>, u64)> = Vec::new();
+        let mut run_appends: Vec<RunAppend> = Vec::new();
         for append in group.drain(..) {
             let Append {
                 mut frame,
+                decoded,
                 done,
                 permit,
             } = append;
@@ -159,18 +166,14 @@ impl Writer {
             self.next_lsn += 1;
             seal(&mut frame, lsn);
             run.extend_from_slice(&frame);
-            run_appends.push((done, lsn));
+            run_appends.push((done, lsn, decoded));
         }
         self.finish_run(&mut run, &mut run_appends);
     }
 
     /// Writes a run of records into the active segment (and fsyncs, if always), then
     /// answers its appends. On failure the segment is cut back to where the run began.
-    fn finish_run(
-        &mut self,
-        run: &mut Vec<u8>,
-        appends: &mut Vec<(oneshot::Sender<Result<u64, WalError>>, u64)>,
-    ) {
+    fn finish_run(&mut self, run: &mut Vec<u8>, appends: &mut Vec<RunAppend>) {
         if run.is_empty() {
             return;
         }
@@ -189,12 +192,25 @@ impl Writer {
                 self.shared.bytes.fetch_add(len, Ordering::Relaxed);
                 self.shared
                     .note_active_len(self.active_first, self.active_len);
-                let last = appends.last().map(|(_, lsn)| *lsn).unwrap_or(0);
+                let last = appends.last().map(|(_, lsn, _)| *lsn).unwrap_or(0);
                 self.shared.metrics.appended(appends.len() as u64, len);
+                let mut answers = Vec::with_capacity(appends.len());
+                let mut evicted = Vec::new();
+                {
+                    // In the tail before the committed LSN says so: a consumer woken by it
+                    // finds the records in memory.
+                    let mut tail = self.shared.tail.lock().unwrap_or_else(|e| e.into_inner());
+                    for (done, lsn, decoded) in appends.drain(..) {
+                        tail.push(lsn, decoded, &mut evicted);
+                        answers.push((done, lsn));
+                    }
+                }
                 self.shared.committed.send_replace(last);
-                for (done, lsn) in appends.drain(..) {
+                for (done, lsn) in answers {
                     let _ = done.send(Ok(lsn));
                 }
+                // Freed after the answers, not before them.
+                drop(evicted);
             }
             Err(e) => {
                 tracing::error!(error = %e, "WAL write failed; its requests are refused");
@@ -202,7 +218,7 @@ impl Writer {
                     tracing::error!(error = %cut, "cannot cut the WAL back after a failed write");
                 }
                 self.shared.metrics.refused("io");
-                for (done, _) in appends.drain(..) {
+                for (done, _, _) in appends.drain(..) {
                     let _ = done.send(Err(WalError::Io(e.to_string())));
                 }
             }

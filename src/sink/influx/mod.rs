@@ -36,7 +36,7 @@ use crate::model::{Dataset, Micros, Reading, Value, now_micros};
 use crate::registry::Registry;
 use crate::registry::rejects::RejectRecord;
 use crate::telemetry::InfluxMetrics;
-use crate::wal::{Checkpoint, Reader, Wal, record};
+use crate::wal::{Checkpoint, Consumer, Record, Wal, record};
 
 pub const CONSUMER: &str = "influx";
 
@@ -264,12 +264,11 @@ impl Shapes {
 /// Reads the log and turns its records into batches of points: blocking file reads and the
 /// CPU work of the sink, run off the async threads while earlier batches are being sent.
 struct Former {
-    reader: Reader,
+    consumer: Consumer,
     shapes: Arc<RwLock<Shapes>>,
     registry: Arc<Registry>,
     batch_size: usize,
     batch: Batch,
-    payload: Vec<u8>,
     readings: Vec<Reading>,
 }
 
@@ -296,32 +295,55 @@ impl Shapes {
 impl Former {
     /// Reads records into the batch until it is full or the log has nothing more committed;
     /// returns the last record seen.
-    fn fill(&mut self, committed: u64) -> std::io::Result<u64> {
-        let mut seen = self.reader.last_lsn();
-        let batch = &mut self.batch;
-        while batch.points.len() < self.batch_size
-            && self.reader.next_into(committed, &mut self.payload)?
-        {
-            let Ok(header) = record::header(&self.payload) else {
-                continue;
+    /// Without `disk`, from memory only: stops where the disk is needed (`needs_disk`).
+    fn fill(&mut self, committed: u64, disk: bool) -> std::io::Result<Filled> {
+        let Former {
+            consumer,
+            shapes,
+            registry,
+            batch_size,
+            batch,
+            readings,
+        } = self;
+        if batch.points.len() >= *batch_size {
+            return Ok(Filled {
+                seen: consumer.position(),
+                needs_disk: false,
+            });
+        }
+        let each = |record: Record<'_>| {
+            let (lsn, dataset, appended_at) = match &record {
+                Record::Memory(c) => (c.lsn, c.dataset.id.as_str(), c.appended_at),
+                Record::Disk { lsn, payload } => match record::header(payload) {
+                    Ok(header) => (*lsn, header.dataset, header.appended_at),
+                    Err(_) => return true,
+                },
             };
-            seen = header.lsn;
-            batch.last_lsn = header.lsn;
-            let Some((index, shape)) = Shapes::find(&self.shapes, &self.registry, header.dataset)
-            else {
-                continue;
+            batch.last_lsn = lsn;
+            let Some((index, shape)) = Shapes::find(shapes, registry, dataset) else {
+                return true;
             };
-            self.readings.clear();
-            if record::decode_into(&self.payload, &shape.dataset, &mut self.readings).is_err() {
-                tracing::error!(
-                    lsn = header.lsn,
-                    "undecodable WAL record skipped by the influx sink"
-                );
-                continue;
-            }
+            let these: &[Reading] = match record {
+                // As intake had them, in the schema the shape was made from (a dataset
+                // keeps its fields while the gateway runs).
+                Record::Memory(c) if Arc::ptr_eq(&c.dataset, &shape.dataset) => &c.readings,
+                Record::Memory(c) => {
+                    readings.clear();
+                    readings.extend(c.readings.iter().cloned());
+                    readings
+                }
+                Record::Disk { payload, .. } => {
+                    readings.clear();
+                    if record::decode_into(payload, &shape.dataset, readings).is_err() {
+                        tracing::error!(lsn, "undecodable WAL record skipped by the influx sink");
+                        return true;
+                    }
+                    readings
+                }
+            };
             batch.since.get_or_insert_with(Instant::now);
-            batch.oldest_appended.get_or_insert(header.appended_at);
-            for r in &self.readings {
+            batch.oldest_appended.get_or_insert(appended_at);
+            for r in these {
                 let start = batch.text.len();
                 if shape.write_point(&mut batch.text, r) {
                     batch.points.push(Point {
@@ -330,9 +352,27 @@ impl Former {
                     });
                 }
             }
-        }
-        Ok(seen)
+            batch.points.len() < *batch_size
+        };
+        let needs_disk = if disk {
+            consumer.read(committed, each)?;
+            false
+        } else {
+            !consumer.read_memory(committed, each)
+        };
+        Ok(Filled {
+            seen: consumer.position(),
+            needs_disk,
+        })
     }
+}
+
+/// How far a fill got.
+struct Filled {
+    /// The last record seen.
+    seen: u64,
+    /// Read from memory only, and stopped where the disk is needed.
+    needs_disk: bool,
 }
 
 /// A batch handed to the writer: the last record it covers, whether it has an entry in the
@@ -558,12 +598,11 @@ impl InfluxSink {
         stop: CancellationToken,
     ) {
         let mut former = Some(Former {
-            reader: Reader::new(self.wal.dir(), self.checkpoint.lsn),
+            consumer: self.wal.consumer(self.checkpoint.lsn),
             shapes: self.shapes.clone(),
             registry: self.registry.clone(),
             batch_size: self.cfg.batch_size,
             batch: Batch::default(),
-            payload: Vec::new(),
             readings: Vec::new(),
         });
         let mut committed_rx = self.wal.committed();
@@ -572,15 +611,22 @@ impl InfluxSink {
         loop {
             let committed = *committed_rx.borrow_and_update();
             let mut f = former.take().expect("the former is back after every fill");
-            let (f, filled) = tokio::task::spawn_blocking(move || {
-                let filled = f.fill(committed);
-                (f, filled)
-            })
-            .await
-            .expect("the influx sink's former does not panic");
+            // From memory on this task while that goes (no thread hop); else from disk, off it.
+            let start = f.consumer.position();
+            let (f, filled) = match f.fill(committed, false) {
+                Ok(filled) if filled.needs_disk && filled.seen == start => {
+                    tokio::task::spawn_blocking(move || {
+                        let filled = f.fill(committed, true);
+                        (f, filled)
+                    })
+                    .await
+                    .expect("the influx sink's former does not panic")
+                }
+                filled => (f, filled),
+            };
             let batch = &former.insert(f).batch;
             let seen = match filled {
-                Ok(seen) => seen,
+                Ok(filled) => filled.seen,
                 Err(e) => {
                     tracing::error!(error = %e, "influx sink cannot read the WAL; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -30,7 +30,7 @@ use crate::calendar::civil_from_days;
 use crate::config::ParquetConfig;
 use crate::model::{Dataset, Micros, Reading, now_micros};
 use crate::telemetry::DatasetMetrics;
-use crate::wal::{Checkpoint, Reader, Wal, record};
+use crate::wal::{Checkpoint, Consumer, Record, Wal, record};
 pub use encode::{EncodeError, ParquetLayout};
 
 const HOUR: Micros = 3_600_000_000;
@@ -61,25 +61,47 @@ pub fn write_partitions(
     range: (u64, u64),
     readings: &[Reading],
 ) -> Result<FlushStats, EncodeError> {
+    write_readings(layout, root, dataset, range, readings.iter().collect())
+}
+
+/// [`write_partitions`] of readings held in shared chunks, in order.
+pub fn write_chunks(
+    layout: &ParquetLayout,
+    root: &Path,
+    dataset: &str,
+    range: (u64, u64),
+    chunks: &[Arc<Vec<Reading>>],
+) -> Result<FlushStats, EncodeError> {
+    let readings = chunks.iter().flat_map(|c| c.iter()).collect();
+    write_readings(layout, root, dataset, range, readings)
+}
+
+fn write_readings(
+    layout: &ParquetLayout,
+    root: &Path,
+    dataset: &str,
+    range: (u64, u64),
+    mut readings: Vec<&Reading>,
+) -> Result<FlushStats, EncodeError> {
     let mut stats = FlushStats::default();
     if readings.is_empty() {
         return Ok(stats);
     }
     let hour_of = |r: &Reading| r.ts.div_euclid(HOUR);
-    let mut order: Vec<u32> = (0..readings.len() as u32).collect();
-    let first = hour_of(&readings[0]);
+    let first = hour_of(readings[0]);
     if readings.iter().any(|r| hour_of(r) != first) {
-        order.sort_by_key(|&i| hour_of(&readings[i as usize]));
+        // Stable: within an hour, log order stays.
+        readings.sort_by_key(|r| hour_of(r));
     }
     let (a, b) = range;
-    for (part, run) in order
-        .chunk_by(|&x, &y| hour_of(&readings[x as usize]) == hour_of(&readings[y as usize]))
+    for (part, run) in readings
+        .chunk_by(|x, y| hour_of(x) == hour_of(y))
         .enumerate()
     {
-        let hour = hour_of(&readings[run[0] as usize]);
+        let hour = hour_of(run[0]);
         let path =
             partition_dir(root, dataset, hour).join(format!("part-{a:020}-{b:020}-{part}.parquet"));
-        let batch = layout.record_batch(run.iter().map(|&i| &readings[i as usize]))?;
+        let batch = layout.record_batch(run.iter().copied())?;
         stats.bytes += layout.write_file(&batch, &path)?;
         stats.files += 1;
         stats.rows += run.len() as u64;
@@ -130,10 +152,13 @@ pub fn remove_stale_temp_files(root: &Path) -> usize {
     removed
 }
 
-/// Readings gathered from the log and not yet written.
+/// Readings gathered from the log and not yet written, in shared chunks (as intake made
+/// them, or as decoded from disk).
 #[derive(Default)]
 struct Pending {
-    readings: Vec<Reading>,
+    chunks: Vec<Arc<Vec<Reading>>>,
+    /// Readings in `chunks`.
+    rows: usize,
     bytes: usize,
     /// LSN of the first and last record of ours in the buffer.
     first_lsn: Option<u64>,
@@ -151,9 +176,12 @@ impl Pending {
 
 /// What one blocking read of the log returned.
 struct Chunk {
-    reader: Reader,
+    consumer: Consumer,
+    /// Read from memory only, and stopped where the disk is needed.
+    needs_disk: bool,
     result: std::io::Result<()>,
-    readings: Vec<Reading>,
+    chunks: Vec<Arc<Vec<Reading>>>,
+    rows: usize,
     first_lsn: Option<u64>,
     last_lsn: u64,
     oldest_appended: Option<Micros>,
@@ -161,56 +189,90 @@ struct Chunk {
     dropped: usize,
 }
 
-/// Reads records up to `committed`, keeping `ds`'s readings, until about `max` of them.
-fn read_chunk(mut reader: Reader, committed: u64, ds: &Dataset, max: usize) -> Chunk {
-    let mut chunk = Chunk {
-        reader: Reader::new(Path::new(""), 0),
-        result: Ok(()),
-        readings: Vec::new(),
-        first_lsn: None,
-        last_lsn: 0,
-        oldest_appended: None,
-        seen: reader.last_lsn(),
-        dropped: 0,
-    };
-    let mut payload = Vec::new();
-    while chunk.readings.len() < max {
-        match reader.next_into(committed, &mut payload) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                chunk.result = Err(e);
-                break;
+/// Reads records up to `committed`, keeping `ds`'s readings, until about `max` of them:
+/// shared as they are from memory, decoded from disk. Without `disk`, stops where the disk
+/// would be needed (and sets `needs_disk`).
+fn read_chunk(
+    mut consumer: Consumer,
+    committed: u64,
+    ds: &Dataset,
+    max: usize,
+    disk: bool,
+) -> Chunk {
+    let mut chunks: Vec<Arc<Vec<Reading>>> = Vec::new();
+    let mut decoded: Vec<Reading> = Vec::new();
+    let mut rows = 0usize;
+    let (mut first_lsn, mut last_lsn, mut oldest_appended, mut dropped) = (None, 0, None, 0);
+    let mut needs_disk = false;
+    let each = |record: Record<'_>| {
+        let (lsn, appended) = match record {
+            Record::Memory(c) => {
+                if c.dataset.id != ds.id {
+                    return true;
+                }
+                if !decoded.is_empty() {
+                    chunks.push(Arc::new(std::mem::take(&mut decoded)));
+                }
+                rows += c.readings.len();
+                chunks.push(c.readings.clone());
+                (c.lsn, c.appended_at)
             }
-        }
-        let header = match record::header(&payload) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "unreadable WAL record skipped");
-                continue;
+            Record::Disk { lsn, payload } => {
+                let header = match record::header(payload) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!(lsn, error = %e, "unreadable WAL record skipped");
+                        return true;
+                    }
+                };
+                if header.dataset != ds.id {
+                    return true;
+                }
+                let before = decoded.len();
+                match record::decode_into(payload, ds, &mut decoded) {
+                    Ok(n) => dropped += n,
+                    Err(e) => {
+                        tracing::error!(lsn, error = %e, "undecodable WAL record skipped; its readings are lost");
+                        decoded.truncate(before);
+                        return true;
+                    }
+                }
+                rows += decoded.len() - before;
+                (lsn, header.appended_at)
             }
         };
-        chunk.seen = header.lsn;
-        if header.dataset != ds.id {
-            continue;
-        }
-        let (lsn, appended) = (header.lsn, header.appended_at);
-        match record::decode_into(&payload, ds, &mut chunk.readings) {
-            Ok(dropped) => chunk.dropped += dropped,
-            Err(e) => {
-                tracing::error!(lsn, error = %e, "undecodable WAL record skipped; its readings are lost");
-                continue;
-            }
-        }
-        chunk.first_lsn.get_or_insert(lsn);
-        chunk.last_lsn = lsn;
-        chunk.oldest_appended.get_or_insert(appended);
+        first_lsn.get_or_insert(lsn);
+        last_lsn = lsn;
+        oldest_appended.get_or_insert(appended);
+        rows < max
+    };
+    let result = if disk {
+        consumer.read(committed, each)
+    } else {
+        needs_disk = !consumer.read_memory(committed, each);
+        Ok(())
+    };
+    if !decoded.is_empty() {
+        chunks.push(Arc::new(decoded));
     }
-    chunk.reader = reader;
-    chunk
+    Chunk {
+        needs_disk,
+        seen: consumer.position(),
+        consumer,
+        result,
+        chunks,
+        rows,
+        first_lsn,
+        last_lsn,
+        oldest_appended,
+        dropped,
+    }
 }
 
-type Flush = JoinHandle<(Result<FlushStats, EncodeError>, Vec<Reading>)>;
+/// Readings in the shared chunks they came in.
+type Chunks = Vec<Arc<Vec<Reading>>>;
+
+type Flush = JoinHandle<(Result<FlushStats, EncodeError>, Chunks)>;
 
 /// The Parquet sink of one dataset: a consumer of the write-ahead log.
 pub struct ParquetSink {
@@ -259,8 +321,7 @@ impl ParquetSink {
     }
 
     fn due_by_size(&self, pending: &Pending) -> bool {
-        pending.readings.len() >= self.cfg.max_rows
-            || pending.bytes >= self.cfg.max_bytes.as_usize()
+        pending.rows >= self.cfg.max_rows || pending.bytes >= self.cfg.max_bytes.as_usize()
     }
 
     fn store_checkpoint(&mut self, cp: Checkpoint) -> bool {
@@ -277,7 +338,11 @@ impl ParquetSink {
     }
 
     /// Records the intent to write `range`, then writes it on a blocking thread.
-    fn start_flush(&mut self, range: (u64, u64), readings: Vec<Reading>) -> Option<Flush> {
+    fn start_flush(
+        &mut self,
+        range: (u64, u64),
+        readings: Vec<Arc<Vec<Reading>>>,
+    ) -> Option<Flush> {
         let intent = Checkpoint {
             lsn: range.0 - 1,
             intent: Some(range),
@@ -287,7 +352,7 @@ impl ParquetSink {
         }
         let (layout, root, id) = (self.layout.clone(), self.root.clone(), self.ds.id.clone());
         Some(tokio::task::spawn_blocking(move || {
-            let result = write_partitions(&layout, &root, &id, range, &readings);
+            let result = write_chunks(&layout, &root, &id, range, &readings);
             (result, readings)
         }))
     }
@@ -296,10 +361,10 @@ impl ParquetSink {
     /// the readings come back to be written again (same range, same names) after a pause.
     fn finish_flush(
         &mut self,
-        joined: Result<(Result<FlushStats, EncodeError>, Vec<Reading>), tokio::task::JoinError>,
+        joined: Result<(Result<FlushStats, EncodeError>, Chunks), tokio::task::JoinError>,
         range: (u64, u64),
         durable_upto: u64,
-    ) -> Option<Vec<Reading>> {
+    ) -> Option<Chunks> {
         let (result, readings) = match joined {
             Ok(done) => done,
             Err(e) => {
@@ -332,7 +397,7 @@ impl ParquetSink {
                     (b * 2).min(Duration::from_secs(30))
                 });
                 tracing::error!(
-                    dataset = %self.ds.id, rows = readings.len(), %error, retry_in = ?backoff,
+                    dataset = %self.ds.id, rows = readings.iter().map(|c| c.len()).sum::<usize>(), %error, retry_in = ?backoff,
                     "parquet write failed; the readings stay in the log and are written again"
                 );
                 self.retry = Some((Instant::now() + backoff, backoff));
@@ -343,9 +408,15 @@ impl ParquetSink {
 
     /// Reads the log from `reader` (blocking, off the async workers). `None` only when the
     /// runtime is going away under us.
-    async fn read(&self, reader: Reader, committed: u64, max: usize) -> Option<Chunk> {
-        let ds = self.ds.clone();
-        tokio::task::spawn_blocking(move || read_chunk(reader, committed, &ds, max))
+    async fn read(&self, consumer: Consumer, committed: u64, max: usize) -> Option<Chunk> {
+        // From memory on this task while that goes (no thread hop); else from disk, off it.
+        let start = consumer.position();
+        let chunk = read_chunk(consumer, committed, &self.ds, max, false);
+        if !chunk.needs_disk || chunk.seen > start {
+            return Some(chunk);
+        }
+        let (ds, consumer) = (self.ds.clone(), chunk.consumer);
+        tokio::task::spawn_blocking(move || read_chunk(consumer, committed, &ds, max, true))
             .await
             .ok()
     }
@@ -354,14 +425,14 @@ impl ParquetSink {
     async fn redo(&mut self, range: (u64, u64), stop: &CancellationToken) -> bool {
         let (a, b) = range;
         tracing::info!(dataset = %self.ds.id, first = a, last = b, "redoing an interrupted parquet write");
-        let mut reader = Reader::new(self.wal.dir(), a - 1);
+        let mut consumer = self.wal.consumer(a - 1);
         let mut readings = Vec::new();
-        while reader.last_lsn() < b {
-            let Some(chunk) = self.read(reader, b, usize::MAX).await else {
+        while consumer.position() < b {
+            let Some(chunk) = self.read(consumer, b, usize::MAX).await else {
                 return false;
             };
-            reader = chunk.reader;
-            readings.extend(chunk.readings);
+            consumer = chunk.consumer;
+            readings.extend(chunk.chunks);
             if let Err(e) = chunk.result {
                 tracing::error!(error = %e, "cannot read the WAL to redo a write; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -392,12 +463,12 @@ impl ParquetSink {
         {
             return;
         }
-        let mut reader = Some(Reader::new(self.wal.dir(), self.checkpoint.lsn));
+        let mut reader = Some(self.wal.consumer(self.checkpoint.lsn));
         let mut committed_rx = self.wal.committed();
         let mut pending = Pending::default();
         let mut seen = self.checkpoint.lsn;
         let mut flushing: Option<(Flush, (u64, u64))> = None;
-        let mut retry_buffer: Option<(Vec<Reading>, (u64, u64))> = None;
+        let mut retry_buffer: Option<(Chunks, (u64, u64))> = None;
         let mut stopping = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_advance = Instant::now();
@@ -406,14 +477,13 @@ impl ParquetSink {
             let committed = *committed_rx.borrow_and_update();
             // Read what the log has, as far as the buffer may grow.
             if seen < committed
-                && pending.readings.len() < cap
+                && pending.rows < cap
                 && let Some(r) = reader.take()
             {
-                let Some(chunk) = self.read(r, committed, cap - pending.readings.len()).await
-                else {
+                let Some(chunk) = self.read(r, committed, cap - pending.rows).await else {
                     return;
                 };
-                reader = Some(chunk.reader);
+                reader = Some(chunk.consumer);
                 seen = chunk.seen;
                 if chunk.dropped > 0 {
                     tracing::warn!(dataset = %self.ds.id, values = chunk.dropped, "values of fields the schema no longer has were dropped");
@@ -424,20 +494,20 @@ impl ParquetSink {
                     pending.since.get_or_insert_with(Instant::now);
                     pending.oldest_appended = pending.oldest_appended.or(chunk.oldest_appended);
                     pending.bytes += chunk
-                        .readings
+                        .chunks
                         .iter()
+                        .flat_map(|c| c.iter())
                         .map(Reading::approx_size)
                         .sum::<usize>();
-                    pending.readings.extend(chunk.readings);
+                    pending.rows += chunk.rows;
+                    pending.chunks.extend(chunk.chunks);
                 }
                 if let Err(e) = chunk.result {
                     tracing::error!(dataset = %self.ds.id, error = %e, "cannot read the WAL; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            self.metrics
-                .parquet_buffered
-                .set(pending.readings.len() as i64);
+            self.metrics.parquet_buffered.set(pending.rows as i64);
             let retry_due = self.retry.is_none_or(|(at, _)| Instant::now() >= at);
             // Start a write: a failed one again first, else the buffer when it is due.
             if flushing.is_none() && retry_due {
@@ -458,13 +528,13 @@ impl ParquetSink {
                         .is_some_and(|t| t.elapsed() >= self.cfg.max_age);
                     if self.due_by_size(&pending) || by_age || (stopping && caught_up) {
                         let range = (first, pending.last_lsn);
-                        let readings = std::mem::take(&mut pending).readings;
+                        let readings = std::mem::take(&mut pending).chunks;
                         match self.start_flush(range, readings) {
                             Some(f) => flushing = Some((f, range)),
                             None => {
                                 // Could not record the intent: keep the readings in the log
                                 // and read them again.
-                                reader = Some(Reader::new(self.wal.dir(), self.checkpoint.lsn));
+                                reader = Some(self.wal.consumer(self.checkpoint.lsn));
                                 seen = self.checkpoint.lsn;
                                 self.retry = Some((
                                     Instant::now() + Duration::from_secs(1),
@@ -503,7 +573,7 @@ impl ParquetSink {
             {
                 break;
             }
-            if seen < committed && pending.readings.len() < cap && flushing.is_none() {
+            if seen < committed && pending.rows < cap && flushing.is_none() {
                 continue;
             }
             let deadline = match (&retry_buffer, pending.since) {
@@ -521,7 +591,7 @@ impl ParquetSink {
                     if let Some(back) = self.finish_flush(joined, range, durable_upto) {
                         if back.is_empty() {
                             // The write task died with the readings: read them again.
-                            reader = Some(Reader::new(self.wal.dir(), self.checkpoint.lsn));
+                            reader = Some(self.wal.consumer(self.checkpoint.lsn));
                             seen = self.checkpoint.lsn;
                             pending = Pending::default();
                         } else {
