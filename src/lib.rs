@@ -33,7 +33,10 @@
 //!    (a full log or an I/O error fails the request instead).
 //! 3. **Write-ahead log** ([`wal`]): segments of CRC-checked records, group commit on one
 //!    writer thread, a checkpoint per consumer, recovery that cuts a torn tail and refuses
-//!    silent skipping of corruption. It is the source of truth for every sink.
+//!    silent skipping of corruption. It is the source of truth for every sink. Every sink
+//!    reads it through one contract, [`wal::Consumer`]: while it keeps up, from an in-memory
+//!    tail of the committed records as intake decoded them (shared, not copied); while it is
+//!    behind or replaying after a restart, from the segments on disk.
 //! 4. **Sinks** ([`sink`]) are log consumers: the Parquet sink writes Hive-partitioned zstd
 //!    files per dataset, named by the log range they hold so a replay rewrites rather than
 //!    duplicates; the influx sink batches line protocol to an InfluxDB v2 API with retries,
@@ -59,7 +62,8 @@
 //!                quality figures, metrics (App::start adds each, at start and over the API)
 //! pipeline/      decode/ (json, ndjson, senml, line protocol), validate, limit, reject
 //! wal/           the write-ahead log: record format, segments and recovery, group-commit
-//!                writer thread, consumer checkpoints
+//!                writer thread, tail (committed records in memory), consumer (the one way
+//!                sinks read: memory while caught up, disk while behind), checkpoints
 //! sink/          parquet/ (log consumer per dataset; encode: layout, crash-safe file write),
 //!                influx/ (log consumer: line protocol, parallel writes, retries, poison)
 //! market/        store + schema (SQLite or PostgreSQL via sqlx, migrations), accounts, keys
