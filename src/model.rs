@@ -85,7 +85,12 @@ impl Reading {
                 _ => 0,
             })
             .sum();
-        std::mem::size_of::<Reading>() + strings
+        let spilled = if self.values.spilled() {
+            self.values.capacity() * std::mem::size_of::<Option<Value>>()
+        } else {
+            0
+        };
+        std::mem::size_of::<Reading>() + strings + spilled
     }
 }
 

@@ -248,6 +248,7 @@ impl Pipeline {
             let decoded = wal::Decoded {
                 appended_at,
                 dataset: ds.dataset.clone(),
+                bytes: readings.iter().map(Reading::approx_size).sum(),
                 readings: readings.clone(),
             };
             // The append runs to its end in a task of its own, so that a caller who goes away

@@ -76,7 +76,9 @@ impl Consumer {
             if self.position + 1 >= self.tail_front {
                 let records = {
                     let tail = self.shared.tail.lock().unwrap_or_else(|e| e.into_inner());
-                    self.tail_front = tail.front_lsn().unwrap_or(u64::MAX);
+                    // An empty tail (after a restart, until intake appends) is asked again
+                    // at the next record: it fills while the consumer reads the disk.
+                    self.tail_front = tail.front_lsn().unwrap_or(0);
                     tail.from(self.position + 1, upto, FROM_MEMORY)
                 };
                 if let Some(records) = records.filter(|r| !r.is_empty()) {

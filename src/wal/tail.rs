@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::model::{Dataset, Micros, Reading};
 
-/// The most reading bytes the tail holds (by their size without heap-held strings).
+/// The most reading bytes the tail holds (by [`Reading::approx_size`], which intake sums).
 pub const TAIL_BYTES: usize = 64 << 20;
 
 /// A committed record as intake made it.
@@ -28,6 +28,9 @@ pub struct Decoded {
     pub appended_at: Micros,
     pub dataset: Arc<Dataset>,
     pub readings: Arc<Vec<Reading>>,
+    /// The readings' size in memory ([`Reading::approx_size`]), summed by intake: the
+    /// writer thread, which keeps the tail, does no per-reading work.
+    pub bytes: usize,
 }
 
 /// Committed records of consecutive LSNs, the newest last.
@@ -65,8 +68,7 @@ impl Tail {
             self.clear(evicted);
             return;
         };
-        // An estimate in constant time: this runs on the log's one writer thread.
-        let bytes = d.readings.len() * std::mem::size_of::<Reading>() + 64;
+        let bytes = d.bytes + 64;
         self.records.push_back(Arc::new(Committed {
             lsn,
             appended_at: d.appended_at,
@@ -125,6 +127,7 @@ mod tests {
             appended_at: 0,
             dataset: Arc::new(crate::pipeline::decode::tests::traffic()),
             readings: Arc::new(vec![Reading::empty(0, 0); n]),
+            bytes: n * std::mem::size_of::<Reading>(),
         })
     }
 

@@ -253,3 +253,99 @@ proptest! {
         })?;
     }
 }
+
+/// A record of `n` readings as intake appends it: the bytes and the decoded readings.
+fn decoded(tag: i64, n: usize) -> (Vec<u8>, Decoded) {
+    let ds = Arc::new(traffic());
+    let readings: Vec<Reading> = (0..n)
+        .map(|i| {
+            reading(&ds, 1_795_680_900_000_000, |r| {
+                r.values[0] = Some(Value::Int(tag + i as i64));
+                r.sensor_id = format!("s-{tag}").into();
+            })
+        })
+        .collect();
+    let frame = record::encode(&ds, &readings, 7);
+    let bytes = readings.iter().map(Reading::approx_size).sum();
+    let decoded = Decoded {
+        appended_at: 7,
+        dataset: ds,
+        readings: Arc::new(readings),
+        bytes,
+    };
+    (frame, decoded)
+}
+
+/// What a consumer hands out: (lsn, first count, from memory).
+fn consume(consumer: &mut Consumer, upto: u64) -> Vec<(u64, i64, bool)> {
+    let ds = traffic();
+    let mut out = Vec::new();
+    consumer
+        .read(upto, |record| {
+            let (lsn, readings, memory) = match record {
+                Record::Memory(c) => (c.lsn, c.readings.to_vec(), true),
+                Record::Disk { lsn, payload } => {
+                    let mut readings = Vec::new();
+                    record::decode_into(payload, &ds, &mut readings).unwrap();
+                    (lsn, readings, false)
+                }
+            };
+            let first = match readings[0].values[0] {
+                Some(Value::Int(v)) => v,
+                _ => -1,
+            };
+            out.push((lsn, first, memory));
+            true
+        })
+        .unwrap();
+    out
+}
+
+/// A consumer reads every record once, in order: from disk what the tail does not hold
+/// (records of an earlier run, a record appended as bytes only), from memory the rest, and
+/// it goes back to memory after reading the disk (also after a restart, when the tail
+/// starts empty).
+#[tokio::test]
+async fn a_consumer_reads_every_record_once_from_memory_or_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(FsyncMode::Always, 1 << 20, 1 << 30);
+    let wal = open(dir.path(), &c).unwrap();
+    for tag in [10, 20] {
+        wal.append(frame(tag, 2)).await.unwrap();
+    }
+    close(wal).await;
+
+    // A restart: records 1 and 2 are only on disk.
+    let wal = open(dir.path(), &c).unwrap();
+    let mut consumer = wal.consumer(0);
+    assert_eq!(consume(&mut consumer, wal.committed_lsn()).len(), 2);
+    for tag in [30, 40] {
+        let (frame, d) = decoded(tag, 3);
+        wal.append_decoded(frame, d).await.unwrap();
+    }
+    assert_eq!(
+        consume(&mut consumer, wal.committed_lsn()),
+        vec![(3, 30, true), (4, 40, true)]
+    );
+    // Bytes only: the tail starts over after it.
+    wal.append(frame(50, 1)).await.unwrap();
+    for tag in [60, 70] {
+        let (frame, d) = decoded(tag, 1);
+        wal.append_decoded(frame, d).await.unwrap();
+    }
+    let committed = wal.committed_lsn();
+    assert_eq!(committed, 7);
+    assert_eq!(
+        consume(&mut consumer, committed),
+        vec![(5, 50, false), (6, 60, true), (7, 70, true)]
+    );
+    // A consumer from the start: disk, then memory, never a record twice.
+    let mut fresh = wal.consumer(0);
+    let lsns: Vec<u64> = consume(&mut fresh, committed).iter().map(|r| r.0).collect();
+    assert_eq!(lsns, (1..=7).collect::<Vec<_>>());
+    assert_eq!(fresh.position(), 7);
+    // Caught up: nothing more, and from memory only it says so without the disk.
+    assert!(consume(&mut fresh, committed).is_empty());
+    assert!(fresh.read_memory(committed, |_| true));
+    close(wal).await;
+}

@@ -146,6 +146,8 @@ impl Writer {
             let size = frame.len() as u64;
             let used = self.shared.bytes.load(Ordering::Relaxed) + run.len() as u64;
             if used + size > max_bytes {
+                // The caller takes its readings back: this append lets go of them first.
+                drop(decoded);
                 self.shared.metrics.refused("full");
                 let _ = done.send(Err(WalError::Full { max_bytes }));
                 continue;
@@ -156,6 +158,7 @@ impl Writer {
                 // This record opens a new segment: first finish the run in the current one.
                 self.finish_run(&mut run, &mut run_appends);
                 if let Err(e) = self.roll(self.next_lsn) {
+                    drop(decoded);
                     tracing::error!(error = %e, "WAL segment roll failed");
                     self.shared.metrics.refused("io");
                     let _ = done.send(Err(WalError::Io(e.to_string())));
@@ -218,7 +221,8 @@ impl Writer {
                     tracing::error!(error = %cut, "cannot cut the WAL back after a failed write");
                 }
                 self.shared.metrics.refused("io");
-                for (done, _, _) in appends.drain(..) {
+                for (done, _, decoded) in appends.drain(..) {
+                    drop(decoded);
                     let _ = done.send(Err(WalError::Io(e.to_string())));
                 }
             }

@@ -292,11 +292,37 @@ impl Shapes {
     }
 }
 
+/// Whether readings of `a` are laid out as `b`'s (fields of the same names, in order).
+fn same_fields(a: &Dataset, b: &Dataset) -> bool {
+    std::ptr::eq(a, b)
+        || (a.fields.len() == b.fields.len()
+            && a.fields
+                .iter()
+                .zip(&b.fields)
+                .all(|(x, y)| x.name == y.name))
+}
+
+/// `r`, a reading of `from`'s schema, with its values in `to`'s (by field name; a field
+/// `from` lacks is empty).
+fn by_name(r: &Reading, from: &Dataset, to: &Dataset) -> Reading {
+    let mut out = r.clone();
+    out.values = to
+        .fields
+        .iter()
+        .map(|f| {
+            from.fields
+                .iter()
+                .position(|g| g.name == f.name)
+                .and_then(|i| r.values.get(i).cloned().flatten())
+        })
+        .collect();
+    out
+}
+
 impl Former {
     /// Reads records into the batch until it is full or the log has nothing more committed;
     /// returns the last record seen.
-    /// Without `disk`, from memory only: stops where the disk is needed (`needs_disk`).
-    fn fill(&mut self, committed: u64, disk: bool) -> std::io::Result<Filled> {
+    fn fill(&mut self, committed: u64) -> std::io::Result<u64> {
         let Former {
             consumer,
             shapes,
@@ -306,10 +332,7 @@ impl Former {
             readings,
         } = self;
         if batch.points.len() >= *batch_size {
-            return Ok(Filled {
-                seen: consumer.position(),
-                needs_disk: false,
-            });
+            return Ok(consumer.position());
         }
         let each = |record: Record<'_>| {
             let (lsn, dataset, appended_at) = match &record {
@@ -326,10 +349,15 @@ impl Former {
             let these: &[Reading] = match record {
                 // As intake had them, in the schema the shape was made from (a dataset
                 // keeps its fields while the gateway runs).
-                Record::Memory(c) if Arc::ptr_eq(&c.dataset, &shape.dataset) => &c.readings,
+                Record::Memory(c) if same_fields(&c.dataset, &shape.dataset) => &c.readings,
                 Record::Memory(c) => {
+                    // Another version of the dataset's schema: values by field name.
                     readings.clear();
-                    readings.extend(c.readings.iter().cloned());
+                    readings.extend(
+                        c.readings
+                            .iter()
+                            .map(|r| by_name(r, &c.dataset, &shape.dataset)),
+                    );
                     readings
                 }
                 Record::Disk { payload, .. } => {
@@ -354,25 +382,9 @@ impl Former {
             }
             batch.points.len() < *batch_size
         };
-        let needs_disk = if disk {
-            consumer.read(committed, each)?;
-            false
-        } else {
-            !consumer.read_memory(committed, each)
-        };
-        Ok(Filled {
-            seen: consumer.position(),
-            needs_disk,
-        })
+        consumer.read(committed, each)?;
+        Ok(consumer.position())
     }
-}
-
-/// How far a fill got.
-struct Filled {
-    /// The last record seen.
-    seen: u64,
-    /// Read from memory only, and stopped where the disk is needed.
-    needs_disk: bool,
 }
 
 /// A batch handed to the writer: the last record it covers, whether it has an entry in the
@@ -611,22 +623,16 @@ impl InfluxSink {
         loop {
             let committed = *committed_rx.borrow_and_update();
             let mut f = former.take().expect("the former is back after every fill");
-            // From memory on this task while that goes (no thread hop); else from disk, off it.
-            let start = f.consumer.position();
-            let (f, filled) = match f.fill(committed, false) {
-                Ok(filled) if filled.needs_disk && filled.seen == start => {
-                    tokio::task::spawn_blocking(move || {
-                        let filled = f.fill(committed, true);
-                        (f, filled)
-                    })
-                    .await
-                    .expect("the influx sink's former does not panic")
-                }
-                filled => (f, filled),
-            };
+            // Formatting points is CPU work: off the async threads, from memory or disk alike.
+            let (f, filled) = tokio::task::spawn_blocking(move || {
+                let filled = f.fill(committed);
+                (f, filled)
+            })
+            .await
+            .expect("the influx sink's former does not panic");
             let batch = &former.insert(f).batch;
             let seen = match filled {
-                Ok(filled) => filled.seen,
+                Ok(seen) => seen,
                 Err(e) => {
                     tracing::error!(error = %e, "influx sink cannot read the WAL; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
