@@ -95,10 +95,10 @@ impl Consumer {
             if !disk {
                 return Ok(false);
             }
-            let (dir, position) = (&self.dir, self.position);
+            let (dir, position, lengths) = (&self.dir, self.position, &self.shared.segments);
             let reader = self
                 .reader
-                .get_or_insert_with(|| Reader::new(dir, position));
+                .get_or_insert_with(|| Reader::bounded(dir, position, lengths.clone()));
             if !reader.next_into(upto, &mut self.payload)? {
                 return Ok(true);
             }

@@ -69,7 +69,7 @@ pub(crate) struct Shared {
     bytes: AtomicU64,
     committed: watch::Sender<u64>,
     /// Segments by first LSN, with their length.
-    segments: Mutex<BTreeMap<u64, u64>>,
+    segments: segment::Lengths,
     /// Registered consumers and how far each has durably consumed.
     consumers: Mutex<BTreeMap<String, u64>>,
     /// The recent committed records, decoded, for consumers that keep up.
@@ -136,7 +136,7 @@ impl Wal {
             max_bytes: config.max_bytes.0,
             bytes: AtomicU64::new(total),
             committed,
-            segments: Mutex::new(segments),
+            segments: Arc::new(Mutex::new(segments)),
             consumers: Mutex::new(BTreeMap::new()),
             tail: Mutex::new(tail::Tail::new(tail::TAIL_BYTES)),
             metrics,

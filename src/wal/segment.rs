@@ -3,9 +3,11 @@
 //! A segment is `{first_lsn:020}.wal`, a run of frames (see [`super::record`]) in LSN order.
 //! LSNs rise but may have gaps (an append that failed on I/O keeps its number).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Take};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::record::{FRAME_HEADER, MAX_PAYLOAD};
 
@@ -190,13 +192,23 @@ pub fn truncate(path: &Path, len: u64) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Each segment's length as far as the writer has written it whole, by first LSN.
+pub type Lengths = Arc<Mutex<BTreeMap<u64, u64>>>;
+
 /// Reads records in order across segments, up to what the writer has committed.
 pub struct Reader {
     dir: PathBuf,
     /// First LSN of the segment being read, and the reader on it.
-    current: Option<(u64, BufReader<File>)>,
+    current: Option<(u64, BufReader<Take<File>>)>,
     /// The last LSN returned (or skipped over).
     last_lsn: u64,
+    /// A reader of a live log reads no byte of a segment past its written length: a write
+    /// that failed is cut back and its LSNs never answered, and bytes of it read ahead
+    /// into a buffer would come back as records (a reading its device was told was refused,
+    /// then sent again). `None` for a log no writer has open.
+    lengths: Option<Lengths>,
+    /// Bytes of the current segment the reader has been allowed so far.
+    granted: u64,
 }
 
 impl Reader {
@@ -206,7 +218,36 @@ impl Reader {
             dir: dir.to_path_buf(),
             current: None,
             last_lsn: after,
+            lengths: None,
+            granted: 0,
         }
+    }
+
+    /// [`Reader::new`] for a log a writer has open: reads no byte past `lengths`.
+    pub fn bounded(dir: &Path, after: u64, lengths: Lengths) -> Reader {
+        Reader {
+            lengths: Some(lengths),
+            ..Reader::new(dir, after)
+        }
+    }
+
+    /// Lets the reader read the current segment up to its written length.
+    fn extend_limit(&mut self) {
+        let (Some(lengths), Some((first, reader))) = (&self.lengths, self.current.as_mut()) else {
+            return;
+        };
+        let len = lengths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(first)
+            .copied()
+            // No longer listed: released, so written whole.
+            .unwrap_or(u64::MAX);
+        let take = reader.get_mut();
+        let passed = self.granted - take.limit();
+        let allowed = len.saturating_sub(passed);
+        take.set_limit(allowed);
+        self.granted = passed + allowed;
     }
 
     pub fn last_lsn(&self) -> u64 {
@@ -229,7 +270,10 @@ impl Reader {
         };
         match next {
             Some((first, path)) => {
-                self.current = Some((*first, BufReader::with_capacity(1 << 20, File::open(path)?)));
+                let limit = if self.lengths.is_some() { 0 } else { u64::MAX };
+                let file = File::open(path)?.take(limit);
+                self.current = Some((*first, BufReader::with_capacity(1 << 20, file)));
+                self.granted = limit;
                 Ok(true)
             }
             None => Ok(false),
@@ -251,6 +295,7 @@ impl Reader {
             if self.current.is_none() && !self.open_next()? {
                 return Ok(false);
             }
+            self.extend_limit();
             let Some((_, reader)) = self.current.as_mut() else {
                 return Ok(false);
             };

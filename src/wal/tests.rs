@@ -349,3 +349,33 @@ async fn a_consumer_reads_every_record_once_from_memory_or_disk() {
     assert!(fresh.read_memory(committed, |_| true));
     close(wal).await;
 }
+
+/// A reader of a live log reads no byte past a segment's written length, however far its
+/// buffer could read ahead: bytes of a write that failed (cut back, never answered) must not
+/// come back as a record.
+#[tokio::test]
+async fn a_bounded_reader_reads_nothing_past_the_written_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(FsyncMode::Never, 1 << 20, 1 << 30);
+    let wal = open(dir.path(), &c).unwrap();
+    let first = frame(10, 2);
+    let first_len = first.len() as u64;
+    wal.append(first).await.unwrap();
+    wal.append(frame(20, 2)).await.unwrap();
+    close(wal).await;
+    let (segment_first, _) = segment::list(dir.path()).unwrap()[0].clone();
+    let lengths: segment::Lengths =
+        Arc::new(Mutex::new(BTreeMap::from([(segment_first, first_len)])));
+    let mut reader = Reader::bounded(dir.path(), 0, lengths.clone());
+    let mut payload = Vec::new();
+    assert!(reader.next_into(u64::MAX, &mut payload).unwrap());
+    assert_eq!(record::header(&payload).unwrap().lsn, 1);
+    assert!(
+        !reader.next_into(u64::MAX, &mut payload).unwrap(),
+        "the second record is past the written length"
+    );
+    // Written further: the same reader goes on.
+    lengths.lock().unwrap().insert(segment_first, u64::MAX);
+    assert!(reader.next_into(u64::MAX, &mut payload).unwrap());
+    assert_eq!(record::header(&payload).unwrap().lsn, 2);
+}
