@@ -247,25 +247,17 @@ impl Pipeline {
             let readings = Arc::new(std::mem::take(&mut checked.accepted));
             let decoded = wal::Decoded {
                 appended_at,
+                accepted: ds.metrics.accepted.clone(),
                 dataset: ds.dataset.clone(),
                 bytes: readings.iter().map(Reading::approx_size).sum(),
                 readings: readings.clone(),
             };
-            // The append runs to its end in a task of its own, so that a caller who goes away
-            // (a client closing its connection) cannot leave a record in the log that the
-            // accepted counter missed.
-            let (wal, accepted) = (self.wal.clone(), ds.metrics.accepted.clone());
-            let appended = tokio::spawn(async move {
-                let appended = wal.append_decoded(frame, decoded).await;
-                if appended.is_ok() {
-                    accepted.inc_by(count as u64);
-                }
-                appended
-            })
-            .await;
-            let refused = match appended {
-                Ok(Ok(_lsn)) => None,
-                Ok(Err(e)) => Some(match e {
+            // The log's writer counts the readings accepted when it commits the record, so a
+            // caller who goes away meanwhile (a client closing its connection) cannot leave a
+            // record in the log that the counter missed.
+            let refused = match self.wal.append_decoded(frame, decoded).await {
+                Ok(_lsn) => None,
+                Err(e) => Some(match e {
                     WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
                     WalError::QueueFull(wait) => IngestError::QueueFull(wait),
                     WalError::Closed => IngestError::ShuttingDown,
@@ -273,9 +265,6 @@ impl Pipeline {
                         IngestError::Storage(e.to_string())
                     }
                 }),
-                Err(e) => Some(IngestError::Internal(format!(
-                    "the log append task failed: {e}"
-                ))),
             };
             if let Some(e) = refused {
                 // Nothing kept: the caller may try again with the same readings.

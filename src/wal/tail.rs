@@ -6,6 +6,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::model::{Dataset, Micros, Reading};
 
 /// The most reading bytes the tail holds (by [`Reading::approx_size`], which intake sums).
@@ -26,6 +28,8 @@ pub struct Committed {
 #[derive(Debug)]
 pub struct Decoded {
     pub appended_at: Micros,
+    /// Counts the readings once the record is committed (the dataset's accepted counter).
+    pub accepted: Counter,
     pub dataset: Arc<Dataset>,
     pub readings: Arc<Vec<Reading>>,
     /// The readings' size in memory ([`Reading::approx_size`]), summed by intake: the
@@ -128,6 +132,7 @@ mod tests {
             dataset: Arc::new(crate::pipeline::decode::tests::traffic()),
             readings: Arc::new(vec![Reading::empty(0, 0); n]),
             bytes: n * std::mem::size_of::<Reading>(),
+            accepted: Counter::default(),
         })
     }
 

@@ -269,6 +269,7 @@ fn decoded(tag: i64, n: usize) -> (Vec<u8>, Decoded) {
     let bytes = readings.iter().map(Reading::approx_size).sum();
     let decoded = Decoded {
         appended_at: 7,
+        accepted: Default::default(),
         dataset: ds,
         readings: Arc::new(readings),
         bytes,

@@ -204,6 +204,9 @@ impl Writer {
                     // finds the records in memory.
                     let mut tail = self.shared.tail.lock().unwrap_or_else(|e| e.into_inner());
                     for (done, lsn, decoded) in appends.drain(..) {
+                        if let Some(d) = &decoded {
+                            d.accepted.inc_by(d.readings.len() as u64);
+                        }
                         tail.push(lsn, decoded, &mut evicted);
                         answers.push((done, lsn));
                     }
