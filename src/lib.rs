@@ -77,7 +77,7 @@
 //!                ops endpoints; intake (citygate JSON/NDJSON/SenML, InfluxDB v1/v2 writes),
 //!                accounts, catalog, market (plans … statements), live (SSE, WebSocket) routes
 //! telemetry.rs   tracing init, every metric
-//! simulate.rs    the load and demo generator behind `citygate simulate`
+//! simulate/      the load and demo generator behind `citygate simulate`
 //! ```
 
 pub mod api;
