@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::market::keys::KeyError;
 use crate::pipeline::IngestError;
+use crate::pipeline::decode::media_essence;
 use crate::pipeline::limit::{LimitError, retry_after_secs};
 use crate::pipeline::reject::Rejected;
 
@@ -246,15 +247,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let essence = req.headers().get(header::CONTENT_TYPE).map(|v| {
-            v.to_str()
-                .unwrap_or("?")
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+        let essence = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| media_essence(v.to_str().unwrap_or("?")));
         let declared_json = match essence.as_deref() {
             Some("application/json") => true,
             Some(t) if t.starts_with("application/") && t.ends_with("+json") => true,

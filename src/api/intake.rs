@@ -33,7 +33,7 @@ use crate::api::auth::require_key;
 use crate::api::error::{ApiError, MAX_LISTED_REJECTS};
 use crate::market::ApiKey;
 use crate::model::now_micros;
-use crate::pipeline::decode::{Format, Precision};
+use crate::pipeline::decode::{Format, Precision, media_essence};
 use crate::pipeline::reject::Rejected;
 use crate::pipeline::{Batch, Outcome};
 
@@ -284,14 +284,7 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(Format::Json);
     };
-    let essence = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_essence(value.to_str().unwrap_or(""));
     match essence.as_str() {
         "application/json" | "" => Ok(Format::Json),
         "application/x-ndjson"

@@ -6,7 +6,7 @@
 //!   MQTT 5 content type when there is one, else by the payload itself.
 
 use crate::model::is_valid_sensor_id;
-use crate::pipeline::decode::Format;
+use crate::pipeline::decode::{Format, media_essence};
 
 pub(super) const PREFIX: &str = "citygate/";
 
@@ -65,12 +65,7 @@ pub(super) fn route(topic: &str) -> Result<Route<'_>, String> {
 /// record uses only SenML labels is SenML.
 pub(super) fn format_of(payload: &[u8], content_type: Option<&str>, single_sensor: bool) -> Format {
     if let Some(ct) = content_type {
-        let essence = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = media_essence(ct);
         match essence.as_str() {
             "application/json" => return Format::Json,
             "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::{ByteSize, FsyncMode};
-use crate::model::{Reading, Value};
+use crate::model::{Dataset, Reading, Value};
 use crate::pipeline::decode::tests::{reading, traffic};
 
 fn config(fsync: FsyncMode, segment_bytes: u64, max_bytes: u64) -> WalConfig {
@@ -21,18 +21,22 @@ fn open(dir: &Path, c: &WalConfig) -> Result<Wal, WalError> {
     Wal::open(dir, c, Duration::from_secs(5), WalMetrics::default(), false)
 }
 
-/// A record of `n` traffic readings whose counts start at `tag`.
-fn frame(tag: i64, n: usize) -> Vec<u8> {
-    let ds = traffic();
-    let readings: Vec<Reading> = (0..n)
+/// `n` traffic readings of sensor `s-{tag}` whose counts start at `tag`.
+fn readings(ds: &Dataset, tag: i64, n: usize) -> Vec<Reading> {
+    (0..n)
         .map(|i| {
-            reading(&ds, 1_795_680_900_000_000, |r| {
+            reading(ds, 1_795_680_900_000_000, |r| {
                 r.values[0] = Some(Value::Int(tag + i as i64));
                 r.sensor_id = format!("s-{tag}").into();
             })
         })
-        .collect();
-    record::encode(&ds, &readings, 0)
+        .collect()
+}
+
+/// A record of `n` traffic readings whose counts start at `tag`.
+fn frame(tag: i64, n: usize) -> Vec<u8> {
+    let ds = traffic();
+    record::encode(&ds, &readings(&ds, tag, n), 0)
 }
 
 /// Every record readable after `after`, as (lsn, first count).
@@ -257,14 +261,7 @@ proptest! {
 /// A record of `n` readings as intake appends it: the bytes and the decoded readings.
 fn decoded(tag: i64, n: usize) -> (Vec<u8>, Decoded) {
     let ds = Arc::new(traffic());
-    let readings: Vec<Reading> = (0..n)
-        .map(|i| {
-            reading(&ds, 1_795_680_900_000_000, |r| {
-                r.values[0] = Some(Value::Int(tag + i as i64));
-                r.sensor_id = format!("s-{tag}").into();
-            })
-        })
-        .collect();
+    let readings = readings(&ds, tag, n);
     let frame = record::encode(&ds, &readings, 7);
     let bytes = readings.iter().map(Reading::approx_size).sum();
     let decoded = Decoded {

@@ -507,5 +507,16 @@ fn type_phrase(ty: FieldType) -> &'static str {
 
 pub(crate) use crate::model::truncate;
 
+/// The essence of a media type (`application/json; charset=utf-8` → `application/json`),
+/// lowercased: what HTTP and MQTT 5 content types are compared by.
+pub fn media_essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 #[cfg(test)]
 pub(crate) mod tests;
