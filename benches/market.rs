@@ -36,7 +36,7 @@ fn bench_market(c: &mut Criterion) {
                 .unwrap();
         }
         store.sync_catalog(&config).await.unwrap();
-        let market = Market::new(store, &config).unwrap();
+        let market = Market::new(store.clone(), &config).unwrap();
         market
             .create_plan(
                 "traffic-counts",
@@ -53,8 +53,7 @@ fn bench_market(c: &mut Criterion) {
             )
             .await
             .unwrap();
-        let account = market
-            .store()
+        let account = store
             .create_account(NewAccount {
                 id: None,
                 role: Role::Subscriber,
@@ -68,8 +67,7 @@ fn bench_market(c: &mut Criterion) {
             .subscribe(&account, "open", "", now_micros())
             .await
             .unwrap();
-        let key = market
-            .store()
+        let key = store
             .create_key(KeyKind::Subscriber, &account.id, &[])
             .await
             .unwrap()

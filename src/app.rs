@@ -18,10 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, DatasetConfig, ParquetConfig};
-use crate::market::catalog::{Catalog, CatalogError};
-use crate::market::keys::KeyError;
-use crate::market::payments::PaymentError;
-use crate::market::{Keyring, Market, Store, StoreError};
+use crate::market::catalog::Catalog;
+use crate::market::{self, Keyring, Market, Store};
 use crate::mqtt;
 use crate::pipeline::Pipeline;
 use crate::registry::{Registry, RegistryError};
@@ -43,14 +41,8 @@ pub enum AppError {
          one, or give this one a data_dir of its own (CITYGATE__STORAGE__DATA_DIR)"
     )]
     DataDirInUse(PathBuf),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("marketplace: {0}")]
-    Market(#[from] KeyError),
-    #[error("catalog: {0}")]
-    Catalog(#[from] CatalogError),
-    #[error("payments: {0}")]
-    Payments(#[from] PaymentError),
+    Market(#[from] market::Error),
     #[error("dataset: {0}")]
     Dataset(#[from] DatasetError),
     #[error("cannot listen on {addr}: {source}")]

@@ -69,7 +69,8 @@
 //! market/        store + schema (SQLite or PostgreSQL via sqlx, migrations), accounts, keys
 //!                (every role, auth cache), catalog, plans, subscriptions, payments/ (manual,
 //!                stripe), entitlement (the one access check, cached), usage (metering),
-//!                invoices (and provider statements), service (Market: ties them together)
+//!                invoices (and provider statements), service (Market: ties them together),
+//!                error (the one market error; the API maps it to statuses in one place)
 //! feed/          hub (positions, recent history, fan-out), session (one subscriber: resume,
 //!                filters, delay/aggregate tiers, rechecks, metering, backpressure)
 //! api/           router (every route registered with its OpenAPI operation), the one error

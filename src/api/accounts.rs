@@ -45,7 +45,6 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Jso
     let key = require_key(&state, &headers, None).await?;
     let mut account = state
         .keyring
-        .store()
         .account(&key.account)
         .await?
         .ok_or(ApiError::Unauthorized)?;
@@ -98,7 +97,7 @@ pub async fn create_account(
             "only an admin key may create accounts".into(),
         ));
     }
-    let (account, first) = state.keyring.store().create_account_with_key(new).await?;
+    let (account, first) = state.keyring.create_account_with_key(new).await?;
     tracing::info!(account = %account.id, role = account.role.as_str(), by = %key.id, "account created");
     Ok((
         StatusCode::CREATED,
@@ -123,7 +122,7 @@ pub async fn list_accounts(
             "only an admin key may list accounts".into(),
         ));
     }
-    Ok(Json(state.keyring.store().list_accounts().await?))
+    Ok(Json(state.keyring.list_accounts().await?))
 }
 
 /// `GET /v1/accounts/{id}`
@@ -141,12 +140,7 @@ pub async fn show_account(
     if !key.is_admin() && key.account != id {
         return Err(not_found());
     }
-    let mut account = state
-        .keyring
-        .store()
-        .account(&id)
-        .await?
-        .ok_or_else(not_found)?;
+    let mut account = state.keyring.account(&id).await?.ok_or_else(not_found)?;
     // As at /v1/me: a device key learns its account, not the people behind it.
     if key.kind == KeyKind::Device {
         account.email = None;
@@ -183,7 +177,7 @@ pub async fn list_keys(
 ) -> Result<Json<Vec<ApiKey>>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
     manager(&key)?;
-    let store = state.keyring.store();
+    let store = &state.keyring;
     let keys = match (key.is_admin(), q.account) {
         (true, None) => store.list_keys().await?,
         (true, Some(account)) => store.account_keys(&account).await?,
@@ -224,7 +218,7 @@ pub async fn create_key(
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let key = require_key(&state, &headers, None).await?;
     manager(&key)?;
-    let store = state.keyring.store();
+    let store = &state.keyring;
     let account_id = req.account.unwrap_or_else(|| key.account.clone());
     if !key.is_admin() && account_id != key.account {
         return Err(ApiError::NotFound(format!("no account `{account_id}`")));
@@ -233,7 +227,7 @@ pub async fn create_key(
         .account(&account_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no account `{account_id}`")))?;
-    let kind = req.kind.unwrap_or(account.role.key_kind());
+    let kind = req.kind.unwrap_or(KeyKind::first_of(account.role));
     if kind == KeyKind::Device {
         // A device key writes to its provider's own datasets.
         let mut problems = Vec::new();
@@ -306,7 +300,7 @@ fn within(datasets: &[String], expires_at: Option<crate::model::Micros>, maker: 
 async fn own_key(state: &AppState, caller: &ApiKey, id: &str) -> Result<ApiKey, ApiError> {
     manager(caller)?;
     let not_found = || ApiError::NotFound(format!("no key `{id}`"));
-    let target = state.keyring.store().key(id).await?.ok_or_else(not_found)?;
+    let target = state.keyring.key(id).await?.ok_or_else(not_found)?;
     let manages = caller.is_admin()
         || (target.account == caller.account
             && (target.id == caller.id || within(&target.datasets, target.expires_at, caller)));
@@ -348,7 +342,7 @@ pub async fn rotate_key(
         Some(text) => parse_duration("overlap", text)?,
         None => Duration::from_secs(24 * 3600),
     };
-    let new = state.keyring.store().rotate_key(&id, overlap).await?;
+    let new = state.keyring.rotate_key(&id, overlap).await?;
     tracing::info!(old = %id, new = %new.key.id, by = %caller.id, "key rotated");
     Ok((StatusCode::CREATED, Json(new.into())))
 }
@@ -365,8 +359,7 @@ pub async fn revoke_key(
 ) -> Result<StatusCode, ApiError> {
     let caller = require_key(&state, &headers, None).await?;
     own_key(&state, &caller, &id).await?;
-    if state.keyring.store().revoke_key(&id).await? {
-        state.keyring.clear();
+    if state.keyring.revoke_key(&id).await? {
         tracing::info!(key = %id, by = %caller.id, "key revoked");
     }
     Ok(StatusCode::NO_CONTENT)

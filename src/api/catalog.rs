@@ -23,22 +23,10 @@ use super::error::{ApiError, ApiJson};
 use crate::calendar::format_rfc3339;
 use crate::config::{DatasetConfig, UPDATE_FREQUENCIES};
 use crate::market::KeyKind;
-use crate::market::catalog::{CatalogError, DatasetPatch, Origin, StoredDataset};
+use crate::market::catalog::{DatasetPatch, Origin, StoredDataset};
 use crate::market::plans::Plan;
 use crate::model::{FieldSpec, Micros, now_micros};
 use crate::registry::quality::QualitySnapshot;
-
-impl From<CatalogError> for ApiError {
-    fn from(e: CatalogError) -> Self {
-        match e {
-            CatalogError::Key(e) => e.into(),
-            CatalogError::Invalid(m) => ApiError::bad_request("invalid_dataset", m),
-            CatalogError::Conflict(m) => ApiError::Conflict(m),
-            CatalogError::NotFound(m) => ApiError::NotFound(m),
-            CatalogError::Pipeline(m) => ApiError::Internal(m),
-        }
-    }
-}
 
 /// A dataset as the catalog shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -92,7 +80,7 @@ fn item(state: &AppState, d: StoredDataset, plans: Vec<Plan>, now: Micros) -> Ca
 /// The plans on offer, by dataset.
 async fn offered_plans(state: &AppState) -> Result<HashMap<String, Vec<Plan>>, ApiError> {
     let mut by_dataset: HashMap<String, Vec<Plan>> = HashMap::new();
-    for plan in state.catalog.store().offered_plans().await? {
+    for plan in state.catalog.offered_plans().await? {
         by_dataset
             .entry(plan.dataset.clone())
             .or_default()
@@ -137,7 +125,7 @@ pub async fn list(
             format!("page counts from 1; per_page is 1 to {MAX_PER_PAGE}"),
         ));
     }
-    let all = state.catalog.store().catalog().await?;
+    let all = state.catalog.catalog().await?;
     let total = all.len();
     let now = now_micros();
     let mut plans = offered_plans(&state).await?;
@@ -170,11 +158,10 @@ pub async fn show(
 ) -> Result<Json<CatalogItem>, ApiError> {
     let d = state
         .catalog
-        .store()
         .catalog_dataset(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
-    let plans = state.catalog.store().plans_of(&id, false).await?;
+    let plans = state.catalog.plans_of(&id, false).await?;
     Ok(Json(item(&state, d, plans, now_micros())))
 }
 
@@ -191,7 +178,7 @@ pub async fn create(
     ApiJson(mut body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<CatalogItem>), ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let store = state.catalog.store();
+    let store = &state.catalog;
     let Some(obj) = body.as_object_mut() else {
         return Err(ApiError::bad_request(
             "invalid_dataset",
@@ -232,7 +219,11 @@ pub async fn create(
     // Each dataset costs a sink and a share of every log record: providers get a bounded
     // number (an admin is not limited).
     let limit = (!key.is_admin()).then_some(state.max_datasets_per_provider);
-    let stored = state.catalog.create(spec, limit).await?;
+    let stored = state
+        .catalog
+        .create(spec, limit)
+        .await
+        .map_err(ApiError::invalid_as("invalid_dataset"))?;
     Ok((
         StatusCode::CREATED,
         Json(item(&state, stored, Vec::new(), now_micros())),
@@ -253,13 +244,16 @@ pub async fn update(
     ApiJson(patch): ApiJson<DatasetPatch>,
 ) -> Result<Json<CatalogItem>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let store = state.catalog.store();
+    let store = &state.catalog;
     let not_found = || ApiError::NotFound(format!("no dataset `{id}`"));
     let current = store.catalog_dataset(&id).await?.ok_or_else(not_found)?;
     if !key.may_administer(&current.spec.provider) {
         return Err(not_found());
     }
-    let stored = store.update_dataset(&id, patch).await?;
+    let stored = store
+        .update_dataset(&id, patch)
+        .await
+        .map_err(ApiError::invalid_as("invalid_dataset"))?;
     let plans = store.plans_of(&id, false).await?;
     Ok(Json(item(&state, stored, plans, now_micros())))
 }
@@ -278,7 +272,6 @@ pub async fn jsonld(State(state): State<AppState>) -> Result<Response, ApiError>
     let base = base_url(&state);
     let datasets: Vec<Value> = state
         .catalog
-        .store()
         .catalog()
         .await?
         .into_iter()

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::market::keys::KeyError;
+use crate::market;
 use crate::pipeline::IngestError;
 use crate::pipeline::decode::media_essence;
 use crate::pipeline::limit::{LimitError, retry_after_secs};
@@ -221,12 +221,30 @@ impl From<IngestError> for ApiError {
     }
 }
 
-impl From<KeyError> for ApiError {
-    fn from(e: KeyError) -> Self {
+impl From<market::Error> for ApiError {
+    fn from(e: market::Error) -> Self {
+        use market::Error as E;
         match e {
-            KeyError::Invalid(message) => ApiError::bad_request("invalid", message),
-            KeyError::NotFound(message) => ApiError::NotFound(message),
-            KeyError::Store(e) => ApiError::Internal(e.to_string()),
+            E::Invalid(message) => ApiError::bad_request("invalid", message),
+            E::NotFound(message) => ApiError::NotFound(message),
+            E::Conflict(message) => ApiError::Conflict(message),
+            E::PaymentRequired(message) => ApiError::PaymentRequired(message),
+            E::PaymentProvider(message) => ApiError::BadGateway(message),
+            e @ E::Webhook(_) => ApiError::bad_request("invalid_webhook", e.to_string()),
+            e @ (E::DatasetStart(_) | E::Corrupt(_) | E::Database(_) | E::Directory { .. }) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl ApiError {
+    /// A market error whose [`market::Error::Invalid`] answers with `code` (`invalid_plan`,
+    /// `invalid_period`, …) rather than the general `invalid`.
+    pub fn invalid_as(code: &'static str) -> impl Fn(market::Error) -> ApiError {
+        move |e| match e {
+            market::Error::Invalid(message) => ApiError::bad_request(code, message),
+            e => e.into(),
         }
     }
 }

@@ -36,35 +36,15 @@ use super::AppState;
 use super::auth::require_key;
 use super::catalog::base_url;
 use super::error::{ApiError, ApiJson};
-use crate::market::catalog::CatalogError;
 use crate::market::invoices::{Invoice, invoices_csv};
-use crate::market::payments::{Checkout, PaymentError};
+use crate::market::payments::Checkout;
 use crate::market::plans::{NewPlan, Plan};
-use crate::market::service::{MarketError, WebhookOutcome};
+use crate::market::service::WebhookOutcome;
 use crate::market::subscriptions::{Payment, Subscription};
 use crate::market::usage::{UsageRow, UsageScope};
 use crate::market::{ApiKey, Grant, KeyKind};
 use crate::model::{Micros, now_micros};
 use crate::pipeline::decode::time::parse_rfc3339;
-
-impl From<MarketError> for ApiError {
-    fn from(e: MarketError) -> Self {
-        match e {
-            MarketError::Catalog(e) => e.into(),
-            MarketError::Payment(PaymentError::Refused { status, message }) => match status {
-                402 => ApiError::PaymentRequired(message),
-                409 => ApiError::Conflict(message),
-                _ => ApiError::BadGateway(format!(
-                    "the payment provider refused ({status}): {message}"
-                )),
-            },
-            MarketError::Payment(e) => ApiError::BadGateway(e.to_string()),
-            e @ (MarketError::Signature(_) | MarketError::BadEvent(_)) => {
-                ApiError::bad_request("invalid_webhook", e.to_string())
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Plans
@@ -89,7 +69,7 @@ pub async fn list_plans(
     Query(q): Query<PlansQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Plan>>, ApiError> {
-    let store = state.market.store();
+    let store = &state.market;
     let d = store
         .catalog_dataset(&dataset)
         .await?
@@ -120,7 +100,6 @@ pub async fn create_plan(
     let key = require_key(&state, &headers, None).await?;
     let d = state
         .market
-        .store()
         .catalog_dataset(&dataset)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dataset `{dataset}`")))?;
@@ -131,10 +110,7 @@ pub async fn create_plan(
         .market
         .create_plan(&dataset, new)
         .await
-        .map_err(|e| match e {
-            CatalogError::Invalid(m) => ApiError::bad_request("invalid_plan", m),
-            e => e.into(),
-        })?;
+        .map_err(ApiError::invalid_as("invalid_plan"))?;
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
@@ -150,7 +126,7 @@ pub async fn withdraw_plan(
     headers: HeaderMap,
 ) -> Result<Json<Plan>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let store = state.market.store();
+    let store = &state.market;
     let not_found = || ApiError::NotFound(format!("no plan `{id}`"));
     let plan = store.plan(&id).await?.ok_or_else(not_found)?;
     let owner = store
@@ -199,7 +175,7 @@ pub async fn subscribe(
             "subscriptions are taken with a subscriber's key".into(),
         ));
     }
-    let store = state.market.store();
+    let store = &state.market;
     let plan = store
         .plan(&body.plan)
         .await?
@@ -234,7 +210,7 @@ async fn visible_subscription(
     id: &str,
     manage: bool,
 ) -> Result<Subscription, ApiError> {
-    let store = state.market.store();
+    let store = &state.market;
     let not_found = || ApiError::NotFound(format!("no subscription `{id}`"));
     let sub = store.subscription(id).await?.ok_or_else(not_found)?;
     let allowed = match key.kind {
@@ -264,7 +240,7 @@ pub async fn list_subscriptions(
     headers: HeaderMap,
 ) -> Result<Json<Vec<Subscription>>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let store = state.market.store();
+    let store = &state.market;
     let subs = match key.kind {
         KeyKind::Admin if key.is_admin() => store.all_subscriptions().await?,
         KeyKind::Subscriber => store.subscriptions_of(&key.account).await?,
@@ -371,7 +347,7 @@ pub async fn list_payments(
 ) -> Result<Json<Vec<Payment>>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
     let sub = visible_subscription(&state, &key, &id, false).await?;
-    Ok(Json(state.market.store().payments_of(&sub.id).await?))
+    Ok(Json(state.market.payments_of(&sub.id).await?))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -545,8 +521,7 @@ pub async fn usage(
         KeyKind::Provider => UsageScope::Provider(&key.account),
         _ => return Err(ApiError::Forbidden("a device key has no usage".into())),
     };
-    state.market.usage().flush().await?;
-    let rows = state.market.store().usage(scope, from, to).await?;
+    let rows = state.market.usage_rows(scope, from, to).await?;
     Ok(Json(UsageReport {
         from,
         to,
@@ -583,13 +558,9 @@ pub async fn generate_invoices(
     Ok(Json(
         state
             .market
-            .store()
             .generate_invoices(&body.period, now_micros())
             .await
-            .map_err(|e| match e {
-                CatalogError::Invalid(m) => ApiError::bad_request("invalid_period", m),
-                e => e.into(),
-            })?,
+            .map_err(ApiError::invalid_as("invalid_period"))?,
     ))
 }
 
@@ -627,7 +598,7 @@ pub async fn list_invoices(
     Query(q): Query<InvoicesQuery>,
 ) -> Result<Response, ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let store = state.market.store();
+    let store = &state.market;
     let mut invoices = match key.kind {
         KeyKind::Admin if key.is_admin() => match &q.period {
             Some(p) => store.invoices_in(p).await?,
@@ -649,12 +620,7 @@ pub async fn list_invoices(
 
 async fn visible_invoice(state: &AppState, key: &ApiKey, id: &str) -> Result<Invoice, ApiError> {
     let not_found = || ApiError::NotFound(format!("no invoice `{id}`"));
-    let invoice = state
-        .market
-        .store()
-        .invoice(id)
-        .await?
-        .ok_or_else(not_found)?;
+    let invoice = state.market.invoice(id).await?.ok_or_else(not_found)?;
     let allowed =
         key.is_admin() || (key.kind == KeyKind::Subscriber && invoice.account == key.account);
     if allowed {
@@ -699,7 +665,7 @@ pub async fn pay_invoice(
         return Err(ApiError::NotFound(format!("no invoice `{id}`")));
     }
     visible_invoice(&state, &key, &id).await?;
-    if !state.market.store().pay_invoice(&id, now_micros()).await? {
+    if !state.market.pay_invoice(&id, now_micros()).await? {
         return Err(ApiError::Conflict(format!(
             "invoice `{id}` is paid already"
         )));
@@ -742,12 +708,8 @@ pub async fn statement(
     Ok(Json(
         state
             .market
-            .store()
             .statement(&provider, &q.period, state.market.platform_fee_percent())
             .await
-            .map_err(|e| match e {
-                CatalogError::Invalid(m) => ApiError::bad_request("invalid_period", m),
-                e => e.into(),
-            })?,
+            .map_err(ApiError::invalid_as("invalid_period"))?,
     ))
 }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::keys::{KeyError, KeyKind, KeySpec, NewKey, looks_like_secret, random_alnum};
+use super::error::Error;
+use super::ids::random_alnum;
 use super::store::Store;
 use crate::model::{Micros, now_micros};
 
@@ -36,15 +37,6 @@ impl Role {
             "provider" => Some(Role::Provider),
             "subscriber" => Some(Role::Subscriber),
             _ => None,
-        }
-    }
-
-    /// The kind of the key an account of this role is given first.
-    pub fn key_kind(self) -> KeyKind {
-        match self {
-            Role::Admin => KeyKind::Admin,
-            Role::Provider => KeyKind::Provider,
-            Role::Subscriber => KeyKind::Subscriber,
         }
     }
 }
@@ -118,12 +110,12 @@ impl NewAccount {
     }
 }
 
-fn account_from_row(row: &AnyRow) -> Result<Account, KeyError> {
+fn account_from_row(row: &AnyRow) -> Result<Account, Error> {
     let role: String = row.try_get(1)?;
     Ok(Account {
         id: row.try_get(0)?,
         role: Role::parse(&role)
-            .ok_or_else(|| KeyError::Invalid(format!("unknown role `{role}` in database")))?,
+            .ok_or_else(|| Error::Invalid(format!("unknown role `{role}` in database")))?,
         name: row.try_get(2)?,
         sector: row.try_get(3)?,
         email: row.try_get(4)?,
@@ -135,10 +127,10 @@ const ACCOUNT_COLUMNS: &str = "id, role, name, sector, email, created_at";
 
 impl Store {
     /// Creates an account. An id already taken is an error.
-    pub async fn create_account(&self, new: NewAccount) -> Result<Account, KeyError> {
+    pub async fn create_account(&self, new: NewAccount) -> Result<Account, Error> {
         let problems = new.problems();
         if !problems.is_empty() {
-            return Err(KeyError::Invalid(problems.join("; ")));
+            return Err(Error::Invalid(problems.join("; ")));
         }
         let account = Account {
             id: new
@@ -163,7 +155,7 @@ impl Store {
         .execute(self.pool())
         .await?;
         if done.rows_affected() == 0 {
-            return Err(KeyError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "id: account `{}` exists",
                 account.id
             )));
@@ -171,25 +163,7 @@ impl Store {
         Ok(account)
     }
 
-    /// Creates an account and its first key (of the kind its role uses).
-    pub async fn create_account_with_key(
-        &self,
-        new: NewAccount,
-    ) -> Result<(Account, NewKey), KeyError> {
-        let account = self.create_account(new).await?;
-        let key = self
-            .create_key_with(KeySpec {
-                kind: account.role.key_kind(),
-                account: account.id.clone(),
-                label: "first key".into(),
-                datasets: Vec::new(),
-                expires_at: None,
-            })
-            .await?;
-        Ok((account, key))
-    }
-
-    pub async fn account(&self, id: &str) -> Result<Option<Account>, KeyError> {
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
         )))
@@ -201,7 +175,7 @@ impl Store {
         .transpose()
     }
 
-    pub async fn list_accounts(&self) -> Result<Vec<Account>, KeyError> {
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"
         )))
@@ -214,7 +188,7 @@ impl Store {
 
     /// Makes sure provider account `id` exists (datasets in the config name their provider).
     /// An existing account of another role is an error.
-    pub async fn ensure_provider(&self, id: &str, name: &str) -> Result<(), KeyError> {
+    pub async fn ensure_provider(&self, id: &str, name: &str) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO accounts (id, role, name, sector, created_at)
              VALUES ($1, 'provider', $2, 'public', $3) ON CONFLICT (id) DO NOTHING",
@@ -226,71 +200,11 @@ impl Store {
         .await?;
         match self.account(id).await? {
             Some(a) if a.role == Role::Provider => Ok(()),
-            Some(a) => Err(KeyError::Invalid(format!(
+            Some(a) => Err(Error::Invalid(format!(
                 "provider `{id}` of the config is a {} account in the database",
                 a.role.as_str()
             ))),
-            None => Err(KeyError::NotFound(format!("account `{id}` vanished"))),
-        }
-    }
-
-    /// The first start's administrator. With `given` (the operator's `CITYGATE_ADMIN_KEY`),
-    /// makes sure that secret is a live admin key; otherwise, when no admin account exists
-    /// yet, creates one with a fresh key. Returns a secret to show once, if one was made.
-    pub async fn bootstrap_admin(&self, given: Option<&str>) -> Result<Option<String>, KeyError> {
-        if let Some(secret) = given
-            && !looks_like_secret(secret)
-        {
-            return Err(KeyError::Invalid(
-                "CITYGATE_ADMIN_KEY: a key secret is `cg_` and 43 letters or digits".into(),
-            ));
-        }
-        let first_admin: Option<String> = sqlx::query(
-            "SELECT id FROM accounts WHERE role = 'admin' ORDER BY created_at, id LIMIT 1",
-        )
-        .fetch_optional(self.pool())
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?;
-        let has_admin = first_admin.is_some();
-        let admin_id = match first_admin {
-            Some(id) => id,
-            None => {
-                self.create_account(NewAccount {
-                    id: Some(ADMIN_ACCOUNT.into()),
-                    role: Role::Admin,
-                    name: "Administrator".into(),
-                    sector: "public".into(),
-                    email: None,
-                })
-                .await?
-                .id
-            }
-        };
-        let spec = KeySpec {
-            kind: KeyKind::Admin,
-            account: admin_id,
-            label: "bootstrap".into(),
-            datasets: Vec::new(),
-            expires_at: None,
-        };
-        match given {
-            Some(secret) => {
-                if !self.secret_exists(secret).await? {
-                    self.create_key_given(spec, secret).await?;
-                } else if !self
-                    .key_by_secret(secret)
-                    .await?
-                    .is_some_and(|k| k.kind == KeyKind::Admin)
-                {
-                    return Err(KeyError::Invalid(
-                        "CITYGATE_ADMIN_KEY names a key that is not a live admin key".into(),
-                    ));
-                }
-                Ok(None)
-            }
-            None if !has_admin => Ok(Some(self.create_key_with(spec).await?.secret)),
-            None => Ok(None),
+            None => Err(Error::NotFound(format!("account `{id}` vanished"))),
         }
     }
 }

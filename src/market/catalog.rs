@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::accounts::Role;
-use super::keys::KeyError;
+use super::accounts::{Account, Role};
+use super::error::Error;
+use super::plans::Plan;
 use super::store::Store;
 use crate::config::validate::dataset_problems;
 use crate::config::{Config, DatasetConfig};
@@ -50,32 +51,12 @@ pub struct DatasetPatch {
     pub keywords: Option<Vec<String>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("cannot start the dataset: {0}")]
-    Pipeline(String),
-}
-
-impl From<sqlx::Error> for CatalogError {
-    fn from(e: sqlx::Error) -> Self {
-        CatalogError::Key(e.into())
-    }
-}
-
-fn stored_from_row(row: &AnyRow) -> Result<StoredDataset, CatalogError> {
+fn stored_from_row(row: &AnyRow) -> Result<StoredDataset, Error> {
     let spec: String = row.try_get(0)?;
     let origin: String = row.try_get(1)?;
     Ok(StoredDataset {
         spec: serde_json::from_str(&spec)
-            .map_err(|e| CatalogError::Invalid(format!("stored dataset spec: {e}")))?,
+            .map_err(|e| Error::Invalid(format!("stored dataset spec: {e}")))?,
         origin: if origin == "api" {
             Origin::Api
         } else {
@@ -92,7 +73,7 @@ impl Store {
     /// Brings the config's datasets into the catalog (their provider accounts must exist),
     /// withdraws config datasets no longer declared, and returns every dataset in the
     /// catalog: the config's, then those created over the API, by id.
-    pub async fn sync_catalog(&self, config: &Config) -> Result<Vec<DatasetConfig>, CatalogError> {
+    pub async fn sync_catalog(&self, config: &Config) -> Result<Vec<DatasetConfig>, Error> {
         let now = now_micros();
         let mut tx = self.pool().begin().await?;
         for ds in &config.datasets {
@@ -106,7 +87,7 @@ impl Store {
                     let origin: String = row.try_get(0)?;
                     if origin == "api" {
                         let provider: String = row.try_get(1)?;
-                        return Err(CatalogError::Conflict(format!(
+                        return Err(Error::Conflict(format!(
                             "dataset `{}` of the config was created over the API by `{provider}`; rename one of them",
                             ds.id
                         )));
@@ -166,7 +147,7 @@ impl Store {
     }
 
     /// Every dataset on offer (not withdrawn), by id.
-    pub async fn catalog(&self) -> Result<Vec<StoredDataset>, CatalogError> {
+    pub async fn catalog(&self) -> Result<Vec<StoredDataset>, Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DATASET_COLUMNS} FROM datasets WHERE withdrawn_at IS NULL ORDER BY id"
         )))
@@ -178,7 +159,7 @@ impl Store {
     }
 
     /// One dataset on offer.
-    pub async fn catalog_dataset(&self, id: &str) -> Result<Option<StoredDataset>, CatalogError> {
+    pub async fn catalog_dataset(&self, id: &str) -> Result<Option<StoredDataset>, Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DATASET_COLUMNS} FROM datasets WHERE id = $1 AND withdrawn_at IS NULL"
         )))
@@ -200,15 +181,15 @@ impl Store {
         &self,
         spec: DatasetConfig,
         limit: Option<usize>,
-    ) -> Result<StoredDataset, CatalogError> {
+    ) -> Result<StoredDataset, Error> {
         let problems = dataset_problems("dataset", &spec);
         if !problems.is_empty() {
-            return Err(CatalogError::Invalid(problems.join("; ")));
+            return Err(Error::Invalid(problems.join("; ")));
         }
         match self.account(&spec.provider).await? {
             Some(a) if a.role == Role::Provider => {}
             _ => {
-                return Err(CatalogError::Invalid(format!(
+                return Err(Error::Invalid(format!(
                     "dataset.provider: `{}` is not a provider account",
                     spec.provider
                 )));
@@ -238,14 +219,14 @@ impl Store {
                 .map(|row| row.is_some())
         };
         if done.rows_affected() == 0 && !id_used().await? {
-            return Err(CatalogError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "provider `{}` has {limit} datasets, the most it may publish \
                  ([market] max_datasets_per_provider)",
                 spec.provider
             )));
         }
         if done.rows_affected() == 0 {
-            return Err(CatalogError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "dataset `{}` exists (or existed); choose another id",
                 spec.id
             )));
@@ -263,13 +244,13 @@ impl Store {
         &self,
         id: &str,
         patch: DatasetPatch,
-    ) -> Result<StoredDataset, CatalogError> {
+    ) -> Result<StoredDataset, Error> {
         let mut stored = self
             .catalog_dataset(id)
             .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("no dataset `{id}`")))?;
+            .ok_or_else(|| Error::NotFound(format!("no dataset `{id}`")))?;
         if stored.origin == Origin::Config {
-            return Err(CatalogError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "dataset `{id}` is declared in the config file; change it there"
             )));
         }
@@ -297,7 +278,7 @@ impl Store {
         );
         let problems = dataset_problems("dataset", spec);
         if !problems.is_empty() {
-            return Err(CatalogError::Invalid(problems.join("; ")));
+            return Err(Error::Invalid(problems.join("; ")));
         }
         stored.updated_at = now_micros();
         sqlx::query("UPDATE datasets SET spec = $1, updated_at = $2 WHERE id = $3")
@@ -325,20 +306,47 @@ impl Catalog {
         Catalog { store, start }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Creates a dataset and starts taking readings for it.
     pub async fn create(
         &self,
         spec: DatasetConfig,
         limit: Option<usize>,
-    ) -> Result<StoredDataset, CatalogError> {
+    ) -> Result<StoredDataset, Error> {
         let stored = self.store.create_dataset(spec, limit).await?;
-        (self.start)(&stored.spec).map_err(CatalogError::Pipeline)?;
+        (self.start)(&stored.spec).map_err(Error::DatasetStart)?;
         tracing::info!(dataset = %stored.spec.id, provider = %stored.spec.provider, "dataset created");
         Ok(stored)
+    }
+}
+
+/// What the catalog routes read and change.
+impl Catalog {
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, Error> {
+        self.store.account(id).await
+    }
+    /// One dataset on offer.
+    pub async fn catalog_dataset(&self, id: &str) -> Result<Option<StoredDataset>, Error> {
+        self.store.catalog_dataset(id).await
+    }
+    /// Every dataset on offer (not withdrawn), by id.
+    pub async fn catalog(&self) -> Result<Vec<StoredDataset>, Error> {
+        self.store.catalog().await
+    }
+    /// Every plan on offer, by dataset, oldest first.
+    pub async fn offered_plans(&self) -> Result<Vec<Plan>, Error> {
+        self.store.offered_plans().await
+    }
+    /// A dataset's plans, oldest first: those on offer, or all.
+    pub async fn plans_of(&self, dataset: &str, all: bool) -> Result<Vec<Plan>, Error> {
+        self.store.plans_of(dataset, all).await
+    }
+    /// Applies `patch` to an API dataset's metadata.
+    pub async fn update_dataset(
+        &self,
+        id: &str,
+        patch: DatasetPatch,
+    ) -> Result<StoredDataset, Error> {
+        self.store.update_dataset(id, patch).await
     }
 }
 
@@ -422,7 +430,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, CatalogError::Conflict(_)), "{err}");
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
     }
 
     #[tokio::test]
@@ -435,13 +443,13 @@ mod tests {
         assert_eq!(created.origin, Origin::Api);
         assert!(matches!(
             store.create_dataset(api_dataset("bike-counts"), None).await,
-            Err(CatalogError::Conflict(_))
+            Err(Error::Conflict(_))
         ));
         assert!(matches!(
             store
                 .create_dataset(api_dataset("traffic-counts"), None)
                 .await,
-            Err(CatalogError::Conflict(_))
+            Err(Error::Conflict(_))
         ));
         let mut bad = api_dataset("Bad Id");
         bad.fields.clear();
@@ -493,7 +501,7 @@ mod tests {
         clash.datasets.push(api_dataset("bike-counts"));
         assert!(matches!(
             store.sync_catalog(&clash).await,
-            Err(CatalogError::Conflict(_))
+            Err(Error::Conflict(_))
         ));
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::catalog::CatalogError;
+use super::error::Error;
 use super::keys::{ApiKey, KeyKind};
 use super::plans::Plan;
 use super::store::Store;
@@ -102,7 +102,7 @@ impl Entitlements {
             .clear();
     }
 
-    async fn facts(&self, account: &str, dataset: &str) -> Result<Facts, CatalogError> {
+    async fn facts(&self, account: &str, dataset: &str) -> Result<Facts, Error> {
         let key = (account.to_string(), dataset.to_string());
         if let Some(f) = self
             .cache
@@ -165,7 +165,7 @@ impl Entitlements {
         key: &ApiKey,
         dataset: &str,
         now: Micros,
-    ) -> Result<Option<Grant>, CatalogError> {
+    ) -> Result<Option<Grant>, Error> {
         if !key.is_live(now)
             || key.kind == KeyKind::Device
             || !crate::model::is_valid_dataset_id(dataset)

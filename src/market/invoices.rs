@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::catalog::CatalogError;
-use super::keys::random_alnum;
+use super::error::Error;
+use super::ids::random_alnum;
 use super::store::Store;
 use crate::calendar::{format_rfc3339, month_bounds};
 use crate::model::Micros;
@@ -139,10 +139,9 @@ fn date(t: Micros) -> String {
     format_rfc3339(t)[..10].to_string()
 }
 
-fn period_of(period: &str) -> Result<(Micros, Micros), CatalogError> {
-    month_bounds(period).ok_or_else(|| {
-        CatalogError::Invalid(format!("period: `{period}` is not a month like 2026-11"))
-    })
+fn period_of(period: &str) -> Result<(Micros, Micros), Error> {
+    month_bounds(period)
+        .ok_or_else(|| Error::Invalid(format!("period: `{period}` is not a month like 2026-11")))
 }
 
 const INVOICE_COLUMNS: &str =
@@ -170,7 +169,7 @@ fn invoice_from_row(row: &sqlx::any::AnyRow) -> Result<Invoice, sqlx::Error> {
 
 impl Store {
     /// Every billed line of `period` (`YYYY-MM`).
-    pub async fn period_lines(&self, period: &str) -> Result<Vec<Line>, CatalogError> {
+    pub async fn period_lines(&self, period: &str) -> Result<Vec<Line>, Error> {
         let (start, end) = period_of(period)?;
         let mut lines = Vec::new();
         let flat = sqlx::query(
@@ -251,7 +250,7 @@ impl Store {
         &self,
         period: &str,
         now: Micros,
-    ) -> Result<Vec<Invoice>, CatalogError> {
+    ) -> Result<Vec<Invoice>, Error> {
         let mut groups: BTreeMap<(String, String), Vec<Line>> = BTreeMap::new();
         for line in self.period_lines(period).await? {
             groups
@@ -334,19 +333,19 @@ impl Store {
     }
 
     /// An account's invoices, newest period first.
-    pub async fn invoices_of(&self, account: &str) -> Result<Vec<Invoice>, CatalogError> {
+    pub async fn invoices_of(&self, account: &str) -> Result<Vec<Invoice>, Error> {
         self.invoices_where("account = $1", account).await
     }
 
-    pub async fn invoices_in(&self, period: &str) -> Result<Vec<Invoice>, CatalogError> {
+    pub async fn invoices_in(&self, period: &str) -> Result<Vec<Invoice>, Error> {
         self.invoices_where("period = $1", period).await
     }
 
-    pub async fn invoice(&self, id: &str) -> Result<Option<Invoice>, CatalogError> {
+    pub async fn invoice(&self, id: &str) -> Result<Option<Invoice>, Error> {
         Ok(self.invoices_where("id = $1", id).await?.into_iter().next())
     }
 
-    async fn invoices_where(&self, filter: &str, arg: &str) -> Result<Vec<Invoice>, CatalogError> {
+    async fn invoices_where(&self, filter: &str, arg: &str) -> Result<Vec<Invoice>, Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {INVOICE_COLUMNS} FROM invoices WHERE {filter}
              ORDER BY period DESC, account, currency"
@@ -393,7 +392,7 @@ impl Store {
 
     /// Marks an open invoice paid (the manual provider's record of money received).
     /// `Ok(false)`: it was already paid.
-    pub async fn pay_invoice(&self, id: &str, now: Micros) -> Result<bool, CatalogError> {
+    pub async fn pay_invoice(&self, id: &str, now: Micros) -> Result<bool, Error> {
         let done = sqlx::query(
             "UPDATE invoices SET status = 'paid', paid_at = $1 WHERE id = $2 AND status = 'open'",
         )
@@ -410,7 +409,7 @@ impl Store {
         provider: &str,
         period: &str,
         fee_percent: f64,
-    ) -> Result<Statement, CatalogError> {
+    ) -> Result<Statement, Error> {
         let (start, end) = period_of(period)?;
         let mut per_dataset: BTreeMap<(String, String), DatasetRevenue> = BTreeMap::new();
         for l in self.period_lines(period).await? {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::keys::{ApiKey, KeyError, looks_like_secret};
+use super::accounts::{Account, NewAccount};
+use super::error::Error;
+use super::keys::{ApiKey, looks_like_secret};
+use super::keys::{KeySpec, NewKey};
 use super::store::Store;
 use crate::model::now_micros;
 
@@ -55,10 +58,6 @@ impl Keyring {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Trusts no cached lookup any more: after a revocation in this process, so it takes
     /// effect at once here (other processes see it within [`KEY_CACHE_TTL`]). Known keys stay
     /// known (they are looked up again, but not behind lookups of invented secrets).
@@ -80,7 +79,7 @@ impl Keyring {
     }
 
     /// The live key for `secret`, or `None` if there is none.
-    pub async fn authenticate(&self, secret: &str) -> Result<Option<Arc<ApiKey>>, KeyError> {
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Arc<ApiKey>>, Error> {
         if !looks_like_secret(secret) {
             return Ok(None);
         }
@@ -146,6 +145,54 @@ impl Keyring {
             );
         }
         Ok(key)
+    }
+}
+
+/// What the accounts and keys routes read and change, through the keyring so that a change
+/// and the cache of authenticated keys cannot drift apart.
+impl Keyring {
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, Error> {
+        self.store.account(id).await
+    }
+    pub async fn account_keys(&self, account: &str) -> Result<Vec<ApiKey>, Error> {
+        self.store.account_keys(account).await
+    }
+    /// Creates an account and its first key (of the kind its role uses).
+    pub async fn create_account_with_key(
+        &self,
+        new: NewAccount,
+    ) -> Result<(Account, NewKey), Error> {
+        self.store.create_account_with_key(new).await
+    }
+    /// Creates a key. The account must exist with the role the kind needs; a device key
+    /// needs datasets. The secret is returned once and not stored.
+    pub async fn create_key_with(&self, spec: KeySpec) -> Result<NewKey, Error> {
+        self.store.create_key_with(spec).await
+    }
+    pub async fn key(&self, id: &str) -> Result<Option<ApiKey>, Error> {
+        self.store.key(id).await
+    }
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, Error> {
+        self.store.list_accounts().await
+    }
+    /// Keys, oldest first: all, or one account's.
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, Error> {
+        self.store.list_keys().await
+    }
+    /// Rotates a live key: a successor with the same kind, account, label, scope and expiry,
+    /// while the old key keeps working for `overlap` (or until its own expiry, if sooner).
+    pub async fn rotate_key(&self, id: &str, overlap: Duration) -> Result<NewKey, Error> {
+        self.store.rotate_key(id, overlap).await
+    }
+
+    /// Revokes a key at once, here and (within [`KEY_CACHE_TTL`]) on every node. `false`
+    /// when there was no live key `id`.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, Error> {
+        let revoked = self.store.revoke_key(id).await?;
+        if revoked {
+            self.clear();
+        }
+        Ok(revoked)
     }
 }
 

@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::accounts::Role;
-use super::store::{Store, StoreError};
+use super::accounts::{ADMIN_ACCOUNT, Account, NewAccount, Role};
+use super::error::Error;
+use super::ids::random_alnum;
+use super::store::Store;
 use crate::config::DatasetConfig;
 use crate::model::{Micros, now_micros};
 
@@ -38,6 +38,15 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// The kind of the key an account of `role` is given first.
+    pub fn first_of(role: Role) -> KeyKind {
+        match role {
+            Role::Admin => KeyKind::Admin,
+            Role::Provider => KeyKind::Provider,
+            Role::Subscriber => KeyKind::Subscriber,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyKind::Admin => "admin",
@@ -130,22 +139,6 @@ pub struct NewKey {
     pub secret: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-}
-
-impl From<sqlx::Error> for KeyError {
-    fn from(e: sqlx::Error) -> Self {
-        KeyError::Store(StoreError::Db(e))
-    }
-}
-
 fn hash_hex(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     let mut out = String::with_capacity(64);
@@ -165,14 +158,6 @@ pub fn new_secret() -> String {
     format!("{SECRET_PREFIX}{}", random_alnum(SECRET_RANDOM_LEN))
 }
 
-pub(crate) fn random_alnum(n: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
-}
-
 /// Whether `text` has the shape of a citygate secret (checked before any lookup).
 pub fn looks_like_secret(text: &str) -> bool {
     text.len() == SECRET_PREFIX.len() + SECRET_RANDOM_LEN
@@ -188,12 +173,12 @@ pub fn check_device_scope(
     catalog: &[DatasetConfig],
     provider: &str,
     datasets: &[String],
-) -> Result<(), KeyError> {
+) -> Result<(), Error> {
     if provider.trim().is_empty() {
-        return Err(KeyError::Invalid("--provider must not be empty".into()));
+        return Err(Error::Invalid("--provider must not be empty".into()));
     }
     if datasets.is_empty() {
-        return Err(KeyError::Invalid(
+        return Err(Error::Invalid(
             "a device key needs at least one dataset".into(),
         ));
     }
@@ -216,7 +201,7 @@ pub fn check_device_scope(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(KeyError::Invalid(problems.join("; ")))
+        Err(Error::Invalid(problems.join("; ")))
     }
 }
 
@@ -230,7 +215,7 @@ impl Store {
         kind: KeyKind,
         account: &str,
         datasets: &[String],
-    ) -> Result<NewKey, KeyError> {
+    ) -> Result<NewKey, Error> {
         self.create_key_with(KeySpec {
             kind,
             account: account.to_string(),
@@ -243,23 +228,23 @@ impl Store {
 
     /// Creates a key. The account must exist with the role the kind needs; a device key
     /// needs datasets. The secret is returned once and not stored.
-    pub async fn create_key_with(&self, spec: KeySpec) -> Result<NewKey, KeyError> {
+    pub async fn create_key_with(&self, spec: KeySpec) -> Result<NewKey, Error> {
         self.create_key_given(spec, &new_secret()).await
     }
 
     /// Creates a key whose secret the operator chose (`CITYGATE_ADMIN_KEY`).
-    pub async fn create_key_given(&self, spec: KeySpec, secret: &str) -> Result<NewKey, KeyError> {
+    pub async fn create_key_given(&self, spec: KeySpec, secret: &str) -> Result<NewKey, Error> {
         if !looks_like_secret(secret) {
-            return Err(KeyError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "a key secret is `{SECRET_PREFIX}` and {SECRET_RANDOM_LEN} letters or digits"
             )));
         }
         let account = self
             .account(&spec.account)
             .await?
-            .ok_or_else(|| KeyError::Invalid(format!("no account `{}`", spec.account)))?;
+            .ok_or_else(|| Error::Invalid(format!("no account `{}`", spec.account)))?;
         if account.role != spec.kind.role() {
-            return Err(KeyError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "a {} key belongs to a {} account; `{}` is a {} account",
                 spec.kind.as_str(),
                 spec.kind.role().as_str(),
@@ -268,12 +253,12 @@ impl Store {
             )));
         }
         if spec.kind == KeyKind::Device && spec.datasets.is_empty() {
-            return Err(KeyError::Invalid(
+            return Err(Error::Invalid(
                 "a device key needs at least one dataset".into(),
             ));
         }
         if matches!(spec.kind, KeyKind::Admin | KeyKind::Provider) && !spec.datasets.is_empty() {
-            return Err(KeyError::Invalid(format!(
+            return Err(Error::Invalid(format!(
                 "a {} key is not limited to datasets",
                 spec.kind.as_str()
             )));
@@ -302,15 +287,15 @@ impl Store {
     }
 
     /// Keys, oldest first: all, or one account's.
-    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, KeyError> {
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, Error> {
         self.keys_where(None).await
     }
 
-    pub async fn account_keys(&self, account: &str) -> Result<Vec<ApiKey>, KeyError> {
+    pub async fn account_keys(&self, account: &str) -> Result<Vec<ApiKey>, Error> {
         self.keys_where(Some(account)).await
     }
 
-    async fn keys_where(&self, account: Option<&str>) -> Result<Vec<ApiKey>, KeyError> {
+    async fn keys_where(&self, account: Option<&str>) -> Result<Vec<ApiKey>, Error> {
         let rows = match account {
             Some(account) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -338,7 +323,7 @@ impl Store {
     async fn key_datasets(
         &self,
         account: Option<&str>,
-    ) -> Result<HashMap<String, Vec<String>>, KeyError> {
+    ) -> Result<HashMap<String, Vec<String>>, Error> {
         let rows = match account {
             Some(account) => {
                 sqlx::query(
@@ -364,7 +349,7 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn key(&self, id: &str) -> Result<Option<ApiKey>, KeyError> {
+    pub async fn key(&self, id: &str) -> Result<Option<ApiKey>, Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"
         )))
@@ -374,7 +359,7 @@ impl Store {
         self.complete_key(row).await
     }
 
-    async fn complete_key(&self, row: Option<AnyRow>) -> Result<Option<ApiKey>, KeyError> {
+    async fn complete_key(&self, row: Option<AnyRow>) -> Result<Option<ApiKey>, Error> {
         let Some(row) = row else {
             return Ok(None);
         };
@@ -392,7 +377,7 @@ impl Store {
     }
 
     /// Revokes a key by id. `Ok(false)` if no such key, or it was already revoked.
-    pub async fn revoke_key(&self, id: &str) -> Result<bool, KeyError> {
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, Error> {
         let done =
             sqlx::query("UPDATE keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_micros())
@@ -404,13 +389,13 @@ impl Store {
 
     /// Rotates a live key: a successor with the same kind, account, label, scope and expiry,
     /// while the old key keeps working for `overlap` (or until its own expiry, if sooner).
-    pub async fn rotate_key(&self, id: &str, overlap: Duration) -> Result<NewKey, KeyError> {
+    pub async fn rotate_key(&self, id: &str, overlap: Duration) -> Result<NewKey, Error> {
         let now = now_micros();
         let old = self
             .key(id)
             .await?
             .filter(|k| k.is_live(now))
-            .ok_or_else(|| KeyError::NotFound(format!("no live key `{id}`")))?;
+            .ok_or_else(|| Error::NotFound(format!("no live key `{id}`")))?;
         let secret = new_secret();
         let key = ApiKey {
             id: format!("key_{}", random_alnum(12).to_ascii_lowercase()).into(),
@@ -433,7 +418,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(KeyError::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "key `{id}` was rotated or revoked meanwhile"
             )));
         }
@@ -443,7 +428,7 @@ impl Store {
 
     /// The live (unrevoked, unexpired) key whose secret is `secret`: one query, the hot
     /// path of every authentication that misses the cache.
-    pub async fn key_by_secret(&self, secret: &str) -> Result<Option<ApiKey>, KeyError> {
+    pub async fn key_by_secret(&self, secret: &str) -> Result<Option<ApiKey>, Error> {
         let rows = sqlx::query(
             "SELECT k.id, k.kind, k.account, k.label, k.created_at, k.expires_at, k.revoked_at,
                     k.replaced_by, d.dataset
@@ -468,7 +453,7 @@ impl Store {
     }
 
     /// Whether a key with this secret exists (live or not).
-    pub async fn secret_exists(&self, secret: &str) -> Result<bool, KeyError> {
+    pub async fn secret_exists(&self, secret: &str) -> Result<bool, Error> {
         Ok(sqlx::query("SELECT id FROM keys WHERE secret_hash = $1")
             .bind(hash_hex(secret))
             .fetch_optional(self.pool())
@@ -481,7 +466,7 @@ async fn insert_key(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     key: &ApiKey,
     secret_hash: &str,
-) -> Result<(), KeyError> {
+) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO keys (id, kind, account, label, secret_hash, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -505,17 +490,14 @@ async fn insert_key(
     Ok(())
 }
 
-fn key_from_row(
-    row: &AnyRow,
-    scopes: &mut HashMap<String, Vec<String>>,
-) -> Result<ApiKey, KeyError> {
+fn key_from_row(row: &AnyRow, scopes: &mut HashMap<String, Vec<String>>) -> Result<ApiKey, Error> {
     let id: String = row.try_get(0)?;
     let kind: String = row.try_get(1)?;
     let mut datasets = scopes.remove(&id).unwrap_or_default();
     datasets.sort();
     Ok(ApiKey {
         kind: KeyKind::parse(&kind)
-            .ok_or_else(|| KeyError::Invalid(format!("unknown key kind `{kind}` in database")))?,
+            .ok_or_else(|| Error::Invalid(format!("unknown key kind `{kind}` in database")))?,
         account: row.try_get(2)?,
         label: row.try_get(3)?,
         created_at: row.try_get(4)?,
@@ -525,6 +507,87 @@ fn key_from_row(
         datasets,
         id: id.into(),
     })
+}
+
+/// Accounts with their first keys.
+impl Store {
+    /// Creates an account and its first key (of the kind its role uses).
+    pub async fn create_account_with_key(
+        &self,
+        new: NewAccount,
+    ) -> Result<(Account, NewKey), Error> {
+        let account = self.create_account(new).await?;
+        let key = self
+            .create_key_with(KeySpec {
+                kind: KeyKind::first_of(account.role),
+                account: account.id.clone(),
+                label: "first key".into(),
+                datasets: Vec::new(),
+                expires_at: None,
+            })
+            .await?;
+        Ok((account, key))
+    }
+
+    /// The first start's administrator. With `given` (the operator's `CITYGATE_ADMIN_KEY`),
+    /// makes sure that secret is a live admin key; otherwise, when no admin account exists
+    /// yet, creates one with a fresh key. Returns a secret to show once, if one was made.
+    pub async fn bootstrap_admin(&self, given: Option<&str>) -> Result<Option<String>, Error> {
+        if let Some(secret) = given
+            && !looks_like_secret(secret)
+        {
+            return Err(Error::Invalid(
+                "CITYGATE_ADMIN_KEY: a key secret is `cg_` and 43 letters or digits".into(),
+            ));
+        }
+        let first_admin: Option<String> = sqlx::query(
+            "SELECT id FROM accounts WHERE role = 'admin' ORDER BY created_at, id LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+        let has_admin = first_admin.is_some();
+        let admin_id = match first_admin {
+            Some(id) => id,
+            None => {
+                self.create_account(NewAccount {
+                    id: Some(ADMIN_ACCOUNT.into()),
+                    role: Role::Admin,
+                    name: "Administrator".into(),
+                    sector: "public".into(),
+                    email: None,
+                })
+                .await?
+                .id
+            }
+        };
+        let spec = KeySpec {
+            kind: KeyKind::Admin,
+            account: admin_id,
+            label: "bootstrap".into(),
+            datasets: Vec::new(),
+            expires_at: None,
+        };
+        match given {
+            Some(secret) => {
+                if !self.secret_exists(secret).await? {
+                    self.create_key_given(spec, secret).await?;
+                } else if !self
+                    .key_by_secret(secret)
+                    .await?
+                    .is_some_and(|k| k.kind == KeyKind::Admin)
+                {
+                    return Err(Error::Invalid(
+                        "CITYGATE_ADMIN_KEY names a key that is not a live admin key".into(),
+                    ));
+                }
+                Ok(None)
+            }
+            None if !has_admin => Ok(Some(self.create_key_with(spec).await?.secret)),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::accounts::valid_id;
-use super::catalog::CatalogError;
-use super::keys::random_alnum;
+use super::error::Error;
+use super::ids::random_alnum;
 use super::store::Store;
 use crate::model::{Micros, now_micros};
 
@@ -245,13 +245,13 @@ pub(crate) fn plan_from_row(row: &AnyRow, at: usize) -> Result<Plan, sqlx::Error
 
 impl Store {
     /// Adds a plan to a dataset on offer.
-    pub async fn create_plan(&self, dataset: &str, new: NewPlan) -> Result<Plan, CatalogError> {
+    pub async fn create_plan(&self, dataset: &str, new: NewPlan) -> Result<Plan, Error> {
         if self.catalog_dataset(dataset).await?.is_none() {
-            return Err(CatalogError::NotFound(format!("no dataset `{dataset}`")));
+            return Err(Error::NotFound(format!("no dataset `{dataset}`")));
         }
         let plan = new
             .build(dataset)
-            .map_err(|p| CatalogError::Invalid(p.join("; ")))?;
+            .map_err(|p| Error::Invalid(p.join("; ")))?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO plans ({PLAN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)
              ON CONFLICT (id) DO NOTHING"
@@ -269,12 +269,12 @@ impl Store {
         .execute(self.pool())
         .await?;
         if done.rows_affected() == 0 {
-            return Err(CatalogError::Conflict(format!("plan `{}` exists", plan.id)));
+            return Err(Error::Conflict(format!("plan `{}` exists", plan.id)));
         }
         Ok(plan)
     }
 
-    pub async fn plan(&self, id: &str) -> Result<Option<Plan>, CatalogError> {
+    pub async fn plan(&self, id: &str) -> Result<Option<Plan>, Error> {
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1"
         )))
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// A dataset's plans, oldest first: those on offer, or all.
-    pub async fn plans_of(&self, dataset: &str, all: bool) -> Result<Vec<Plan>, CatalogError> {
+    pub async fn plans_of(&self, dataset: &str, all: bool) -> Result<Vec<Plan>, Error> {
         let filter = if all { "" } else { " AND active = 1" };
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PLAN_COLUMNS} FROM plans WHERE dataset = $1{filter} ORDER BY created_at, id"
@@ -300,7 +300,7 @@ impl Store {
     }
 
     /// Every plan on offer, by dataset, oldest first.
-    pub async fn offered_plans(&self) -> Result<Vec<Plan>, CatalogError> {
+    pub async fn offered_plans(&self) -> Result<Vec<Plan>, Error> {
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PLAN_COLUMNS} FROM plans WHERE active = 1 ORDER BY dataset, created_at, id"
         )))
@@ -312,7 +312,7 @@ impl Store {
     }
 
     /// Takes a plan off offer. `Ok(false)` if it was not on offer.
-    pub async fn withdraw_plan(&self, id: &str) -> Result<bool, CatalogError> {
+    pub async fn withdraw_plan(&self, id: &str) -> Result<bool, Error> {
         let done = sqlx::query("UPDATE plans SET active = 0 WHERE id = $1 AND active = 1")
             .bind(id)
             .execute(self.pool())

@@ -12,20 +12,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Row};
 
+use super::error::Error;
 use super::schema::MIGRATIONS;
 use crate::config::DatabaseLocation;
 use crate::model::now_micros;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
-}
 
 /// Which database a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +33,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+    pub async fn open(path: &Path) -> Result<Store, Error> {
         Store::connect(&DatabaseLocation::Sqlite(path.to_path_buf()), 4).await
     }
 
@@ -52,14 +42,14 @@ impl Store {
     pub async fn connect(
         location: &DatabaseLocation,
         max_connections: u32,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<Store, Error> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match location {
             DatabaseLocation::Sqlite(path) => {
                 if let Some(dir) = path.parent()
                     && !dir.as_os_str().is_empty()
                 {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                    std::fs::create_dir_all(dir).map_err(|source| Error::Directory {
                         path: dir.display().to_string(),
                         source,
                     })?;
@@ -97,7 +87,7 @@ impl Store {
         self.backend
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self) -> Result<(), Error> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version BIGINT PRIMARY KEY,

@@ -12,8 +12,8 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::catalog::CatalogError;
-use super::keys::random_alnum;
+use super::error::Error;
+use super::ids::random_alnum;
 use super::plans::{PLAN_COLUMNS, Plan, plan_from_row};
 use super::store::Store;
 use crate::model::Micros;
@@ -196,9 +196,9 @@ impl Store {
         plan: &Plan,
         provider: &str,
         now: Micros,
-    ) -> Result<Subscription, CatalogError> {
+    ) -> Result<Subscription, Error> {
         if !plan.active {
-            return Err(CatalogError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "plan `{}` is no longer offered",
                 plan.id
             )));
@@ -254,7 +254,7 @@ impl Store {
                 .map(|row| row.try_get::<String, _>(0))
                 .transpose()?
                 .unwrap_or_default();
-                Err(CatalogError::Conflict(format!(
+                Err(Error::Conflict(format!(
                     "subscription `{live}` to plan `{}` exists; cancel it first",
                     plan.id
                 )))
@@ -263,21 +263,24 @@ impl Store {
         }
     }
 
-    /// Stores where a pending subscription is paid.
+    /// Stores where a pending subscription is paid: the checkout's page, the provider's id
+    /// of the checkout and, when the checkout already made one, of the subscription.
     pub async fn set_checkout(
         &self,
         id: &str,
-        checkout: &super::payments::Checkout,
+        url: &str,
+        checkout_ref: Option<&str>,
+        payment_ref: Option<&str>,
         now: Micros,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE subscriptions SET payment_ref = $1, checkout_url = $2, checkout_ref = $3,
                  updated_at = $4
              WHERE id = $5",
         )
-        .bind(checkout.payment_ref.as_deref())
-        .bind(&checkout.url)
-        .bind(checkout.checkout_ref.as_deref())
+        .bind(payment_ref)
+        .bind(url)
+        .bind(checkout_ref)
         .bind(now)
         .bind(id)
         .execute(self.pool())
@@ -285,7 +288,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, CatalogError> {
+    pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, Error> {
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"
         )))
@@ -302,7 +305,7 @@ impl Store {
         &self,
         provider: &str,
         payment_ref: &str,
-    ) -> Result<Option<Subscription>, CatalogError> {
+    ) -> Result<Option<Subscription>, Error> {
         Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SUB_COLUMNS} FROM subscriptions WHERE payment_provider = $1 AND payment_ref = $2"
         )))
@@ -316,16 +319,13 @@ impl Store {
     }
 
     /// Subscriptions of an account, newest first.
-    pub async fn subscriptions_of(&self, account: &str) -> Result<Vec<Subscription>, CatalogError> {
+    pub async fn subscriptions_of(&self, account: &str) -> Result<Vec<Subscription>, Error> {
         self.subscriptions_where("account = $1", Some(account))
             .await
     }
 
     /// Subscriptions to the datasets of provider `provider`, newest first.
-    pub async fn subscriptions_to(
-        &self,
-        provider: &str,
-    ) -> Result<Vec<Subscription>, CatalogError> {
+    pub async fn subscriptions_to(&self, provider: &str) -> Result<Vec<Subscription>, Error> {
         self.subscriptions_where(
             "dataset IN (SELECT id FROM datasets WHERE provider = $1)",
             Some(provider),
@@ -333,7 +333,7 @@ impl Store {
         .await
     }
 
-    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, CatalogError> {
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, Error> {
         self.subscriptions_where("1 = 1", None).await
     }
 
@@ -341,7 +341,7 @@ impl Store {
         &self,
         filter: &str,
         arg: Option<&str>,
-    ) -> Result<Vec<Subscription>, CatalogError> {
+    ) -> Result<Vec<Subscription>, Error> {
         let sql = format!(
             "SELECT {SUB_COLUMNS} FROM subscriptions WHERE {filter} ORDER BY created_at DESC, id"
         );
@@ -362,7 +362,7 @@ impl Store {
         &self,
         account: &str,
         dataset: &str,
-    ) -> Result<Vec<(Subscription, Plan)>, CatalogError> {
+    ) -> Result<Vec<(Subscription, Plan)>, Error> {
         let sql = format!(
             "SELECT {}, {} FROM subscriptions s JOIN plans p ON p.id = s.plan
              WHERE s.account = $1 AND s.dataset = $2 AND s.status = 'active'",
@@ -387,15 +387,11 @@ impl Store {
 
     /// Cancels: a free or unpaid subscription at once; a paid one at the end of its period
     /// (it stays active until then). Returns the subscription as it now is.
-    pub async fn cancel_subscription(
-        &self,
-        id: &str,
-        now: Micros,
-    ) -> Result<Subscription, CatalogError> {
+    pub async fn cancel_subscription(&self, id: &str, now: Micros) -> Result<Subscription, Error> {
         let sub = self
             .subscription(id)
             .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("no subscription `{id}`")))?;
+            .ok_or_else(|| Error::NotFound(format!("no subscription `{id}`")))?;
         let status = sub.status_at(now);
         let (sql, at_end) = match status {
             Status::Cancelled | Status::Expired => return Ok(sub.at(now)),
@@ -429,7 +425,7 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         payment: &Payment,
         now: Micros,
-    ) -> Result<Applied, CatalogError> {
+    ) -> Result<Applied, Error> {
         let done = sqlx::query(
             "INSERT INTO payments (id, subscription, provider, reference, amount_minor, currency,
                                    period_start, period_end, paid_at)
@@ -481,7 +477,7 @@ impl Store {
         subscription: &str,
         period_end: Micros,
         now: Micros,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE subscriptions SET status = 'past_due', updated_at = $1
              WHERE id = $2 AND status IN ('active', 'past_due')
@@ -500,7 +496,7 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         subscription: &str,
         now: Micros,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<(), Error> {
         sqlx::query(
             "UPDATE subscriptions SET
                  status = CASE WHEN cancel_at_period_end = 1 AND period_end IS NOT NULL
@@ -519,7 +515,7 @@ impl Store {
 
     /// Stores the statuses that time has changed (active past its period end becomes past
     /// due, or expired when cancelled at period end). Returns how many changed.
-    pub async fn sweep_subscriptions(&self, now: Micros) -> Result<u64, CatalogError> {
+    pub async fn sweep_subscriptions(&self, now: Micros) -> Result<u64, Error> {
         let done = sqlx::query(
             "UPDATE subscriptions SET
                  status = CASE WHEN cancel_at_period_end = 1 THEN 'expired' ELSE 'past_due' END,
@@ -535,11 +531,7 @@ impl Store {
     /// Claims a pending subscription's checkout for completion: the claim, or `None` when
     /// another call holds it (or completed it). The claim is a placeholder payment reference,
     /// replaced by [`Store::set_payment_ref`] or given back by [`Store::release_checkout`].
-    pub async fn claim_checkout(
-        &self,
-        id: &str,
-        now: Micros,
-    ) -> Result<Option<String>, CatalogError> {
+    pub async fn claim_checkout(&self, id: &str, now: Micros) -> Result<Option<String>, Error> {
         let claim = format!("{CHECKOUT_CLAIM}{now}");
         let done = sqlx::query(
             "UPDATE subscriptions SET payment_ref = $1, updated_at = $2
@@ -556,7 +548,7 @@ impl Store {
     }
 
     /// Gives back a claim whose completion failed, so the subscriber can try again.
-    pub async fn release_checkout(&self, id: &str, claim: &str) -> Result<(), CatalogError> {
+    pub async fn release_checkout(&self, id: &str, claim: &str) -> Result<(), Error> {
         sqlx::query(
             "UPDATE subscriptions SET payment_ref = NULL WHERE id = $1 AND payment_ref = $2",
         )
@@ -576,7 +568,7 @@ impl Store {
         claim: &str,
         payment_ref: &str,
         now: Micros,
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<bool, Error> {
         let done = sqlx::query(
             "UPDATE subscriptions SET payment_ref = $1, updated_at = $2
              WHERE id = $3 AND payment_ref = $4 AND status NOT IN ('cancelled', 'expired')",
@@ -591,7 +583,7 @@ impl Store {
     }
 
     /// Payments of a subscription, oldest first.
-    pub async fn payments_of(&self, subscription: &str) -> Result<Vec<Payment>, CatalogError> {
+    pub async fn payments_of(&self, subscription: &str) -> Result<Vec<Payment>, Error> {
         Ok(sqlx::query(
             "SELECT subscription, provider, reference, amount_minor, currency, period_start,
                     period_end, paid_at

@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::catalog::CatalogError;
-use super::keys::random_alnum;
+use super::error::Error;
+use super::ids::random_alnum;
 use super::store::Store;
 use crate::model::{Micros, now_micros};
 
@@ -67,7 +67,7 @@ impl UsageRecorder {
     }
 
     /// Writes everything counted so far. On error what was not written stays queued.
-    pub async fn flush(&self) -> Result<(), CatalogError> {
+    pub async fn flush(&self) -> Result<(), Error> {
         let mut unwritten = self.unwritten.lock().await;
         let taken: Pending =
             std::mem::take(&mut *self.counting.lock().unwrap_or_else(|e| e.into_inner()))
@@ -118,7 +118,7 @@ impl Store {
         &self,
         id: &str,
         batch: &HashMap<(String, Micros), Counts>,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<(), Error> {
         let mut tx = self.pool().begin().await?;
         let first = sqlx::query(
             "INSERT INTO usage_flushes (id, flushed_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
@@ -155,7 +155,7 @@ impl Store {
         scope: UsageScope<'_>,
         from: Micros,
         to: Micros,
-    ) -> Result<Vec<UsageRow>, CatalogError> {
+    ) -> Result<Vec<UsageRow>, Error> {
         let (sql, who) = match scope {
             UsageScope::Subscriber(account) => (
                 "SELECT u.subscription, s.dataset, u.hour, u.readings, u.bytes

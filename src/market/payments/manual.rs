@@ -2,17 +2,11 @@
 //! marketplace states (a bank transfer, an invoice); an admin records the payment
 //! (`POST /v1/subscriptions/{id}/payments`), which runs the subscription for a month.
 
-use futures_util::future::BoxFuture;
-
-use super::{Checkout, CheckoutRequest, PaymentError, PaymentProvider};
-use crate::market::plans::Plan;
-use crate::market::store::Store;
+use super::{Checkout, PaymentError};
 use crate::market::subscriptions::Subscription;
 
-pub struct Manual;
-
 /// The manual "checkout": the subscription's own page, which says what is owed.
-fn manual_checkout(sub: &Subscription, base_url: &str) -> Checkout {
+pub(super) fn checkout(sub: &Subscription, base_url: &str) -> Checkout {
     Checkout {
         payment_ref: None,
         checkout_ref: None,
@@ -22,48 +16,10 @@ fn manual_checkout(sub: &Subscription, base_url: &str) -> Checkout {
     }
 }
 
-impl PaymentProvider for Manual {
-    fn name(&self) -> &'static str {
-        "manual"
-    }
-
-    fn checkout<'a>(
-        &'a self,
-        _store: &'a Store,
-        req: CheckoutRequest<'a>,
-    ) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
-        Box::pin(async move { Ok(manual_checkout(req.subscription, req.base_url)) })
-    }
-
-    fn resume_checkout<'a>(
-        &'a self,
-        sub: &'a Subscription,
-        base_url: &'a str,
-    ) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
-        Box::pin(async move { Ok(manual_checkout(sub, base_url)) })
-    }
-
-    fn complete_checkout<'a>(
-        &'a self,
-        _sub: &'a Subscription,
-        _plan: &'a Plan,
-    ) -> BoxFuture<'a, Result<String, PaymentError>> {
-        Box::pin(async {
-            Err(PaymentError::Refused {
-                status: 409,
-                message: "payments are recorded by an admin here (manual provider)".into(),
-            })
-        })
-    }
-
-    fn cancel_at_period_end<'a>(
-        &'a self,
-        _payment_ref: &'a str,
-    ) -> BoxFuture<'a, Result<(), PaymentError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn cancel_now<'a>(&'a self, _payment_ref: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
-        Box::pin(async { Ok(()) })
-    }
+/// There is no checkout to complete: an admin records each payment.
+pub(super) fn complete_checkout() -> Result<String, PaymentError> {
+    Err(PaymentError::Refused {
+        status: 409,
+        message: "payments are recorded by an admin here (manual provider)".into(),
+    })
 }

@@ -8,12 +8,12 @@
 pub mod manual;
 pub mod stripe;
 
-use futures_util::future::BoxFuture;
-
 use super::accounts::Account;
 use super::plans::Plan;
 use super::store::Store;
 use super::subscriptions::Subscription;
+use crate::config::{PaymentProviderKind, PaymentsConfig};
+use stripe::Stripe;
 
 /// What a checkout needs to know.
 pub struct CheckoutRequest<'a> {
@@ -49,48 +49,92 @@ pub enum PaymentError {
     Refused { status: u16, message: String },
     #[error("the payment provider is unreachable: {0}")]
     Unreachable(String),
-    #[error("{0}")]
-    Store(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
-pub trait PaymentProvider: Send + Sync {
+/// The configured payment provider. Cancelling costs nothing with the manual one: there is
+/// no charge to stop.
+pub enum Payments {
+    Manual,
+    Stripe(Stripe),
+}
+
+impl Payments {
+    pub fn new(config: &PaymentsConfig) -> Result<Payments, PaymentError> {
+        Ok(match config.provider {
+            PaymentProviderKind::Manual => Payments::Manual,
+            PaymentProviderKind::Stripe => Payments::Stripe(Stripe::new(&config.stripe)?),
+        })
+    }
+
     /// `manual` or `stripe`: stored with each subscription it handles.
-    fn name(&self) -> &'static str;
+    pub fn name(&self) -> &'static str {
+        match self {
+            Payments::Manual => "manual",
+            Payments::Stripe(_) => "stripe",
+        }
+    }
 
     /// Starts paying for a pending subscription.
-    fn checkout<'a>(
-        &'a self,
-        store: &'a Store,
-        req: CheckoutRequest<'a>,
-    ) -> BoxFuture<'a, Result<Checkout, PaymentError>>;
+    pub async fn checkout(
+        &self,
+        store: &Store,
+        req: CheckoutRequest<'_>,
+    ) -> Result<Checkout, PaymentError> {
+        match self {
+            Payments::Manual => Ok(manual::checkout(req.subscription, req.base_url)),
+            Payments::Stripe(stripe) => stripe.checkout(store, req).await,
+        }
+    }
 
     /// The checkout of a pending subscription, again (the subscriber lost it).
-    fn resume_checkout<'a>(
-        &'a self,
-        sub: &'a Subscription,
-        base_url: &'a str,
-    ) -> BoxFuture<'a, Result<Checkout, PaymentError>>;
+    pub async fn resume_checkout(
+        &self,
+        sub: &Subscription,
+        base_url: &str,
+    ) -> Result<Checkout, PaymentError> {
+        match self {
+            Payments::Manual => Ok(manual::checkout(sub, base_url)),
+            Payments::Stripe(stripe) => stripe.resume_checkout(sub, base_url).await,
+        }
+    }
 
     /// The subscriber finished the checkout: start charging. Returns the provider's id for
     /// the subscription; its payments confirm it later.
-    fn complete_checkout<'a>(
-        &'a self,
-        sub: &'a Subscription,
-        plan: &'a Plan,
-    ) -> BoxFuture<'a, Result<String, PaymentError>>;
+    pub async fn complete_checkout(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+    ) -> Result<String, PaymentError> {
+        match self {
+            Payments::Manual => manual::complete_checkout(),
+            Payments::Stripe(stripe) => stripe.complete_checkout(sub, plan).await,
+        }
+    }
 
     /// The subscriber cancelled: stop renewing after the current period.
-    fn cancel_at_period_end<'a>(
-        &'a self,
-        payment_ref: &'a str,
-    ) -> BoxFuture<'a, Result<(), PaymentError>>;
+    pub async fn cancel_at_period_end(&self, payment_ref: &str) -> Result<(), PaymentError> {
+        match self {
+            Payments::Manual => Ok(()),
+            Payments::Stripe(stripe) => stripe.cancel_at_period_end(payment_ref).await,
+        }
+    }
 
     /// The subscriber cancelled a subscription not running on paid time (awaiting its
     /// first payment, or past due): stop charging at once.
-    fn cancel_now<'a>(&'a self, payment_ref: &'a str) -> BoxFuture<'a, Result<(), PaymentError>>;
+    pub async fn cancel_now(&self, payment_ref: &str) -> Result<(), PaymentError> {
+        match self {
+            Payments::Manual => Ok(()),
+            Payments::Stripe(stripe) => stripe.cancel_now(payment_ref).await,
+        }
+    }
 
     /// The Stripe provider, for verifying its webhooks.
-    fn as_stripe(&self) -> Option<&stripe::Stripe> {
-        None
+    pub fn stripe(&self) -> Option<&Stripe> {
+        match self {
+            Payments::Manual => None,
+            Payments::Stripe(stripe) => Some(stripe),
+        }
     }
 }

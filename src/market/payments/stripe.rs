@@ -23,13 +23,12 @@
 
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use sqlx::Row;
 
-use super::{Checkout, CheckoutRequest, PaymentError, PaymentProvider};
+use super::{Checkout, CheckoutRequest, PaymentError};
 use crate::config::StripeConfig;
 use crate::market::plans::{Plan, PlanKind};
 use crate::market::store::Store;
@@ -247,11 +246,9 @@ impl Stripe {
         .bind(&account.id)
         .fetch_optional(store.pool())
         .await
-        .map_err(|e| PaymentError::Store(e.to_string()))?;
+        .map_err(PaymentError::Database)?;
         if let Some(row) = stored {
-            return row
-                .try_get::<String, _>(0)
-                .map_err(|e| PaymentError::Store(e.to_string()));
+            return row.try_get::<String, _>(0).map_err(PaymentError::Database);
         }
         let mut params = form(&[
             ("name", &account.name),
@@ -274,16 +271,15 @@ impl Stripe {
         .bind(&id)
         .execute(store.pool())
         .await
-        .map_err(|e| PaymentError::Store(e.to_string()))?;
+        .map_err(PaymentError::Database)?;
         let row = sqlx::query(
             "SELECT reference FROM payment_customers WHERE provider = 'stripe' AND account = $1",
         )
         .bind(&account.id)
         .fetch_one(store.pool())
         .await
-        .map_err(|e| PaymentError::Store(e.to_string()))?;
-        row.try_get(0)
-            .map_err(|e| PaymentError::Store(e.to_string()))
+        .map_err(PaymentError::Database)?;
+        row.try_get(0).map_err(PaymentError::Database)
     }
 
     /// The plan's Stripe Plan `citygate_{plan}`, created on first use.
@@ -340,148 +336,127 @@ fn setup_intent_checkout(intent: &Value, url: String) -> Result<Checkout, Paymen
     })
 }
 
-impl PaymentProvider for Stripe {
-    fn name(&self) -> &'static str {
-        "stripe"
+impl Stripe {
+    pub(crate) async fn checkout(
+        &self,
+        store: &Store,
+        req: CheckoutRequest<'_>,
+    ) -> Result<Checkout, PaymentError> {
+        let customer = self.customer(store, &req).await?;
+        self.stripe_plan(req.plan, req.dataset_title).await?;
+        let intent = self
+            .post(
+                "/v1/setup_intents",
+                form(&[
+                    ("customer", &customer),
+                    ("usage", "off_session"),
+                    ("metadata[citygate_subscription]", &req.subscription.id),
+                ]),
+            )
+            .await?;
+        setup_intent_checkout(
+            &intent,
+            format!(
+                "{}/v1/subscriptions/{}/checkout",
+                req.base_url, req.subscription.id
+            ),
+        )
     }
 
-    fn checkout<'a>(
-        &'a self,
-        store: &'a Store,
-        req: CheckoutRequest<'a>,
-    ) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
-        Box::pin(async move {
-            let customer = self.customer(store, &req).await?;
-            self.stripe_plan(req.plan, req.dataset_title).await?;
-            let intent = self
-                .post(
-                    "/v1/setup_intents",
-                    form(&[
-                        ("customer", &customer),
-                        ("usage", "off_session"),
-                        ("metadata[citygate_subscription]", &req.subscription.id),
-                    ]),
-                )
-                .await?;
-            setup_intent_checkout(
-                &intent,
-                format!(
-                    "{}/v1/subscriptions/{}/checkout",
-                    req.base_url, req.subscription.id
+    pub(crate) async fn resume_checkout(
+        &self,
+        sub: &Subscription,
+        base_url: &str,
+    ) -> Result<Checkout, PaymentError> {
+        let Some(intent) = &sub.checkout_ref else {
+            return Err(PaymentError::Refused {
+                status: 409,
+                message: "this subscription has no checkout".into(),
+            });
+        };
+        let intent = self.get(&format!("/v1/setup_intents/{intent}")).await?;
+        setup_intent_checkout(
+            &intent,
+            format!("{base_url}/v1/subscriptions/{}/checkout", sub.id),
+        )
+    }
+
+    pub(crate) async fn complete_checkout(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+    ) -> Result<String, PaymentError> {
+        let Some(intent_id) = &sub.checkout_ref else {
+            return Err(PaymentError::Refused {
+                status: 409,
+                message: "this subscription has no checkout".into(),
+            });
+        };
+        let intent = self.get(&format!("/v1/setup_intents/{intent_id}")).await?;
+        if intent["status"] != "succeeded" {
+            return Err(PaymentError::Refused {
+                status: 409,
+                message: format!(
+                    "the SetupIntent is `{}`: confirm it with Stripe (client_secret) first",
+                    intent["status"].as_str().unwrap_or("unknown")
                 ),
-            )
-        })
-    }
-
-    fn resume_checkout<'a>(
-        &'a self,
-        sub: &'a Subscription,
-        base_url: &'a str,
-    ) -> BoxFuture<'a, Result<Checkout, PaymentError>> {
-        Box::pin(async move {
-            let Some(intent) = &sub.checkout_ref else {
-                return Err(PaymentError::Refused {
-                    status: 409,
-                    message: "this subscription has no checkout".into(),
-                });
-            };
-            let intent = self.get(&format!("/v1/setup_intents/{intent}")).await?;
-            setup_intent_checkout(
-                &intent,
-                format!("{base_url}/v1/subscriptions/{}/checkout", sub.id),
-            )
-        })
-    }
-
-    fn complete_checkout<'a>(
-        &'a self,
-        sub: &'a Subscription,
-        plan: &'a Plan,
-    ) -> BoxFuture<'a, Result<String, PaymentError>> {
-        Box::pin(async move {
-            let Some(intent_id) = &sub.checkout_ref else {
-                return Err(PaymentError::Refused {
-                    status: 409,
-                    message: "this subscription has no checkout".into(),
-                });
-            };
-            let intent = self.get(&format!("/v1/setup_intents/{intent_id}")).await?;
-            if intent["status"] != "succeeded" {
-                return Err(PaymentError::Refused {
-                    status: 409,
-                    message: format!(
-                        "the SetupIntent is `{}`: confirm it with Stripe (client_secret) first",
-                        intent["status"].as_str().unwrap_or("unknown")
-                    ),
-                });
-            }
-            let (Some(customer), Some(method)) = (
-                intent["customer"].as_str(),
-                intent["payment_method"].as_str(),
-            ) else {
-                return Err(PaymentError::Unreachable(
-                    "a succeeded SetupIntent without customer or payment method".into(),
-                ));
-            };
-            self.post(
-                &format!("/v1/payment_methods/{method}/attach"),
-                form(&[("customer", customer)]),
+            });
+        }
+        let (Some(customer), Some(method)) = (
+            intent["customer"].as_str(),
+            intent["payment_method"].as_str(),
+        ) else {
+            return Err(PaymentError::Unreachable(
+                "a succeeded SetupIntent without customer or payment method".into(),
+            ));
+        };
+        self.post(
+            &format!("/v1/payment_methods/{method}/attach"),
+            form(&[("customer", customer)]),
+        )
+        .await?;
+        self.post(
+            &format!("/v1/customers/{customer}"),
+            form(&[("invoice_settings[default_payment_method]", method)]),
+        )
+        .await?;
+        // One Stripe subscription per citygate subscription, however often this runs (a
+        // completion retried after a crash or a lost answer gets the same one back).
+        let created = self
+            .call_once(
+                reqwest::Method::POST,
+                "/v1/subscriptions",
+                &form(&[
+                    ("customer", customer),
+                    ("items[0][plan]", &format!("citygate_{}", plan.id)),
+                    ("metadata[citygate_subscription]", &sub.id),
+                ]),
+                Some(&format!("citygate-complete-{}", sub.id)),
             )
             .await?;
-            self.post(
-                &format!("/v1/customers/{customer}"),
-                form(&[("invoice_settings[default_payment_method]", method)]),
-            )
-            .await?;
-            // One Stripe subscription per citygate subscription, however often this runs (a
-            // completion retried after a crash or a lost answer gets the same one back).
-            let created = self
-                .call_once(
-                    reqwest::Method::POST,
-                    "/v1/subscriptions",
-                    &form(&[
-                        ("customer", customer),
-                        ("items[0][plan]", &format!("citygate_{}", plan.id)),
-                        ("metadata[citygate_subscription]", &sub.id),
-                    ]),
-                    Some(&format!("citygate-complete-{}", sub.id)),
-                )
-                .await?;
-            created["id"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| PaymentError::Unreachable("a subscription without an id".into()))
-        })
+        created["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| PaymentError::Unreachable("a subscription without an id".into()))
     }
 
-    fn cancel_at_period_end<'a>(
-        &'a self,
-        payment_ref: &'a str,
-    ) -> BoxFuture<'a, Result<(), PaymentError>> {
-        Box::pin(async move {
-            self.post(
-                &format!("/v1/subscriptions/{payment_ref}"),
-                form(&[("cancel_at_period_end", "true")]),
-            )
-            .await
-            .map(|_| ())
-        })
+    pub(crate) async fn cancel_at_period_end(&self, payment_ref: &str) -> Result<(), PaymentError> {
+        self.post(
+            &format!("/v1/subscriptions/{payment_ref}"),
+            form(&[("cancel_at_period_end", "true")]),
+        )
+        .await
+        .map(|_| ())
     }
 
-    fn cancel_now<'a>(&'a self, payment_ref: &'a str) -> BoxFuture<'a, Result<(), PaymentError>> {
-        Box::pin(async move {
-            let path = format!("/v1/subscriptions/{payment_ref}");
-            match self.call(reqwest::Method::DELETE, &path, &Vec::new()).await {
-                Ok(_) => Ok(()),
-                // Already gone at Stripe: what cancelling wants.
-                Err(PaymentError::Refused { status: 404, .. }) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn as_stripe(&self) -> Option<&Stripe> {
-        Some(self)
+    pub(crate) async fn cancel_now(&self, payment_ref: &str) -> Result<(), PaymentError> {
+        let path = format!("/v1/subscriptions/{payment_ref}");
+        match self.call(reqwest::Method::DELETE, &path, &Vec::new()).await {
+            Ok(_) => Ok(()),
+            // Already gone at Stripe: what cancelling wants.
+            Err(PaymentError::Refused { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

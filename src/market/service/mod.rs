@@ -9,54 +9,33 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::accounts::Account;
-use super::catalog::CatalogError;
+use super::catalog::StoredDataset;
 use super::entitlement::{Entitlements, Grant};
-use super::keys::{ApiKey, random_alnum};
-use super::payments::manual::Manual;
-use super::payments::stripe::{SignatureError, Stripe};
-use super::payments::{Checkout, CheckoutRequest, PaymentError, PaymentProvider};
+use super::error::{Error, not_found};
+use super::ids::random_alnum;
+use super::invoices::{Invoice, Statement};
+use super::keys::ApiKey;
+use super::payments::stripe::Stripe;
+use super::payments::{Checkout, CheckoutRequest, Payments};
 use super::plans::{NewPlan, Plan, PlanKind};
 use super::store::Store;
 use super::subscriptions::{Applied, Payment, Status, Subscription, is_checkout_claim};
-use super::usage::UsageRecorder;
+use super::usage::{UsageRecorder, UsageRow, UsageScope};
 use crate::calendar::add_months;
-use crate::config::{Config, MarketConfig, PaymentProviderKind};
+use crate::config::{Config, MarketConfig};
 use crate::model::{Micros, now_micros};
 
-#[derive(Debug, thiserror::Error)]
-pub enum MarketError {
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Payment(#[from] PaymentError),
-    #[error("webhook refused: {0}")]
-    Signature(#[from] SignatureError),
-    #[error("webhook refused: {0}")]
-    BadEvent(String),
-}
-
-impl From<sqlx::Error> for MarketError {
-    fn from(e: sqlx::Error) -> Self {
-        MarketError::Catalog(e.into())
-    }
-}
-
 /// `Ok` for a subscription whose checkout is still open.
-fn awaiting_payment(sub: &Subscription) -> Result<(), MarketError> {
+fn awaiting_payment(sub: &Subscription) -> Result<(), Error> {
     if sub.status == Status::PendingPayment {
         Ok(())
     } else {
-        Err(CatalogError::Conflict(format!(
+        Err(Error::Conflict(format!(
             "subscription `{}` is {}, not awaiting payment",
             sub.id,
             sub.status.as_str()
-        ))
-        .into())
+        )))
     }
-}
-
-fn not_found(what: &str, id: &str) -> MarketError {
-    MarketError::Catalog(CatalogError::NotFound(format!("no {what} `{id}`")))
 }
 
 /// What a webhook did, for the log and the response.
@@ -71,16 +50,13 @@ pub struct Market {
     store: Store,
     entitlements: Entitlements,
     usage: UsageRecorder,
-    payments: Box<dyn PaymentProvider>,
+    payments: Payments,
     config: MarketConfig,
 }
 
 impl Market {
-    pub fn new(store: Store, config: &Config) -> Result<Market, PaymentError> {
-        let payments: Box<dyn PaymentProvider> = match config.payments.provider {
-            PaymentProviderKind::Manual => Box::new(Manual),
-            PaymentProviderKind::Stripe => Box::new(Stripe::new(&config.payments.stripe)?),
-        };
+    pub fn new(store: Store, config: &Config) -> Result<Market, Error> {
+        let payments = Payments::new(&config.payments)?;
         Ok(Market {
             entitlements: Entitlements::new(store.clone()),
             usage: UsageRecorder::new(store.clone()),
@@ -88,10 +64,6 @@ impl Market {
             payments,
             config: config.market.clone(),
         })
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The usage recorder every delivery path counts into.
@@ -113,7 +85,7 @@ impl Market {
         key: &ApiKey,
         dataset: &str,
         now: Micros,
-    ) -> Result<Option<Grant>, CatalogError> {
+    ) -> Result<Option<Grant>, Error> {
         self.entitlements.entitlement(key, dataset, now).await
     }
 
@@ -122,13 +94,13 @@ impl Market {
         self.entitlements.invalidate();
     }
 
-    pub async fn create_plan(&self, dataset: &str, new: NewPlan) -> Result<Plan, CatalogError> {
+    pub async fn create_plan(&self, dataset: &str, new: NewPlan) -> Result<Plan, Error> {
         let plan = self.store.create_plan(dataset, new).await?;
         self.entitlements.invalidate();
         Ok(plan)
     }
 
-    pub async fn withdraw_plan(&self, id: &str) -> Result<bool, CatalogError> {
+    pub async fn withdraw_plan(&self, id: &str) -> Result<bool, Error> {
         let done = self.store.withdraw_plan(id).await?;
         self.entitlements.invalidate();
         Ok(done)
@@ -142,7 +114,7 @@ impl Market {
         plan_id: &str,
         base_url: &str,
         now: Micros,
-    ) -> Result<(Subscription, Option<Checkout>), MarketError> {
+    ) -> Result<(Subscription, Option<Checkout>), Error> {
         let plan = self
             .store
             .plan(plan_id)
@@ -176,7 +148,15 @@ impl Market {
             .await;
         match checkout {
             Ok(checkout) => {
-                self.store.set_checkout(&sub.id, &checkout, now).await?;
+                self.store
+                    .set_checkout(
+                        &sub.id,
+                        &checkout.url,
+                        checkout.checkout_ref.as_deref(),
+                        checkout.payment_ref.as_deref(),
+                        now,
+                    )
+                    .await?;
                 let sub = self
                     .store
                     .subscription(&sub.id)
@@ -192,11 +172,7 @@ impl Market {
     }
 
     /// A pending subscription's checkout, again.
-    pub async fn checkout(
-        &self,
-        sub: &Subscription,
-        base_url: &str,
-    ) -> Result<Checkout, MarketError> {
+    pub async fn checkout(&self, sub: &Subscription, base_url: &str) -> Result<Checkout, Error> {
         awaiting_payment(sub)?;
         Ok(self.payments.resume_checkout(sub, base_url).await?)
     }
@@ -207,16 +183,15 @@ impl Market {
         &self,
         sub: &Subscription,
         now: Micros,
-    ) -> Result<Subscription, MarketError> {
+    ) -> Result<Subscription, Error> {
         awaiting_payment(sub)?;
         if let Some(existing) = &sub.payment_ref
             && !is_checkout_claim(existing)
         {
-            return Err(CatalogError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "the checkout is complete (payment provider's subscription `{existing}`); \
                  waiting for the payment's confirmation"
-            ))
-            .into());
+            )));
         }
         let plan = self
             .store
@@ -226,12 +201,11 @@ impl Market {
         // One completion at a time: a racing second call must not start a second
         // subscription at the payment provider.
         let Some(claim) = self.store.claim_checkout(&sub.id, now).await? else {
-            return Err(CatalogError::Conflict(
+            return Err(Error::Conflict(
                 "the checkout is being completed or is complete; waiting for the payment's \
                  confirmation"
                     .into(),
-            )
-            .into());
+            ));
         };
         let payment_ref = match self.payments.complete_checkout(sub, &plan).await {
             Ok(payment_ref) => payment_ref,
@@ -247,11 +221,10 @@ impl Market {
         {
             // Cancelled while the payment provider was starting it: stop it there too.
             self.payments.cancel_now(&payment_ref).await?;
-            return Err(CatalogError::Conflict(
+            return Err(Error::Conflict(
                 "the subscription was cancelled while its checkout completed; nothing is charged"
                     .into(),
-            )
-            .into());
+            ));
         }
         self.store
             .subscription(&sub.id)
@@ -262,11 +235,7 @@ impl Market {
     /// Cancels: a paid, running subscription at its period end (the payment provider stops
     /// renewing it), anything else at once, and then the payment provider stops charging at
     /// once too (a checkout completed but not yet paid, a payment past due).
-    pub async fn cancel(
-        &self,
-        sub: &Subscription,
-        now: Micros,
-    ) -> Result<Subscription, MarketError> {
+    pub async fn cancel(&self, sub: &Subscription, now: Micros) -> Result<Subscription, Error> {
         // (A checkout being completed is cancelled by its completer, which finds its claim
         // gone.)
         if let Some(payment_ref) = &sub.payment_ref
@@ -296,22 +265,21 @@ impl Market {
         sub: &Subscription,
         reference: Option<String>,
         now: Micros,
-    ) -> Result<(Applied, Subscription), MarketError> {
+    ) -> Result<(Applied, Subscription), Error> {
         let plan = self
             .store
             .plan(&sub.plan)
             .await?
             .ok_or_else(|| not_found("plan", &sub.plan))?;
         if !plan.kind.is_paid() {
-            return Err(CatalogError::Conflict("a free plan takes no payments".into()).into());
+            return Err(Error::Conflict("a free plan takes no payments".into()));
         }
         if matches!(sub.status, Status::Cancelled | Status::Expired) {
-            return Err(CatalogError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "subscription `{}` is {}",
                 sub.id,
                 sub.status.as_str()
-            ))
-            .into());
+            )));
         }
         let start = sub.period_end.map_or(now, |end| end.max(now));
         let payment = Payment {
@@ -342,7 +310,7 @@ impl Market {
     }
 
     /// Stores what time changed (periods that ran out); returns how many changed.
-    pub async fn sweep(&self, now: Micros) -> Result<u64, CatalogError> {
+    pub async fn sweep(&self, now: Micros) -> Result<u64, Error> {
         let changed = self.store.sweep_subscriptions(now).await?;
         if changed > 0 {
             self.entitlements.invalidate();
@@ -356,19 +324,17 @@ impl Market {
         signature: Option<&str>,
         body: &[u8],
         now: Micros,
-    ) -> Result<WebhookOutcome, MarketError> {
-        let Some(stripe) = self.payments.as_stripe() else {
-            return Err(MarketError::BadEvent(
+    ) -> Result<WebhookOutcome, Error> {
+        let Some(stripe) = self.payments.stripe() else {
+            return Err(Error::Webhook(
                 "this gateway does not take payments through Stripe".into(),
             ));
         };
         stripe.verify(signature, body)?;
         let event: Value = serde_json::from_slice(body)
-            .map_err(|e| MarketError::BadEvent(format!("not a JSON event: {e}")))?;
+            .map_err(|e| Error::Webhook(format!("not a JSON event: {e}")))?;
         let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
-            return Err(MarketError::BadEvent(
-                "an event has an id and a type".into(),
-            ));
+            return Err(Error::Webhook("an event has an id and a type".into()));
         };
         let object = &event["data"]["object"];
         // Which citygate subscription the event is about (looked up before the transaction:
@@ -432,7 +398,7 @@ impl Market {
         &self,
         stripe: &Stripe,
         stripe_sub: &str,
-    ) -> Result<Option<Subscription>, MarketError> {
+    ) -> Result<Option<Subscription>, Error> {
         if let Some(sub) = self.store.subscription_by_ref("stripe", stripe_sub).await? {
             return Ok(Some(sub));
         }
@@ -467,16 +433,12 @@ fn invoice_period(invoice: &Value) -> Option<(Micros, Micros)> {
     }
 }
 
-fn invoice_payment(
-    subscription: &str,
-    invoice: &Value,
-    now: Micros,
-) -> Result<Payment, MarketError> {
+fn invoice_payment(subscription: &str, invoice: &Value, now: Micros) -> Result<Payment, Error> {
     let reference = invoice["id"]
         .as_str()
-        .ok_or_else(|| MarketError::BadEvent("an invoice without an id".into()))?;
+        .ok_or_else(|| Error::Webhook("an invoice without an id".into()))?;
     let (period_start, period_end) = invoice_period(invoice)
-        .ok_or_else(|| MarketError::BadEvent(format!("invoice `{reference}` has no period")))?;
+        .ok_or_else(|| Error::Webhook(format!("invoice `{reference}` has no period")))?;
     Ok(Payment {
         subscription: subscription.to_string(),
         provider: "stripe".into(),
@@ -490,6 +452,87 @@ fn invoice_payment(
         period_end,
         paid_at: secs(&invoice["status_transitions"]["paid_at"]).unwrap_or(now),
     })
+}
+
+/// What the market routes read, through the market like every change.
+impl Market {
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, Error> {
+        self.store.account(id).await
+    }
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, Error> {
+        self.store.all_subscriptions().await
+    }
+    /// One dataset on offer.
+    pub async fn catalog_dataset(&self, id: &str) -> Result<Option<StoredDataset>, Error> {
+        self.store.catalog_dataset(id).await
+    }
+    /// Writes the invoices of `period`: one per subscriber and currency with lines. Paid
+    /// invoices stay as they are; open ones are recomputed. Returns the period's invoices.
+    pub async fn generate_invoices(
+        &self,
+        period: &str,
+        now: Micros,
+    ) -> Result<Vec<Invoice>, Error> {
+        self.store.generate_invoices(period, now).await
+    }
+    pub async fn invoice(&self, id: &str) -> Result<Option<Invoice>, Error> {
+        self.store.invoice(id).await
+    }
+    pub async fn invoices_in(&self, period: &str) -> Result<Vec<Invoice>, Error> {
+        self.store.invoices_in(period).await
+    }
+    /// An account's invoices, newest period first.
+    pub async fn invoices_of(&self, account: &str) -> Result<Vec<Invoice>, Error> {
+        self.store.invoices_of(account).await
+    }
+    /// Marks an open invoice paid (the manual provider's record of money received).
+    /// `Ok(false)`: it was already paid.
+    pub async fn pay_invoice(&self, id: &str, now: Micros) -> Result<bool, Error> {
+        self.store.pay_invoice(id, now).await
+    }
+    /// Payments of a subscription, oldest first.
+    pub async fn payments_of(&self, subscription: &str) -> Result<Vec<Payment>, Error> {
+        self.store.payments_of(subscription).await
+    }
+    pub async fn plan(&self, id: &str) -> Result<Option<Plan>, Error> {
+        self.store.plan(id).await
+    }
+    /// A dataset's plans, oldest first: those on offer, or all.
+    pub async fn plans_of(&self, dataset: &str, all: bool) -> Result<Vec<Plan>, Error> {
+        self.store.plans_of(dataset, all).await
+    }
+    /// Provider `provider`'s statement for `period`.
+    pub async fn statement(
+        &self,
+        provider: &str,
+        period: &str,
+        fee_percent: f64,
+    ) -> Result<Statement, Error> {
+        self.store.statement(provider, period, fee_percent).await
+    }
+    pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, Error> {
+        self.store.subscription(id).await
+    }
+    /// Subscriptions of an account, newest first.
+    pub async fn subscriptions_of(&self, account: &str) -> Result<Vec<Subscription>, Error> {
+        self.store.subscriptions_of(account).await
+    }
+    /// Subscriptions to the datasets of provider `provider`, newest first.
+    pub async fn subscriptions_to(&self, provider: &str) -> Result<Vec<Subscription>, Error> {
+        self.store.subscriptions_to(provider).await
+    }
+
+    /// Usage in hours starting in `[from, to)`, oldest first, with what is still counted in
+    /// memory written first.
+    pub async fn usage_rows(
+        &self,
+        scope: UsageScope<'_>,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<UsageRow>, Error> {
+        self.usage.flush().await?;
+        self.store.usage(scope, from, to).await
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn plan(id: &str, kind: PlanKind) -> NewPlan {
 }
 
 async fn key(m: &Market, kind: KeyKind, account: &str, datasets: &[&str]) -> ApiKey {
-    m.store()
+    m.store
         .create_key_with(KeySpec {
             kind,
             account: account.into(),
@@ -50,7 +50,7 @@ async fn key(m: &Market, kind: KeyKind, account: &str, datasets: &[&str]) -> Api
 }
 
 async fn subscriber(m: &Market, name: &str) -> Account {
-    m.store()
+    m.store
         .create_account(NewAccount {
             id: None,
             role: Role::Subscriber,
@@ -111,13 +111,8 @@ async fn the_entitlement_answers_every_case() {
     let alice_key = key(&m, KeyKind::Subscriber, &alice.id, &[]).await;
 
     // Admin: everything; a provider: its own; a device key: nothing to read.
-    let admin_secret = m.store().bootstrap_admin(None).await.unwrap().unwrap();
-    let admin = m
-        .store()
-        .key_by_secret(&admin_secret)
-        .await
-        .unwrap()
-        .unwrap();
+    let admin_secret = m.store.bootstrap_admin(None).await.unwrap().unwrap();
+    let admin = m.store.key_by_secret(&admin_secret).await.unwrap().unwrap();
     let own = key(&m, KeyKind::Provider, "copenhagen", &[]).await;
     let device = key(&m, KeyKind::Device, "copenhagen", &[traffic]).await;
     assert!(
@@ -231,8 +226,8 @@ async fn the_entitlement_answers_every_case() {
             .unwrap()
             .is_none()
     );
-    m.store().revoke_key(&alice_key.id).await.unwrap();
-    let revoked = m.store().key(&alice_key.id).await.unwrap().unwrap();
+    m.store.revoke_key(&alice_key.id).await.unwrap();
+    let revoked = m.store.key(&alice_key.id).await.unwrap().unwrap();
     assert!(
         m.entitlement(&revoked, traffic, now)
             .await
@@ -252,7 +247,7 @@ async fn the_entitlement_answers_every_case() {
 
     // Cancelling a free plan ends it at once.
     let delayed = m
-        .store()
+        .store
         .subscriptions_of(&alice.id)
         .await
         .unwrap()
@@ -291,11 +286,11 @@ async fn a_usage_batch_is_counted_once_however_often_it_is_written() {
         },
     );
     // A flush retried after its commit's answer was lost writes the same batch again.
-    m.store().write_usage("batch-1", &batch).await.unwrap();
-    m.store().write_usage("batch-1", &batch).await.unwrap();
-    m.store().write_usage("batch-2", &batch).await.unwrap();
+    m.store.write_usage("batch-1", &batch).await.unwrap();
+    m.store.write_usage("batch-1", &batch).await.unwrap();
+    m.store.write_usage("batch-2", &batch).await.unwrap();
     let rows = m
-        .store()
+        .store
         .usage(UsageScope::Subscriber(&alice.id), hour, hour + 1)
         .await
         .unwrap();
@@ -309,7 +304,7 @@ async fn a_usage_batch_is_counted_once_however_often_it_is_written() {
     usage.flush().await.unwrap();
     usage.flush().await.unwrap();
     let rows = m
-        .store()
+        .store
         .usage(
             UsageScope::Subscriber(&alice.id),
             hour,
