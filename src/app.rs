@@ -131,7 +131,7 @@ pub struct App {
     mqtt_addr: Option<SocketAddr>,
     store: Store,
     market: Arc<Market>,
-    feed: Arc<crate::feed::session::Context>,
+    feed: Arc<crate::feed::session::FeedService>,
     metrics: Arc<Metrics>,
     /// Fired first: intake stops.
     closing: CancellationToken,
@@ -224,7 +224,7 @@ impl App {
             hub.clone(),
             closing.clone(),
         ));
-        let feed = Arc::new(crate::feed::session::Context {
+        let feed = Arc::new(crate::feed::session::FeedService {
             hub,
             keyring: keyring.clone(),
             market: market.clone(),

@@ -179,7 +179,7 @@ pub async fn sse(
         .into_response())
 }
 
-fn too_many_sessions(ctx: &session::Context) -> ApiError {
+fn too_many_sessions(ctx: &session::FeedService) -> ApiError {
     ApiError::TooManyRequests {
         message: format!(
             "this account runs {} live sessions already ([feed] max_sessions_per_account); end one first",
@@ -504,9 +504,9 @@ async fn follow_on_socket(
 /// Runs a session for one dataset of a socket; its messages go to the socket's queue.
 /// Aborting the returned forwarder ends the session (it sees its queue closed).
 fn spawn_ws_session(
-    ctx: Arc<session::Context>,
+    ctx: Arc<session::FeedService>,
     follow: Follow,
-    sub: crate::feed::Subscription,
+    sub: crate::feed::Cursor,
     socket: mpsc::Sender<Message>,
     metrics: FeedMetrics,
 ) -> JoinHandle<()> {

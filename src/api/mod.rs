@@ -38,7 +38,7 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,
-    pub feed: Arc<crate::feed::session::Context>,
+    pub feed: Arc<crate::feed::session::FeedService>,
     pub metrics: Arc<Metrics>,
     pub http: Arc<HttpConfig>,
     /// Places for upgraded WebSockets (`http.max_connections` of them): once upgraded a

@@ -123,7 +123,7 @@ pub struct DatasetFeed {
 }
 
 /// What a new session starts from: the readings it missed, then everything live.
-pub struct Subscription {
+pub struct Cursor {
     /// Each sensor's last reading, when asked for.
     pub latest: Vec<Latest>,
     pub missed: Vec<Arc<FeedBatch>>,
@@ -220,7 +220,7 @@ impl Hub {
     /// The lock that publishing takes is held only to copy pointers to the recent batches
     /// and join the broadcast; the scans run after it is released, so a subscriber never
     /// holds up intake's acknowledgements for longer than that copy.
-    pub fn subscribe(&self, dataset: &str, after: Option<u64>, latest: bool) -> Subscription {
+    pub fn subscribe(&self, dataset: &str, after: Option<u64>, latest: bool) -> Cursor {
         let feed = self.feed(dataset);
         let (live, history, next) = {
             let recent = feed.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -261,7 +261,7 @@ impl Hub {
                 .collect(),
             _ => Vec::new(),
         };
-        Subscription {
+        Cursor {
             latest,
             missed,
             after,

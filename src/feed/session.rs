@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::{FeedBatch, Hub, Subscription};
+use super::{Cursor, FeedBatch, Hub};
 use crate::market::{Grant, Keyring, Market};
 use crate::model::{Micros, Reading, Value, now_micros};
 
@@ -174,7 +174,7 @@ impl End {
 }
 
 /// What every session needs.
-pub struct Context {
+pub struct FeedService {
     pub hub: Arc<Hub>,
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,
@@ -491,7 +491,7 @@ impl State<'_> {
         Ok(())
     }
 
-    fn meter(&mut self, ctx: &Context) {
+    fn meter(&mut self, ctx: &FeedService) {
         if self.metered.0 > 0
             && let Some(sub) = &self.follow.grant.subscription
         {
@@ -509,22 +509,22 @@ fn instant_at(t: Micros, now: Micros) -> Instant {
 
 /// Starts following: from this call on, every reading published to the dataset reaches
 /// the session (call it before telling the client it is subscribed).
-pub fn start(ctx: &Context, follow: &Follow) -> Subscription {
+pub fn start(ctx: &FeedService, follow: &Follow) -> Cursor {
     ctx.hub.subscribe(&follow.dataset, follow.after, false)
 }
 
 /// [`start`], beginning with each sensor's last reading (MQTT's retained messages), as far
 /// as the grant's tier allows: none for aggregates, only those due for a delay.
-pub fn start_retained(ctx: &Context, follow: &Follow) -> Subscription {
+pub fn start_retained(ctx: &FeedService, follow: &Follow) -> Cursor {
     ctx.hub.subscribe(&follow.dataset, follow.after, true)
 }
 
 /// Runs a session begun with [`start`] until it ends; sends what the client gets to `out`
 /// (bounded: a client that lets it fill is a slow consumer).
 pub async fn run(
-    ctx: Arc<Context>,
+    ctx: Arc<FeedService>,
     follow: Follow,
-    mut sub: Subscription,
+    mut sub: Cursor,
     out: mpsc::Sender<Vec<Out>>,
 ) -> End {
     let now = now_micros();
@@ -560,7 +560,7 @@ pub async fn run(
 }
 
 async fn follow_feed(
-    ctx: &Context,
+    ctx: &FeedService,
     state: &mut State<'_>,
     live: &mut broadcast::Receiver<Arc<FeedBatch>>,
     missed: Vec<Arc<FeedBatch>>,
@@ -673,7 +673,7 @@ async fn follow_feed(
 
 /// Checks the key and the entitlement again; a grant whose terms changed (a plan paid, a
 /// tier ended) changes the session's tier.
-async fn recheck_grant(ctx: &Context, state: &mut State<'_>) -> Result<(), End> {
+async fn recheck_grant(ctx: &FeedService, state: &mut State<'_>) -> Result<(), End> {
     let key = match ctx.keyring.authenticate(&state.follow.secret).await {
         Ok(Some(key)) => key,
         Ok(None) => return Err(End::KeyRevoked),

@@ -60,7 +60,7 @@ pub struct Shared {
     pub metrics: MqttMetrics,
     pub config: MqttConfig,
     /// Live feeds for subscriber connections.
-    pub feed: Arc<crate::feed::session::Context>,
+    pub feed: Arc<crate::feed::session::FeedService>,
     /// Fired when the gateway shuts down.
     pub closing: CancellationToken,
     /// Open sessions by (account, client id): number and takeover token.
@@ -74,7 +74,7 @@ impl Shared {
         keyring: Arc<Keyring>,
         metrics: MqttMetrics,
         config: MqttConfig,
-        feed: Arc<crate::feed::session::Context>,
+        feed: Arc<crate::feed::session::FeedService>,
         closing: CancellationToken,
     ) -> Shared {
         Shared {

@@ -164,7 +164,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         pipeline,
         registry,
         catalog: Arc::new(catalog),
-        feed: Arc::new(citygate::feed::session::Context {
+        feed: Arc::new(citygate::feed::session::FeedService {
             hub,
             keyring: keyring.clone(),
             market: market.clone(),

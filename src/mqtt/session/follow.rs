@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::super::topic;
 use super::super::wire::{self, Version};
 use super::{Session, Violation, violation};
-use crate::feed::Subscription;
+use crate::feed::Cursor;
 use crate::feed::session::{self as feed, End, Filter, Follow, Out, Slot};
 use crate::market::KeyKind;
 use crate::model::now_micros;
@@ -345,9 +345,9 @@ impl Session {
 /// Runs the live-feed session of one granted filter; its readings become PUBLISHes on
 /// `citygate/{dataset}/{sensor_id}`. Aborting the returned task ends the session.
 fn spawn_feed(
-    ctx: Arc<feed::Context>,
+    ctx: Arc<feed::FeedService>,
     follow: Follow,
-    sub: Subscription,
+    sub: Cursor,
     qos: u8,
     connection: mpsc::Sender<Message>,
 ) -> JoinHandle<()> {
