@@ -123,6 +123,7 @@ impl std::fmt::Debug for StartOptions {
 }
 
 /// A running gateway.
+#[derive(Debug)]
 pub struct App {
     /// A new administrator's key secret, when this start created the admin account: shown
     /// once by the caller, never logged.
@@ -148,7 +149,7 @@ pub struct App {
 }
 
 /// The name of the lock file in the data directory.
-pub const LOCK_FILE: &str = "citygate.lock";
+pub(crate) const LOCK_FILE: &str = "citygate.lock";
 
 /// Locks the data directory for this process (an advisory lock the kernel drops when the
 /// process ends, however it ends). Two gateways appending to one write-ahead log would give

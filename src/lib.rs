@@ -82,13 +82,13 @@
 //! ```
 
 pub mod api;
-pub mod app;
+pub(crate) mod app;
 pub mod calendar;
 pub mod config;
 pub mod feed;
 pub mod market;
 pub mod model;
-pub mod mqtt;
+pub(crate) mod mqtt;
 pub mod pipeline;
 pub mod registry;
 pub mod simulate;

@@ -31,8 +31,8 @@ use crate::market::keys::{KeySpec, NewKey};
 use crate::market::{Account, ApiKey, KeyKind, NewAccount};
 use crate::model::now_micros;
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Me {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Me {
     key: ApiKey,
     account: Account,
 }
@@ -41,7 +41,10 @@ pub struct Me {
 #[utoipa::path(get, path = "/v1/me", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, description = "the key and its account", body = Me),
               crate::api::error::Refused))]
-pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Me>, ApiError> {
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Me>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
     let mut account = state
         .keyring
@@ -59,8 +62,8 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Jso
 }
 
 /// A key as created: its record and its secret, shown this once.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CreatedKey {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedKey {
     key: ApiKey,
     secret: String,
 }
@@ -74,8 +77,8 @@ impl From<NewKey> for CreatedKey {
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CreatedAccount {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedAccount {
     account: Account,
     key: CreatedKey,
 }
@@ -86,7 +89,7 @@ pub struct CreatedAccount {
     responses((status = 201, description = "the account and its first key (secret shown once)",
                body = CreatedAccount),
               crate::api::error::Refused))]
-pub async fn create_account(
+pub(crate) async fn create_account(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewAccount>,
@@ -112,7 +115,7 @@ pub async fn create_account(
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, description = "every account", body = Vec<Account>),
               crate::api::error::Refused))]
-pub async fn list_accounts(
+pub(crate) async fn list_accounts(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Account>>, ApiError> {
@@ -130,7 +133,7 @@ pub async fn list_accounts(
     params(("id" = String, Path, description = "the account")),
     responses((status = 200, description = "the account", body = Account),
               crate::api::error::Refused))]
-pub async fn show_account(
+pub(crate) async fn show_account(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -148,9 +151,9 @@ pub async fn show_account(
     Ok(Json(account))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct KeysQuery {
+pub(crate) struct KeysQuery {
     /// Admin only: the keys of this account.
     account: Option<String>,
 }
@@ -170,7 +173,7 @@ fn manager(key: &ApiKey) -> Result<(), ApiError> {
     params(KeysQuery),
     responses((status = 200, description = "keys (never their secrets)", body = Vec<ApiKey>),
               crate::api::error::Refused))]
-pub async fn list_keys(
+pub(crate) async fn list_keys(
     State(state): State<AppState>,
     Query(q): Query<KeysQuery>,
     headers: HeaderMap,
@@ -187,8 +190,8 @@ pub async fn list_keys(
     Ok(Json(keys))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct NewKeyRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewKeyRequest {
     /// Default: the caller's account. Only an admin names another.
     account: Option<String>,
     /// Default: the kind the account's role uses.
@@ -211,7 +214,7 @@ fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
     request_body = NewKeyRequest,
     responses((status = 201, description = "the key and its secret, shown once", body = CreatedKey),
               crate::api::error::Refused))]
-pub async fn create_key(
+pub(crate) async fn create_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<NewKeyRequest>,
@@ -311,8 +314,8 @@ async fn own_key(state: &AppState, caller: &ApiKey, id: &str) -> Result<ApiKey, 
     }
 }
 
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-pub struct RotateRequest {
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct RotateRequest {
     /// How long the old key keeps working, e.g. `"1h"` (default 24 h).
     overlap: Option<String>,
 }
@@ -323,7 +326,7 @@ pub struct RotateRequest {
     request_body(content = Option<RotateRequest>, description = "optional: the overlap"),
     responses((status = 201, description = "the successor and its secret", body = CreatedKey),
               crate::api::error::Refused))]
-pub async fn rotate_key(
+pub(crate) async fn rotate_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -352,7 +355,7 @@ pub async fn rotate_key(
     params(("id" = String, Path, description = "the key")),
     responses((status = 204, description = "revoked (within a second everywhere)"),
               crate::api::error::Refused))]
-pub async fn revoke_key(
+pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

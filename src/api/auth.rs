@@ -12,7 +12,7 @@ use super::error::ApiError;
 use crate::market::ApiKey;
 
 /// The secret a request presents, if any.
-pub fn presented_secret(headers: &HeaderMap, query_secret: Option<&str>) -> Option<String> {
+pub(crate) fn presented_secret(headers: &HeaderMap, query_secret: Option<&str>) -> Option<String> {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -36,7 +36,7 @@ pub fn presented_secret(headers: &HeaderMap, query_secret: Option<&str>) -> Opti
 }
 
 /// The live key of the request, or 401.
-pub async fn require_key(
+pub(crate) async fn require_key(
     state: &AppState,
     headers: &HeaderMap,
     query_secret: Option<&str>,
@@ -48,7 +48,7 @@ pub async fn require_key(
 
 /// [`require_key`] and the secret it was presented with (live feeds check it again as
 /// time passes).
-pub async fn require_key_with_secret(
+pub(crate) async fn require_key_with_secret(
     state: &AppState,
     headers: &HeaderMap,
     query_secret: Option<&str>,

@@ -25,11 +25,11 @@ use crate::config::ByteSize;
 
 /// The largest JSON document (an account, a dataset with its schema, a plan) any API route
 /// takes.
-pub const API_MAX_BODY: usize = 1 << 20;
+pub(crate) const API_MAX_BODY: usize = 1 << 20;
 
 /// The largest payment webhook accepted: Stripe's events are a few KiB, and every byte of
 /// an unauthenticated body costs an HMAC per signing secret before it is refused.
-pub const WEBHOOK_MAX_BODY: usize = 256 << 10;
+pub(crate) const WEBHOOK_MAX_BODY: usize = 256 << 10;
 
 /// Routes whose bodies are readings, up to `http.max_body`.
 const INTAKE_ROUTES: [&str; 3] = ["/v1/datasets/{id}/readings", "/api/v2/write", "/write"];

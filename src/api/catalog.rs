@@ -29,8 +29,8 @@ use crate::model::{FieldSpec, Micros, now_micros};
 use crate::registry::quality::QualitySnapshot;
 
 /// A dataset as the catalog shows it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CatalogItem {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CatalogItem {
     id: String,
     title: String,
     description: String,
@@ -89,31 +89,31 @@ async fn offered_plans(state: &AppState) -> Result<HashMap<String, Vec<Plan>>, A
     Ok(by_dataset)
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// From 1.
     page: Option<usize>,
     /// 1 to 200 (default 50).
     per_page: Option<usize>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CatalogPage {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CatalogPage {
     items: Vec<CatalogItem>,
     page: usize,
     per_page: usize,
     total: usize,
 }
 
-pub const MAX_PER_PAGE: usize = 200;
+pub(crate) const MAX_PER_PAGE: usize = 200;
 
 /// `GET /v1/catalog`
 #[utoipa::path(get, operation_id = "list_catalog", path = "/v1/catalog", tag = "catalog",
     params(PageQuery),
     responses((status = 200, description = "one page of the catalog", body = CatalogPage),
               crate::api::error::Refused))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<CatalogPage>, ApiError> {
@@ -152,7 +152,7 @@ pub async fn list(
     params(("id" = String, Path, description = "the dataset")),
     responses((status = 200, description = "the dataset", body = CatalogItem),
               crate::api::error::Refused))]
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<CatalogItem>, ApiError> {
@@ -172,7 +172,7 @@ pub async fn show(
     request_body(content = Object, description = "a dataset declaration, as in the config file"),
     responses((status = 201, description = "published", body = CatalogItem),
               crate::api::error::Refused))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(mut body): ApiJson<Value>,
@@ -237,7 +237,7 @@ pub async fn create(
     request_body = DatasetPatch,
     responses((status = 200, description = "updated", body = CatalogItem),
               crate::api::error::Refused))]
-pub async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -260,7 +260,7 @@ pub async fn update(
 
 /// The base URL of links in exports: `[http] public_url`, else the address the server
 /// listens on (filled in at start), never the client's `Host`.
-pub fn base_url(state: &AppState) -> String {
+pub(crate) fn base_url(state: &AppState) -> String {
     state.http.public_url.trim_end_matches('/').to_string()
 }
 
@@ -268,7 +268,7 @@ pub fn base_url(state: &AppState) -> String {
 #[utoipa::path(get, operation_id = "catalog_jsonld", path = "/v1/catalog.jsonld", tag = "catalog",
     responses((status = 200, description = "DCAT-AP 2", body = Object,
                content_type = "application/ld+json")))]
-pub async fn jsonld(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn jsonld(State(state): State<AppState>) -> Result<Response, ApiError> {
     let base = base_url(&state);
     let datasets: Vec<Value> = state
         .catalog

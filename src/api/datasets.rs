@@ -50,7 +50,7 @@ fn describe(p: &DatasetEntry) -> Value {
 /// Every dataset this gateway takes in, with its schema and where to send readings.
 #[utoipa::path(get, operation_id = "list_datasets", path = "/v1/datasets", tag = "datasets",
     responses((status = 200, description = "`{\"datasets\": [...]}`", body = Object)))]
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
     let all: Vec<Value> = state
         .registry
         .all()
@@ -65,7 +65,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Value> {
     params(("id" = String, Path, description = "the dataset")),
     responses((status = 200, description = "the dataset", body = Object),
               crate::api::error::Refused))]
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -76,15 +76,15 @@ pub async fn show(
     Ok(Json(describe(&p)))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct RejectsQuery {
+pub(crate) struct RejectsQuery {
     /// At most this many (default 100).
     limit: Option<usize>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RejectsPage {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RejectsPage {
     dataset: String,
     /// Rejects since start, by reason.
     counts: Vec<ReasonCount>,
@@ -92,7 +92,7 @@ pub struct RejectsPage {
     recent: Vec<RejectRecord>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ReasonCount {
     reason: Reason,
     count: u64,
@@ -104,7 +104,7 @@ struct ReasonCount {
     responses((status = 200, description = "counts by reason and the newest rejects",
         body = RejectsPage),
               crate::api::error::Refused))]
-pub async fn rejects(
+pub(crate) async fn rejects(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<RejectsQuery>,

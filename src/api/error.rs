@@ -16,10 +16,10 @@ use crate::pipeline::limit::{LimitError, retry_after_secs};
 use crate::pipeline::reject::Rejected;
 
 /// Rejects listed in one response at most; `rejected_count` has the total.
-pub const MAX_LISTED_REJECTS: usize = 1000;
+pub(crate) const MAX_LISTED_REJECTS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("a valid API key is required (Authorization: Bearer <key> or Token <key>)")]
     Unauthorized,
     #[error("{0}")]
@@ -92,7 +92,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::BadRequest {
             code,
             message: message.into(),
@@ -241,7 +241,7 @@ impl From<market::Error> for ApiError {
 impl ApiError {
     /// A market error whose [`market::Error::Invalid`] answers with `code` (`invalid_plan`,
     /// `invalid_period`, …) rather than the general `invalid`.
-    pub fn invalid_as(code: &'static str) -> impl Fn(market::Error) -> ApiError {
+    pub(crate) fn invalid_as(code: &'static str) -> impl Fn(market::Error) -> ApiError {
         move |e| match e {
             market::Error::Invalid(message) => ApiError::bad_request(code, message),
             e => e.into(),
@@ -255,7 +255,8 @@ impl ApiError {
 /// `Content-Type: application/json` (or any `+json`) is the contract; a body sent with no
 /// type or with `curl -d`'s default (`application/x-www-form-urlencoded`) is read as JSON
 /// too when it is JSON, so the commands people type first work. Any other type is 415.
-pub struct ApiJson<T>(pub T);
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
 where

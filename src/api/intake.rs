@@ -37,9 +37,9 @@ use crate::pipeline::decode::{Format, Precision, media_essence};
 use crate::pipeline::reject::Rejected;
 use crate::pipeline::{Batch, Outcome};
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ReadingsQuery {
+pub(crate) struct ReadingsQuery {
     /// Unit of numeric timestamps: `ns`, `us`, `ms` (the JSON default) or `s`.
     precision: Option<String>,
 }
@@ -60,7 +60,7 @@ pub struct ReadingsQuery {
         (status = 503,
             description = "busy or shutting down; nothing kept; retry after `Retry-After`",
          body = crate::api::error::ErrorSchema)))]
-pub async fn post_readings(
+pub(crate) async fn post_readings(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ReadingsQuery>,
@@ -81,9 +81,9 @@ pub async fn post_readings(
     .await
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct InfluxV2Query {
+pub(crate) struct InfluxV2Query {
     /// The dataset.
     bucket: Option<String>,
     /// `ns` (default), `us`, `ms` or `s`.
@@ -102,7 +102,7 @@ pub struct InfluxV2Query {
         crate::api::error::Refused,
         (status = 503, description = "busy; retry after `Retry-After`",
          body = crate::api::error::ErrorSchema)))]
-pub async fn influx_v2_write(
+pub(crate) async fn influx_v2_write(
     State(state): State<AppState>,
     Query(q): Query<InfluxV2Query>,
     authenticated: Option<Extension<Arc<ApiKey>>>,
@@ -124,9 +124,9 @@ pub async fn influx_v2_write(
     .await
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct InfluxV1Query {
+pub(crate) struct InfluxV1Query {
     /// The dataset.
     db: Option<String>,
     /// `ns` (default), `us`, `ms` or `s`.
@@ -146,7 +146,7 @@ pub struct InfluxV1Query {
         crate::api::error::Refused,
         (status = 503, description = "busy; retry after `Retry-After`",
          body = crate::api::error::ErrorSchema)))]
-pub async fn influx_v1_write(
+pub(crate) async fn influx_v1_write(
     State(state): State<AppState>,
     Query(q): Query<InfluxV1Query>,
     authenticated: Option<Extension<Arc<ApiKey>>>,

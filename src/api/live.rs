@@ -48,9 +48,9 @@ use crate::market::ApiKey;
 use crate::model::now_micros;
 use crate::telemetry::FeedMetrics;
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct LiveQuery {
+pub(crate) struct LiveQuery {
     /// The key, for clients that cannot send a header (browsers' EventSource).
     key: Option<String>,
     /// Comma-separated sensor ids.
@@ -79,7 +79,7 @@ fn parse_position(text: &str) -> Result<u64, ApiError> {
                        `data` one JSON object",
                body = Object, content_type = "text/event-stream"),
               crate::api::error::Refused))]
-pub async fn sse(
+pub(crate) async fn sse(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
     Query(q): Query<LiveQuery>,
@@ -201,9 +201,9 @@ fn write_event(out: &mut Vec<u8>, event: Out) {
     };
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct KeyQuery {
+pub(crate) struct KeyQuery {
     /// The key, for clients that cannot send a header (browsers' WebSocket).
     key: Option<String>,
 }
@@ -215,7 +215,7 @@ pub struct KeyQuery {
               crate::api::error::Refused,
               (status = 503, description = "every WebSocket place is taken",
                   body = crate::api::error::ErrorSchema)))]
-pub async fn ws(
+pub(crate) async fn ws(
     State(state): State<AppState>,
     Query(q): Query<KeyQuery>,
     headers: HeaderMap,

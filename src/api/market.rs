@@ -49,9 +49,9 @@ use crate::pipeline::decode::time::parse_rfc3339;
 // ---------------------------------------------------------------------------------------
 // Plans
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PlansQuery {
+pub(crate) struct PlansQuery {
     #[serde(default)]
     all: bool,
 }
@@ -63,7 +63,7 @@ pub struct PlansQuery {
         description = "the plans on offer (`all`: withdrawn ones too, for its provider)",
         body = Vec<Plan>),
               crate::api::error::Refused))]
-pub async fn list_plans(
+pub(crate) async fn list_plans(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
     Query(q): Query<PlansQuery>,
@@ -91,7 +91,7 @@ pub async fn list_plans(
     params(("id" = String, Path, description = "the dataset")), request_body = NewPlan,
     responses((status = 201, description = "the plan", body = Plan),
               crate::api::error::Refused))]
-pub async fn create_plan(
+pub(crate) async fn create_plan(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
     headers: HeaderMap,
@@ -120,7 +120,7 @@ pub async fn create_plan(
     responses((status = 200, description = "the plan, withdrawn (running subscriptions go on)",
         body = Plan),
               crate::api::error::Refused))]
-pub async fn withdraw_plan(
+pub(crate) async fn withdraw_plan(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -145,14 +145,14 @@ pub async fn withdraw_plan(
 // ---------------------------------------------------------------------------------------
 // Subscriptions
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubscribeBody {
+pub(crate) struct SubscribeBody {
     plan: String,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Subscribed {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Subscribed {
     subscription: Subscription,
     #[serde(skip_serializing_if = "Option::is_none")]
     checkout: Option<Checkout>,
@@ -164,7 +164,7 @@ pub struct Subscribed {
     responses((status = 201, description = "the subscription; a paid one with its checkout",
         body = Subscribed),
               crate::api::error::Refused))]
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SubscribeBody>,
@@ -235,7 +235,7 @@ async fn visible_subscription(
         description = "a subscriber's own; a provider's datasets'; an admin's all",
         body = Vec<Subscription>),
               crate::api::error::Refused))]
-pub async fn list_subscriptions(
+pub(crate) async fn list_subscriptions(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Subscription>>, ApiError> {
@@ -256,7 +256,7 @@ pub async fn list_subscriptions(
     params(("id" = String, Path, description = "the subscription")),
     responses((status = 200, description = "the subscription", body = Subscription),
               crate::api::error::Refused))]
-pub async fn show_subscription(
+pub(crate) async fn show_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -273,7 +273,7 @@ pub async fn show_subscription(
               crate::api::error::Refused,
               (status = 502, description = "the payment provider failed",
                   body = crate::api::error::ErrorSchema)))]
-pub async fn cancel_subscription(
+pub(crate) async fn cancel_subscription(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -305,7 +305,7 @@ async fn own_subscription(
               crate::api::error::Refused,
               (status = 502, description = "the payment provider failed",
                   body = crate::api::error::ErrorSchema)))]
-pub async fn show_checkout(
+pub(crate) async fn show_checkout(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -323,7 +323,7 @@ pub async fn show_checkout(
               crate::api::error::Refused,
               (status = 502, description = "the payment provider failed",
                   body = crate::api::error::ErrorSchema)))]
-pub async fn complete_checkout(
+pub(crate) async fn complete_checkout(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -340,7 +340,7 @@ pub async fn complete_checkout(
     params(("id" = String, Path, description = "the subscription")),
     responses((status = 200, description = "payments, oldest first", body = Vec<Payment>),
               crate::api::error::Refused))]
-pub async fn list_payments(
+pub(crate) async fn list_payments(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -350,9 +350,9 @@ pub async fn list_payments(
     Ok(Json(state.market.payments_of(&sub.id).await?))
 }
 
-#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RecordPayment {
+pub(crate) struct RecordPayment {
     /// The payment's reference (a bank transfer id): recording it twice does nothing.
     #[serde(default)]
     reference: Option<String>,
@@ -369,7 +369,7 @@ pub struct RecordPayment {
               (status = 200, description = "this reference was recorded before: nothing done",
                   body = Subscription),
               crate::api::error::Refused))]
-pub async fn record_payment(
+pub(crate) async fn record_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -406,7 +406,7 @@ pub async fn record_payment(
     responses((status = 200,
         description = "`{received, result: applied|replayed|ignored, detail}`", body = Object),
               crate::api::error::Refused))]
-pub async fn webhook(
+pub(crate) async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
@@ -442,7 +442,7 @@ pub async fn webhook(
     params(("dataset" = String, Path, description = "the dataset")),
     responses((status = 200, description = "what this key may have of the dataset", body = Grant),
               crate::api::error::Refused))]
-pub async fn access(
+pub(crate) async fn access(
     State(state): State<AppState>,
     Path(dataset): Path<String>,
     headers: HeaderMap,
@@ -474,15 +474,15 @@ fn parse_time(field: &str, text: &str) -> Result<Micros, ApiError> {
     })
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct UsageQuery {
+pub(crate) struct UsageQuery {
     from: Option<String>,
     to: Option<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UsageReport {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UsageReport {
     from: Micros,
     to: Micros,
     rows: Vec<UsageRow>,
@@ -495,7 +495,7 @@ pub struct UsageReport {
     params(UsageQuery),
     responses((status = 200, description = "hourly usage", body = UsageReport),
               crate::api::error::Refused))]
-pub async fn usage(
+pub(crate) async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<UsageQuery>,
@@ -531,9 +531,9 @@ pub async fn usage(
     }))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct GenerateBody {
+pub(crate) struct GenerateBody {
     period: String,
 }
 
@@ -542,7 +542,7 @@ pub struct GenerateBody {
     request_body = GenerateBody,
     responses((status = 200, description = "the period's invoices", body = Vec<Invoice>),
               crate::api::error::Refused))]
-pub async fn generate_invoices(
+pub(crate) async fn generate_invoices(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<GenerateBody>,
@@ -564,9 +564,9 @@ pub async fn generate_invoices(
     ))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct InvoicesQuery {
+pub(crate) struct InvoicesQuery {
     period: Option<String>,
     format: Option<String>,
 }
@@ -592,7 +592,7 @@ fn invoices_response(invoices: Vec<Invoice>, format: Option<&str>) -> Result<Res
     responses((status = 200, description = "invoices (JSON, or CSV with `format=csv`)", content(
                 (Vec<Invoice> = "application/json"), (String = "text/csv; charset=utf-8"))),
               crate::api::error::Refused))]
-pub async fn list_invoices(
+pub(crate) async fn list_invoices(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<InvoicesQuery>,
@@ -636,7 +636,7 @@ async fn visible_invoice(state: &AppState, key: &ApiKey, id: &str) -> Result<Inv
     responses((status = 200, description = "the invoice (JSON, or CSV with `format=csv`)", content(
                 (Invoice = "application/json"), (String = "text/csv; charset=utf-8"))),
               crate::api::error::Refused))]
-pub async fn show_invoice(
+pub(crate) async fn show_invoice(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -655,7 +655,7 @@ pub async fn show_invoice(
     params(("id" = String, Path, description = "the invoice")),
     responses((status = 200, description = "marked paid", body = Invoice),
               crate::api::error::Refused))]
-pub async fn pay_invoice(
+pub(crate) async fn pay_invoice(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -673,9 +673,9 @@ pub async fn pay_invoice(
     Ok(Json(visible_invoice(&state, &key, &id).await?))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct StatementQuery {
+pub(crate) struct StatementQuery {
     period: String,
     provider: Option<String>,
 }
@@ -686,7 +686,7 @@ pub struct StatementQuery {
     responses((status = 200, description = "a provider's monthly statement",
         body = crate::market::invoices::Statement),
               crate::api::error::Refused))]
-pub async fn statement(
+pub(crate) async fn statement(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<StatementQuery>,

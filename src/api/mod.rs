@@ -1,17 +1,17 @@
 //! The HTTP API: one router for intake, datasets and operations; the error type; key
 //! extraction; the accept loop.
 
-pub mod accounts;
-pub mod auth;
-pub mod body;
-pub mod catalog;
-pub mod datasets;
-pub mod error;
-pub mod intake;
-pub mod live;
-pub mod market;
-pub mod ops;
-pub mod server;
+pub(crate) mod accounts;
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod catalog;
+pub(crate) mod datasets;
+pub(crate) mod error;
+pub(crate) mod intake;
+pub(crate) mod live;
+pub(crate) mod market;
+pub(crate) mod ops;
+pub(crate) mod server;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +30,7 @@ use crate::pipeline::Pipeline;
 use crate::telemetry::Metrics;
 
 /// What every handler can reach.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     /// Every dataset (the same registry the pipeline writes to).

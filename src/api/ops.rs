@@ -15,7 +15,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "ops",
     responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
@@ -23,7 +23,7 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "ready", body = String, content_type = "text/plain"),
     (status = 503, description = "shutting down", body = String, content_type = "text/plain")))]
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if state.pipeline.is_closing() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
@@ -35,7 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// (HEAD is answered too, as for every GET route.)
 #[utoipa::path(get, path = "/ping", tag = "ops", responses(
     (status = 204, description = "InfluxDB-style ping", headers(("X-Influxdb-Version" = String)))))]
-pub async fn ping() -> Response {
+pub(crate) async fn ping() -> Response {
     (
         StatusCode::NO_CONTENT,
         [
@@ -50,7 +50,7 @@ pub async fn ping() -> Response {
 #[utoipa::path(get, path = "/health", tag = "ops", responses(
     (status = 200, description = "InfluxDB v2 health: pass", body = Object),
     (status = 503, description = "InfluxDB v2 health: fail (shutting down)", body = Object)))]
-pub async fn health(State(state): State<AppState>) -> Response {
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
     let closing = state.pipeline.is_closing();
     let status = if closing {
         StatusCode::SERVICE_UNAVAILABLE
@@ -71,7 +71,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses(
     (status = 200, description = "every metric", body = String,
      content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -85,7 +85,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// This document: every route of the API, generated from the handlers that serve them.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "ops",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
-pub async fn openapi() -> Response {
+pub(crate) async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         super::openapi_json(),
@@ -93,6 +93,6 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
-pub async fn not_found(uri: Uri) -> ApiError {
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }

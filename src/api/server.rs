@@ -26,7 +26,7 @@ use crate::telemetry::Metrics;
 
 /// Serves `router` on `listener` until `closing` fires, then waits up to `drain` for open
 /// connections to finish their requests.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     config: HttpConfig,
@@ -137,6 +137,7 @@ fn refusal() -> String {
 }
 
 /// Open connections per client address.
+#[derive(Debug)]
 struct PerIp {
     max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
@@ -167,10 +168,11 @@ impl PerIp {
 
 /// A connection's place among its address's, shared by the requests it carries (and by a
 /// WebSocket it is upgraded to): freed when the last of them ends.
-#[derive(Clone)]
-pub struct ConnectionShare(#[allow(dead_code)] Arc<Share>);
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionShare(#[allow(dead_code)] Arc<Share>);
 
 /// One counted connection; dropping it frees the place.
+#[derive(Debug)]
 struct Share {
     ip: IpAddr,
     table: Arc<PerIp>,

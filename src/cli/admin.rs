@@ -19,7 +19,7 @@ use citygate::market::{NewAccount, Role, Store};
 use citygate::model::now_micros;
 
 /// Where the administration commands go.
-pub enum Target {
+pub(super) enum Target {
     /// The database the config names.
     Database { config: Box<Config>, store: Store },
     /// A running gateway's API.
@@ -30,7 +30,7 @@ impl Target {
     /// The gateway at `api`, else the config's database. The database must exist unless
     /// `create_database`: a command run in the wrong directory would otherwise make an
     /// empty one and print keys the running gateway has never heard of.
-    pub async fn open(
+    pub(super) async fn open(
         config: Config,
         config_source: &str,
         api: Option<(&str, &str)>,
@@ -122,7 +122,7 @@ fn show_secret(created: &Value) -> Result<()> {
     }
 }
 
-pub async fn accounts(target: &Target, command: AccountsCommand) -> Result<()> {
+pub(super) async fn accounts(target: &Target, command: AccountsCommand) -> Result<()> {
     match command {
         AccountsCommand::Create {
             role,
@@ -226,7 +226,7 @@ async fn create_key(
     })
 }
 
-pub async fn keys(target: &Target, command: KeysCommand) -> Result<()> {
+pub(super) async fn keys(target: &Target, command: KeysCommand) -> Result<()> {
     match command {
         KeysCommand::CreateDevice { provider, datasets } => {
             let list = datasets.join(", ");
@@ -358,7 +358,7 @@ pub async fn keys(target: &Target, command: KeysCommand) -> Result<()> {
     Ok(())
 }
 
-pub async fn plans(target: &Target, command: PlansCommand) -> Result<()> {
+pub(super) async fn plans(target: &Target, command: PlansCommand) -> Result<()> {
     match command {
         PlansCommand::Create {
             dataset,
@@ -484,7 +484,7 @@ pub async fn plans(target: &Target, command: PlansCommand) -> Result<()> {
     Ok(())
 }
 
-pub async fn invoices(target: &Target, command: InvoicesCommand) -> Result<()> {
+pub(super) async fn invoices(target: &Target, command: InvoicesCommand) -> Result<()> {
     let InvoicesCommand::Generate { period } = command;
     let invoices = match target {
         Target::Database { store, .. } => {

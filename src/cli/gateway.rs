@@ -5,14 +5,14 @@ use anyhow::{Context, Result, bail};
 use reqwest::Method;
 use serde_json::Value;
 
-pub struct Gateway {
+pub(super) struct Gateway {
     base: reqwest::Url,
     key: String,
     client: reqwest::Client,
 }
 
 impl Gateway {
-    pub fn new(url: &str, key: &str) -> Result<Gateway> {
+    pub(super) fn new(url: &str, key: &str) -> Result<Gateway> {
         let base = reqwest::Url::parse(url)
             .with_context(|| format!("--api `{url}`: expected a URL like http://127.0.0.1:8080"))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -35,22 +35,22 @@ impl Gateway {
     }
 
     /// Where the commands go, for the line that says so.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!(
             "the gateway at {}",
             self.base.as_str().trim_end_matches('/')
         )
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value> {
+    pub(super) async fn get(&self, path: &str) -> Result<Value> {
         self.call(Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
+    pub(super) async fn post(&self, path: &str, body: Value) -> Result<Value> {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<Value> {
+    pub(super) async fn delete(&self, path: &str) -> Result<Value> {
         self.call(Method::DELETE, path, None).await
     }
 
@@ -95,7 +95,7 @@ impl Gateway {
 }
 
 /// `s` as one segment of a URL path or a query value.
-pub fn segment(s: &str) -> String {
+pub(super) fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -17,7 +17,7 @@ use citygate::{App, StartOptions, telemetry};
 
 #[derive(Parser)]
 #[command(name = "citygate", version, about = "A gateway for city sensor data")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Config file; default: config/citygate.toml if it exists, else the built-in defaults.
     /// A file replaces the built-in config as a whole; CITYGATE__SECTION__KEY variables
     /// change single values.
@@ -30,7 +30,7 @@ pub struct Cli {
 /// Where the accounts, keys, plans and invoices commands go: the config's database, or a
 /// running gateway's API.
 #[derive(clap::Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Go through the API of the gateway at this URL (e.g. http://127.0.0.1:8080) instead
     /// of opening its database here.
     #[arg(long, global = true, value_name = "URL", env = "CITYGATE_API")]
@@ -51,7 +51,7 @@ pub struct AdminArgs {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gateway (the default).
     Serve {
         /// Start even if the write-ahead log has corrupt records in the middle, dropping
@@ -99,7 +99,7 @@ pub enum Command {
 }
 
 #[derive(Subcommand)]
-pub enum AccountsCommand {
+pub(crate) enum AccountsCommand {
     /// Create an account and its first key; prints the key's secret (shown once) alone on
     /// stdout.
     Create {
@@ -122,7 +122,7 @@ pub enum AccountsCommand {
 }
 
 #[derive(Subcommand)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Create a key for an account; prints the secret (shown once) alone on stdout.
     Create {
         #[arg(long)]
@@ -174,7 +174,7 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand)]
-pub enum PlansCommand {
+pub(crate) enum PlansCommand {
     /// Add a plan to a dataset; prints its id on stdout.
     Create {
         #[arg(long)]
@@ -212,7 +212,7 @@ pub enum PlansCommand {
 }
 
 #[derive(Subcommand)]
-pub enum InvoicesCommand {
+pub(crate) enum InvoicesCommand {
     /// Write the invoices of a calendar month (UTC) from payments and metered usage; open
     /// invoices of that month are recomputed, paid ones kept. Usage a running gateway has
     /// not flushed yet (at most `[market] usage_flush_interval`) is not included.
@@ -224,13 +224,13 @@ pub enum InvoicesCommand {
 }
 
 #[derive(Subcommand)]
-pub enum DatasetsCommand {
+pub(crate) enum DatasetsCommand {
     /// List the configured datasets and their fields.
     List,
 }
 
 #[derive(clap::Args)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// Base URL of the gateway.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http: String,
@@ -296,7 +296,7 @@ async fn admin_target(config: Option<&Path>, args: &AdminArgs) -> Result<admin::
     admin::Target::open(config, &source, None, args.create_database).await
 }
 
-pub async fn run(mut cli: Cli) -> Result<ExitCode> {
+pub(crate) async fn run(mut cli: Cli) -> Result<ExitCode> {
     let command = cli.command.take().unwrap_or(Command::Serve {
         skip_corrupt_wal: false,
     });

@@ -11,7 +11,7 @@
 
 mod load;
 mod units;
-pub mod validate;
+pub(crate) mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

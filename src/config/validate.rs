@@ -7,10 +7,10 @@ use super::{Config, DatasetConfig, UPDATE_FREQUENCIES};
 use crate::model::{FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name};
 
 /// Most fields a schema may have (duplicate detection uses a 64-bit mask).
-pub const MAX_FIELDS: usize = 64;
+pub(crate) const MAX_FIELDS: usize = 64;
 /// The longest string value a schema may allow: the log stores a string's length in 16
 /// bits, so a longer one would be cut after it was acknowledged.
-pub const MAX_STRING_LEN: usize = u16::MAX as usize;
+pub(crate) const MAX_STRING_LEN: usize = u16::MAX as usize;
 
 /// `positions[i]` is where `config.datasets[i]` stands in the file (datasets that could not
 /// be read are not in `config`), so that each problem names the right `[[datasets]]`.
@@ -256,7 +256,7 @@ fn check_listen(p: &mut Vec<String>, key: &str, addr: &str) {
 }
 
 /// Every problem of one dataset declaration (config or API), each named from `at`.
-pub fn dataset_problems(at: &str, ds: &DatasetConfig) -> Vec<String> {
+pub(crate) fn dataset_problems(at: &str, ds: &DatasetConfig) -> Vec<String> {
     let mut p = Vec::new();
     check_dataset(&mut p, at, ds);
     p

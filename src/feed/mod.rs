@@ -23,6 +23,7 @@ use crate::config::FeedConfig;
 use crate::model::{Dataset, Micros, Reading, Value, now_micros};
 
 /// Readings of one dataset published together, with consecutive positions.
+#[derive(Debug)]
 pub struct FeedBatch {
     pub dataset: Arc<Dataset>,
     /// The position of `readings[0]`; the next reading has the next position.
@@ -101,6 +102,7 @@ pub fn reading_json(ds: &Dataset, position: u64, r: &Reading) -> String {
     out
 }
 
+#[derive(Debug)]
 struct Recent {
     next: u64,
     batches: VecDeque<Arc<FeedBatch>>,
@@ -108,6 +110,7 @@ struct Recent {
 }
 
 /// A sensor's last reading, as a retained message.
+#[derive(Debug)]
 pub struct Latest {
     pub sensor: CompactString,
     /// Device time.
@@ -117,12 +120,14 @@ pub struct Latest {
 }
 
 /// One dataset's feed: positions, recent batches, and the broadcast to its sessions.
+#[derive(Debug)]
 pub struct DatasetFeed {
     recent: Mutex<Recent>,
     tx: broadcast::Sender<Arc<FeedBatch>>,
 }
 
 /// What a new session starts from: the readings it missed, then everything live.
+#[derive(Debug)]
 pub struct Cursor {
     /// Each sensor's last reading, when asked for.
     pub latest: Vec<Latest>,
@@ -132,6 +137,7 @@ pub struct Cursor {
     pub live: broadcast::Receiver<Arc<FeedBatch>>,
 }
 
+#[derive(Debug)]
 pub struct Hub {
     feeds: RwLock<HashMap<String, Arc<DatasetFeed>>>,
     config: FeedConfig,

@@ -174,6 +174,7 @@ impl End {
 }
 
 /// What every session needs.
+#[derive(Debug)]
 pub struct FeedService {
     pub hub: Arc<Hub>,
     pub keyring: Arc<Keyring>,
@@ -244,6 +245,7 @@ impl Drop for Slot {
 }
 
 /// One session's request.
+#[derive(Debug)]
 pub struct Follow {
     /// The key's secret, to check it again as time passes.
     pub secret: String,

@@ -301,6 +301,14 @@ pub struct Catalog {
     start: StartDataset,
 }
 
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Catalog {
     pub fn new(store: Store, start: StartDataset) -> Catalog {
         Catalog { store, start }

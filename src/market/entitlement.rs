@@ -45,20 +45,21 @@ mod humantime_serde_micros {
 
     use serde::Serializer;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
 
 /// What the cache keeps per (account, dataset): the dataset's provider (`None`: no such
 /// dataset on offer) and the account's subscriptions to it that were active.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Facts {
     provider: Option<String>,
     subscriptions: Arc<Vec<(Subscription, Plan)>>,
 }
 
-pub struct Entitlements {
+#[derive(Debug)]
+pub(crate) struct Entitlements {
     store: Store,
     cache: Mutex<HashMap<(String, String), Facts>>,
     /// "No such dataset" answers, apart: dataset ids are the client's to invent, and a
@@ -73,7 +74,7 @@ const CACHE_MAX: usize = 100_000;
 const UNKNOWN_MAX: usize = 10_000;
 
 impl Entitlements {
-    pub fn new(store: Store) -> Entitlements {
+    pub(crate) fn new(store: Store) -> Entitlements {
         Entitlements {
             store,
             cache: Mutex::new(HashMap::new()),
@@ -93,7 +94,7 @@ impl Entitlements {
 
     /// Forgets every cached answer: called after any change to subscriptions, plans or the
     /// catalog.
-    pub fn invalidate(&self) {
+    pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.unknown
@@ -160,7 +161,7 @@ impl Entitlements {
 
     /// May `key` have `dataset` at `now`, and on what terms? `None`: no (and callers answer
     /// 404, as if the dataset did not exist).
-    pub async fn entitlement(
+    pub(crate) async fn entitlement(
         &self,
         key: &ApiKey,
         dataset: &str,

@@ -124,13 +124,13 @@ pub struct Statement {
 }
 
 /// `readings` at `per_1000` minor units per 1000 readings, rounded half up.
-pub fn metered_amount(readings: i64, per_1000: i64) -> i64 {
+pub(crate) fn metered_amount(readings: i64, per_1000: i64) -> i64 {
     let amount = (readings as i128 * per_1000 as i128 + 500) / 1000;
     amount.clamp(0, i64::MAX as i128) as i64
 }
 
 /// `amount × percent / 100`, rounded half up to a minor unit.
-pub fn fee_of(amount: i64, percent: f64) -> i64 {
+pub(crate) fn fee_of(amount: i64, percent: f64) -> i64 {
     (amount as f64 * percent / 100.0).round() as i64
 }
 
@@ -511,7 +511,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Invoices as CSV, one row per line (RFC 4180).
-pub fn invoices_csv(invoices: &[Invoice]) -> String {
+pub(crate) fn invoices_csv(invoices: &[Invoice]) -> String {
     let mut out = String::from(
         "invoice,period,account,currency,status,line,subscription,dataset,plan,kind,description,quantity,unit_minor,amount_minor,settled\r\n",
     );

@@ -24,6 +24,7 @@ const MISS_CACHE_MAX: usize = 10_000;
 /// Database lookups of secrets not known to the cache that may run at once.
 const UNKNOWN_LOOKUPS: usize = 2;
 
+#[derive(Debug)]
 struct Cached {
     key: Option<Arc<ApiKey>>,
     fetched: Instant,
@@ -38,6 +39,7 @@ struct Cached {
 /// keys: misses live in a cache of their own (a flood of them never evicts a key found),
 /// and lookups of secrets the cache has never seen take turns (at most
 /// `UNKNOWN_LOOKUPS` at once), while a known key's refresh goes straight to the database.
+#[derive(Debug)]
 pub struct Keyring {
     store: Store,
     cache: Mutex<HashMap<[u8; 32], Cached>>,

@@ -139,6 +139,15 @@ pub struct NewKey {
     pub secret: String,
 }
 
+/// Without the secret.
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 fn hash_hex(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     let mut out = String::with_capacity(64);

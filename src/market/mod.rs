@@ -9,21 +9,21 @@
 
 pub mod accounts;
 pub mod catalog;
-pub mod entitlement;
-pub mod error;
+pub(crate) mod entitlement;
+pub(crate) mod error;
 mod ids;
-pub mod invoices;
+pub(crate) mod invoices;
 pub mod keyring;
 pub mod keys;
 pub mod payments;
 pub mod plans;
-pub mod schema;
-pub mod service;
-pub mod store;
+pub(crate) mod schema;
+pub(crate) mod service;
+pub(crate) mod store;
 pub mod subscriptions;
 #[doc(hidden)]
 pub mod testdb;
-pub mod usage;
+pub(crate) mod usage;
 
 pub use accounts::{Account, NewAccount, Role};
 pub use entitlement::Grant;

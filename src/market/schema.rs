@@ -5,7 +5,7 @@
 //! edit a migration that has shipped; add the next one.
 
 /// Schema versions, oldest first.
-pub const MIGRATIONS: &[(i64, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
         "CREATE TABLE api_keys (

@@ -32,6 +32,7 @@ type Pending = HashMap<(String, Micros), Counts>;
 type Counting = HashMap<String, HashMap<Micros, Counts>>;
 
 /// Counts deliveries in memory and writes them in idempotent batches.
+#[derive(Debug)]
 pub struct UsageRecorder {
     store: Store,
     counting: Mutex<Counting>,
@@ -103,6 +104,7 @@ pub struct UsageRow {
 }
 
 /// Whose usage a query sums.
+#[derive(Debug)]
 pub enum UsageScope<'a> {
     /// An account's subscriptions, one row per subscription and hour.
     Subscriber(&'a str),

@@ -54,7 +54,8 @@ use crate::pipeline::Pipeline;
 use crate::telemetry::MqttMetrics;
 
 /// What every MQTT session shares.
-pub struct Shared {
+#[derive(Debug)]
+pub(crate) struct Shared {
     pub pipeline: Arc<Pipeline>,
     pub keyring: Arc<Keyring>,
     pub metrics: MqttMetrics,
@@ -69,7 +70,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         pipeline: Arc<Pipeline>,
         keyring: Arc<Keyring>,
         metrics: MqttMetrics,
@@ -117,7 +118,7 @@ impl Shared {
 
 /// Accepts MQTT connections until `shared.closing` fires, then waits up to `drain` for the
 /// sessions to finish what they have in flight.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Duration) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Duration) {
     let permits = Arc::new(Semaphore::new(shared.config.max_connections));
     let sessions = TaskTracker::new();
     loop {

@@ -25,23 +25,24 @@ pub enum LimitError {
 }
 
 /// Keyed by device key id.
-pub type LimitKey = Arc<str>;
+pub(crate) type LimitKey = Arc<str>;
 
-pub struct Limiter<C: Clock = DefaultClock> {
+#[derive(Debug)]
+pub(crate) struct Limiter<C: Clock = DefaultClock> {
     limiter: RateLimiter<LimitKey, DefaultKeyedStateStore<LimitKey>, C, NoOpMiddleware<C::Instant>>,
     clock: C,
     burst: u32,
 }
 
 impl Limiter<DefaultClock> {
-    pub fn new(rate: RateLimit) -> Limiter<DefaultClock> {
+    pub(crate) fn new(rate: RateLimit) -> Limiter<DefaultClock> {
         Limiter::with_clock(rate, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> Limiter<C> {
     /// A limiter on `clock` (tests pass governor's `FakeRelativeClock`).
-    pub fn with_clock(rate: RateLimit, clock: C) -> Limiter<C> {
+    pub(crate) fn with_clock(rate: RateLimit, clock: C) -> Limiter<C> {
         // Config validation keeps per_second in (0, 1e9] and burst >= 1; clamp anyway so a
         // limiter is always constructible.
         let period = Duration::from_secs_f64(1.0 / rate.per_second.clamp(1e-9, 1e9));
@@ -57,7 +58,7 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     /// Takes `n` readings from `key`'s allowance, or says when `n` will fit.
-    pub fn check(&self, key: &LimitKey, n: usize) -> Result<(), LimitError> {
+    pub(crate) fn check(&self, key: &LimitKey, n: usize) -> Result<(), LimitError> {
         let Some(cells) = u32::try_from(n).ok().and_then(NonZeroU32::new) else {
             return if n == 0 {
                 Ok(())
@@ -81,14 +82,14 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 
     /// Forgets keys whose allowance is full again, so idle devices cost no memory.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
 }
 
 /// `Retry-After` in whole seconds, rounded up and at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 

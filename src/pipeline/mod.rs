@@ -9,7 +9,7 @@
 //! [`Registry`]'s; the pipeline keeps only their rate limiters.
 
 pub mod decode;
-pub mod limit;
+pub(crate) mod limit;
 pub mod reject;
 pub mod validate;
 
@@ -93,6 +93,7 @@ pub struct Checked {
 
 /// The pipeline of every dataset in the [`Registry`], appending to the write-ahead log and
 /// handing acknowledged readings to the live feeds' [`Hub`].
+#[derive(Debug)]
 pub struct Pipeline {
     registry: Arc<Registry>,
     wal: Wal,

@@ -5,8 +5,8 @@
 //! creates one over the API; `App` owns that step (register, start its log consumers, let
 //! entitlements see it), the same for the config's datasets at start.
 
-pub mod quality;
-pub mod rejects;
+pub(crate) mod quality;
+pub(crate) mod rejects;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -17,7 +17,7 @@ use crate::model::{Micros, Reading};
 const MINUTE: Micros = 60_000_000;
 const BUCKETS: usize = 60;
 /// Distinct sensors tracked per dataset at most.
-pub const MAX_SENSORS: usize = 1_000_000;
+pub(crate) const MAX_SENSORS: usize = 1_000_000;
 
 /// What the catalog shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]

@@ -1,5 +1,5 @@
 //! Sinks: consumers of the write-ahead log, each with its own checkpoint. `parquet` writes
 //! the Hive-partitioned lake, `influx` an InfluxDB v2 API store.
 
-pub mod influx;
+pub(crate) mod influx;
 pub mod parquet;

@@ -17,7 +17,7 @@ pub struct Checkpoint {
     pub intent: Option<(u64, u64)>,
 }
 
-pub fn dir(wal_dir: &Path) -> PathBuf {
+pub(crate) fn dir(wal_dir: &Path) -> PathBuf {
     wal_dir.join("checkpoints")
 }
 
@@ -26,7 +26,7 @@ fn path(wal_dir: &Path, consumer: &str) -> PathBuf {
 }
 
 /// The stored checkpoint of `consumer`, or the default (nothing consumed) if none.
-pub fn load(wal_dir: &Path, consumer: &str) -> io::Result<Checkpoint> {
+pub(crate) fn load(wal_dir: &Path, consumer: &str) -> io::Result<Checkpoint> {
     match fs::read(path(wal_dir, consumer)) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
@@ -40,7 +40,7 @@ pub fn load(wal_dir: &Path, consumer: &str) -> io::Result<Checkpoint> {
 }
 
 /// Stores `checkpoint` for `consumer`: temp file, fsync, rename, fsync of the directory.
-pub fn store(wal_dir: &Path, consumer: &str, checkpoint: Checkpoint) -> io::Result<()> {
+pub(crate) fn store(wal_dir: &Path, consumer: &str, checkpoint: Checkpoint) -> io::Result<()> {
     let dir = dir(wal_dir);
     fs::create_dir_all(&dir)?;
     let target = path(wal_dir, consumer);

@@ -12,6 +12,7 @@ use super::tail::Committed;
 use super::{Shared, Wal};
 
 /// A record as a consumer gets it.
+#[derive(Debug)]
 pub enum Record<'a> {
     /// From memory: the readings as intake accepted them, in their dataset's schema.
     Memory(&'a Committed),
@@ -23,6 +24,7 @@ pub enum Record<'a> {
 /// Records taken from the tail at a time (under its lock only to copy pointers).
 const FROM_MEMORY: usize = 256;
 
+#[derive(Debug)]
 pub struct Consumer {
     dir: PathBuf,
     shared: Arc<Shared>,

@@ -16,11 +16,11 @@
 //! mid-write) is cut off; a damaged record with valid ones after it is corruption, and start
 //! refuses unless the operator asks to skip it (`citygate serve --skip-corrupt-wal`).
 
-pub mod checkpoint;
-pub mod consumer;
-pub mod record;
-pub mod segment;
-pub mod tail;
+pub(crate) mod checkpoint;
+pub(crate) mod consumer;
+pub(crate) mod record;
+pub(crate) mod segment;
+pub(crate) mod tail;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -64,6 +64,7 @@ pub enum WalError {
 }
 
 /// State shared by the handle, the writer thread and the consumers.
+#[derive(Debug)]
 pub(crate) struct Shared {
     max_bytes: u64,
     bytes: AtomicU64,
@@ -94,7 +95,7 @@ impl Shared {
 }
 
 /// A handle on the write-ahead log (cheap to clone).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Wal {
     dir: PathBuf,
     shared: Arc<Shared>,

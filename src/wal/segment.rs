@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use super::record::{FRAME_HEADER, MAX_PAYLOAD};
 
-pub const EXTENSION: &str = "wal";
+pub(crate) const EXTENSION: &str = "wal";
 
-pub fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.{EXTENSION}"))
 }
 
 /// The segments in `dir`, by first LSN.
-pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -68,7 +68,7 @@ fn frame_within(bytes: &[u8], offset: usize, after: u64, max_lsn: u64) -> Option
 
 /// What a scan found in one segment.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Scan {
+pub(crate) struct Scan {
     /// Last valid LSN (`after` if the segment holds none).
     pub last_lsn: u64,
     /// Records found valid.
@@ -81,13 +81,13 @@ pub struct Scan {
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub struct Damage {
+pub(crate) struct Damage {
     pub offset: u64,
     pub resumes_at: Option<u64>,
 }
 
 /// Checks every frame of a segment's bytes (LSNs must rise past `after`).
-pub fn scan(bytes: &[u8], after: u64) -> Scan {
+pub(crate) fn scan(bytes: &[u8], after: u64) -> Scan {
     let mut offset = 0;
     let mut last = after;
     let mut records = 0;
@@ -137,7 +137,7 @@ fn next_frame(bytes: &[u8], from: usize, last: u64) -> Option<usize> {
 /// embedded in a record the damage cut must not come back as a record of its own, nor hide
 /// the genuine records after it behind its higher LSN. Each offset is tried once, so the
 /// work stays linear in the segment.
-pub fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
+pub(crate) fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
     let mut out = Vec::with_capacity(bytes.len());
     let mut offset = 0;
     let mut last = after;
@@ -186,16 +186,17 @@ pub fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
 }
 
 /// Cuts a segment at `len` bytes, durably.
-pub fn truncate(path: &Path, len: u64) -> io::Result<()> {
+pub(crate) fn truncate(path: &Path, len: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(len)?;
     file.sync_all()
 }
 
 /// Each segment's length as far as the writer has written it whole, by first LSN.
-pub type Lengths = Arc<Mutex<BTreeMap<u64, u64>>>;
+pub(crate) type Lengths = Arc<Mutex<BTreeMap<u64, u64>>>;
 
 /// Reads records in order across segments, up to what the writer has committed.
+#[derive(Debug)]
 pub struct Reader {
     dir: PathBuf,
     /// First LSN of the segment being read, and the reader on it.

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::model::{Dataset, Micros, Reading};
 
 /// The most reading bytes the tail holds (by [`Reading::approx_size`], which intake sums).
-pub const TAIL_BYTES: usize = 64 << 20;
+pub(crate) const TAIL_BYTES: usize = 64 << 20;
 
 /// A committed record as intake made it.
 #[derive(Debug)]

@@ -185,7 +185,7 @@ async fn corruption_in_the_middle_refuses_start_unless_skipped() {
     bytes[one + 20] ^= 0xff; // inside record 2
     fs::write(&path, &bytes).unwrap();
 
-    let err = open(dir.path(), &c).err().expect("start refused");
+    let err = open(dir.path(), &c).expect_err("start refused");
     match &err {
         WalError::Corrupt { offset, .. } => assert_eq!(*offset, one as u64),
         other => panic!("{other:?}"),

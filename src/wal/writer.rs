@@ -53,7 +53,7 @@ pub(super) struct Writer {
 
 impl Writer {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         dir: PathBuf,
         mode: FsyncMode,
         interval: Duration,
@@ -80,7 +80,7 @@ impl Writer {
     }
 
     /// Serves appends until every sender is gone, then syncs and returns.
-    pub fn run(mut self, rx: Receiver<Append>) {
+    pub(super) fn run(mut self, rx: Receiver<Append>) {
         let mut group: Vec<Append> = Vec::new();
         loop {
             let wait = match (self.mode, self.dirty) {

@@ -9,9 +9,9 @@ use citygate::config::{Config, DEFAULT_CONFIG};
 use citygate::market::KeyKind;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-pub const TRAFFIC: &str = "traffic-counts";
+pub(crate) const TRAFFIC: &str = "traffic-counts";
 
-pub struct Gateway {
+pub(crate) struct Gateway {
     app: Option<App>,
     pub dir: tempfile::TempDir,
     pub base: String,
@@ -21,7 +21,7 @@ pub struct Gateway {
 }
 
 /// The PostgreSQL server the suite runs against as well, when `scripts/test.sh` started one.
-pub fn test_postgres() -> Option<String> {
+pub(crate) fn test_postgres() -> Option<String> {
     std::env::var("CITYGATE_TEST_POSTGRES")
         .ok()
         .filter(|u| !u.is_empty())
@@ -29,7 +29,7 @@ pub fn test_postgres() -> Option<String> {
 
 /// With a test PostgreSQL: the URL of the database of `data_dir` (one per data dir, created
 /// on first use), so a gateway restarted on the same dir finds its database again.
-pub fn database_url_for(data_dir: &Path) -> Option<String> {
+pub(crate) fn database_url_for(data_dir: &Path) -> Option<String> {
     use std::sync::Mutex;
     static CREATED: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
     let admin = test_postgres()?;
@@ -52,7 +52,7 @@ pub fn database_url_for(data_dir: &Path) -> Option<String> {
 }
 
 /// The shipped config, pointed at `dir`, on a free port.
-pub fn test_config(dir: &Path) -> Config {
+pub(crate) fn test_config(dir: &Path) -> Config {
     let mut config = Config::from_toml(DEFAULT_CONFIG, "default", &[]).expect("shipped config");
     config.http.listen = "127.0.0.1:0".into();
     config.mqtt.listen = "127.0.0.1:0".into();
@@ -64,17 +64,17 @@ pub fn test_config(dir: &Path) -> Config {
 }
 
 impl Gateway {
-    pub async fn start() -> Gateway {
+    pub(crate) async fn start() -> Gateway {
         Gateway::start_with(|_| {}).await
     }
 
-    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
+    pub(crate) async fn start_with(adjust: impl FnOnce(&mut Config)) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         Gateway::start_on(dir, citygate::market::keys::new_secret(), adjust).await
     }
 
     /// A gateway on an existing data dir (a restart), with the admin key given.
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         dir: tempfile::TempDir,
         admin_key: String,
         adjust: impl FnOnce(&mut Config),
@@ -104,22 +104,22 @@ impl Gateway {
     }
 
     /// Stops and starts again on the same data dir and database.
-    pub async fn restart(self) -> Gateway {
+    pub(crate) async fn restart(self) -> Gateway {
         let admin_key = self.admin_key.clone();
         let dir = self.stop().await;
         Gateway::start_on(dir, admin_key, |_| {}).await
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub fn app(&self) -> &App {
+    pub(crate) fn app(&self) -> &App {
         self.app.as_ref().expect("running")
     }
 
     /// A device key of provider `copenhagen` for `datasets`.
-    pub async fn device_key(&self, datasets: &[&str]) -> String {
+    pub(crate) async fn device_key(&self, datasets: &[&str]) -> String {
         let datasets: Vec<String> = datasets.iter().map(|s| s.to_string()).collect();
         self.app()
             .store()
@@ -129,7 +129,7 @@ impl Gateway {
             .secret
     }
 
-    pub async fn provider_key(&self, provider: &str) -> String {
+    pub(crate) async fn provider_key(&self, provider: &str) -> String {
         self.app()
             .store()
             .create_key(KeyKind::Provider, provider, &[])
@@ -139,7 +139,7 @@ impl Gateway {
     }
 
     /// POSTs `body` to the JSON intake of `dataset`.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         dataset: &str,
         key: &str,
@@ -157,7 +157,7 @@ impl Gateway {
     }
 
     /// POSTs line protocol to an InfluxDB write route (`/api/v2/write?…`) with `Token` auth.
-    pub async fn write_lp(
+    pub(crate) async fn write_lp(
         &self,
         path_and_query: &str,
         key: &str,
@@ -172,7 +172,7 @@ impl Gateway {
             .unwrap()
     }
 
-    pub async fn post_json(
+    pub(crate) async fn post_json(
         &self,
         dataset: &str,
         key: &str,
@@ -183,7 +183,7 @@ impl Gateway {
     }
 
     /// A JSON API call as `key`: the status and the body (`null` when empty or not JSON).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -206,11 +206,11 @@ impl Gateway {
         )
     }
 
-    pub async fn get_as(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
+    pub(crate) async fn get_as(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::GET, path, key, None).await
     }
 
-    pub async fn post_as(
+    pub(crate) async fn post_as(
         &self,
         path: &str,
         key: &str,
@@ -220,12 +220,12 @@ impl Gateway {
             .await
     }
 
-    pub async fn delete_as(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
+    pub(crate) async fn delete_as(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::DELETE, path, key, None).await
     }
 
     /// Creates an account over the admin API; returns its id and its first key's secret.
-    pub async fn account(&self, role: &str, name: &str, sector: &str) -> (String, String) {
+    pub(crate) async fn account(&self, role: &str, name: &str, sector: &str) -> (String, String) {
         let (status, body) = self
             .post_as(
                 "/v1/accounts",
@@ -240,7 +240,7 @@ impl Gateway {
         )
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))
             .send()
@@ -252,7 +252,7 @@ impl Gateway {
     }
 
     /// Shuts down (flushing every sink) and keeps the data dir for inspection.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
         let app = self.app.take().expect("running");
         app.shutdown().await.expect("clean shutdown");
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
@@ -272,12 +272,12 @@ impl Drop for Gateway {
 }
 
 /// Every Parquet file under `dir/parquet/dataset=<dataset>`.
-pub fn parquet_files(dir: &Path, dataset: &str) -> Vec<PathBuf> {
+pub(crate) fn parquet_files(dir: &Path, dataset: &str) -> Vec<PathBuf> {
     citygate::sink::parquet::parquet_files(&dir.join("parquet").join(format!("dataset={dataset}")))
 }
 
 /// All rows of `dataset` under `dir`, one batch per file.
-pub fn read_rows(dir: &Path, dataset: &str) -> Vec<RecordBatch> {
+pub(crate) fn read_rows(dir: &Path, dataset: &str) -> Vec<RecordBatch> {
     parquet_files(dir, dataset)
         .iter()
         .flat_map(|path| {
@@ -292,12 +292,12 @@ pub fn read_rows(dir: &Path, dataset: &str) -> Vec<RecordBatch> {
         .collect()
 }
 
-pub fn row_count(dir: &Path, dataset: &str) -> usize {
+pub(crate) fn row_count(dir: &Path, dataset: &str) -> usize {
     read_rows(dir, dataset).iter().map(|b| b.num_rows()).sum()
 }
 
 /// The sensor ids of every row of `dataset`, in file order.
-pub fn sensor_ids(dir: &Path, dataset: &str) -> Vec<String> {
+pub(crate) fn sensor_ids(dir: &Path, dataset: &str) -> Vec<String> {
     use arrow_array::cast::AsArray;
     let mut out = Vec::new();
     for batch in read_rows(dir, dataset) {
@@ -308,12 +308,12 @@ pub fn sensor_ids(dir: &Path, dataset: &str) -> Vec<String> {
 }
 
 /// Now as epoch milliseconds.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     citygate::model::now_micros() / 1000
 }
 
 /// The `citygate` binary, with no `CITYGATE*` or `RUST_LOG` from the test's environment.
-pub fn bin() -> std::process::Command {
+pub(crate) fn bin() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_citygate"));
     cmd.env_remove("RUST_LOG");
     for (k, _) in std::env::vars() {
@@ -325,7 +325,7 @@ pub fn bin() -> std::process::Command {
 }
 
 /// The binary, on `data_dir` (and its test database, when the suite runs on PostgreSQL).
-pub fn bin_on(data_dir: &Path) -> std::process::Command {
+pub(crate) fn bin_on(data_dir: &Path) -> std::process::Command {
     let mut cmd = bin();
     cmd.env("CITYGATE__STORAGE__DATA_DIR", data_dir);
     if let Some(url) = database_url_for(data_dir) {
@@ -334,12 +334,12 @@ pub fn bin_on(data_dir: &Path) -> std::process::Command {
     cmd
 }
 
-pub fn shipped_config() -> PathBuf {
+pub(crate) fn shipped_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/citygate.toml")
 }
 
 /// A `citygate serve` process; killed on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub child: std::process::Child,
     pub http: String,
     pub mqtt: String,
@@ -354,7 +354,7 @@ impl Drop for Server {
 
 /// Starts `citygate serve --config config` on `data_dir` (ports chosen by the OS) and reads
 /// its addresses from its JSON log.
-pub fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+pub(crate) fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
     use std::io::{BufRead, BufReader};
     let mut cmd = bin_on(data_dir);
     cmd.arg("serve")
@@ -389,7 +389,7 @@ pub fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Se
 }
 
 /// `CITYGATE_TEST_PYTHON`, else the virtualenv `scripts/test.sh` makes, else `python3`.
-pub fn python() -> std::process::Command {
+pub(crate) fn python() -> std::process::Command {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/peers-venv/bin/python");
     let exe = std::env::var("CITYGATE_TEST_PYTHON").unwrap_or_else(|_| {
         if venv.exists() {

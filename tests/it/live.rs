@@ -10,26 +10,26 @@ use crate::harness::*;
 
 /// One server-sent event.
 #[derive(Debug, Clone)]
-pub struct SseEvent {
+pub(crate) struct SseEvent {
     pub id: Option<String>,
     pub event: String,
     pub data: String,
 }
 
 impl SseEvent {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap()
     }
 }
 
 /// A minimal EventSource: parses the stream as browsers do.
-pub struct Sse {
+pub(crate) struct Sse {
     resp: reqwest::Response,
     buf: String,
 }
 
 impl Sse {
-    pub async fn open(
+    pub(crate) async fn open(
         gw: &Gateway,
         path: &str,
         key: &str,
@@ -60,7 +60,7 @@ impl Sse {
     }
 
     /// The next event (comments skipped), or `None` when the stream ends or `wait` passes.
-    pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+    pub(crate) async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(end) = self.buf.find("\n\n") {
@@ -99,7 +99,7 @@ impl Sse {
     }
 
     /// The next `n` reading events.
-    pub async fn readings(&mut self, n: usize, wait: Duration) -> Vec<SseEvent> {
+    pub(crate) async fn readings(&mut self, n: usize, wait: Duration) -> Vec<SseEvent> {
         let mut got = Vec::new();
         while got.len() < n {
             match self.next(wait).await {

@@ -5,7 +5,7 @@
 //! way: as signed webhooks ([`stripe`]) or as an admin's record ([`manual`]); both end in
 //! [`Store::apply_payment`](super::store::Store::apply_payment).
 
-pub mod manual;
+pub(crate) mod manual;
 pub mod stripe;
 
 use super::accounts::Account;
@@ -16,6 +16,7 @@ use crate::config::{PaymentProviderKind, PaymentsConfig};
 use stripe::Stripe;
 
 /// What a checkout needs to know.
+#[derive(Debug)]
 pub struct CheckoutRequest<'a> {
     pub subscription: &'a Subscription,
     pub plan: &'a Plan,
@@ -55,6 +56,7 @@ pub enum PaymentError {
 
 /// The configured payment provider. Cancelling costs nothing with the manual one: there is
 /// no charge to stop.
+#[derive(Debug)]
 pub enum Payments {
     Manual,
     Stripe(Stripe),

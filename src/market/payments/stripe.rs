@@ -42,6 +42,17 @@ pub struct Stripe {
     tolerance: Duration,
 }
 
+/// Without the secrets.
+impl std::fmt::Debug for Stripe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stripe")
+            .field("api_base", &self.api_base)
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("tolerance", &self.tolerance)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a webhook was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {

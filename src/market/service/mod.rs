@@ -46,6 +46,7 @@ pub enum WebhookOutcome {
     Ignored(&'static str),
 }
 
+#[derive(Debug)]
 pub struct Market {
     store: Store,
     entitlements: Entitlements,

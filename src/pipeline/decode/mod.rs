@@ -80,7 +80,7 @@ macro_rules! visit_values_into {
 mod json;
 mod line;
 mod senml;
-pub mod time;
+pub(crate) mod time;
 
 use compact_str::CompactString;
 

@@ -38,7 +38,7 @@ use crate::registry::rejects::RejectRecord;
 use crate::telemetry::InfluxMetrics;
 use crate::wal::{Checkpoint, Consumer, Record, Wal, record};
 
-pub const CONSUMER: &str = "influx";
+pub(crate) const CONSUMER: &str = "influx";
 
 /// Appends `s` with a backslash before each of `special`, and a space in place of each
 /// control character: line protocol has no escape for a newline, which would start a point
@@ -103,7 +103,8 @@ const STRING: &[u8] = b"\"\\";
 
 /// How one dataset's readings become line-protocol points, worked out once: the escaped
 /// measurement and provider tag, and the escaped field keys.
-pub struct Shape {
+#[derive(Debug)]
+pub(crate) struct Shape {
     dataset: Arc<Dataset>,
     /// `measurement,provider=…,sensor_id=`
     prefix: String,
@@ -111,7 +112,7 @@ pub struct Shape {
 }
 
 impl Shape {
-    pub fn new(dataset: Arc<Dataset>) -> Shape {
+    pub(crate) fn new(dataset: Arc<Dataset>) -> Shape {
         let mut prefix = String::new();
         escape(&mut prefix, &dataset.id, MEASUREMENT);
         prefix.push_str(",provider=");
@@ -135,7 +136,7 @@ impl Shape {
 
     /// Appends one reading as a point; `false` (and nothing appended) if it has no field that
     /// can be sent.
-    pub fn write_point(&self, out: &mut String, r: &Reading) -> bool {
+    pub(crate) fn write_point(&self, out: &mut String, r: &Reading) -> bool {
         let start = out.len();
         out.push_str(&self.prefix);
         escape(out, &r.sensor_id, TAG);
@@ -242,7 +243,7 @@ enum Written {
 
 /// Every dataset's shape, by position (append-only: positions stay valid), and the position
 /// of each dataset id. Datasets created while running get their shape on first sight.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shapes {
     all: Vec<Arc<Shape>>,
     by_id: HashMap<String, usize>,
@@ -452,7 +453,8 @@ impl Checkpointer {
 }
 
 /// The InfluxDB sink.
-pub struct InfluxSink {
+#[derive(Debug)]
+pub(crate) struct InfluxSink {
     client: influxdb2::Client,
     cfg: InfluxConfig,
     shapes: Arc<RwLock<Shapes>>,
@@ -464,7 +466,7 @@ pub struct InfluxSink {
 
 impl InfluxSink {
     /// Registers the sink with the log and builds the client.
-    pub fn new(
+    pub(crate) fn new(
         cfg: InfluxConfig,
         registry: Arc<Registry>,
         wal: Wal,
@@ -586,7 +588,7 @@ impl InfluxSink {
     /// Consumes the log until `stop` fires and everything committed is written (or the store
     /// is unreachable at stop: then the backlog waits in the log for the next start). Batches
     /// are formed while those before them are being written.
-    pub async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(self, stop: CancellationToken) {
         let (tx, rx) = mpsc::channel(1);
         let sink = Arc::new(self);
         // Append times of the oldest reading of each batch sent but not yet written.

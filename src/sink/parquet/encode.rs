@@ -50,6 +50,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EncodeError + '_ {
 }
 
 /// A dataset's Arrow schema and Parquet writer settings, built once per dataset.
+#[derive(Debug)]
 pub struct ParquetLayout {
     schema: SchemaRef,
     props: WriterProperties,
@@ -319,7 +320,7 @@ impl FieldColumn {
 }
 
 /// Makes a rename in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<(), EncodeError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), EncodeError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 

@@ -16,7 +16,7 @@
 //! backoff; the readings stay safe in the log meanwhile, which grows until its quota stops
 //! intake (no reading is acknowledged that the log does not hold).
 
-pub mod encode;
+pub(crate) mod encode;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -275,6 +275,7 @@ type Chunks = Vec<Arc<Vec<Reading>>>;
 type Flush = JoinHandle<(Result<FlushStats, EncodeError>, Chunks)>;
 
 /// The Parquet sink of one dataset: a consumer of the write-ahead log.
+#[derive(Debug)]
 pub struct ParquetSink {
     ds: Arc<Dataset>,
     layout: Arc<ParquetLayout>,
