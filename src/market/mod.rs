@@ -21,8 +21,8 @@ pub(crate) mod schema;
 pub(crate) mod service;
 pub(crate) mod store;
 pub mod subscriptions;
-#[doc(hidden)]
-pub mod testdb;
+#[cfg(test)]
+pub(crate) mod testdb;
 pub(crate) mod usage;
 
 pub use accounts::{Account, NewAccount, Role};

@@ -1,12 +1,14 @@
 //! Throwaway PostgreSQL databases for tests: the suite runs once on SQLite and once on
 //! PostgreSQL (`CITYGATE_TEST_POSTGRES=postgres://user@host:port/postgres`, set by
-//! `scripts/test.sh`), each test in a database of its own.
+//! `scripts/test.sh`), each test in a database of its own. Built only into tests: the unit
+//! tests' `market::testdb` and the integration tests' `testdb` (`tests/it/main.rs`) are this
+//! file.
 
 use rand::Rng;
 use sqlx::Connection;
 
 /// Creates an empty database on the server behind `admin_url`; returns its URL.
-pub async fn create_database(admin_url: &str) -> String {
+pub(crate) async fn create_database(admin_url: &str) -> String {
     let name: String = format!(
         "cg_test_{}",
         rand::rng()

@@ -43,7 +43,7 @@ pub(crate) fn database_url_for(data_dir: &Path) -> Option<String> {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(citygate::market::testdb::create_database(&admin))
+            .block_on(crate::testdb::create_database(&admin))
     })
     .join()
     .unwrap();

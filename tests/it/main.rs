@@ -16,3 +16,6 @@ mod readme;
 mod server;
 mod simulate;
 mod stripe;
+// Throwaway PostgreSQL databases: the file the unit tests use too (not in the library).
+#[path = "../../src/market/testdb.rs"]
+mod testdb;
