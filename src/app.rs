@@ -262,6 +262,21 @@ impl App {
             })?;
             sinks.spawn(influx.run(sinks_stop.clone()));
         }
+        // The hot store starts where the datasets' Parquet sinks stand (registered above).
+        let hot = crate::query::hot::HotStore::new(
+            wal.clone(),
+            crate::query::hot::HotLimits {
+                window: config.query.hot_window,
+                max_bytes: config.query.hot_max_bytes.as_usize(),
+            },
+            metrics.query().clone(),
+        );
+        sinks.spawn(hot.clone().run(registry.clone(), sinks_stop.clone()));
+        let query = Arc::new(crate::query::QueryService::new(
+            hot,
+            config.parquet_dir(),
+            config.query.clone(),
+        ));
         // Datasets created later join the tracker all the same.
         sinks.close();
 
@@ -307,6 +322,7 @@ impl App {
                 Box::new(move |spec| start_dataset.start(spec).map_err(|e| e.to_string())),
             )),
             feed: feed.clone(),
+            query,
             keyring,
             market: market.clone(),
             metrics: metrics.clone(),

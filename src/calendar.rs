@@ -80,6 +80,18 @@ pub fn format_rfc3339(t: Micros) -> String {
     )
 }
 
+/// `t` as RFC 3339 in UTC to the microsecond, the fraction only when there is one:
+/// `2026-11-26T08:15:00Z`, `2026-11-26T08:15:00.250000Z`.
+pub fn format_rfc3339_micros(t: Micros) -> String {
+    let mut text = format_rfc3339(t);
+    let fraction = t.rem_euclid(1_000_000);
+    if fraction != 0 {
+        text.pop();
+        text.push_str(&format!(".{fraction:06}Z"));
+    }
+    text
+}
+
 /// The calendar month `YYYY-MM` (UTC) of `t`.
 pub fn month_of(t: Micros) -> String {
     let (y, m, _) = civil_from_days(t.div_euclid(DAY));

@@ -90,6 +90,7 @@ pub mod market;
 pub mod model;
 pub(crate) mod mqtt;
 pub mod pipeline;
+pub mod query;
 pub mod registry;
 pub mod simulate;
 pub mod sink;

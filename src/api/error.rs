@@ -40,6 +40,9 @@ pub(crate) enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// `Accept` names no format the route writes.
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("every reading was rejected")]
     AllRejected(Vec<Rejected>),
     #[error("rate limit exceeded; retry after {0:?}")]
@@ -71,7 +74,7 @@ pub(crate) struct ErrorSchema {
 
 /// The refusals every operation may answer, all in the house format: 400 invalid, 401 no
 /// or unknown key, 403 not allowed, 404 not found (or not this key's to see), 408 too slow,
-/// 409 conflict, 413 too large, 415 not JSON, 422 every reading rejected, 429 over a limit
+/// 406 no format the client accepts, 409 conflict, 413 too large, 415 not JSON, 422 every reading rejected, 429 over a limit
 /// (with `Retry-After`).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
@@ -120,6 +123,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }
+            ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable", None),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

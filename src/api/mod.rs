@@ -11,6 +11,7 @@ pub(crate) mod intake;
 pub(crate) mod live;
 pub(crate) mod market;
 pub(crate) mod ops;
+pub(crate) mod query;
 pub(crate) mod server;
 
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub market: Arc<Market>,
     pub feed: Arc<crate::feed::session::FeedService>,
+    /// History queries: the hot store and the lake.
+    pub query: Arc<crate::query::QueryService>,
     pub metrics: Arc<Metrics>,
     pub http: Arc<HttpConfig>,
     /// Places for upgraded WebSockets (`http.max_connections` of them): once upgraded a
@@ -67,6 +70,7 @@ pub struct AppState {
         (name = "catalog", description = "Datasets on offer"),
         (name = "market", description = "Plans, subscriptions, payments, usage, invoices"),
         (name = "live", description = "Live feeds"),
+        (name = "query", description = "History: raw readings, latest values, time buckets"),
         (name = "ops", description = "Health, metrics and this document")
     )
 )]
@@ -130,6 +134,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(datasets::rejects))
         .routes(routes!(live::sse))
         .routes(routes!(live::ws))
+        .routes(routes!(query::history))
+        .routes(routes!(query::latest))
+        .routes(routes!(query::aggregate))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::ping))

@@ -6,10 +6,16 @@
 //! [`Config::validate`]) rather than stopping at the first, so an operator fixes a file in
 //! one pass.
 //!
+//! The sections where data is kept (`storage`, `database`, `wal`, `parquet`, `influx`) are in
+//! `storage.rs`, the paid side's (`market`, `payments`, `feed`) in `market.rs`.
+//!
 //! Unknown keys are errors. We detect them with `serde_ignored` instead of
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first unknown key.
 
 mod load;
+mod market;
+mod query;
+mod storage;
 mod units;
 pub(crate) mod validate;
 
@@ -19,6 +25,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use market::{FeedConfig, MarketConfig, PaymentProviderKind, PaymentsConfig, StripeConfig};
+pub use query::QueryConfig;
+pub use storage::{
+    DatabaseConfig, DatabaseLocation, FsyncMode, InfluxConfig, ParquetConfig, StorageConfig,
+    WalConfig,
+};
 pub use units::ByteSize;
 
 use crate::model::{Dataset, FieldSpec, RateLimit};
@@ -54,6 +66,7 @@ pub struct Config {
     pub market: MarketConfig,
     pub payments: PaymentsConfig,
     pub feed: FeedConfig,
+    pub query: QueryConfig,
     pub datasets: Vec<DatasetConfig>,
 }
 
@@ -132,72 +145,6 @@ impl Default for MqttConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
-pub struct StorageConfig {
-    /// Root of everything citygate writes: the database, Parquet files.
-    pub data_dir: PathBuf,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct DatabaseConfig {
-    /// The marketplace database: empty for SQLite at `{data_dir}/citygate.db`, or a
-    /// `postgres://user:password@host:port/db` URL (also `CITYGATE__DATABASE__URL`).
-    pub url: Secret,
-    /// Pooled connections at most.
-    pub max_connections: u32,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            url: Secret::default(),
-            max_connections: 8,
-        }
-    }
-}
-
-/// Where the marketplace database is.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseLocation {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl std::fmt::Display for DatabaseLocation {
-    /// The SQLite file, or the PostgreSQL host and database (never the password).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DatabaseLocation::Sqlite(path) => write!(f, "SQLite {}", path.display()),
-            DatabaseLocation::Postgres(url) => match reqwest::Url::parse(url) {
-                Ok(u) => write!(
-                    f,
-                    "PostgreSQL {}:{}{}",
-                    u.host_str().unwrap_or("?"),
-                    u.port().unwrap_or(5432),
-                    u.path()
-                ),
-                Err(_) => f.write_str("PostgreSQL (unparseable URL)"),
-            },
-        }
-    }
-}
-
-impl std::fmt::Debug for DatabaseLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            data_dir: PathBuf::from("data"),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
 pub struct PipelineConfig {
     /// Batches that may wait in front of each dataset's sink.
     pub queue_depth: usize,
@@ -223,46 +170,6 @@ impl Default for PipelineConfig {
     }
 }
 
-/// When the WAL writer fsyncs (see `wal` for the loss window of each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncMode {
-    /// Before every acknowledgement (group commit). Nothing acknowledged is ever lost.
-    Always,
-    /// Every `fsync_interval`; acknowledgements do not wait for it.
-    Interval,
-    /// Never explicitly; the kernel writes back when it likes.
-    Never,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct WalConfig {
-    pub fsync: FsyncMode,
-    #[serde(with = "units::duration")]
-    pub fsync_interval: Duration,
-    /// A segment file is closed and a new one begun at about this size.
-    pub segment_bytes: ByteSize,
-    /// The log's disk quota: past it, intake stops acknowledging (503 / MQTT 0x97) until
-    /// the sinks catch up and segments are released.
-    pub max_bytes: ByteSize,
-    /// Appends that may wait for the writer; waiting longer than `pipeline.queue_timeout`
-    /// for a place answers 503.
-    pub queue_depth: usize,
-}
-
-impl Default for WalConfig {
-    fn default() -> Self {
-        WalConfig {
-            fsync: FsyncMode::Always,
-            fsync_interval: Duration::from_millis(100),
-            segment_bytes: ByteSize::mib(64),
-            max_bytes: ByteSize(10 << 30),
-            queue_depth: 4096,
-        }
-    }
-}
-
 /// A secret from config or env, never printed.
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
@@ -280,89 +187,6 @@ impl std::fmt::Debug for Secret {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
-pub struct InfluxConfig {
-    /// Write every dataset to an InfluxDB v2 API store too.
-    pub enabled: bool,
-    /// Base URL of the store, e.g. `http://127.0.0.1:8086`.
-    pub url: String,
-    pub org: String,
-    pub bucket: String,
-    /// API token; better from `CITYGATE__INFLUX__TOKEN` or `token_file` than in this file.
-    pub token: Secret,
-    /// A file holding the token (read at start; surrounding whitespace ignored).
-    pub token_file: Option<PathBuf>,
-    /// Points per write request at most...
-    pub batch_size: usize,
-    /// ...and the longest a point waits for its batch to fill.
-    #[serde(with = "units::duration")]
-    pub batch_age: Duration,
-    /// Write requests in flight at once (the store parses them on as many cores).
-    pub parallel_writes: usize,
-    #[serde(with = "units::duration")]
-    pub request_timeout: Duration,
-    /// Longest pause between retries of a failing write.
-    #[serde(with = "units::duration")]
-    pub max_retry_delay: Duration,
-}
-
-impl Default for InfluxConfig {
-    fn default() -> Self {
-        InfluxConfig {
-            enabled: false,
-            url: "http://127.0.0.1:8086".into(),
-            org: "city".into(),
-            bucket: "citygate".into(),
-            token: Secret::default(),
-            token_file: None,
-            batch_size: 5000,
-            batch_age: Duration::from_secs(1),
-            parallel_writes: 4,
-            request_timeout: Duration::from_secs(10),
-            max_retry_delay: Duration::from_secs(30),
-        }
-    }
-}
-
-impl InfluxConfig {
-    /// The token: `token` if set, else the contents of `token_file`.
-    pub fn resolve_token(&self) -> std::io::Result<String> {
-        if !self.token.0.is_empty() {
-            return Ok(self.token.0.clone());
-        }
-        match &self.token_file {
-            Some(path) => Ok(std::fs::read_to_string(path)?.trim().to_string()),
-            None => Ok(String::new()),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct ParquetConfig {
-    /// Flush a dataset's buffer once it holds this many readings...
-    pub max_rows: usize,
-    /// ...or about this many bytes in memory...
-    pub max_bytes: ByteSize,
-    /// ...or once its oldest reading has waited this long.
-    #[serde(with = "units::duration")]
-    pub max_age: Duration,
-    /// zstd level, 1 (fast) to 22 (small).
-    pub zstd_level: i32,
-}
-
-impl Default for ParquetConfig {
-    fn default() -> Self {
-        ParquetConfig {
-            max_rows: 100_000,
-            max_bytes: ByteSize::mib(64),
-            max_age: Duration::from_secs(10),
-            zstd_level: 1,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
 pub struct ShutdownConfig {
     /// Time allowed, after SIGTERM / Ctrl-C, to finish requests and flush every sink.
     #[serde(with = "units::duration")]
@@ -373,123 +197,6 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct FeedConfig {
-    /// Recent readings kept per dataset, so a reconnecting subscriber gets what it missed
-    /// (`Last-Event-ID`)...
-    #[serde(with = "units::duration")]
-    pub replay_window: Duration,
-    /// ...at most this many per dataset.
-    pub replay_max: usize,
-    /// Batches a session may fall behind before it is closed as a slow consumer.
-    pub session_queue: usize,
-    /// How often a session checks its key and entitlement again.
-    #[serde(with = "units::duration")]
-    pub recheck: Duration,
-    /// A subscriber's connection is written at most once per this interval: a busy feed
-    /// then costs one write per subscriber per interval instead of one per reading (a
-    /// reading waits at most this long), a quiet one is written at once. 0: every reading is
-    /// written at once.
-    #[serde(with = "units::duration")]
-    pub coalesce: Duration,
-    /// SSE comments that keep idle connections open through proxies.
-    #[serde(with = "units::duration")]
-    pub heartbeat: Duration,
-    /// Readings a delayed (free-tier) session may hold back at once (about 56 bytes each);
-    /// a delay that would hold more ends the session (`delay_buffer_full`) rather than grow
-    /// without bound. The default holds a 15-minute delay of a dataset taking 500/s.
-    pub max_delayed: usize,
-    /// Live sessions one account may run at once, whatever keys it uses (each SSE stream,
-    /// WebSocket subscription and MQTT filter is one); past it: 429, a WebSocket error,
-    /// MQTT 5 SUBACK `0x97`.
-    pub max_sessions_per_account: usize,
-}
-
-impl Default for FeedConfig {
-    fn default() -> Self {
-        FeedConfig {
-            replay_window: Duration::from_secs(15 * 60),
-            replay_max: 100_000,
-            session_queue: 1024,
-            recheck: Duration::from_millis(250),
-            coalesce: Duration::from_millis(1),
-            heartbeat: Duration::from_secs(15),
-            max_delayed: 500_000,
-            max_sessions_per_account: 64,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct MarketConfig {
-    /// The marketplace's share of every payment, in percent (0-100): deducted from
-    /// providers' revenue in their statements.
-    pub platform_fee_percent: f64,
-    /// Usage counted in memory is written to the database this often (and at shutdown).
-    #[serde(with = "units::duration")]
-    pub usage_flush_interval: Duration,
-    /// Datasets one provider may publish over the API (its configured ones count too).
-    pub max_datasets_per_provider: usize,
-}
-
-impl Default for MarketConfig {
-    fn default() -> Self {
-        MarketConfig {
-            platform_fee_percent: 10.0,
-            usage_flush_interval: Duration::from_secs(10),
-            max_datasets_per_provider: 100,
-        }
-    }
-}
-
-/// Which payment provider takes subscribers' money.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PaymentProviderKind {
-    /// No processor: an admin records payments (bank transfer, invoice).
-    #[default]
-    Manual,
-    Stripe,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct PaymentsConfig {
-    pub provider: PaymentProviderKind,
-    pub stripe: StripeConfig,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct StripeConfig {
-    /// The Stripe API, or a Stripe-compatible server (localstripe in tests).
-    pub api_base: String,
-    /// The secret API key (`sk_…`); better from `CITYGATE__PAYMENTS__STRIPE__SECRET_KEY`.
-    pub secret_key: Secret,
-    /// Webhook signing secrets (`whsec_…`): a signature by any of them is accepted, so a
-    /// secret can be rotated by listing old and new for a while.
-    pub webhook_secrets: Vec<Secret>,
-    /// Signed webhooks older (or newer) than this are refused as replays.
-    #[serde(with = "units::duration")]
-    pub webhook_tolerance: Duration,
-    #[serde(with = "units::duration")]
-    pub request_timeout: Duration,
-}
-
-impl Default for StripeConfig {
-    fn default() -> Self {
-        StripeConfig {
-            api_base: "https://api.stripe.com".into(),
-            secret_key: Secret::default(),
-            webhook_secrets: Vec::new(),
-            webhook_tolerance: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -3,8 +3,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Config, DatasetConfig, UPDATE_FREQUENCIES};
-use crate::model::{FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name};
+use super::{
+    Config, DatabaseConfig, DatasetConfig, FeedConfig, HttpConfig, InfluxConfig, MarketConfig,
+    MqttConfig, ParquetConfig, PaymentProviderKind, PaymentsConfig, PipelineConfig, QueryConfig,
+    StorageConfig, UPDATE_FREQUENCIES, WalConfig,
+};
+use crate::model::{
+    FieldSpec, FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name,
+};
 
 /// Most fields a schema may have (duplicate detection uses a 64-bit mask).
 pub(crate) const MAX_FIELDS: usize = 64;
@@ -18,8 +24,26 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     let mut p = Vec::new();
     check_listen(&mut p, "http.listen", &config.http.listen);
     check_listen(&mut p, "mqtt.listen", &config.mqtt.listen);
+    check_mqtt(&mut p, &config.mqtt);
+    check_http(&mut p, &config.http);
+    check_storage(&mut p, &config.storage);
+    check_pipeline(&mut p, &config.pipeline);
+    check_wal(&mut p, &config.wal);
+    check_public_url(&mut p, &config.http.public_url);
+    check_database(&mut p, &config.database);
+    check_feed(&mut p, &config.feed);
+    check_market(&mut p, &config.market);
+    check_payments(&mut p, &config.payments);
+    check_influx(&mut p, &config.influx);
+    check_parquet(&mut p, &config.parquet);
+    check_query(&mut p, &config.query);
+    check_shutdown_and_log(&mut p, config);
+    check_datasets(&mut p, config, positions);
+    p
+}
 
-    let mqtt = &config.mqtt;
+/// `[mqtt]`.
+fn check_mqtt(p: &mut Vec<String>, mqtt: &MqttConfig) {
     if mqtt.max_connections == 0 {
         p.push("mqtt.max_connections: must be at least 1".into());
     }
@@ -32,8 +56,11 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     if mqtt.max_inflight == 0 {
         p.push("mqtt.max_inflight: must be at least 1".into());
     }
+}
 
-    let http = &config.http;
+/// `[http]`; its `public_url` is checked after `[wal]`, where its problem has always been
+/// reported.
+fn check_http(p: &mut Vec<String>, http: &HttpConfig) {
     if http.max_body.0 == 0 {
         p.push("http.max_body: must be more than 0".into());
     }
@@ -55,12 +82,17 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     if http.max_connections_per_ip == 0 {
         p.push("http.max_connections_per_ip: must be at least 1".into());
     }
+}
 
-    if config.storage.data_dir.as_os_str().is_empty() {
+/// `[storage]`.
+fn check_storage(p: &mut Vec<String>, storage: &StorageConfig) {
+    if storage.data_dir.as_os_str().is_empty() {
         p.push("storage.data_dir: must not be empty".into());
     }
+}
 
-    let pipeline = &config.pipeline;
+/// `[pipeline]`.
+fn check_pipeline(p: &mut Vec<String>, pipeline: &PipelineConfig) {
     if pipeline.queue_depth == 0 {
         p.push("pipeline.queue_depth: must be at least 1".into());
     }
@@ -70,8 +102,10 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     if pipeline.max_readings == 0 {
         p.push("pipeline.max_readings: must be at least 1".into());
     }
+}
 
-    let wal = &config.wal;
+/// `[wal]`.
+fn check_wal(p: &mut Vec<String>, wal: &WalConfig) {
     if wal.fsync_interval.is_zero() {
         p.push("wal.fsync_interval: must be more than 0".into());
     }
@@ -87,24 +121,33 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     if wal.queue_depth == 0 {
         p.push("wal.queue_depth: must be at least 1".into());
     }
+}
 
-    let public = &config.http.public_url;
+/// `[http] public_url`.
+fn check_public_url(p: &mut Vec<String>, public: &str) {
     if !(public.is_empty() || public.starts_with("http://") || public.starts_with("https://")) {
         p.push(format!(
             "http.public_url: `{public}` must be empty or an http(s):// URL"
         ));
     }
-    let db = &config.database.url.0;
+}
+
+/// `[database]`.
+fn check_database(p: &mut Vec<String>, database: &DatabaseConfig) {
+    let db = &database.url.0;
     if !(db.is_empty() || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
         p.push(
             "database.url: must be empty (SQLite under storage.data_dir) or a postgres:// URL"
                 .into(),
         );
     }
-    if config.database.max_connections == 0 {
+    if database.max_connections == 0 {
         p.push("database.max_connections: must be at least 1".into());
     }
-    let feed = &config.feed;
+}
+
+/// `[feed]`.
+fn check_feed(p: &mut Vec<String>, feed: &FeedConfig) {
     if feed.session_queue == 0 {
         p.push("feed.session_queue: must be at least 1".into());
     }
@@ -126,17 +169,25 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     if feed.heartbeat.is_zero() {
         p.push("feed.heartbeat: must be more than 0".into());
     }
-    let fee = config.market.platform_fee_percent;
+}
+
+/// `[market]`.
+fn check_market(p: &mut Vec<String>, market: &MarketConfig) {
+    let fee = market.platform_fee_percent;
     if !(0.0..=100.0).contains(&fee) {
         p.push(format!(
             "market.platform_fee_percent: {fee} must be between 0 and 100"
         ));
     }
-    if config.market.usage_flush_interval.is_zero() {
+    if market.usage_flush_interval.is_zero() {
         p.push("market.usage_flush_interval: must be more than 0".into());
     }
-    if config.payments.provider == super::PaymentProviderKind::Stripe {
-        let stripe = &config.payments.stripe;
+}
+
+/// `[payments]`: the Stripe settings when Stripe takes the payments.
+fn check_payments(p: &mut Vec<String>, payments: &PaymentsConfig) {
+    if payments.provider == PaymentProviderKind::Stripe {
+        let stripe = &payments.stripe;
         match reqwest::Url::parse(&stripe.api_base) {
             Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {}
             _ => p.push(format!(
@@ -162,7 +213,10 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
             p.push("payments.stripe.webhook_tolerance: must be more than 0".into());
         }
     }
-    let influx = &config.influx;
+}
+
+/// `[influx]`, when the store is enabled.
+fn check_influx(p: &mut Vec<String>, influx: &InfluxConfig) {
     if influx.enabled {
         match reqwest::Url::parse(&influx.url) {
             Ok(url) if url.scheme() == "http" => {}
@@ -195,8 +249,10 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
             ));
         }
     }
+}
 
-    let parquet = &config.parquet;
+/// `[parquet]`.
+fn check_parquet(p: &mut Vec<String>, parquet: &ParquetConfig) {
     if parquet.max_rows == 0 {
         p.push("parquet.max_rows: must be at least 1".into());
     }
@@ -212,7 +268,32 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
             parquet.zstd_level
         ));
     }
+}
 
+fn check_query(p: &mut Vec<String>, query: &QueryConfig) {
+    for (name, value) in [
+        ("hot_window", query.hot_window),
+        ("max_range", query.max_range),
+        ("latest_lookback", query.latest_lookback),
+        ("timeout", query.timeout),
+    ] {
+        if value.is_zero() {
+            p.push(format!("query.{name}: must be more than 0"));
+        }
+    }
+    if !(1..=1_000_000).contains(&query.max_rows) {
+        p.push(format!(
+            "query.max_rows: {} is not in 1..=1000000",
+            query.max_rows
+        ));
+    }
+    if query.max_concurrent == 0 {
+        p.push("query.max_concurrent: must be at least 1".into());
+    }
+}
+
+/// `[shutdown]` and `[log]`.
+fn check_shutdown_and_log(p: &mut Vec<String>, config: &Config) {
     if config.shutdown.timeout.is_zero() {
         p.push("shutdown.timeout: must be more than 0".into());
     }
@@ -222,7 +303,10 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
             config.log.level
         ));
     }
+}
 
+/// `[[datasets]]`: at least one, ids unique, each declaration valid.
+fn check_datasets(p: &mut Vec<String>, config: &Config, positions: &[usize]) {
     if config.datasets.is_empty() {
         p.push(
             "datasets: at least one dataset is needed (a --config file replaces the built-in \
@@ -241,9 +325,8 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
         if !ids.insert(ds.id.as_str()) {
             p.push(format!("{at}.id: `{}` is declared twice", ds.id));
         }
-        check_dataset(&mut p, &at, ds);
+        check_dataset(p, &at, ds);
     }
-    p
 }
 
 fn check_listen(p: &mut Vec<String>, key: &str, addr: &str) {
@@ -263,6 +346,14 @@ pub(crate) fn dataset_problems(at: &str, ds: &DatasetConfig) -> Vec<String> {
 }
 
 fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
+    check_catalog_facts(p, at, ds);
+    check_rate_limit(p, at, ds);
+    check_fields(p, at, ds);
+}
+
+/// What the catalog shows of a dataset: id, title, provider, licence, frequency, keywords
+/// (and how old its readings may be).
+fn check_catalog_facts(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     if !is_valid_dataset_id(&ds.id) {
         p.push(format!(
             "{at}.id: `{}` must be 1-64 of a-z, 0-9 and `-`, not starting with `-`",
@@ -305,6 +396,9 @@ fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     if ds.max_age.is_zero() {
         p.push(format!("{at}.max_age: must be more than 0"));
     }
+}
+
+fn check_rate_limit(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     let rate = ds.rate_limit;
     if !(rate.per_second.is_finite() && rate.per_second > 0.0) {
         p.push(format!(
@@ -316,7 +410,10 @@ fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     if rate.burst == 0 {
         p.push(format!("{at}.rate_limit.burst: must be at least 1"));
     }
+}
 
+/// The schema: how many fields, then each field.
+fn check_fields(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     if ds.fields.is_empty() {
         p.push(format!("{at}.fields: a dataset needs at least one field"));
     }
@@ -325,44 +422,48 @@ fn check_dataset(p: &mut Vec<String>, at: &str, ds: &DatasetConfig) {
     }
     let mut names = HashSet::new();
     for (j, f) in ds.fields.iter().enumerate() {
-        let at = format!("{at}.fields[{j}] ({})", f.name);
-        if !is_valid_field_name(&f.name) {
-            p.push(format!("{at}.name: must match [a-z][a-z0-9_]{{0,63}}"));
-        }
-        if RESERVED_NAMES.contains(&f.name.as_str()) {
-            p.push(format!(
-                "{at}.name: `{}` is reserved for a built-in column",
-                f.name
-            ));
-        }
-        if !names.insert(f.name.as_str()) {
-            p.push(format!("{at}.name: `{}` is declared twice", f.name));
-        }
-        for (key, bound) in [("min", f.min), ("max", f.max)] {
-            match bound {
-                Some(_) if !f.ty.is_numeric() => {
-                    p.push(format!("{at}.{key}: only numeric fields have bounds"))
-                }
-                Some(b) if !b.is_finite() => p.push(format!("{at}.{key}: must be finite")),
-                _ => {}
+        check_field(p, &format!("{at}.fields[{j}] ({})", f.name), f, &mut names);
+    }
+}
+
+/// One field; `names` are those of the fields before it.
+fn check_field<'a>(p: &mut Vec<String>, at: &str, f: &'a FieldSpec, names: &mut HashSet<&'a str>) {
+    if !is_valid_field_name(&f.name) {
+        p.push(format!("{at}.name: must match [a-z][a-z0-9_]{{0,63}}"));
+    }
+    if RESERVED_NAMES.contains(&f.name.as_str()) {
+        p.push(format!(
+            "{at}.name: `{}` is reserved for a built-in column",
+            f.name
+        ));
+    }
+    if !names.insert(f.name.as_str()) {
+        p.push(format!("{at}.name: `{}` is declared twice", f.name));
+    }
+    for (key, bound) in [("min", f.min), ("max", f.max)] {
+        match bound {
+            Some(_) if !f.ty.is_numeric() => {
+                p.push(format!("{at}.{key}: only numeric fields have bounds"))
             }
+            Some(b) if !b.is_finite() => p.push(format!("{at}.{key}: must be finite")),
+            _ => {}
         }
-        if let (Some(min), Some(max)) = (f.min, f.max)
-            && min > max
-        {
-            p.push(format!("{at}: min ({min}) is greater than max ({max})"));
-        }
-        if f.max_length.is_some() && f.ty != FieldType::String {
-            p.push(format!("{at}.max_length: only string fields have a length"));
-        }
-        if f.max_length.is_some_and(|l| l > MAX_STRING_LEN) {
-            p.push(format!(
-                "{at}.max_length: at most {MAX_STRING_LEN} bytes (the longest string the \
-                 write-ahead log keeps whole)"
-            ));
-        }
-        if f.max_length == Some(0) {
-            p.push(format!("{at}.max_length: must be at least 1"));
-        }
+    }
+    if let (Some(min), Some(max)) = (f.min, f.max)
+        && min > max
+    {
+        p.push(format!("{at}: min ({min}) is greater than max ({max})"));
+    }
+    if f.max_length.is_some() && f.ty != FieldType::String {
+        p.push(format!("{at}.max_length: only string fields have a length"));
+    }
+    if f.max_length.is_some_and(|l| l > MAX_STRING_LEN) {
+        p.push(format!(
+            "{at}.max_length: at most {MAX_STRING_LEN} bytes (the longest string the \
+             write-ahead log keeps whole)"
+        ));
+    }
+    if f.max_length == Some(0) {
+        p.push(format!("{at}.max_length: must be at least 1"));
     }
 }

@@ -1,5 +1,11 @@
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use super::city::{City, traffic_level};
+use super::send::rejected_in;
 use super::*;
 use crate::config::{Config, DEFAULT_CONFIG};
+use crate::model::now_micros;
 use crate::pipeline::decode::Format;
 use crate::pipeline::{Batch, check};
 

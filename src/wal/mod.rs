@@ -255,6 +255,28 @@ impl Wal {
         Ok(stored)
     }
 
+    /// Where `consumer` stands in the log (its checkpoint, or where it holds the log), if
+    /// it is registered.
+    pub(crate) fn position_of(&self, consumer: &str) -> Option<u64> {
+        self.shared
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(consumer)
+            .copied()
+    }
+
+    /// Keeps segments after `lsn` for `consumer`, in memory only: for a consumer that
+    /// starts over after a restart (the hot store) and so has no checkpoint to store.
+    pub(crate) fn hold(&self, consumer: &str, lsn: u64) {
+        self.shared
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(consumer.to_string(), lsn);
+        self.clean();
+    }
+
     /// Stores a consumer's checkpoint durably, then deletes segments every consumer has
     /// passed.
     pub fn checkpoint(&self, consumer: &str, cp: Checkpoint) -> std::io::Result<()> {

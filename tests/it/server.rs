@@ -142,6 +142,14 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         registry.add(spec).unwrap();
     }
     let hub = Arc::new(citygate::feed::Hub::new(config.feed.clone()));
+    let hot = citygate::query::hot::HotStore::new(
+        wal.clone(),
+        citygate::query::hot::HotLimits {
+            window: config.query.hot_window,
+            max_bytes: config.query.hot_max_bytes.as_usize(),
+        },
+        metrics.query().clone(),
+    );
     let pipeline = Pipeline::new(
         &config.pipeline,
         registry.clone(),
@@ -173,6 +181,11 @@ async fn intake_answers_503_once_shutdown_has_begun() {
             closing: closing.clone(),
             slots: Arc::new(citygate::feed::session::Slots::new(8)),
         }),
+        query: Arc::new(citygate::query::QueryService::new(
+            hot,
+            config.parquet_dir(),
+            config.query.clone(),
+        )),
         keyring,
         market,
         metrics,

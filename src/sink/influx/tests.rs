@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 
+use super::line::{Shape, push_float};
 use super::*;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::model::{FieldType, Value};

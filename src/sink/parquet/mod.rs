@@ -17,8 +17,10 @@
 //! intake (no reading is acknowledged that the log does not hold).
 
 pub(crate) mod encode;
+mod files;
+mod read;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,248 +28,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::calendar::civil_from_days;
 use crate::config::ParquetConfig;
-use crate::model::{Dataset, Micros, Reading, now_micros};
+use crate::model::{Dataset, Reading, now_micros};
 use crate::telemetry::DatasetMetrics;
-use crate::wal::{Checkpoint, Consumer, Record, Wal, record};
+use crate::wal::{Checkpoint, Consumer, Wal};
 pub use encode::{EncodeError, ParquetLayout};
-
-const HOUR: Micros = 3_600_000_000;
-
-/// The Hive partition directory of an hour (`hour_index` = µs / 1 h) below `root`.
-pub fn partition_dir(root: &Path, dataset: &str, hour_index: i64) -> PathBuf {
-    let (y, m, d) = civil_from_days(hour_index.div_euclid(24));
-    let hour = hour_index.rem_euclid(24);
-    root.join(format!("dataset={dataset}"))
-        .join(format!("date={y:04}-{m:02}-{d:02}"))
-        .join(format!("hour={hour:02}"))
-}
-
-/// What one flush wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FlushStats {
-    pub files: u64,
-    pub rows: u64,
-    pub bytes: u64,
-}
-
-/// Writes the readings of log records `range.0..=range.1` as one file per hour partition,
-/// named from the range. Blocking. Writing the same range again yields the same files.
-pub fn write_partitions(
-    layout: &ParquetLayout,
-    root: &Path,
-    dataset: &str,
-    range: (u64, u64),
-    readings: &[Reading],
-) -> Result<FlushStats, EncodeError> {
-    write_readings(layout, root, dataset, range, readings.iter().collect())
-}
-
-/// [`write_partitions`] of readings held in shared chunks, in order.
-pub fn write_chunks(
-    layout: &ParquetLayout,
-    root: &Path,
-    dataset: &str,
-    range: (u64, u64),
-    chunks: &[Arc<Vec<Reading>>],
-) -> Result<FlushStats, EncodeError> {
-    let readings = chunks.iter().flat_map(|c| c.iter()).collect();
-    write_readings(layout, root, dataset, range, readings)
-}
-
-fn write_readings(
-    layout: &ParquetLayout,
-    root: &Path,
-    dataset: &str,
-    range: (u64, u64),
-    mut readings: Vec<&Reading>,
-) -> Result<FlushStats, EncodeError> {
-    let mut stats = FlushStats::default();
-    if readings.is_empty() {
-        return Ok(stats);
-    }
-    let hour_of = |r: &Reading| r.ts.div_euclid(HOUR);
-    let first = hour_of(readings[0]);
-    if readings.iter().any(|r| hour_of(r) != first) {
-        // Stable: within an hour, log order stays.
-        readings.sort_by_key(|r| hour_of(r));
-    }
-    let (a, b) = range;
-    for (part, run) in readings
-        .chunk_by(|x, y| hour_of(x) == hour_of(y))
-        .enumerate()
-    {
-        let hour = hour_of(run[0]);
-        let path =
-            partition_dir(root, dataset, hour).join(format!("part-{a:020}-{b:020}-{part}.parquet"));
-        let batch = layout.record_batch(run.iter().copied())?;
-        stats.bytes += layout.write_file(&batch, &path)?;
-        stats.files += 1;
-        stats.rows += run.len() as u64;
-    }
-    Ok(stats)
-}
-
-/// Calls `visit` for every file below `dir` (depth first; unreadable directories skipped).
-fn walk_files(dir: &Path, visit: &mut impl FnMut(&Path)) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk_files(&path, visit);
-        } else {
-            visit(&path);
-        }
-    }
-}
-
-/// Every finished Parquet file below `root`, sorted by path (so by partition, then name).
-pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    walk_files(root, &mut |path| {
-        if path.extension().is_some_and(|e| e == "parquet") {
-            files.push(path.to_path_buf());
-        }
-    });
-    files.sort();
-    files
-}
-
-/// Removes temporary files a crash left behind (`.part-….parquet.tmp`): they never became
-/// visible, and the readings in them were not acknowledged as written by this sink.
-pub fn remove_stale_temp_files(root: &Path) -> usize {
-    let mut removed = 0;
-    walk_files(root, &mut |path| {
-        let stale = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
-        if stale && std::fs::remove_file(path).is_ok() {
-            removed += 1;
-        }
-    });
-    removed
-}
-
-/// Readings gathered from the log and not yet written, in shared chunks (as intake made
-/// them, or as decoded from disk).
-#[derive(Default)]
-struct Pending {
-    chunks: Vec<Arc<Vec<Reading>>>,
-    /// Readings in `chunks`.
-    rows: usize,
-    bytes: usize,
-    /// LSN of the first and last record of ours in the buffer.
-    first_lsn: Option<u64>,
-    last_lsn: u64,
-    /// When the first of them was read, and when it was appended to the log.
-    since: Option<Instant>,
-    oldest_appended: Option<Micros>,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.first_lsn.is_none()
-    }
-}
-
-/// What one blocking read of the log returned.
-struct Chunk {
-    consumer: Consumer,
-    /// Read from memory only, and stopped where the disk is needed.
-    needs_disk: bool,
-    result: std::io::Result<()>,
-    chunks: Vec<Arc<Vec<Reading>>>,
-    rows: usize,
-    first_lsn: Option<u64>,
-    last_lsn: u64,
-    oldest_appended: Option<Micros>,
-    seen: u64,
-    dropped: usize,
-}
-
-/// Reads records up to `committed`, keeping `ds`'s readings, until about `max` of them:
-/// shared as they are from memory, decoded from disk. Without `disk`, stops where the disk
-/// would be needed (and sets `needs_disk`).
-fn read_chunk(
-    mut consumer: Consumer,
-    committed: u64,
-    ds: &Dataset,
-    max: usize,
-    disk: bool,
-) -> Chunk {
-    let mut chunks: Vec<Arc<Vec<Reading>>> = Vec::new();
-    let mut decoded: Vec<Reading> = Vec::new();
-    let mut rows = 0usize;
-    let (mut first_lsn, mut last_lsn, mut oldest_appended, mut dropped) = (None, 0, None, 0);
-    let mut needs_disk = false;
-    let each = |record: Record<'_>| {
-        let (lsn, appended) = match record {
-            Record::Memory(c) => {
-                if c.dataset.id != ds.id {
-                    return true;
-                }
-                if !decoded.is_empty() {
-                    chunks.push(Arc::new(std::mem::take(&mut decoded)));
-                }
-                rows += c.readings.len();
-                chunks.push(c.readings.clone());
-                (c.lsn, c.appended_at)
-            }
-            Record::Disk { lsn, payload } => {
-                let header = match record::header(payload) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        tracing::error!(lsn, error = %e, "unreadable WAL record skipped");
-                        return true;
-                    }
-                };
-                if header.dataset != ds.id {
-                    return true;
-                }
-                let before = decoded.len();
-                match record::decode_into(payload, ds, &mut decoded) {
-                    Ok(n) => dropped += n,
-                    Err(e) => {
-                        tracing::error!(lsn, error = %e, "undecodable WAL record skipped; its readings are lost");
-                        decoded.truncate(before);
-                        return true;
-                    }
-                }
-                rows += decoded.len() - before;
-                (lsn, header.appended_at)
-            }
-        };
-        first_lsn.get_or_insert(lsn);
-        last_lsn = lsn;
-        oldest_appended.get_or_insert(appended);
-        rows < max
-    };
-    let result = if disk {
-        consumer.read(committed, each)
-    } else {
-        needs_disk = !consumer.read_memory(committed, each);
-        Ok(())
-    };
-    if !decoded.is_empty() {
-        chunks.push(Arc::new(decoded));
-    }
-    Chunk {
-        needs_disk,
-        seen: consumer.position(),
-        consumer,
-        result,
-        chunks,
-        rows,
-        first_lsn,
-        last_lsn,
-        oldest_appended,
-        dropped,
-    }
-}
+pub use files::{
+    FlushStats, parquet_files, partition_dir, remove_stale_temp_files, write_chunks,
+    write_partitions,
+};
+use read::{Chunk, Pending, read_chunk};
 
 /// Readings in the shared chunks they came in.
 type Chunks = Vec<Arc<Vec<Reading>>>;

@@ -1,4 +1,5 @@
 use std::fs::File;
+use std::path::Path;
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
@@ -6,12 +7,13 @@ use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::files::HOUR;
 use super::*;
 use crate::config::{ByteSize, FsyncMode, WalConfig};
-use crate::model::Value;
+use crate::model::{Micros, Value};
 use crate::pipeline::decode::tests::{reading, traffic, weather};
 use crate::telemetry::{Metrics, WalMetrics};
-use crate::wal::checkpoint;
+use crate::wal::{checkpoint, record};
 
 const T0: Micros = 1_795_680_900_000_000; // 2026-11-26T08:15:00Z
 

@@ -1,0 +1,777 @@
+//! The hot store: every dataset's acknowledged readings of the last `[query] hot_window`, in
+//! memory, in columnar chunks (Arrow arrays) in log order.
+//!
+//! It is a log consumer like the sinks, fed from the log's in-memory tail, so a reading is in
+//! it as soon as its record is committed; a query first waits until the store has taken in
+//! every record committed when the query started ([`HotStore::catch_up`]): what was
+//! acknowledged is visible (read your writes).
+//!
+//! **Exactly once with the lake.** Each dataset keeps a boundary, `lake_through`: readings of
+//! records up to it are read from the Parquet files, later ones from here. The boundary is
+//! always a value the dataset's Parquet sink once stored as its checkpoint: every record up
+//! to such a value is in files named by ranges that end at or below it, and every file
+//! written later (a replay too) starts above it, so the files split cleanly at the boundary
+//! (`lake::files` keeps those whose range ends at or below it). A chunk leaves memory only
+//! once the sink has written its records; the boundary then moves to the first stored
+//! checkpoint at or after the chunk's last record, and the few rows of later chunks at or
+//! below it are masked, never returned twice.
+//!
+//! After a restart the store starts empty at the sinks' checkpoints and fills from the log's
+//! replay; older readings come from the lake. It holds no segment of the log longer than the
+//! sinks do: its place in the log is kept in memory only ([`Wal::hold`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+};
+use arrow_array::types::UInt16Type;
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int64Array, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
+use compact_str::CompactString;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Row;
+use crate::model::{Dataset, FieldType, Micros, Reading, Value, Values, now_micros};
+use crate::registry::Registry;
+use crate::sink::parquet::ParquetSink;
+use crate::telemetry::QueryMetrics;
+use crate::wal::{Consumer, Record, Wal, record};
+
+/// The log consumer name of the hot store (held in memory only).
+const CONSUMER: &str = "hot-store";
+/// Rows gathered before they become a columnar chunk...
+const CHUNK_ROWS: usize = 8192;
+/// ...or once the oldest of them has waited this long.
+const CHUNK_AGE: Micros = 30_000_000;
+/// How often the store seals aged rows and lets chunks go.
+const TICK: Duration = Duration::from_millis(500);
+/// Records read from the disk at a time (replay after a restart).
+const DISK_BATCH: usize = 1024;
+
+/// What the hot store keeps and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct HotLimits {
+    pub window: Duration,
+    pub max_bytes: usize,
+}
+
+/// Sealed readings of consecutive log records of one dataset, one Arrow array per column.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    /// The schema the values are in (the dataset may have changed since).
+    pub(crate) dataset: Arc<Dataset>,
+    pub(crate) first_lsn: u64,
+    pub(crate) last_lsn: u64,
+    pub(crate) min_ts: Micros,
+    pub(crate) max_ts: Micros,
+    /// Each row's record, as an offset from `first_lsn`.
+    lsn: UInt32Array,
+    sensor: DictionaryArray<UInt16Type>,
+    ts: TimestampMicrosecondArray,
+    values: Vec<ArrayRef>,
+    lat: Float64Array,
+    lon: Float64Array,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn build(dataset: Arc<Dataset>, records: &[Open]) -> Chunk {
+        let rows: usize = records.iter().map(|r| r.readings.len()).sum();
+        let first_lsn = records.first().map_or(0, |r| r.lsn);
+        let last_lsn = records.last().map_or(0, |r| r.lsn);
+        let mut lsn = Vec::with_capacity(rows);
+        let mut sensor = StringDictionaryBuilder::<UInt16Type>::new();
+        let mut ts = Vec::with_capacity(rows);
+        let mut lat = Float64Builder::with_capacity(rows);
+        let mut lon = Float64Builder::with_capacity(rows);
+        let mut columns: Vec<Column> = dataset
+            .fields
+            .iter()
+            .map(|f| Column::new(f.ty, rows))
+            .collect();
+        let (mut min_ts, mut max_ts) = (Micros::MAX, Micros::MIN);
+        for record in records {
+            let offset = (record.lsn - first_lsn) as u32;
+            for r in record.readings.iter() {
+                lsn.push(offset);
+                // A chunk holds at most CHUNK_ROWS rows, far fewer sensors than u16 counts.
+                sensor.append_value(r.sensor_id.as_str());
+                ts.push(r.ts);
+                min_ts = min_ts.min(r.ts);
+                max_ts = max_ts.max(r.ts);
+                lat.append_option(r.lat);
+                lon.append_option(r.lon);
+                for (column, value) in columns.iter_mut().zip(r.values.iter()) {
+                    column.push(value.as_ref());
+                }
+            }
+        }
+        let mut chunk = Chunk {
+            dataset,
+            first_lsn,
+            last_lsn,
+            min_ts,
+            max_ts,
+            lsn: UInt32Array::from(lsn),
+            sensor: sensor.finish(),
+            ts: TimestampMicrosecondArray::from(ts).with_timezone("UTC"),
+            values: columns.into_iter().map(Column::finish).collect(),
+            lat: lat.finish(),
+            lon: lon.finish(),
+            bytes: 0,
+        };
+        chunk.bytes = chunk.lsn.get_array_memory_size()
+            + chunk.sensor.get_array_memory_size()
+            + chunk.ts.get_array_memory_size()
+            + chunk
+                .values
+                .iter()
+                .map(|a| a.get_array_memory_size())
+                .sum::<usize>()
+            + chunk.lat.get_array_memory_size()
+            + chunk.lon.get_array_memory_size();
+        chunk
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn lsn(&self, row: usize) -> u64 {
+        self.first_lsn + u64::from(self.lsn.value(row))
+    }
+
+    /// The rows above `lake_through` that `keep` accepts, in the schema of `target`.
+    fn rows_into(
+        &self,
+        lake_through: u64,
+        target: &Dataset,
+        keep: &mut dyn FnMut(Micros, &str) -> bool,
+        out: &mut Vec<Row>,
+    ) {
+        if self.last_lsn <= lake_through {
+            return;
+        }
+        let map = field_map(&self.dataset, target);
+        let sensors = self
+            .sensor
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("a string dictionary");
+        let keys = self.sensor.keys();
+        for row in 0..self.rows() {
+            let ts = self.ts.value(row);
+            let sensor = sensors.value(keys.value(row) as usize);
+            if self.lsn(row) <= lake_through || !keep(ts, sensor) {
+                continue;
+            }
+            let mut values: Values = smallvec::smallvec![None; target.fields.len()];
+            for (to, from) in map.iter().enumerate() {
+                if let Some(from) = *from {
+                    values[to] = value_at(&self.values[from], self.dataset.fields[from].ty, row);
+                }
+            }
+            out.push(Row {
+                sensor_id: CompactString::from(sensor),
+                ts,
+                values,
+                lat: (!self.lat.is_null(row)).then(|| self.lat.value(row)),
+                lon: (!self.lon.is_null(row)).then(|| self.lon.value(row)),
+            });
+        }
+    }
+}
+
+/// Where each field of `to` is in `from` (by name and type), if it is.
+pub(crate) fn field_map(from: &Dataset, to: &Dataset) -> Vec<Option<usize>> {
+    to.fields
+        .iter()
+        .map(|f| {
+            from.fields
+                .iter()
+                .position(|g| g.name == f.name && g.ty == f.ty)
+        })
+        .collect()
+}
+
+fn value_at(array: &ArrayRef, ty: FieldType, row: usize) -> Option<Value> {
+    if array.is_null(row) {
+        return None;
+    }
+    let any = array.as_any();
+    Some(match ty {
+        FieldType::Float => Value::Float(any.downcast_ref::<Float64Array>()?.value(row)),
+        FieldType::Int => Value::Int(any.downcast_ref::<Int64Array>()?.value(row)),
+        FieldType::Bool => Value::Bool(any.downcast_ref::<BooleanArray>()?.value(row)),
+        FieldType::String => Value::Str(CompactString::from(
+            any.downcast_ref::<StringArray>()?.value(row),
+        )),
+    })
+}
+
+/// One column being built.
+enum Column {
+    Float(Float64Builder),
+    Int(Int64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+}
+
+impl Column {
+    fn new(ty: FieldType, rows: usize) -> Column {
+        match ty {
+            FieldType::Float => Column::Float(Float64Builder::with_capacity(rows)),
+            FieldType::Int => Column::Int(Int64Builder::with_capacity(rows)),
+            FieldType::Bool => Column::Bool(BooleanBuilder::with_capacity(rows)),
+            FieldType::String => Column::Str(StringBuilder::new()),
+        }
+    }
+
+    /// Appends `value`; one of another type than the column (it cannot come from the
+    /// validated log) is stored as missing.
+    fn push(&mut self, value: Option<&Value>) {
+        match (self, value) {
+            (Column::Float(b), Some(Value::Float(f))) => b.append_value(*f),
+            (Column::Float(b), Some(Value::Int(i))) => b.append_value(*i as f64),
+            (Column::Int(b), Some(Value::Int(i))) => b.append_value(*i),
+            (Column::Bool(b), Some(Value::Bool(v))) => b.append_value(*v),
+            (Column::Str(b), Some(Value::Str(s))) => b.append_value(s.as_str()),
+            (Column::Float(b), _) => b.append_null(),
+            (Column::Int(b), _) => b.append_null(),
+            (Column::Bool(b), _) => b.append_null(),
+            (Column::Str(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Column::Float(mut b) => Arc::new(b.finish()),
+            Column::Int(mut b) => Arc::new(b.finish()),
+            Column::Bool(mut b) => Arc::new(b.finish()),
+            Column::Str(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// A committed record not yet in a chunk: the readings as intake decoded them (shared).
+#[derive(Debug, Clone)]
+pub(crate) struct Open {
+    lsn: u64,
+    dataset: Arc<Dataset>,
+    readings: Arc<Vec<Reading>>,
+}
+
+/// One dataset in the hot store.
+#[derive(Debug, Default)]
+struct DatasetHot {
+    lake_through: u64,
+    /// Checkpoints of the dataset's Parquet sink seen since `lake_through`, oldest first:
+    /// the places the boundary may move to.
+    marks: VecDeque<u64>,
+    chunks: VecDeque<Arc<Chunk>>,
+    open: Vec<Open>,
+    open_rows: usize,
+    open_since: Micros,
+    bytes: usize,
+}
+
+impl DatasetHot {
+    fn take(&mut self, record: Open, now: Micros) {
+        if record.lsn <= self.lake_through {
+            return;
+        }
+        if let Some(last) = self.open.last()
+            && !Arc::ptr_eq(&last.dataset, &record.dataset)
+            && last.dataset.fields != record.dataset.fields
+        {
+            self.seal();
+        }
+        if self.open.is_empty() {
+            self.open_since = now;
+        }
+        self.open_rows += record.readings.len();
+        self.open.push(record);
+        if self.open_rows >= CHUNK_ROWS {
+            self.seal();
+        }
+    }
+
+    fn seal(&mut self) {
+        let Some(first) = self.open.first() else {
+            return;
+        };
+        let chunk = Chunk::build(first.dataset.clone(), &self.open);
+        self.bytes += chunk.bytes;
+        self.chunks.push_back(Arc::new(chunk));
+        self.open.clear();
+        self.open_rows = 0;
+    }
+
+    /// Notes the sink's checkpoint; lets chunks go that are in the lake and either older
+    /// than `oldest` or over the byte budget (`over`). Returns the bytes freed.
+    fn tidy(&mut self, checkpoint: u64, oldest: Micros, mut over: usize, now: Micros) -> usize {
+        if !self.open.is_empty() && now - self.open_since >= CHUNK_AGE {
+            self.seal();
+        }
+        if self.chunks.is_empty() && self.open.is_empty() {
+            // Nothing here to lose: the lake has everything up to the checkpoint.
+            self.lake_through = self.lake_through.max(checkpoint);
+            self.marks.clear();
+            return 0;
+        }
+        if checkpoint > self.lake_through && self.marks.back() != Some(&checkpoint) {
+            self.marks.push_back(checkpoint);
+        }
+        let mut freed = 0;
+        while let Some(front) = self.chunks.front() {
+            if front.max_ts >= oldest && over == 0 {
+                break;
+            }
+            // The first stored checkpoint at or after the chunk's last record.
+            let Some(&mark) = self.marks.iter().find(|&&m| m >= front.last_lsn) else {
+                break;
+            };
+            self.lake_through = mark;
+            while self.marks.front().is_some_and(|&m| m <= mark) {
+                self.marks.pop_front();
+            }
+            let bytes = front.bytes;
+            self.chunks.pop_front();
+            self.bytes -= bytes;
+            freed += bytes;
+            over = over.saturating_sub(bytes);
+        }
+        freed
+    }
+}
+
+/// What a query reads of one dataset: taken under its lock, read without it.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Readings of records up to here are the lake's.
+    pub(crate) lake_through: u64,
+    chunks: Vec<Arc<Chunk>>,
+    open: Vec<Open>,
+}
+
+impl Snapshot {
+    /// Every row of the snapshot whose time and sensor `keep` accepts, in `target`'s
+    /// schema, in log order.
+    pub(crate) fn rows(
+        &self,
+        target: &Dataset,
+        from: Micros,
+        to: Micros,
+        keep: &mut dyn FnMut(Micros, &str) -> bool,
+    ) -> Vec<Row> {
+        let mut out = Vec::new();
+        let mut keep = |ts: Micros, sensor: &str| ts >= from && ts < to && keep(ts, sensor);
+        for chunk in &self.chunks {
+            if chunk.max_ts < from || chunk.min_ts >= to {
+                continue;
+            }
+            chunk.rows_into(self.lake_through, target, &mut keep, &mut out);
+        }
+        for record in &self.open {
+            if record.lsn <= self.lake_through {
+                continue;
+            }
+            let map = field_map(&record.dataset, target);
+            for r in record.readings.iter() {
+                if !keep(r.ts, &r.sensor_id) {
+                    continue;
+                }
+                let mut values: Values = smallvec::smallvec![None; target.fields.len()];
+                for (to, from) in map.iter().enumerate() {
+                    if let Some(from) = *from {
+                        values[to] = r.values.get(from).cloned().flatten();
+                    }
+                }
+                out.push(Row {
+                    sensor_id: r.sensor_id.clone(),
+                    ts: r.ts,
+                    values,
+                    lat: r.lat,
+                    lon: r.lon,
+                });
+            }
+        }
+        out
+    }
+
+    /// The starts of the hours in `[from, to)` the snapshot may hold readings of.
+    pub(crate) fn hours(&self, from: Micros, to: Micros) -> Vec<Micros> {
+        let hour = |t: Micros| t - t.rem_euclid(super::HOUR);
+        let mut hours = Vec::new();
+        for chunk in &self.chunks {
+            let (lo, hi) = (chunk.min_ts.max(from), chunk.max_ts.min(to - 1));
+            let mut h = hour(lo);
+            while h <= hi {
+                hours.push(h);
+                h += super::HOUR;
+            }
+        }
+        for record in &self.open {
+            for r in record.readings.iter() {
+                if r.ts >= from && r.ts < to {
+                    hours.push(hour(r.ts));
+                }
+            }
+        }
+        hours.sort_unstable();
+        hours.dedup();
+        hours
+    }
+}
+
+/// Figures for the metrics and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HotFigures {
+    pub(crate) chunk_bytes: usize,
+    pub(crate) chunk_rows: usize,
+    pub(crate) open_rows: usize,
+}
+
+/// Every dataset's recent readings (see the module header).
+#[derive(Debug)]
+pub struct HotStore {
+    datasets: RwLock<HashMap<String, Arc<Mutex<DatasetHot>>>>,
+    /// The last LSN taken in.
+    applied: watch::Sender<u64>,
+    wal: Wal,
+    limits: HotLimits,
+    pub(crate) metrics: QueryMetrics,
+}
+
+impl HotStore {
+    pub fn new(wal: Wal, limits: HotLimits, metrics: QueryMetrics) -> Arc<HotStore> {
+        Arc::new(HotStore {
+            datasets: RwLock::new(HashMap::new()),
+            applied: watch::Sender::new(0),
+            wal,
+            limits,
+            metrics,
+        })
+    }
+
+    /// The sink's checkpoint of `dataset`: where its lake ends.
+    fn lake_checkpoint(&self, dataset: &str) -> u64 {
+        self.wal
+            .position_of(&ParquetSink::consumer_name(dataset))
+            .unwrap_or(0)
+    }
+
+    fn entry(&self, dataset: &str) -> Arc<Mutex<DatasetHot>> {
+        if let Some(d) = self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dataset)
+        {
+            return d.clone();
+        }
+        let lake_through = self.lake_checkpoint(dataset);
+        self.datasets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dataset.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(DatasetHot {
+                    lake_through,
+                    ..DatasetHot::default()
+                }))
+            })
+            .clone()
+    }
+
+    /// What a query of `dataset` reads here.
+    pub(crate) fn snapshot(&self, dataset: &str) -> Snapshot {
+        let entry = self.entry(dataset);
+        let d = entry.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            lake_through: d.lake_through,
+            chunks: d.chunks.iter().cloned().collect(),
+            open: d.open.clone(),
+        }
+    }
+
+    /// Waits until every record committed now is in the store (false: not within
+    /// `timeout`, or the store stopped).
+    pub(crate) async fn catch_up(&self, timeout: Duration) -> bool {
+        let target = self.wal.committed_lsn();
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|&lsn| lsn >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub(crate) fn figures(&self) -> HotFigures {
+        let mut f = HotFigures::default();
+        for d in self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let d = d.lock().unwrap_or_else(|e| e.into_inner());
+            f.chunk_bytes += d.bytes;
+            f.chunk_rows += d.chunks.iter().map(|c| c.rows()).sum::<usize>();
+            f.open_rows += d.open_rows;
+        }
+        f
+    }
+
+    fn take(&self, record: Open, now: Micros) {
+        let entry = self.entry(&record.dataset.id);
+        entry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(record, now);
+    }
+
+    /// Seals aged rows and lets chunks go: those past the window, then the oldest while the
+    /// store is over its byte budget (only ever what the lake already has).
+    fn tidy(&self, now: Micros) {
+        let oldest = now - self.limits.window.as_micros() as Micros;
+        let entries: Vec<(String, Arc<Mutex<DatasetHot>>)> = self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect();
+        let mut total: usize = entries
+            .iter()
+            .map(|(_, d)| d.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+            .sum();
+        for (id, d) in entries {
+            let checkpoint = self.lake_checkpoint(&id);
+            let over = total.saturating_sub(self.limits.max_bytes);
+            let freed = d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tidy(checkpoint, oldest, over, now);
+            total -= freed;
+        }
+        let f = self.figures();
+        self.metrics
+            .set_hot(f.chunk_bytes, f.chunk_rows + f.open_rows);
+    }
+
+    /// Runs the store: takes in every committed record until `stop`.
+    pub(crate) async fn run(self: Arc<Self>, registry: Arc<Registry>, stop: CancellationToken) {
+        // Start where the lake ends: the lowest checkpoint of any dataset's sink.
+        let start = registry
+            .all()
+            .iter()
+            .map(|e| self.lake_checkpoint(&e.dataset.id))
+            .min()
+            .unwrap_or(0);
+        self.wal.hold(CONSUMER, start);
+        let mut consumer = self.wal.consumer(start);
+        self.applied.send_replace(start);
+        let mut committed = self.wal.committed();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let upto = *committed.borrow_and_update();
+            if consumer.position() < upto {
+                let now = now_micros();
+                let in_memory = consumer.read_memory(upto, |record| {
+                    if let Record::Memory(c) = record {
+                        self.take(
+                            Open {
+                                lsn: c.lsn,
+                                dataset: c.dataset.clone(),
+                                readings: c.readings.clone(),
+                            },
+                            now,
+                        );
+                    }
+                    true
+                });
+                if !in_memory {
+                    consumer = match self.read_disk(consumer, upto, &registry).await {
+                        Some(c) => c,
+                        None => return,
+                    };
+                }
+                self.applied.send_replace(consumer.position());
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = committed.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {
+                    self.wal.hold(CONSUMER, consumer.position());
+                    self.tidy(now_micros());
+                }
+            }
+        }
+    }
+
+    /// Reads up to [`DISK_BATCH`] records from the disk on a blocking thread (the replay
+    /// after a restart) and takes them in.
+    async fn read_disk(
+        &self,
+        mut consumer: Consumer,
+        upto: u64,
+        registry: &Arc<Registry>,
+    ) -> Option<Consumer> {
+        let registry = registry.clone();
+        let (consumer, records) = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let result = consumer.read(upto, |record| {
+                match record {
+                    Record::Memory(c) => records.push(Open {
+                        lsn: c.lsn,
+                        dataset: c.dataset.clone(),
+                        readings: c.readings.clone(),
+                    }),
+                    Record::Disk { lsn, payload } => {
+                        if let Some(open) = decode(lsn, payload, &registry) {
+                            records.push(open);
+                        }
+                    }
+                }
+                records.len() < DISK_BATCH
+            });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the hot store cannot read the WAL");
+            }
+            (consumer, records)
+        })
+        .await
+        .ok()?;
+        let now = now_micros();
+        for record in records {
+            self.take(record, now);
+        }
+        Some(consumer)
+    }
+}
+
+/// A record from the disk, decoded in its dataset's schema (`None`: a dataset no longer
+/// here, or a record the sinks skip too).
+fn decode(lsn: u64, payload: &[u8], registry: &Registry) -> Option<Open> {
+    let header = record::header(payload).ok()?;
+    let entry = registry.get(header.dataset)?;
+    let mut readings = Vec::new();
+    record::decode_into(payload, &entry.dataset, &mut readings).ok()?;
+    Some(Open {
+        lsn,
+        dataset: entry.dataset.clone(),
+        readings: Arc::new(readings),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset() -> Arc<Dataset> {
+        let config =
+            crate::config::Config::from_toml(crate::config::DEFAULT_CONFIG, "default", &[])
+                .unwrap();
+        Arc::new(config.datasets[0].build())
+    }
+
+    fn open(ds: &Arc<Dataset>, lsn: u64, ts: &[Micros]) -> Open {
+        let readings = ts
+            .iter()
+            .map(|&t| {
+                let mut r = Reading::empty(ds.fields.len(), t);
+                r.ts = t;
+                r.ts_missing = false;
+                r.sensor_id = CompactString::from(format!("s-{lsn}"));
+                r.values[0] = Some(Value::Int(lsn as i64));
+                r
+            })
+            .collect();
+        Open {
+            lsn,
+            dataset: ds.clone(),
+            readings: Arc::new(readings),
+        }
+    }
+
+    fn lsns(rows: &[Row]) -> Vec<i64> {
+        rows.iter()
+            .map(|r| match r.values[0] {
+                Some(Value::Int(i)) => i,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    fn snapshot(d: &DatasetHot) -> Snapshot {
+        Snapshot {
+            lake_through: d.lake_through,
+            chunks: d.chunks.iter().cloned().collect(),
+            open: d.open.clone(),
+        }
+    }
+
+    #[test]
+    fn sealed_and_open_rows_read_back_alike_in_log_order() {
+        let ds = dataset();
+        let mut d = DatasetHot::default();
+        for lsn in 1..=3 {
+            d.take(open(&ds, lsn, &[lsn as i64 * 10, lsn as i64 * 10 + 1]), 0);
+        }
+        d.seal();
+        d.take(open(&ds, 4, &[40]), 0);
+        let rows = snapshot(&d).rows(&ds, 0, 1000, &mut |_, _| true);
+        assert_eq!(lsns(&rows), [1, 1, 2, 2, 3, 3, 4]);
+        assert_eq!(rows[2].sensor_id, "s-2");
+        assert_eq!(rows[2].ts, 20);
+        let some = snapshot(&d).rows(&ds, 11, 40, &mut |_, s| s != "s-2");
+        assert_eq!(lsns(&some), [1, 3, 3]);
+    }
+
+    #[test]
+    fn a_chunk_leaves_only_for_a_checkpoint_at_or_after_it_and_masks_up_to_that() {
+        let ds = dataset();
+        let mut d = DatasetHot::default();
+        for lsn in 1..=4 {
+            d.take(open(&ds, lsn, &[lsn as i64]), 0);
+            if lsn % 2 == 0 {
+                d.seal();
+            }
+        }
+        // Chunks [1,2] and [3,4]. The sink has written through 1 only: nothing goes.
+        assert_eq!(d.tidy(1, Micros::MAX, 0, 0), 0);
+        assert_eq!(d.chunks.len(), 2);
+        // Through 3: the first chunk goes; the boundary is 3, so row 3 is the lake's now.
+        assert!(d.tidy(3, Micros::MAX, 0, 0) > 0);
+        assert_eq!(d.lake_through, 3);
+        assert_eq!(d.chunks.len(), 1);
+        assert_eq!(lsns(&snapshot(&d).rows(&ds, 0, 100, &mut |_, _| true)), [4]);
+        // Records at or below the boundary are not taken in again (a replay).
+        d.take(open(&ds, 3, &[3]), 0);
+        assert_eq!(d.open_rows, 0);
+    }
+
+    #[test]
+    fn traffic_readings_cost_few_bytes_each_in_a_chunk() {
+        let ds = dataset();
+        let mut d = DatasetHot::default();
+        let mut lsn = 0;
+        while d.chunks.is_empty() {
+            lsn += 1;
+            let mut o = open(&ds, lsn, &[lsn as i64 * 10_000_000]);
+            Arc::get_mut(&mut o.readings).unwrap()[0].sensor_id =
+                CompactString::from(format!("sensor-{:04}", lsn % 1000));
+            Arc::get_mut(&mut o.readings).unwrap()[0].values[1] = Some(Value::Float(42.5));
+            d.take(o, 0);
+        }
+        let per_reading = d.bytes as f64 / d.chunks[0].rows() as f64;
+        assert!(per_reading <= 64.0, "{per_reading} bytes per reading");
+    }
+}

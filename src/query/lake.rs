@@ -1,0 +1,332 @@
+//! The lake: a dataset's older readings, read from the Parquet files its sink wrote.
+//!
+//! Pruning, cheapest first: hour partitions outside the asked range are never opened (the
+//! directories are `date=…/hour=…` by device time); files whose log range is not wholly at
+//! or below the hot store's boundary are the hot store's (see `hot`'s header); row groups
+//! whose `ts` statistics miss the range are skipped; only the columns asked for are decoded.
+//! The files are citygate's own; a reader that panics on one anyway fails the query with the
+//! file's name rather than the process.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{
+    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use compact_str::CompactString;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::statistics::Statistics;
+
+use super::Row;
+use crate::calendar::days_from_civil;
+use crate::model::{Dataset, FieldType, Micros, Value, Values};
+
+const HOUR: Micros = 3_600_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LakeError {
+    #[error("lake file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn file_error(path: &Path, message: impl ToString) -> LakeError {
+    LakeError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// One hour partition of a dataset: its start and its files (the lake's part of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hour {
+    pub(crate) start: Micros,
+    pub(crate) files: Vec<PathBuf>,
+}
+
+/// `part-{first}-{last}-{n}.parquet` → `(first, last)`.
+fn log_range(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let mut parts = rest.split('-');
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
+    Some((first, last))
+}
+
+fn partition_value<'a>(name: &'a str, key: &str) -> Option<&'a str> {
+    name.strip_prefix(key)?.strip_prefix('=')
+}
+
+/// `date=YYYY-MM-DD` → days since the epoch.
+fn date_days(name: &str) -> Option<i64> {
+    let v = partition_value(name, "date")?;
+    let mut it = v.split('-');
+    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+    Some(days_from_civil(
+        y.parse().ok()?,
+        m.parse().ok()?,
+        d.parse().ok()?,
+    ))
+}
+
+/// The hour partitions of `dataset` under `root` that overlap `[from, to)`, oldest first,
+/// each with its files whose log range ends at or below `lake_through`.
+pub(crate) fn hours(
+    root: &Path,
+    dataset: &str,
+    from: Micros,
+    to: Micros,
+    lake_through: u64,
+) -> Vec<Hour> {
+    let mut out = Vec::new();
+    let base = root.join(format!("dataset={dataset}"));
+    let Ok(dates) = std::fs::read_dir(&base) else {
+        return out;
+    };
+    let (first_day, last_day) = (from.div_euclid(HOUR * 24), (to - 1).div_euclid(HOUR * 24));
+    for date in dates.flatten() {
+        let name = date.file_name();
+        let Some(day) = name.to_str().and_then(date_days) else {
+            continue;
+        };
+        if day < first_day || day > last_day {
+            continue;
+        }
+        let Ok(hour_dirs) = std::fs::read_dir(date.path()) else {
+            continue;
+        };
+        for hour in hour_dirs.flatten() {
+            let name = hour.file_name();
+            let Some(h) = name
+                .to_str()
+                .and_then(|n| partition_value(n, "hour"))
+                .and_then(|h| h.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let start = (day * 24 + h) * HOUR;
+            if start + HOUR <= from || start >= to {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(hour.path()) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = files
+                .flatten()
+                .filter(|f| {
+                    f.file_name()
+                        .to_str()
+                        .and_then(log_range)
+                        .is_some_and(|(_, last)| last <= lake_through)
+                })
+                .map(|f| f.path())
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            files.sort();
+            out.push(Hour { start, files });
+        }
+    }
+    out.sort_by_key(|h| h.start);
+    out
+}
+
+/// The rows of `path` in `[from, to)` that `keep` accepts, in `target`'s schema. Blocking.
+pub(crate) fn read_file(
+    path: &Path,
+    target: &Dataset,
+    from: Micros,
+    to: Micros,
+    keep: &mut dyn FnMut(Micros, &str) -> bool,
+    out: &mut Vec<Row>,
+) -> Result<(), LakeError> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_file_inner(path, target, from, to, keep, out)
+    }));
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(file_error(path, "the Parquet reader failed on it")),
+    }
+}
+
+fn read_file_inner(
+    path: &Path,
+    target: &Dataset,
+    from: Micros,
+    to: Micros,
+    keep: &mut dyn FnMut(Micros, &str) -> bool,
+    out: &mut Vec<Row>,
+) -> Result<(), LakeError> {
+    let file = File::open(path).map_err(|e| file_error(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| file_error(path, e))?;
+    let parquet_schema = builder.parquet_schema();
+    let column = |name: &str| {
+        parquet_schema
+            .columns()
+            .iter()
+            .position(|c| c.path().parts().len() == 1 && c.name() == name)
+    };
+    let Some(ts_column) = column("ts") else {
+        return Err(file_error(path, "no `ts` column"));
+    };
+    let row_groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| match rg.column(ts_column).statistics() {
+            Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                (Some(&min), Some(&max)) => max >= from && min < to,
+                _ => true,
+            },
+            _ => true,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if row_groups.is_empty() {
+        return Ok(());
+    }
+    let mut wanted: Vec<usize> = ["sensor_id", "ts", "lat", "lon"]
+        .into_iter()
+        .filter_map(column)
+        .collect();
+    wanted.extend(target.fields.iter().filter_map(|f| column(&f.name)));
+    let mask = ProjectionMask::leaves(parquet_schema, wanted);
+    let reader = builder
+        .with_row_groups(row_groups)
+        .with_projection(mask)
+        .build()
+        .map_err(|e| file_error(path, e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| file_error(path, e))?;
+        rows_of(&batch, target, from, to, keep, out).map_err(|m| file_error(path, m))?;
+    }
+    Ok(())
+}
+
+/// The typed column of a field in `batch`, when it has it with the field's type.
+enum Typed<'a> {
+    Float(&'a Float64Array),
+    Int(&'a Int64Array),
+    Bool(&'a BooleanArray),
+    Str(&'a StringArray),
+    Missing,
+}
+
+impl Typed<'_> {
+    fn value(&self, row: usize) -> Option<Value> {
+        match self {
+            Typed::Float(a) if !a.is_null(row) => Some(Value::Float(a.value(row))),
+            Typed::Int(a) if !a.is_null(row) => Some(Value::Int(a.value(row))),
+            Typed::Bool(a) if !a.is_null(row) => Some(Value::Bool(a.value(row))),
+            Typed::Str(a) if !a.is_null(row) => Some(Value::Str(CompactString::from(a.value(row)))),
+            _ => None,
+        }
+    }
+}
+
+fn typed<'a>(batch: &'a RecordBatch, name: &str, ty: FieldType) -> Typed<'a> {
+    let Some(array) = batch.column_by_name(name) else {
+        return Typed::Missing;
+    };
+    let any = array.as_any();
+    match ty {
+        FieldType::Float => any.downcast_ref().map_or(Typed::Missing, Typed::Float),
+        FieldType::Int => any.downcast_ref().map_or(Typed::Missing, Typed::Int),
+        FieldType::Bool => any.downcast_ref().map_or(Typed::Missing, Typed::Bool),
+        FieldType::String => any.downcast_ref().map_or(Typed::Missing, Typed::Str),
+    }
+}
+
+fn rows_of(
+    batch: &RecordBatch,
+    target: &Dataset,
+    from: Micros,
+    to: Micros,
+    keep: &mut dyn FnMut(Micros, &str) -> bool,
+    out: &mut Vec<Row>,
+) -> Result<(), String> {
+    let sensors = batch
+        .column_by_name("sensor_id")
+        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        .ok_or("no string `sensor_id` column")?;
+    let ts = batch
+        .column_by_name("ts")
+        .and_then(|a| a.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or("no µs timestamp `ts` column")?;
+    let position = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|a| a.as_any().downcast_ref::<Float64Array>())
+    };
+    let (lat, lon) = (position("lat"), position("lon"));
+    let fields: Vec<Typed<'_>> = target
+        .fields
+        .iter()
+        .map(|f| typed(batch, &f.name, f.ty))
+        .collect();
+    let coordinate = |a: Option<&Float64Array>, row: usize| {
+        a.and_then(|a| (!a.is_null(row)).then(|| a.value(row)))
+    };
+    for row in 0..batch.num_rows() {
+        let t = ts.value(row);
+        if t < from || t >= to || sensors.is_null(row) {
+            continue;
+        }
+        let sensor = sensors.value(row);
+        if !keep(t, sensor) {
+            continue;
+        }
+        let values: Values = fields.iter().map(|f| f.value(row)).collect();
+        out.push(Row {
+            sensor_id: CompactString::from(sensor),
+            ts: t,
+            values,
+            lat: coordinate(lat, row),
+            lon: coordinate(lon, row),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_give_their_log_range() {
+        assert_eq!(
+            log_range("part-00000000000000000003-00000000000000000017-0.parquet"),
+            Some((3, 17))
+        );
+        assert_eq!(log_range(".part-1-2-0.parquet.tmp"), None);
+        assert_eq!(log_range("part-x-2-0.parquet"), None);
+    }
+
+    #[test]
+    fn partitions_outside_the_range_and_files_past_the_boundary_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |date: &str, hour: &str, name: &str| {
+            let d = dir
+                .path()
+                .join("dataset=d")
+                .join(format!("date={date}"))
+                .join(format!("hour={hour}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(name), b"").unwrap();
+        };
+        touch("2026-11-30", "10", "part-1-5-0.parquet");
+        touch("2026-11-30", "11", "part-6-9-0.parquet");
+        touch("2026-11-30", "11", "part-10-12-0.parquet");
+        touch("2026-11-30", "12", "part-13-20-0.parquet");
+        let day = days_from_civil(2026, 11, 30) * 24 * HOUR;
+        let found = hours(dir.path(), "d", day + 11 * HOUR, day + 13 * HOUR, 9);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].start, day + 11 * HOUR);
+        assert_eq!(found[0].files.len(), 1);
+        assert!(found[0].files[0].ends_with("part-6-9-0.parquet"));
+    }
+}

@@ -1,0 +1,251 @@
+//! Answers as tables, written as JSON, NDJSON or CSV.
+//!
+//! A [`Table`] is named columns and rows of [`Cell`]s: raw readings (`sensor_id`, `ts`, the
+//! fields asked for, `lat`, `lon`) and buckets (`bucket`, `sensor_id` when grouped, then
+//! `{field}_{fn}`). Times are RFC 3339 (UTC, to the µs when there is a fraction) in every text format. JSON is one object
+//! with the rows as objects under `key` and whatever the caller adds (`next`); NDJSON is one
+//! object per line; CSV follows RFC 4180 (a header row, CRLF, quotes where needed).
+
+use serde_json::{Map, Value as Json};
+
+use super::Row;
+use super::aggregate::{Bucket, Spec};
+use crate::calendar::format_rfc3339_micros;
+use crate::model::{Micros, Value};
+
+/// An output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+impl Format {
+    pub(crate) const NAMES: &'static str = "json, ndjson, csv";
+
+    /// From `format=`.
+    pub(crate) fn parse(name: &str) -> Option<Format> {
+        match name {
+            "json" => Some(Format::Json),
+            "ndjson" => Some(Format::Ndjson),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    /// From an `Accept` header: the first media type named that we write (`None`: none is).
+    pub(crate) fn from_accept(accept: &str) -> Option<Format> {
+        accept
+            .split(',')
+            .find_map(|part| match part.split(';').next().unwrap_or("").trim() {
+                "application/json" | "*/*" | "application/*" => Some(Format::Json),
+                "application/x-ndjson" | "application/ndjson" => Some(Format::Ndjson),
+                "text/csv" | "text/*" => Some(Format::Csv),
+                _ => None,
+            })
+    }
+
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Ndjson => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8; header=present",
+        }
+    }
+}
+
+/// One value of a table.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cell {
+    Null,
+    Text(String),
+    Time(Micros),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Cell {
+    fn json(&self) -> Json {
+        match self {
+            Cell::Null => Json::Null,
+            Cell::Text(s) => Json::String(s.clone()),
+            Cell::Time(t) => Json::String(format_rfc3339_micros(*t)),
+            Cell::Int(i) => Json::from(*i),
+            Cell::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+            Cell::Bool(b) => Json::Bool(*b),
+        }
+    }
+
+    fn csv(&self, out: &mut String) {
+        match self {
+            Cell::Null => {}
+            Cell::Text(s) => csv_text(s, out),
+            Cell::Time(t) => out.push_str(&format_rfc3339_micros(*t)),
+            Cell::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            Cell::Float(f) => out.push_str(ryu::Buffer::new().format(*f)),
+            Cell::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        }
+    }
+}
+
+fn csv_text(s: &str, out: &mut String) {
+    if s.contains([',', '"', '\r', '\n']) {
+        out.push('"');
+        out.push_str(&s.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(s);
+    }
+}
+
+fn value_cell(v: &Option<Value>) -> Cell {
+    match v {
+        None => Cell::Null,
+        Some(Value::Float(f)) => Cell::Float(*f),
+        Some(Value::Int(i)) => Cell::Int(*i),
+        Some(Value::Bool(b)) => Cell::Bool(*b),
+        Some(Value::Str(s)) => Cell::Text(s.to_string()),
+    }
+}
+
+/// Named columns and rows.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Table {
+    pub(crate) columns: Vec<String>,
+    pub(crate) rows: Vec<Vec<Cell>>,
+}
+
+impl Table {
+    /// Raw readings with the fields at `fields` (schema positions, with their names).
+    pub(crate) fn readings(rows: &[Row], fields: &[(usize, String)]) -> Table {
+        let mut columns = vec!["sensor_id".to_string(), "ts".to_string()];
+        columns.extend(fields.iter().map(|(_, name)| name.clone()));
+        columns.extend(["lat".to_string(), "lon".to_string()]);
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let mut cells = vec![Cell::Text(r.sensor_id.to_string()), Cell::Time(r.ts)];
+                cells.extend(
+                    fields
+                        .iter()
+                        .map(|(at, _)| r.values.get(*at).map_or(Cell::Null, value_cell)),
+                );
+                cells.push(r.lat.map_or(Cell::Null, Cell::Float));
+                cells.push(r.lon.map_or(Cell::Null, Cell::Float));
+                cells
+            })
+            .collect();
+        Table { columns, rows }
+    }
+
+    /// Buckets as `spec` computed them.
+    pub(crate) fn buckets(buckets: &[Bucket], spec: &Spec) -> Table {
+        let mut columns = vec!["bucket".to_string()];
+        if spec.by_sensor {
+            columns.push("sensor_id".to_string());
+        }
+        for (_, field) in &spec.fields {
+            for f in &spec.fns {
+                columns.push(format!("{field}_{}", f.name()));
+            }
+        }
+        let rows = buckets
+            .iter()
+            .map(|b| {
+                let mut cells = vec![Cell::Time(b.start)];
+                if let Some(s) = &b.sensor {
+                    cells.push(Cell::Text(s.to_string()));
+                }
+                let fns = spec.fns.iter().cycle();
+                cells.extend(b.values.iter().zip(fns).map(|(v, f)| match (v, f) {
+                    (None, super::aggregate::Func::Count) => Cell::Int(0),
+                    (None, _) => Cell::Null,
+                    (Some(v), super::aggregate::Func::Count) => Cell::Int(*v as i64),
+                    (Some(v), _) => Cell::Float(*v),
+                }));
+                cells
+            })
+            .collect();
+        Table { columns, rows }
+    }
+
+    fn object(&self, row: &[Cell]) -> Json {
+        let mut m = Map::with_capacity(self.columns.len());
+        for (c, cell) in self.columns.iter().zip(row) {
+            m.insert(c.clone(), cell.json());
+        }
+        Json::Object(m)
+    }
+
+    /// The table in `format`. JSON: `{key: [rows], ..extra}`; the other formats have no
+    /// place for `extra` (the caller sends it as headers).
+    pub(crate) fn write(&self, format: Format, key: &str, extra: Map<String, Json>) -> String {
+        match format {
+            Format::Json => {
+                let mut top = extra;
+                let rows: Vec<Json> = self.rows.iter().map(|r| self.object(r)).collect();
+                top.insert(key.to_string(), Json::Array(rows));
+                let mut text = Json::Object(top).to_string();
+                text.push('\n');
+                text
+            }
+            Format::Ndjson => {
+                let mut out = String::new();
+                for r in &self.rows {
+                    out.push_str(&self.object(r).to_string());
+                    out.push('\n');
+                }
+                out
+            }
+            Format::Csv => {
+                let mut out = String::new();
+                for (i, c) in self.columns.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    csv_text(c, &mut out);
+                }
+                out.push_str("\r\n");
+                for r in &self.rows {
+                    for (i, cell) in r.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        cell.csv(&mut out);
+                    }
+                    out.push_str("\r\n");
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting_and_leaves_nulls_empty() {
+        let t = Table {
+            columns: vec!["a".into(), "b,c".into()],
+            rows: vec![vec![Cell::Text("x\"y".into()), Cell::Null]],
+        };
+        assert_eq!(
+            t.write(Format::Csv, "rows", Map::new()),
+            "a,\"b,c\"\r\n\"x\"\"y\",\r\n"
+        );
+    }
+
+    #[test]
+    fn accept_picks_the_first_format_written() {
+        assert_eq!(
+            Format::from_accept("text/html, text/csv;q=0.9"),
+            Some(Format::Csv)
+        );
+        assert_eq!(Format::from_accept("image/png"), None);
+        assert_eq!(Format::from_accept("*/*"), Some(Format::Json));
+    }
+}
