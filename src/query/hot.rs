@@ -279,6 +279,8 @@ struct DatasetHot {
     open: Vec<Open>,
     open_rows: usize,
     open_since: Micros,
+    /// The earliest device time among the open rows.
+    open_min_ts: Micros,
     bytes: usize,
 }
 
@@ -295,6 +297,10 @@ impl DatasetHot {
         }
         if self.open.is_empty() {
             self.open_since = now;
+            self.open_min_ts = Micros::MAX;
+        }
+        for r in record.readings.iter() {
+            self.open_min_ts = self.open_min_ts.min(r.ts);
         }
         self.open_rows += record.readings.len();
         self.open.push(record);
@@ -317,7 +323,11 @@ impl DatasetHot {
     /// Notes the sink's checkpoint; lets chunks go that are in the lake and either older
     /// than `oldest` or over the byte budget (`over`). Returns the bytes freed.
     fn tidy(&mut self, checkpoint: u64, oldest: Micros, mut over: usize, now: Micros) -> usize {
-        if !self.open.is_empty() && now - self.open_since >= CHUNK_AGE {
+        // Rows wait to fill a chunk, but not past its age, nor past the window (only a
+        // chunk can leave).
+        if !self.open.is_empty()
+            && (now - self.open_since >= CHUNK_AGE || self.open_min_ts < oldest)
+        {
             self.seal();
         }
         if self.chunks.is_empty() && self.open.is_empty() {

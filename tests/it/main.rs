@@ -12,6 +12,7 @@ mod market;
 mod mqtt;
 mod openapi;
 mod peers;
+mod query;
 mod readme;
 mod server;
 mod simulate;

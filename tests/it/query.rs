@@ -1,0 +1,509 @@
+//! History queries as a planner uses them: over HTTP, with a key, against readings a device
+//! posted, while those readings move from memory to Parquet; DuckDB as the oracle.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::live::{open_plan, plan, subscribe, subscribed};
+
+const HISTORY: &str = "/v1/datasets/traffic-counts/history";
+const LATEST: &str = "/v1/datasets/traffic-counts/latest";
+const AGGREGATE: &str = "/v1/datasets/traffic-counts/aggregate";
+const HOUR_MS: i64 = 3_600_000;
+
+fn at(ms: i64) -> String {
+    citygate::calendar::format_rfc3339_micros(ms * 1000)
+}
+
+/// GET as `key` with `accept`: status, headers, body text.
+async fn get_text(
+    gw: &Gateway,
+    path: &str,
+    key: &str,
+    accept: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = gw.client.get(gw.url(path)).bearer_auth(key);
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap())
+}
+
+/// Posts readings `{sensor_id, ts, vehicle_count}` and expects them all kept.
+async fn post(gw: &Gateway, device: &str, readings: &[(String, i64, i64)]) {
+    let body: Vec<Value> = readings
+        .iter()
+        .map(|(s, ts, v)| json!({"sensor_id": s, "ts": ts, "vehicle_count": v}))
+        .collect();
+    let resp = gw.post_json(TRAFFIC, device, json!(body)).await;
+    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+}
+
+/// Every page of `query` (a history URL without cursor) as `key`: the vehicle counts seen.
+async fn all_pages(gw: &Gateway, query: &str, key: &str, pause: Duration) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut path = query.to_string();
+    loop {
+        let (status, body) = gw.get_as(&path, key).await;
+        assert_eq!(status, 200, "{body}");
+        for r in body["readings"].as_array().unwrap() {
+            seen.push(r["vehicle_count"].as_i64().unwrap());
+        }
+        match body["next"].as_str() {
+            Some(next) => path = format!("{query}&cursor={next}"),
+            None => return seen,
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledged_reading_is_in_history_and_latest_at_once() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let start = now_ms();
+    for i in 0..30 {
+        let sensor = format!("rw-{}", i % 3);
+        post(&gw, &device, &[(sensor.clone(), now_ms(), i)]).await;
+        // Asked at once, by the provider (who sees its dataset fully).
+        let (status, body) = gw
+            .get_as(
+                &format!(
+                    "{HISTORY}?from={}&sensors={sensor}&order=desc&limit=1",
+                    at(start)
+                ),
+                &provider,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["readings"][0]["vehicle_count"], i, "{body}");
+        let (status, body) = gw
+            .get_as(&format!("{LATEST}?sensors={sensor}"), &provider)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["readings"][0]["vehicle_count"], i, "{body}");
+    }
+    let (_, body) = gw.get_as(LATEST, &provider).await;
+    let latest: Vec<(String, i64)> = body["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["sensor_id"].as_str().unwrap().to_string(),
+                r["vehicle_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        latest,
+        [
+            ("rw-0".into(), 27),
+            ("rw-1".into(), 28),
+            ("rw-2".into(), 29)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn paging_returns_each_reading_once_while_readings_move_to_parquet() {
+    let gw = Gateway::start_with(|c| {
+        c.parquet.max_age = Duration::from_millis(100);
+        c.query.hot_window = Duration::from_secs(1);
+    })
+    .await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    // 1 200 readings two hours ago, a second apart, 4 sensors; several share a time.
+    let base = (now_ms() - 2 * HOUR_MS) / 1000 * 1000;
+    let readings: Vec<(String, i64, i64)> = (0..1200)
+        .map(|i| (format!("pg-{}", i % 4), base + (i / 2) * 1000, i))
+        .collect();
+    for batch in readings.chunks(100) {
+        post(&gw, &device, batch).await;
+    }
+    // Others keep posting (outside the range) while the pages are read.
+    let writer = {
+        let (client, url, device) = (
+            gw.client.clone(),
+            gw.url("/v1/datasets/traffic-counts/readings"),
+            device.clone(),
+        );
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let body = json!([{"sensor_id": "other", "ts": now_ms(), "vehicle_count": i}]);
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&device)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 204);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let query = format!(
+        "{HISTORY}?from={}&to={}&sensors=pg-0,pg-1,pg-2,pg-3&limit=37",
+        at(base),
+        at(base + 600_000)
+    );
+    let mut seen = all_pages(&gw, &query, &provider, Duration::from_millis(40)).await;
+    writer.await.unwrap();
+    assert_eq!(seen.len(), 1200, "every reading once");
+    seen.sort_unstable();
+    assert_eq!(seen, (0..1200).collect::<Vec<_>>());
+    // The readings left memory for the lake on the way: the query read Parquet files.
+    assert!(
+        gw.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("citygate_query_lake_files_read_total ") && !l.ends_with(" 0")),
+        "no Parquet file was read"
+    );
+    // In time order, descending too.
+    let (_, body) = gw
+        .get_as(&query.replace("limit=37", "order=desc&limit=3"), &provider)
+        .await;
+    let counts: Vec<i64> = body["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["vehicle_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [1199, 1198, 1197]);
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_complete_and_once() {
+    let gw = Gateway::start().await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let base = now_ms() - HOUR_MS;
+    let readings: Vec<(String, i64, i64)> = (0..500)
+        .map(|i| (format!("rs-{}", i % 5), base + i * 100, i))
+        .collect();
+    for batch in readings.chunks(50) {
+        post(&gw, &device, batch).await;
+    }
+    let gw = gw.restart().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let query = format!("{HISTORY}?from={}&to={}&limit=1000", at(base), at(now_ms()));
+    let mut seen = all_pages(&gw, &query, &provider, Duration::ZERO).await;
+    seen.sort_unstable();
+    assert_eq!(seen, (0..500).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn aggregates_equal_duckdb_over_the_same_readings() {
+    let gw = Gateway::start_with(|c| c.parquet.max_age = Duration::from_millis(100)).await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let hour = (now_ms() - 3 * HOUR_MS) / HOUR_MS * HOUR_MS;
+    // Three sensors over two hours, distinct times per sensor, counts that vary.
+    let readings: Vec<(String, i64, i64)> = (0..720)
+        .map(|i| {
+            (
+                format!("ag-{}", i % 3),
+                hour + i * 10_000 + i % 3,
+                (i * 37) % 101,
+            )
+        })
+        .collect();
+    for batch in readings.chunks(120) {
+        post(&gw, &device, batch).await;
+    }
+    // Wait until the lake holds them all (DuckDB reads the files).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while row_count(gw.dir.path(), TRAFFIC) < readings.len() {
+        assert!(std::time::Instant::now() < deadline, "not all in Parquet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (from, to) = (hour, hour + 2 * HOUR_MS);
+    let (status, body) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?from={}&to={}&every=15m&fn=count,mean,min,max,sum,first,last&fields=vehicle_count",
+                at(from),
+                at(to)
+            ),
+            &provider,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ours = body["buckets"].as_array().unwrap();
+    let out = {
+        let root = gw.dir.path().join("parquet");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/peers/duckdb_aggregate.py");
+        let args = [
+            script.display().to_string(),
+            root.display().to_string(),
+            TRAFFIC.to_string(),
+            (from * 1000).to_string(),
+            (to * 1000).to_string(),
+            (15 * 60 * 1_000_000i64).to_string(),
+        ];
+        let out = tokio::task::spawn_blocking(move || python().args(&args).output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let theirs: Vec<Value> = serde_json::from_slice(&out).unwrap();
+    assert_eq!(ours.len(), theirs.len(), "{body}");
+    assert_eq!(ours.len(), 8 * 3);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o["bucket"], at(t[0].as_i64().unwrap() / 1000), "{o} vs {t}");
+        assert_eq!(o["sensor_id"], t[1], "{o} vs {t}");
+        assert_eq!(o["vehicle_count_count"], t[2], "{o} vs {t}");
+        for (i, name) in ["mean", "min", "max", "sum", "first", "last"]
+            .iter()
+            .enumerate()
+        {
+            let ours = o[format!("vehicle_count_{name}")].as_f64().unwrap();
+            let theirs = t[3 + i].as_f64().unwrap();
+            assert!(close(ours, theirs), "{name}: {ours} vs {theirs} in {o}");
+        }
+    }
+    // One bucket for all sensors: the counts add up.
+    let (_, body) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?from={}&to={}&every=1h&fn=count&group_by=none",
+                at(from),
+                at(to)
+            ),
+            &provider,
+        )
+        .await;
+    let counts: Vec<i64> = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["vehicle_count_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [360, 360]);
+}
+
+#[tokio::test]
+async fn the_marketplace_decides_who_reads_what_history() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (_, stranger) = gw.account("subscriber", "Nobody", "private").await;
+    let (open_key, _, device) = subscribed(&gw, open_plan()).await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "late", "name": "Free, 15 minutes late", "kind": "free", "delay": "15m"}),
+    )
+    .await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "summary", "name": "Free, 5 minute summaries", "kind": "free", "aggregate": "5m"}),
+    )
+    .await;
+    let (_, late) = gw.account("subscriber", "Late Lab", "research").await;
+    subscribe(&gw, &late, "late").await;
+    let (_, summary) = gw.account("subscriber", "Summary Lab", "research").await;
+    subscribe(&gw, &summary, "summary").await;
+
+    let now = now_ms();
+    post(
+        &gw,
+        &device,
+        &[
+            ("mk-1".into(), now - HOUR_MS, 1),
+            ("mk-1".into(), now - 1000, 2),
+        ],
+    )
+    .await;
+    let range = format!("from={}&to={}", at(now - 2 * HOUR_MS), at(now + 1000));
+    let counts = |body: &Value| -> Vec<i64> {
+        body["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["vehicle_count"].as_i64().unwrap())
+            .collect()
+    };
+
+    // No subscription: the dataset does not exist for this key, on every route.
+    for path in [
+        format!("{HISTORY}?{range}"),
+        LATEST.to_string(),
+        format!("{AGGREGATE}?{range}&every=1h"),
+    ] {
+        let (status, body) = gw.get_as(&path, &stranger).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, _) = gw.get_as(&format!("{HISTORY}?{range}"), "").await;
+    assert_eq!(status, 401);
+
+    // A free plan in real time sees both readings.
+    let (status, body) = gw.get_as(&format!("{HISTORY}?{range}"), &open_key).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&body), [1, 2]);
+
+    // A delayed plan sees only what is older than its delay, on every route.
+    let (_, body) = gw.get_as(&format!("{HISTORY}?{range}"), &late).await;
+    assert_eq!(counts(&body), [1]);
+    let (_, body) = gw.get_as(LATEST, &late).await;
+    assert_eq!(counts(&body), [1]);
+    let (_, body) = gw
+        .get_as(
+            &format!("{AGGREGATE}?{range}&every=1h&fn=count&group_by=none"),
+            &late,
+        )
+        .await;
+    let total: i64 = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["vehicle_count_count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 1, "{body}");
+
+    // An aggregate plan: buckets of its window or longer, no single readings.
+    for path in [format!("{HISTORY}?{range}"), LATEST.to_string()] {
+        let (status, body) = gw.get_as(&path, &summary).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("/aggregate"),
+            "{body}"
+        );
+    }
+    let (status, _) = gw
+        .get_as(&format!("{AGGREGATE}?{range}&every=1m"), &summary)
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = gw
+        .get_as(&format!("{AGGREGATE}?{range}&every=5m&fn=count"), &summary)
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Revoked: gone within a second.
+    let (_, me) = gw.get_as("/v1/me", &open_key).await;
+    let key_id = me["key"]["id"].as_str().unwrap();
+    let (status, _) = gw
+        .delete_as(&format!("/v1/keys/{key_id}"), &gw.admin_key)
+        .await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = gw.get_as(&format!("{HISTORY}?{range}"), &open_key).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn formats_links_and_bad_parameters() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let now = now_ms();
+    post(
+        &gw,
+        &device,
+        &(0..5)
+            .map(|i| ("fm-1".to_string(), now - 5000 + i * 1000, i))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let range = format!("from={}&to={}", at(now - 60_000), at(now + 1000));
+
+    // CSV: a header row, one line per reading, CRLF; a Link to the next page.
+    let (status, headers, text) =
+        gw_csv(&gw, &format!("{HISTORY}?{range}&limit=3"), &provider).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "sensor_id,ts,vehicle_count,mean_speed,lat,lon");
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[1].starts_with("fm-1,"), "{text}");
+    let link = headers["link"].to_str().unwrap();
+    assert!(
+        link.contains("cursor=") && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let (status, _, rest) = gw_csv(&gw, next, &provider).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        rest.split("\r\n").filter(|l| !l.is_empty()).count(),
+        3,
+        "{rest}"
+    );
+
+    // NDJSON by format=.
+    let (status, _, text) = get_text(
+        &gw,
+        &format!("{HISTORY}?{range}&format=ndjson"),
+        &provider,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[4]["vehicle_count"], 4);
+
+    // Nothing we write: 406.
+    let (status, _, _) = get_text(&gw, HISTORY, &provider, Some("image/png")).await;
+    assert_eq!(status, 406);
+
+    // Every bad parameter: 400 with what is wrong.
+    let huge = format!("from={}&to={}", at(now - 400 * 24 * HOUR_MS), at(now));
+    for (query, code) in [
+        (format!("{HISTORY}?from=yesterday"), "invalid_time"),
+        (
+            format!("{HISTORY}?from={}&to={}", at(now), at(now - 1000)),
+            "invalid_range",
+        ),
+        (format!("{HISTORY}?{huge}"), "range_too_long"),
+        (format!("{HISTORY}?fields=nope"), "unknown_field"),
+        (format!("{HISTORY}?limit=0"), "invalid_limit"),
+        (format!("{HISTORY}?limit=1000000"), "invalid_limit"),
+        (format!("{HISTORY}?order=sideways"), "invalid_order"),
+        (format!("{HISTORY}?cursor=zzz"), "invalid_cursor"),
+        (format!("{HISTORY}?format=xml"), "invalid_format"),
+        (format!("{HISTORY}?sensors=,"), "invalid_filter"),
+        (format!("{HISTORY}?bbox=1,2,3"), "invalid_filter"),
+        (format!("{AGGREGATE}?every=soon"), "invalid_every"),
+        (format!("{AGGREGATE}?every=1ns"), "invalid_every"),
+        (format!("{AGGREGATE}?{range}&every=1ms"), "too_many_buckets"),
+        (format!("{AGGREGATE}?every=1h&fn=median"), "invalid_fn"),
+        (
+            format!("{AGGREGATE}?every=1h&group_by=street"),
+            "invalid_group_by",
+        ),
+    ] {
+        let (status, body) = gw.get_as(&query, &provider).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"], code, "{query}: {body}");
+    }
+    let (status, body) = gw.get_as(&format!("{HISTORY}?colour=red"), &provider).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+async fn gw_csv(gw: &Gateway, path: &str, key: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    get_text(gw, path, key, Some("text/csv")).await
+}
