@@ -16,8 +16,10 @@
 //! telegraf ─/api/v2/write, /write──────┼─► decode ─► validate ─► limit ─► WAL append + fsync ─┬─► parquet sink ─► data/parquet/dataset=…/date=…/hour=…/*.parquet
 //! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)        │           ├─► influx sink ──► InfluxDB / VictoriaMetrics
 //!                                                          ack (2xx, PUBACK) ◄─────┤           │  (the device is answered after the fsync)
-//!                                                                     feed hub ◄───┘  (acknowledged readings) ─► sessions: entitlement, filters,
-//!                                                                                      tier, metering ─► SSE / WebSocket / MQTT subscribers
+//!                                                                     feed hub ◄───┤  (acknowledged readings) ─► sessions: entitlement, filters,
+//!                                                                                  │   tier, metering ─► SSE / WebSocket / MQTT subscribers
+//!                                                                    hot store ◄───┘  (the last hours, Arrow chunks) ─┬─► query: history, latest,
+//!                                                        parquet files below the hot store's boundary ────────────────┘   aggregate ─► planners
 //! ```
 //!
 //! 1. **Intake**: the HTTP routes ([`api::intake`]) and the MQTT endpoint ([`mqtt`])
@@ -46,6 +48,11 @@
 //!    session asks [`market::Market::entitlement`] at start and every `[feed] recheck`,
 //!    applies filters and its plan's tier, meters what it delivers, and is closed when its
 //!    client falls behind.
+//! 6. **History** ([`query`]): the hot store, one more log consumer, holds each dataset's
+//!    last hours in memory as Arrow chunks, visible once acknowledged; older readings are
+//!    read from the Parquet files below its boundary (a checkpoint the Parquet sink once
+//!    stored), so each reading is read once. Raw pages by cursor, latest per sensor and time
+//!    buckets, in JSON, NDJSON or CSV, under the same entitlement as the feeds.
 //!
 //! ## Module map
 //!
@@ -76,8 +83,11 @@
 //! api/           router (every route registered with its OpenAPI operation), the one error
 //!                type, key extraction, bounded bodies, accept loop (per-address shares),
 //!                ops endpoints; intake (citygate JSON/NDJSON/SenML, InfluxDB v1/v2 writes),
-//!                accounts, catalog, market (plans … statements), live (SSE, WebSocket) routes
-//! telemetry.rs   tracing init, every metric
+//!                accounts, catalog, market (plans … statements), live (SSE, WebSocket),
+//!                query (history, latest, aggregate) routes
+//! query/         hot (the hot store), lake (Parquet scan with pruning), aggregate (time
+//!                buckets), output (JSON, NDJSON, CSV tables)
+//! telemetry/     tracing init, every metric (one file per group)
 //! simulate/      the load and demo generator behind `citygate simulate`
 //! ```
 

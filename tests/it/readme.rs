@@ -41,8 +41,11 @@ fn examples(readme: &str, titles: &[&str]) -> Vec<(String, String)> {
 fn the_readme_runs_as_written() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let blocks = examples(&readme, &["Try it", "The command line", "The marketplace"]);
-    assert!(blocks.len() >= 3, "the README's examples were not found");
+    let blocks = examples(
+        &readme,
+        &["Try it", "The command line", "The marketplace", "History queries"],
+    );
+    assert!(blocks.len() >= 4, "the README's examples were not found");
 
     let dir = tempfile::tempdir().unwrap();
     let admin = citygate::market::keys::new_secret();
@@ -99,6 +102,10 @@ fn the_readme_runs_as_written() {
     assert!(stdout.contains("HTTP/1.1 204 No Content"), "{stdout}");
     assert!(stdout.contains("\"rejected_count\":3"), "{stdout}");
     assert!(stdout.contains("\"plan\":\"traffic-live\""), "{stdout}");
+    // History: the reading "Try it" posted, raw, as CSV and in a bucket.
+    assert!(stdout.contains("\"sensor_id\":\"tc-0001\""), "{stdout}");
+    assert!(stdout.contains("sensor_id,ts,vehicle_count,lat,lon"), "{stdout}");
+    assert!(stdout.contains("\"vehicle_count_max\""), "{stdout}");
 
     // The readings are in files once the gateway stops; read them from a directory whose
     // `data` is the gateway's, as the README's reader does.
