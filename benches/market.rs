@@ -49,6 +49,7 @@ fn bench_market(c: &mut Criterion) {
                     per_1000_minor: None,
                     delay: None,
                     aggregate: None,
+                    history: None,
                 },
             )
             .await

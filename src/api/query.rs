@@ -9,7 +9,9 @@
 //! The key goes in `Authorization` (never in the URL). The marketplace decides as for live
 //! feeds: a dataset the key may not have answers 404; a delayed plan sees nothing younger
 //! than its delay, on every route; an aggregate plan gets buckets of at least its window and
-//! no raw readings. Answers are JSON (default), NDJSON or CSV, by `Accept` or `format=`;
+//! no raw readings; a plan's history term bounds how far back `from` may reach (403 past
+//! it). Rows returned are metered to the subscription, apart from live deliveries. Answers
+//! are JSON (default), NDJSON or CSV, by `Accept` or `format=`;
 //! a page that has a next one says so in `next` (JSON) and in a `Link: <…>; rel="next"`
 //! header (every format). Each query first waits until every reading acknowledged before
 //! it is visible (read your writes).
@@ -224,6 +226,16 @@ fn range(
             ),
         ));
     }
+    if let Some(reach) = grant.history {
+        let earliest = now - reach.as_micros().min(i64::MAX as u128) as Micros;
+        if from < earliest {
+            return Err(ApiError::Forbidden(format!(
+                "this plan's history reaches back {} (to {}): ask from= at or after that",
+                humantime::format_duration(reach),
+                crate::calendar::format_rfc3339(earliest)
+            )));
+        }
+    }
     let visible = now - grant.delay.as_micros() as Micros;
     Ok((from, to.min(visible)))
 }
@@ -280,7 +292,22 @@ async fn timed<T>(
     }
 }
 
-fn respond(format: Format, body: String, next: Option<String>) -> Response {
+/// The answer, metered to the subscription behind it (rows and bytes, apart from live
+/// deliveries).
+fn respond(
+    state: &AppState,
+    grant: &Grant,
+    rows: usize,
+    format: Format,
+    body: String,
+    next: Option<String>,
+) -> Response {
+    if let Some(subscription) = &grant.subscription {
+        state
+            .market
+            .usage()
+            .record_query(subscription, rows as u64, body.len() as u64);
+    }
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if let Some(link) = next.and_then(|l| HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LINK, link);
@@ -375,7 +402,8 @@ pub(crate) async fn history(
     extra.insert("dataset".into(), Json::String(id));
     extra.insert("next".into(), next.clone().map_or(Json::Null, Json::String));
     let body = Table::readings(&page.rows, &fields).write(format, "readings", extra);
-    Ok(respond(format, body, next.map(|c| next_link(&uri, &c))))
+    let link = next.map(|c| next_link(&uri, &c));
+    Ok(respond(&state, &grant, page.rows.len(), format, body, link))
 }
 
 /// `GET /v1/datasets/{id}/latest`
@@ -401,7 +429,11 @@ pub(crate) async fn latest(
     let fields = fields_of(&ds, q.fields.as_deref(), false)?;
     let now = now_micros();
     let to = now - grant.delay.as_micros() as Micros;
-    let from = to - state.query.config.latest_lookback.as_micros() as Micros;
+    let mut lookback = state.query.config.latest_lookback;
+    if let Some(reach) = grant.history {
+        lookback = lookback.min(reach);
+    }
+    let from = now - lookback.as_micros() as Micros;
     let sel = selection(ds, (from, to), q.sensors.as_deref(), q.bbox.as_deref())?;
     let _permit = ready(&state).await?;
     let rows = timed(&state, state.query.latest(&sel)).await?;
@@ -409,7 +441,7 @@ pub(crate) async fn latest(
     let mut extra = Map::new();
     extra.insert("dataset".into(), Json::String(id));
     let body = Table::readings(&rows, &fields).write(format, "readings", extra);
-    Ok(respond(format, body, None))
+    Ok(respond(&state, &grant, rows.len(), format, body, None))
 }
 
 /// `GET /v1/datasets/{id}/aggregate`
@@ -531,5 +563,5 @@ pub(crate) async fn aggregate(
     let mut extra = Map::new();
     extra.insert("dataset".into(), Json::String(id));
     let body = Table::buckets(&buckets, &spec).write(format, "buckets", extra);
-    Ok(respond(format, body, None))
+    Ok(respond(&state, &grant, buckets.len(), format, body, None))
 }

@@ -369,6 +369,7 @@ pub(super) async fn plans(target: &Target, command: PlansCommand) -> Result<()> 
             per_1000_minor,
             delay,
             aggregate,
+            history,
             id,
         } => {
             let plan = match target {
@@ -384,13 +385,14 @@ pub(super) async fn plans(target: &Target, command: PlansCommand) -> Result<()> 
                         per_1000_minor,
                         delay,
                         aggregate,
+                        history,
                     };
                     serde_json::to_value(store.create_plan(&dataset, new).await?)?
                 }
                 Target::Gateway(g) => {
                     let new = json!({"id": id, "name": name, "kind": kind, "currency": currency,
                         "price_minor": price_minor, "per_1000_minor": per_1000_minor,
-                        "delay": delay, "aggregate": aggregate});
+                        "delay": delay, "aggregate": aggregate, "history": history});
                     let path = format!("/v1/catalog/{}/plans", segment(&dataset));
                     g.post(&path, new).await?
                 }
@@ -444,12 +446,21 @@ pub(super) async fn plans(target: &Target, command: PlansCommand) -> Result<()> 
                 plans.extend(of_dataset.as_array().cloned().unwrap_or_default());
             }
             println!(
-                "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} name",
-                "id", "dataset", "kind", "cur", "monthly", "per_1000", "delay", "aggr", "offered"
+                "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<8} {:<7} name",
+                "id",
+                "dataset",
+                "kind",
+                "cur",
+                "monthly",
+                "per_1000",
+                "delay",
+                "aggr",
+                "history",
+                "offered"
             );
             for p in &plans {
                 println!(
-                    "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<7} {}",
+                    "{:<24} {:<16} {:<8} {:<4} {:>10} {:>10} {:<8} {:<8} {:<8} {:<7} {}",
                     cell(&p["id"]),
                     cell(&p["dataset"]),
                     cell(&p["kind"]),
@@ -458,6 +469,7 @@ pub(super) async fn plans(target: &Target, command: PlansCommand) -> Result<()> 
                     cell(&p["per_1000_minor"]),
                     cell(&p["delay"]),
                     cell(&p["aggregate"]),
+                    cell(&p["history"]),
                     if p["active"].as_bool() == Some(true) {
                         "yes"
                     } else {

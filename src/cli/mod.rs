@@ -198,6 +198,9 @@ pub(crate) enum PlansCommand {
         /// Free plans: deliver only per-sensor aggregates over windows this long.
         #[arg(long)]
         aggregate: Option<String>,
+        /// How far back history queries reach, e.g. 24h or 90d (default: no limit).
+        #[arg(long)]
+        history: Option<String>,
         /// The plan id (default: generated).
         #[arg(long)]
         id: Option<String>,

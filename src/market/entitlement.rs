@@ -38,6 +38,23 @@ pub struct Grant {
     pub aggregate: Option<String>,
     /// When the access ends, if it does (period end, or the key's expiry).
     pub expires_at: Option<Micros>,
+    /// How far back history queries reach (none: as far as the lake goes).
+    #[serde(with = "humantime_serde_opt")]
+    #[schema(value_type = Option<String>, example = "90d")]
+    pub history: Option<Duration>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 mod humantime_serde_micros {
@@ -184,6 +201,7 @@ impl Entitlements {
             delay: Duration::ZERO,
             aggregate: None,
             expires_at,
+            history: None,
         };
         match key.kind {
             KeyKind::Admin => return Ok(Some(unlimited(key.expires_at))),
@@ -197,7 +215,8 @@ impl Entitlements {
             return Ok(None);
         }
         // The best of the active subscriptions: raw readings before aggregates, then the
-        // least delayed (paid plans are raw and real time), then the one that runs longest.
+        // least delayed (paid plans are raw and real time), then the one whose history
+        // reaches furthest back, then the one that runs longest.
         let best = facts
             .subscriptions
             .iter()
@@ -206,6 +225,7 @@ impl Entitlements {
                 (
                     p.aggregate.is_some(),
                     p.delay.unwrap_or_default(),
+                    std::cmp::Reverse(p.history.unwrap_or(Duration::MAX)),
                     std::cmp::Reverse(s.period_end.unwrap_or(i64::MAX)),
                 )
             });
@@ -220,6 +240,7 @@ impl Entitlements {
                     .aggregate
                     .map(|a| humantime::format_duration(a).to_string()),
                 expires_at: ends,
+                history: p.history,
             }
         }))
     }

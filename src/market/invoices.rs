@@ -4,7 +4,9 @@
 //! - a **flat** line per payment received in the month (a monthly plan's fee, already
 //!   settled through the payment provider; a metered plan's zero-fee periods make none), and
 //! - a **metered** line per metered subscription with deliveries in the month: readings ×
-//!   the plan's price per 1000, rounded half up to a minor unit, due on the invoice.
+//!   the plan's price per 1000, rounded half up to a minor unit, due on the invoice, and
+//! - a **queried** line per metered subscription whose history queries returned rows in the
+//!   month: rows × the same price, kept apart from the deliveries.
 //!
 //! An invoice gathers a subscriber's lines of one currency; `total` is everything billed,
 //! `due` what is still to pay (the metered part). Generating a period again recomputes its
@@ -27,7 +29,10 @@ use crate::model::Micros;
 #[serde(rename_all = "lowercase")]
 pub enum LineKind {
     Flat,
+    /// Readings delivered live under a metered plan.
     Metered,
+    /// Rows history queries returned under a metered plan, at the same price.
+    Queried,
 }
 
 impl LineKind {
@@ -35,6 +40,15 @@ impl LineKind {
         match self {
             LineKind::Flat => "flat",
             LineKind::Metered => "metered",
+            LineKind::Queried => "queried",
+        }
+    }
+
+    fn parse(text: &str) -> LineKind {
+        match text {
+            "metered" => LineKind::Metered,
+            "queried" => LineKind::Queried,
+            _ => LineKind::Flat,
         }
     }
 }
@@ -90,8 +104,12 @@ pub struct DatasetRevenue {
     pub currency: String,
     pub flat_minor: i64,
     pub metered_minor: i64,
+    /// Metered history queries.
+    pub queried_minor: i64,
     pub revenue_minor: i64,
     pub readings: i64,
+    /// Rows history queries returned under metered plans.
+    pub query_rows: i64,
 }
 
 /// How many accounts of a sector subscribe under a plan.
@@ -209,7 +227,8 @@ impl Store {
         }
         let metered = sqlx::query(
             "SELECT s.id, s.account, s.dataset, d.provider, s.plan, pl.name, pl.currency,
-                    pl.per_1000_minor, CAST(SUM(u.readings) AS BIGINT)
+                    pl.per_1000_minor, CAST(SUM(u.readings) AS BIGINT),
+                    CAST(SUM(u.query_rows) AS BIGINT)
              FROM usage_hours u JOIN subscriptions s ON s.id = u.subscription
              JOIN plans pl ON pl.id = s.plan JOIN datasets d ON d.id = s.dataset
              WHERE pl.kind = 'metered' AND u.hour >= $1 AND u.hour < $2
@@ -226,20 +245,33 @@ impl Store {
             let dataset: String = row.try_get(2)?;
             let per_1000: i64 = row.try_get(7)?;
             let readings: i64 = row.try_get(8)?;
-            lines.push(Line {
-                subscription: row.try_get(0)?,
-                account: row.try_get(1)?,
-                provider: row.try_get(3)?,
-                plan: row.try_get(4)?,
-                kind: LineKind::Metered,
-                description: format!("{name} ({dataset}), {readings} readings delivered"),
-                dataset,
-                quantity: readings,
-                unit_minor: per_1000,
-                amount_minor: metered_amount(readings, per_1000),
-                currency: row.try_get(6)?,
-                settled: false,
-            });
+            let query_rows: i64 = row.try_get(9)?;
+            let line = |kind, quantity: i64, what: &str| -> Result<Line, sqlx::Error> {
+                Ok(Line {
+                    subscription: row.try_get(0)?,
+                    account: row.try_get(1)?,
+                    provider: row.try_get(3)?,
+                    plan: row.try_get(4)?,
+                    kind,
+                    description: format!("{name} ({dataset}), {quantity} {what}"),
+                    dataset: dataset.clone(),
+                    quantity,
+                    unit_minor: per_1000,
+                    amount_minor: metered_amount(quantity, per_1000),
+                    currency: row.try_get(6)?,
+                    settled: false,
+                })
+            };
+            if readings > 0 || query_rows == 0 {
+                lines.push(line(LineKind::Metered, readings, "readings delivered")?);
+            }
+            if query_rows > 0 {
+                lines.push(line(
+                    LineKind::Queried,
+                    query_rows,
+                    "rows returned by history queries",
+                )?);
+            }
         }
         Ok(lines)
     }
@@ -372,11 +404,7 @@ impl Store {
                     dataset: l.try_get(1)?,
                     provider: String::new(),
                     plan: l.try_get(2)?,
-                    kind: if kind == "metered" {
-                        LineKind::Metered
-                    } else {
-                        LineKind::Flat
-                    },
+                    kind: LineKind::parse(&kind),
                     description: l.try_get(4)?,
                     quantity: l.try_get(5)?,
                     unit_minor: l.try_get(6)?,
@@ -423,14 +451,20 @@ impl Store {
                     currency: l.currency.clone(),
                     flat_minor: 0,
                     metered_minor: 0,
+                    queried_minor: 0,
                     revenue_minor: 0,
                     readings: 0,
+                    query_rows: 0,
                 });
             match l.kind {
                 LineKind::Flat => r.flat_minor = r.flat_minor.saturating_add(l.amount_minor),
                 LineKind::Metered => {
                     r.metered_minor = r.metered_minor.saturating_add(l.amount_minor);
                     r.readings = r.readings.saturating_add(l.quantity);
+                }
+                LineKind::Queried => {
+                    r.queried_minor = r.queried_minor.saturating_add(l.amount_minor);
+                    r.query_rows = r.query_rows.saturating_add(l.quantity);
                 }
             }
             r.revenue_minor = r.revenue_minor.saturating_add(l.amount_minor);

@@ -83,6 +83,10 @@ pub struct Plan {
     #[serde(with = "opt_duration")]
     #[schema(value_type = Option<String>, example = "15m")]
     pub aggregate: Option<Duration>,
+    /// How far back history queries reach (none: as far as the lake goes).
+    #[serde(with = "opt_duration")]
+    #[schema(value_type = Option<String>, example = "90d")]
+    pub history: Option<Duration>,
     pub active: bool,
     pub created_at: Micros,
 }
@@ -106,6 +110,31 @@ pub struct NewPlan {
     pub delay: Option<String>,
     #[serde(default)]
     pub aggregate: Option<String>,
+    /// How far back history queries reach, e.g. `"24h"`, `"90d"` (default: as far as the
+    /// lake goes).
+    #[serde(default)]
+    pub history: Option<String>,
+}
+
+/// The longest history term a plan may state (ten years: "as far as the lake goes" is the
+/// term left out).
+const MAX_HISTORY: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+fn history_term(text: &Option<String>, p: &mut Vec<String>) -> Option<Duration> {
+    let text = text.as_ref()?;
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= MAX_HISTORY => Some(d),
+        Ok(_) => {
+            p.push(format!(
+                "history: `{text}` must be at least 1s and at most 10 years (leave it out for no limit)"
+            ));
+            None
+        }
+        Err(e) => {
+            p.push(format!("history: `{text}` is not a duration ({e})"));
+            None
+        }
+    }
 }
 
 fn window(field: &str, text: &Option<String>, p: &mut Vec<String>) -> Option<Duration> {
@@ -141,6 +170,7 @@ impl NewPlan {
         }
         let delay = window("delay", &self.delay, &mut p);
         let aggregate = window("aggregate", &self.aggregate, &mut p);
+        let history = history_term(&self.history, &mut p);
         let currency = self.currency.clone().unwrap_or_default();
         let price = self.price_minor.unwrap_or(0);
         let per_1000 = self.per_1000_minor.unwrap_or(0);
@@ -203,6 +233,7 @@ impl NewPlan {
             per_1000_minor: per_1000,
             delay,
             aggregate,
+            history,
             active: true,
             created_at: now_micros(),
         })
@@ -222,7 +253,7 @@ fn window_to_micros(d: Option<Duration>) -> i64 {
 pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 
 pub(crate) const PLAN_COLUMNS: &str = "id, dataset, name, kind, currency, price_minor, \
-     per_1000_minor, delay_us, aggregate_us, active, created_at";
+     per_1000_minor, delay_us, aggregate_us, active, created_at, history_us";
 
 pub(crate) fn plan_from_row(row: &AnyRow, at: usize) -> Result<Plan, sqlx::Error> {
     let kind: String = row.try_get(at + 3)?;
@@ -240,6 +271,7 @@ pub(crate) fn plan_from_row(row: &AnyRow, at: usize) -> Result<Plan, sqlx::Error
         aggregate: micros_to_window(row.try_get(at + 8)?),
         active: row.try_get::<i64, _>(at + 9)? != 0,
         created_at: row.try_get(at + 10)?,
+        history: micros_to_window(row.try_get(at + 11)?),
     })
 }
 
@@ -253,7 +285,7 @@ impl Store {
             .build(dataset)
             .map_err(|p| Error::Invalid(p.join("; ")))?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO plans ({PLAN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)
+            "INSERT INTO plans ({PLAN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11)
              ON CONFLICT (id) DO NOTHING"
         )))
         .bind(&plan.id)
@@ -266,6 +298,7 @@ impl Store {
         .bind(window_to_micros(plan.delay))
         .bind(window_to_micros(plan.aggregate))
         .bind(plan.created_at)
+        .bind(window_to_micros(plan.history))
         .execute(self.pool())
         .await?;
         if done.rows_affected() == 0 {
@@ -335,6 +368,7 @@ mod tests {
             per_1000_minor: None,
             delay: None,
             aggregate: None,
+            history: None,
         }
     }
 
@@ -372,6 +406,7 @@ mod tests {
         let problems = NewPlan {
             price_minor: Some(100),
             aggregate: Some("30d".into()),
+            history: None,
             delay: Some("soon".into()),
             ..plan(PlanKind::Free)
         }

@@ -201,4 +201,12 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         CREATE UNIQUE INDEX subscriptions_live_plan ON subscriptions (account, plan)
             WHERE status IN ('pending_payment', 'active', 'past_due');",
     ),
+    (
+        7,
+        // How far back a plan's history queries reach (0: as far as the lake goes), and
+        // the rows history queries returned, metered apart from live deliveries.
+        "ALTER TABLE plans ADD COLUMN history_us BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE usage_hours ADD COLUMN query_rows BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE usage_hours ADD COLUMN query_bytes BIGINT NOT NULL DEFAULT 0;",
+    ),
 ];

@@ -1,7 +1,9 @@
-//! Metering: readings and bytes delivered per subscription and hour.
+//! Metering: readings and bytes delivered per subscription and hour, and apart from them
+//! the rows (readings or buckets) and bytes history queries returned.
 //!
-//! Delivery paths call [`UsageRecorder::record`] for every reading they send (a counter
-//! bump under a mutex, no I/O). The recorder writes what it counted to `usage_hours` every
+//! Delivery paths call [`UsageRecorder::record`] for every reading they send, history
+//! queries [`UsageRecorder::record_query`] for every answer (a counter bump under a mutex,
+//! no I/O). The recorder writes what it counted to `usage_hours` every
 //! `[market] usage_flush_interval` and at shutdown, as batches with an id: a batch's id is
 //! stored in `usage_flushes` in the same transaction as its counts, so a flush retried after
 //! an error whose outcome was unknown (a lost commit reply) adds nothing twice. A batch that
@@ -25,6 +27,8 @@ const HOUR: Micros = 3_600_000_000;
 pub struct Counts {
     pub readings: i64,
     pub bytes: i64,
+    pub query_rows: i64,
+    pub query_bytes: i64,
 }
 
 type Pending = HashMap<(String, Micros), Counts>;
@@ -56,15 +60,29 @@ impl UsageRecorder {
 
     /// [`UsageRecorder::record`] at time `at` (µs).
     pub fn record_at(&self, subscription: &str, readings: u64, bytes: u64, at: Micros) {
+        self.count(subscription, at, |c| {
+            c.readings = c.readings.saturating_add(readings as i64);
+            c.bytes = c.bytes.saturating_add(bytes as i64);
+        });
+    }
+
+    /// Counts `rows` rows of `bytes` bytes a history query returned under `subscription`
+    /// now (kept apart from live deliveries).
+    pub fn record_query(&self, subscription: &str, rows: u64, bytes: u64) {
+        self.count(subscription, now_micros(), |c| {
+            c.query_rows = c.query_rows.saturating_add(rows as i64);
+            c.query_bytes = c.query_bytes.saturating_add(bytes as i64);
+        });
+    }
+
+    fn count(&self, subscription: &str, at: Micros, add: impl FnOnce(&mut Counts)) {
         let hour = at - at.rem_euclid(HOUR);
         let mut counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
         let hours = match counting.get_mut(subscription) {
             Some(hours) => hours,
             None => counting.entry(subscription.to_string()).or_default(),
         };
-        let c = hours.entry(hour).or_default();
-        c.readings = c.readings.saturating_add(readings as i64);
-        c.bytes = c.bytes.saturating_add(bytes as i64);
+        add(hours.entry(hour).or_default());
     }
 
     /// Writes everything counted so far. On error what was not written stays queued.
@@ -99,8 +117,12 @@ pub struct UsageRow {
     pub dataset: String,
     /// Start of the hour, µs since the epoch.
     pub hour: Micros,
+    /// Readings delivered live.
     pub readings: i64,
     pub bytes: i64,
+    /// Rows (readings or buckets) history queries returned.
+    pub query_rows: i64,
+    pub query_bytes: i64,
 }
 
 /// Whose usage a query sums.
@@ -134,16 +156,20 @@ impl Store {
         }
         for ((subscription, hour), c) in batch {
             sqlx::query(
-                "INSERT INTO usage_hours (subscription, hour, readings, bytes)
-                 VALUES ($1, $2, $3, $4)
+                "INSERT INTO usage_hours (subscription, hour, readings, bytes, query_rows, query_bytes)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (subscription, hour) DO UPDATE SET
                      readings = usage_hours.readings + excluded.readings,
-                     bytes = usage_hours.bytes + excluded.bytes",
+                     bytes = usage_hours.bytes + excluded.bytes,
+                     query_rows = usage_hours.query_rows + excluded.query_rows,
+                     query_bytes = usage_hours.query_bytes + excluded.query_bytes",
             )
             .bind(subscription)
             .bind(*hour)
             .bind(c.readings)
             .bind(c.bytes)
+            .bind(c.query_rows)
+            .bind(c.query_bytes)
             .execute(&mut *tx)
             .await?;
         }
@@ -160,14 +186,16 @@ impl Store {
     ) -> Result<Vec<UsageRow>, Error> {
         let (sql, who) = match scope {
             UsageScope::Subscriber(account) => (
-                "SELECT u.subscription, s.dataset, u.hour, u.readings, u.bytes
+                "SELECT u.subscription, s.dataset, u.hour, u.readings, u.bytes, u.query_rows,
+                        u.query_bytes
                  FROM usage_hours u JOIN subscriptions s ON s.id = u.subscription
                  WHERE u.hour >= $1 AND u.hour < $2 AND s.account = $3
                  ORDER BY u.hour, u.subscription",
                 Some(account),
             ),
             UsageScope::Provider(provider) => (
-                "SELECT NULL, s.dataset, u.hour, CAST(SUM(u.readings) AS BIGINT), CAST(SUM(u.bytes) AS BIGINT)
+                "SELECT NULL, s.dataset, u.hour, CAST(SUM(u.readings) AS BIGINT), CAST(SUM(u.bytes) AS BIGINT),
+                        CAST(SUM(u.query_rows) AS BIGINT), CAST(SUM(u.query_bytes) AS BIGINT)
                  FROM usage_hours u JOIN subscriptions s ON s.id = u.subscription
                  JOIN datasets d ON d.id = s.dataset
                  WHERE u.hour >= $1 AND u.hour < $2 AND d.provider = $3
@@ -175,7 +203,8 @@ impl Store {
                 Some(provider),
             ),
             UsageScope::All => (
-                "SELECT NULL, s.dataset, u.hour, CAST(SUM(u.readings) AS BIGINT), CAST(SUM(u.bytes) AS BIGINT)
+                "SELECT NULL, s.dataset, u.hour, CAST(SUM(u.readings) AS BIGINT), CAST(SUM(u.bytes) AS BIGINT),
+                        CAST(SUM(u.query_rows) AS BIGINT), CAST(SUM(u.query_bytes) AS BIGINT)
                  FROM usage_hours u JOIN subscriptions s ON s.id = u.subscription
                  WHERE u.hour >= $1 AND u.hour < $2
                  GROUP BY s.dataset, u.hour ORDER BY u.hour, s.dataset",
@@ -197,6 +226,8 @@ impl Store {
                     hour: row.try_get(2)?,
                     readings: row.try_get(3)?,
                     bytes: row.try_get(4)?,
+                    query_rows: row.try_get(5)?,
+                    query_bytes: row.try_get(6)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?)

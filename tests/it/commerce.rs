@@ -245,7 +245,8 @@ async fn a_provider_prices_a_subscriber_pays_usage_is_invoiced_and_stated() {
     assert_eq!(
         st["datasets"],
         json!([{"dataset": "traffic-counts", "currency": "DKK", "flat_minor": 49_900,
-                "metered_minor": 494, "revenue_minor": 50_394, "readings": 12_345}])
+                "metered_minor": 494, "queried_minor": 0, "revenue_minor": 50_394,
+                "readings": 12_345, "query_rows": 0}])
     );
     assert_eq!(
         st["totals"],

@@ -507,3 +507,134 @@ async fn formats_links_and_bad_parameters() {
 async fn gw_csv(gw: &Gateway, path: &str, key: &str) -> (u16, reqwest::header::HeaderMap, String) {
     get_text(gw, path, key, Some("text/csv")).await
 }
+
+#[tokio::test]
+async fn a_plan_reaches_back_its_history_term_and_queries_are_metered_apart() {
+    let gw = Gateway::start().await;
+    let (key, sub, device) = subscribed(
+        &gw,
+        json!({"id": "day", "name": "Free, the last day", "kind": "free", "history": "1d"}),
+    )
+    .await;
+    // The catalog shows the term.
+    let (_, plans) = gw.get_as("/v1/catalog/traffic-counts/plans", "").await;
+    assert_eq!(plans[0]["history"], "1day", "{plans}");
+    let now = now_ms();
+    post(
+        &gw,
+        &device,
+        &[
+            ("hi-1".into(), now - 2 * HOUR_MS, 1),
+            ("hi-1".into(), now - 1000, 2),
+        ],
+    )
+    .await;
+    let (status, body) = gw
+        .get_as(
+            &format!("{HISTORY}?from={}", at(now - 2 * 24 * HOUR_MS)),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("reaches back"),
+        "{body}"
+    );
+    let (status, body) = gw
+        .get_as(&format!("{HISTORY}?from={}", at(now - 3 * HOUR_MS)), &key)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["readings"].as_array().unwrap().len(), 2);
+    let (status, _) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?from={}&every=1h&group_by=none&fn=count",
+                at(now - 3 * HOUR_MS)
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // 2 readings and (at least) 1 bucket returned: metered as query rows, not deliveries.
+    let (status, usage) = gw
+        .get_as(
+            &format!(
+                "/v1/usage?from={}&to={}",
+                at(now - HOUR_MS),
+                at(now + HOUR_MS)
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 200, "{usage}");
+    let rows: Vec<&Value> = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["subscription"] == sub.as_str())
+        .collect();
+    let query_rows: i64 = rows.iter().map(|r| r["query_rows"].as_i64().unwrap()).sum();
+    let delivered: i64 = rows.iter().map(|r| r["readings"].as_i64().unwrap()).sum();
+    assert!(query_rows >= 3, "{usage}");
+    assert_eq!(delivered, 0, "{usage}");
+    assert_eq!(usage["total_query_rows"], query_rows, "{usage}");
+}
+
+#[tokio::test]
+async fn a_metered_plan_bills_query_rows_on_a_line_of_their_own() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "per-use", "name": "Pay per use", "kind": "metered", "currency": "DKK", "per_1000_minor": 1000}),
+    )
+    .await;
+    let (account, key) = gw.account("subscriber", "Planning Office", "public").await;
+    let sub = subscribe(&gw, &key, "per-use").await;
+    let (status, _) = gw
+        .post_as(
+            &format!("/v1/subscriptions/{sub}/payments"),
+            &gw.admin_key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let now = now_ms();
+    let readings: Vec<(String, i64, i64)> = (0..7)
+        .map(|i| ("me-1".to_string(), now - 10_000 + i, i))
+        .collect();
+    post(&gw, &device, &readings).await;
+    let (status, body) = gw
+        .get_as(&format!("{HISTORY}?from={}", at(now - 60_000)), &key)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["readings"].as_array().unwrap().len(), 7);
+
+    let period = citygate::calendar::month_of(now * 1000);
+    let (status, _) = gw
+        .post_as(
+            "/v1/invoices/generate",
+            &gw.admin_key,
+            json!({"period": period}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, invoices) = gw.get_as("/v1/invoices", &key).await;
+    let inv = &invoices[0];
+    assert_eq!(inv["account"], account.as_str());
+    let lines = inv["lines"].as_array().unwrap();
+    let queried: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "queried").collect();
+    assert_eq!(queried.len(), 1, "{inv}");
+    assert_eq!(queried[0]["quantity"], 7, "{inv}");
+    // 7 rows at 10 DKK per 1000 = 0.07 DKK → 7 øre; no live deliveries, so no metered line.
+    assert_eq!(queried[0]["amount_minor"], 7, "{inv}");
+    assert!(lines.iter().all(|l| l["kind"] != "metered"), "{inv}");
+    let (_, st) = gw
+        .get_as(&format!("/v1/statements?period={period}"), &provider)
+        .await;
+    assert_eq!(st["datasets"][0]["query_rows"], 7, "{st}");
+    assert_eq!(st["datasets"][0]["queried_minor"], 7, "{st}");
+}

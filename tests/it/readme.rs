@@ -43,7 +43,12 @@ fn the_readme_runs_as_written() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let blocks = examples(
         &readme,
-        &["Try it", "The command line", "The marketplace", "History queries"],
+        &[
+            "Try it",
+            "The command line",
+            "The marketplace",
+            "History queries",
+        ],
     );
     assert!(blocks.len() >= 4, "the README's examples were not found");
 
@@ -104,7 +109,10 @@ fn the_readme_runs_as_written() {
     assert!(stdout.contains("\"plan\":\"traffic-live\""), "{stdout}");
     // History: the reading "Try it" posted, raw, as CSV and in a bucket.
     assert!(stdout.contains("\"sensor_id\":\"tc-0001\""), "{stdout}");
-    assert!(stdout.contains("sensor_id,ts,vehicle_count,lat,lon"), "{stdout}");
+    assert!(
+        stdout.contains("sensor_id,ts,vehicle_count,lat,lon"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"vehicle_count_max\""), "{stdout}");
 
     // The readings are in files once the gateway stops; read them from a directory whose

@@ -42,8 +42,12 @@ pub(crate) struct UsageReport {
     from: Micros,
     to: Micros,
     rows: Vec<UsageRow>,
+    /// Readings delivered live, and their bytes.
     total_readings: i64,
     total_bytes: i64,
+    /// Rows history queries returned, and their bytes.
+    total_query_rows: i64,
+    total_query_bytes: i64,
 }
 
 /// `GET /v1/usage?from=&to=` (default: the last 31 days)
@@ -83,6 +87,8 @@ pub(crate) async fn usage(
         to,
         total_readings: rows.iter().map(|r| r.readings).sum(),
         total_bytes: rows.iter().map(|r| r.bytes).sum(),
+        total_query_rows: rows.iter().map(|r| r.query_rows).sum(),
+        total_query_bytes: rows.iter().map(|r| r.query_bytes).sum(),
         rows,
     }))
 }

@@ -32,6 +32,7 @@ fn plan(id: &str, kind: PlanKind) -> NewPlan {
         per_1000_minor: (kind == PlanKind::Metered).then_some(40),
         delay: None,
         aggregate: None,
+        history: None,
     }
 }
 
@@ -101,6 +102,7 @@ async fn the_entitlement_answers_every_case() {
         },
         NewPlan {
             aggregate: Some("15m".into()),
+            history: None,
             ..plan("aggregated", PlanKind::Free)
         },
         plan("live", PlanKind::Monthly),
@@ -283,6 +285,7 @@ async fn a_usage_batch_is_counted_once_however_often_it_is_written() {
         Counts {
             readings: 7,
             bytes: 700,
+            ..Counts::default()
         },
     );
     // A flush retried after its commit's answer was lost writes the same batch again.
