@@ -11,7 +11,8 @@
 //! than its delay, on every route; an aggregate plan gets buckets of at least its window and
 //! no raw readings; a plan's history term bounds how far back `from` may reach (403 past
 //! it). Rows returned are metered to the subscription, apart from live deliveries. Answers
-//! are JSON (default), NDJSON or CSV, by `Accept` or `format=`;
+//! are JSON (default), NDJSON, CSV, an Arrow IPC stream or a Parquet file, by `Accept` or
+//! `format=`;
 //! a page that has a next one says so in `next` (JSON) and in a `Link: <…>; rel="next"`
 //! header (every format). Each query first waits until every reading acknowledged before
 //! it is visible (read your writes).
@@ -29,7 +30,7 @@ use super::auth::require_key;
 use super::error::ApiError;
 use crate::feed::session::Filter;
 use crate::market::Grant;
-use crate::model::{Dataset, Micros, now_micros};
+use crate::model::{Dataset, FieldType, Micros, now_micros};
 use crate::pipeline::decode::time::parse_rfc3339;
 use crate::query::aggregate::{Func, Spec};
 use crate::query::output::{Format, Table};
@@ -60,7 +61,7 @@ pub(crate) struct HistoryQuery {
     cursor: Option<String>,
     /// `asc` (default) or `desc`.
     order: Option<String>,
-    /// `json`, `ndjson` or `csv` (instead of `Accept`).
+    /// `json`, `ndjson`, `csv`, `arrow` or `parquet` (instead of `Accept`).
     format: Option<String>,
 }
 
@@ -111,7 +112,8 @@ fn format_of(headers: &HeaderMap, format: Option<&str>) -> Result<Format, ApiErr
         None => Ok(Format::Json),
         Some(accept) => Format::from_accept(accept).ok_or_else(|| {
             ApiError::NotAcceptable(format!(
-                "Accept: `{accept}` names none of application/json, application/x-ndjson, text/csv"
+                "Accept: `{accept}` names none of application/json, application/x-ndjson, text/csv, \
+                 application/vnd.apache.arrow.stream, application/vnd.apache.parquet"
             ))
         }),
     }
@@ -129,19 +131,19 @@ fn time(name: &str, text: Option<&str>) -> Result<Option<Micros>, ApiError> {
     .transpose()
 }
 
-/// The fields asked for (schema position and name): all, or those named.
+/// The fields asked for (schema position, name, type): all, or those named.
 fn fields_of(
     ds: &Dataset,
     names: Option<&str>,
     numeric: bool,
-) -> Result<Vec<(usize, String)>, ApiError> {
+) -> Result<Vec<(usize, String, FieldType)>, ApiError> {
     let Some(names) = names else {
         return Ok(ds
             .fields
             .iter()
             .enumerate()
             .filter(|(_, f)| !numeric || f.ty.is_numeric())
-            .map(|(i, f)| (i, f.name.clone()))
+            .map(|(i, f)| (i, f.name.clone(), f.ty))
             .collect());
     };
     let mut out = Vec::new();
@@ -158,8 +160,8 @@ fn fields_of(
                 format!("fields: `{name}` is not numeric and has no aggregates"),
             ));
         }
-        if !out.iter().any(|(j, _)| *j == i) {
-            out.push((i, name.to_string()));
+        if !out.iter().any(|(j, _, _)| *j == i) {
+            out.push((i, name.to_string(), ds.fields[i].ty));
         }
     }
     if out.is_empty() {
@@ -296,23 +298,41 @@ async fn timed<T>(
 /// deliveries).
 fn respond(
     state: &AppState,
-    grant: &Grant,
-    rows: usize,
+    (grant, dataset, route): (&Grant, &str, &str),
+    table: &Table,
     format: Format,
-    body: String,
+    extra: Map<String, Json>,
     next: Option<String>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let key = if route == "aggregate" {
+        "buckets"
+    } else {
+        "readings"
+    };
+    let body = table.write(format, key, extra).map_err(|e| {
+        tracing::error!(error = %e, "a history answer could not be written");
+        ApiError::Internal(e)
+    })?;
+    state.metrics.query().returned(route, table.rows.len());
     if let Some(subscription) = &grant.subscription {
         state
             .market
             .usage()
-            .record_query(subscription, rows as u64, body.len() as u64);
+            .record_query(subscription, table.rows.len() as u64, body.len() as u64);
     }
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if let Some(ext) = format.attachment() {
+        let disposition = format!("attachment; filename=\"{dataset}-{route}.{ext}\"");
+        if let Ok(value) = HeaderValue::from_str(&disposition) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, value);
+        }
+    }
     if let Some(link) = next.and_then(|l| HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LINK, link);
     }
-    response
+    Ok(response)
 }
 
 /// The request's own URL with `cursor` set to the next page's.
@@ -335,7 +355,8 @@ fn next_link(uri: &Uri, cursor: &str) -> String {
         description = "raw readings in time order: `{readings, next}` (JSON), one per line \
                        (NDJSON) or a table (CSV); `Link: <…>; rel=\"next\"` when more follow",
         content((Object = "application/json"), (String = "application/x-ndjson"),
-                (String = "text/csv"))),
+                (String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"),
+                (Vec<u8> = "application/vnd.apache.parquet"))),
               crate::api::error::Refused,
               (status = 503, description = "busy; retry after `Retry-After`",
                body = crate::api::error::ErrorSchema)))]
@@ -396,14 +417,20 @@ pub(crate) async fn history(
             next: None,
         }
     };
-    state.metrics.query().returned("history", page.rows.len());
     let next = page.next.as_ref().map(Cursor::encode);
     let mut extra = Map::new();
-    extra.insert("dataset".into(), Json::String(id));
+    extra.insert("dataset".into(), Json::String(id.clone()));
     extra.insert("next".into(), next.clone().map_or(Json::Null, Json::String));
-    let body = Table::readings(&page.rows, &fields).write(format, "readings", extra);
     let link = next.map(|c| next_link(&uri, &c));
-    Ok(respond(&state, &grant, page.rows.len(), format, body, link))
+    let table = Table::readings(&page.rows, &fields);
+    respond(
+        &state,
+        (&grant, &id, "history"),
+        &table,
+        format,
+        extra,
+        link,
+    )
 }
 
 /// `GET /v1/datasets/{id}/latest`
@@ -413,7 +440,8 @@ pub(crate) async fn history(
         description = "the last reading of every sensor (within `[query] latest_lookback`), by \
                        sensor id",
         content((Object = "application/json"), (String = "application/x-ndjson"),
-                (String = "text/csv"))),
+                (String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"),
+                (Vec<u8> = "application/vnd.apache.parquet"))),
               crate::api::error::Refused,
               (status = 503, description = "busy; retry after `Retry-After`",
                body = crate::api::error::ErrorSchema)))]
@@ -437,11 +465,10 @@ pub(crate) async fn latest(
     let sel = selection(ds, (from, to), q.sensors.as_deref(), q.bbox.as_deref())?;
     let _permit = ready(&state).await?;
     let rows = timed(&state, state.query.latest(&sel)).await?;
-    state.metrics.query().returned("latest", rows.len());
     let mut extra = Map::new();
-    extra.insert("dataset".into(), Json::String(id));
-    let body = Table::readings(&rows, &fields).write(format, "readings", extra);
-    Ok(respond(&state, &grant, rows.len(), format, body, None))
+    extra.insert("dataset".into(), Json::String(id.clone()));
+    let table = Table::readings(&rows, &fields);
+    respond(&state, (&grant, &id, "latest"), &table, format, extra, None)
 }
 
 /// `GET /v1/datasets/{id}/aggregate`
@@ -451,7 +478,8 @@ pub(crate) async fn latest(
         description = "time buckets: `bucket` (start), `sensor_id` (grouped by sensor), then \
                        `{field}_{fn}` per field and function",
         content((Object = "application/json"), (String = "application/x-ndjson"),
-                (String = "text/csv"))),
+                (String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"),
+                (Vec<u8> = "application/vnd.apache.parquet"))),
               crate::api::error::Refused,
               (status = 503, description = "busy; retry after `Retry-After`",
                body = crate::api::error::ErrorSchema)))]
@@ -540,7 +568,7 @@ pub(crate) async fn aggregate(
         every: every_us,
         fns,
         by_sensor,
-        fields,
+        fields: fields.into_iter().map(|(i, name, _)| (i, name)).collect(),
     };
     let _permit = ready(&state).await?;
     let buckets = if sel.from < sel.to {
@@ -559,9 +587,15 @@ pub(crate) async fn aggregate(
     } else {
         Vec::new()
     };
-    state.metrics.query().returned("aggregate", buckets.len());
     let mut extra = Map::new();
-    extra.insert("dataset".into(), Json::String(id));
-    let body = Table::buckets(&buckets, &spec).write(format, "buckets", extra);
-    Ok(respond(&state, &grant, buckets.len(), format, body, None))
+    extra.insert("dataset".into(), Json::String(id.clone()));
+    let table = Table::buckets(&buckets, &spec);
+    respond(
+        &state,
+        (&grant, &id, "aggregate"),
+        &table,
+        format,
+        extra,
+        None,
+    )
 }

@@ -1,17 +1,27 @@
-//! Answers as tables, written as JSON, NDJSON or CSV.
+//! Answers as tables, written as JSON, NDJSON, CSV, an Arrow IPC stream or a Parquet file.
 //!
-//! A [`Table`] is named columns and rows of [`Cell`]s: raw readings (`sensor_id`, `ts`, the
-//! fields asked for, `lat`, `lon`) and buckets (`bucket`, `sensor_id` when grouped, then
-//! `{field}_{fn}`). Times are RFC 3339 (UTC, to the µs when there is a fraction) in every text format. JSON is one object
-//! with the rows as objects under `key` and whatever the caller adds (`next`); NDJSON is one
-//! object per line; CSV follows RFC 4180 (a header row, CRLF, quotes where needed).
+//! A [`Table`] is named, typed columns and rows of [`Cell`]s: raw readings (`sensor_id`,
+//! `ts`, the fields asked for with the schema's types, `lat`, `lon`) and buckets (`bucket`,
+//! `sensor_id` when grouped, then `{field}_{fn}`). Times are RFC 3339 (UTC, to the µs when
+//! there is a fraction) in the text formats and timestamp(µs, UTC) in Arrow and Parquet.
+//! JSON is one object with the rows as objects under `key` and whatever the caller adds
+//! (`next`); NDJSON is one object per line; CSV follows RFC 4180 (a header row, CRLF, quotes
+//! where needed); Arrow is one record batch in a stream (what pandas, polars and DuckDB
+//! read); Parquet is a zstd file.
 
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use serde_json::{Map, Value as Json};
 
 use super::Row;
-use super::aggregate::{Bucket, Spec};
+use super::aggregate::{Bucket, Func, Spec};
 use crate::calendar::format_rfc3339_micros;
-use crate::model::{Micros, Value};
+use crate::model::{FieldType, Micros, Value};
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +29,12 @@ pub(crate) enum Format {
     Json,
     Ndjson,
     Csv,
+    Arrow,
+    Parquet,
 }
 
 impl Format {
-    pub(crate) const NAMES: &'static str = "json, ndjson, csv";
+    pub(crate) const NAMES: &'static str = "json, ndjson, csv, arrow, parquet";
 
     /// From `format=`.
     pub(crate) fn parse(name: &str) -> Option<Format> {
@@ -30,6 +42,8 @@ impl Format {
             "json" => Some(Format::Json),
             "ndjson" => Some(Format::Ndjson),
             "csv" => Some(Format::Csv),
+            "arrow" => Some(Format::Arrow),
+            "parquet" => Some(Format::Parquet),
             _ => None,
         }
     }
@@ -42,6 +56,8 @@ impl Format {
                 "application/json" | "*/*" | "application/*" => Some(Format::Json),
                 "application/x-ndjson" | "application/ndjson" => Some(Format::Ndjson),
                 "text/csv" | "text/*" => Some(Format::Csv),
+                "application/vnd.apache.arrow.stream" => Some(Format::Arrow),
+                "application/vnd.apache.parquet" | "application/x-parquet" => Some(Format::Parquet),
                 _ => None,
             })
     }
@@ -51,6 +67,17 @@ impl Format {
             Format::Json => "application/json",
             Format::Ndjson => "application/x-ndjson",
             Format::Csv => "text/csv; charset=utf-8; header=present",
+            Format::Arrow => "application/vnd.apache.arrow.stream",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+
+    /// The file name a download is offered under (`None`: shown inline).
+    pub(crate) fn attachment(self) -> Option<&'static str> {
+        match self {
+            Format::Arrow => Some("arrows"),
+            Format::Parquet => Some("parquet"),
+            _ => None,
         }
     }
 }
@@ -110,19 +137,54 @@ fn value_cell(v: &Option<Value>) -> Cell {
     }
 }
 
-/// Named columns and rows.
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Text,
+    Time,
+    Int,
+    Float,
+    Bool,
+}
+
+impl Kind {
+    fn of(ty: FieldType) -> Kind {
+        match ty {
+            FieldType::Float => Kind::Float,
+            FieldType::Int => Kind::Int,
+            FieldType::Bool => Kind::Bool,
+            FieldType::String => Kind::Text,
+        }
+    }
+
+    fn arrow(self) -> DataType {
+        match self {
+            Kind::Text => DataType::Utf8,
+            Kind::Time => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::Int => DataType::Int64,
+            Kind::Float => DataType::Float64,
+            Kind::Bool => DataType::Boolean,
+        }
+    }
+}
+
+/// Named, typed columns and rows.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Table {
     pub(crate) columns: Vec<String>,
+    pub(crate) kinds: Vec<Kind>,
     pub(crate) rows: Vec<Vec<Cell>>,
 }
 
 impl Table {
-    /// Raw readings with the fields at `fields` (schema positions, with their names).
-    pub(crate) fn readings(rows: &[Row], fields: &[(usize, String)]) -> Table {
+    /// Raw readings with the fields at `fields` (schema positions, names and types).
+    pub(crate) fn readings(rows: &[Row], fields: &[(usize, String, FieldType)]) -> Table {
         let mut columns = vec!["sensor_id".to_string(), "ts".to_string()];
-        columns.extend(fields.iter().map(|(_, name)| name.clone()));
+        columns.extend(fields.iter().map(|(_, name, _)| name.clone()));
         columns.extend(["lat".to_string(), "lon".to_string()]);
+        let mut kinds = vec![Kind::Text, Kind::Time];
+        kinds.extend(fields.iter().map(|(_, _, ty)| Kind::of(*ty)));
+        kinds.extend([Kind::Float, Kind::Float]);
         let rows = rows
             .iter()
             .map(|r| {
@@ -130,25 +192,36 @@ impl Table {
                 cells.extend(
                     fields
                         .iter()
-                        .map(|(at, _)| r.values.get(*at).map_or(Cell::Null, value_cell)),
+                        .map(|(at, _, _)| r.values.get(*at).map_or(Cell::Null, value_cell)),
                 );
                 cells.push(r.lat.map_or(Cell::Null, Cell::Float));
                 cells.push(r.lon.map_or(Cell::Null, Cell::Float));
                 cells
             })
             .collect();
-        Table { columns, rows }
+        Table {
+            columns,
+            kinds,
+            rows,
+        }
     }
 
     /// Buckets as `spec` computed them.
     pub(crate) fn buckets(buckets: &[Bucket], spec: &Spec) -> Table {
         let mut columns = vec!["bucket".to_string()];
+        let mut kinds = vec![Kind::Time];
         if spec.by_sensor {
             columns.push("sensor_id".to_string());
+            kinds.push(Kind::Text);
         }
         for (_, field) in &spec.fields {
             for f in &spec.fns {
                 columns.push(format!("{field}_{}", f.name()));
+                kinds.push(if *f == Func::Count {
+                    Kind::Int
+                } else {
+                    Kind::Float
+                });
             }
         }
         let rows = buckets
@@ -160,15 +233,92 @@ impl Table {
                 }
                 let fns = spec.fns.iter().cycle();
                 cells.extend(b.values.iter().zip(fns).map(|(v, f)| match (v, f) {
-                    (None, super::aggregate::Func::Count) => Cell::Int(0),
+                    (None, Func::Count) => Cell::Int(0),
                     (None, _) => Cell::Null,
-                    (Some(v), super::aggregate::Func::Count) => Cell::Int(*v as i64),
+                    (Some(v), Func::Count) => Cell::Int(*v as i64),
                     (Some(v), _) => Cell::Float(*v),
                 }));
                 cells
             })
             .collect();
-        Table { columns, rows }
+        Table {
+            columns,
+            kinds,
+            rows,
+        }
+    }
+
+    /// The table as one Arrow record batch.
+    pub(crate) fn batch(&self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .zip(&self.kinds)
+            .map(|(name, kind)| Field::new(name, kind.arrow(), true))
+            .collect();
+        let n = self.rows.len();
+        let arrays: Vec<ArrayRef> = self
+            .kinds
+            .iter()
+            .enumerate()
+            .map(|(c, kind)| -> ArrayRef {
+                let cells = self.rows.iter().map(|r| &r[c]);
+                match kind {
+                    Kind::Text => {
+                        let mut b = StringBuilder::with_capacity(n, n * 8);
+                        for cell in cells {
+                            match cell {
+                                Cell::Text(s) => b.append_value(s),
+                                _ => b.append_null(),
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
+                    Kind::Time => {
+                        let mut b = TimestampMicrosecondBuilder::with_capacity(n);
+                        for cell in cells {
+                            match cell {
+                                Cell::Time(t) => b.append_value(*t),
+                                _ => b.append_null(),
+                            }
+                        }
+                        Arc::new(b.finish().with_timezone("UTC"))
+                    }
+                    Kind::Int => {
+                        let mut b = Int64Builder::with_capacity(n);
+                        for cell in cells {
+                            match cell {
+                                Cell::Int(i) => b.append_value(*i),
+                                _ => b.append_null(),
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
+                    Kind::Float => {
+                        let mut b = Float64Builder::with_capacity(n);
+                        for cell in cells {
+                            match cell {
+                                Cell::Float(f) => b.append_value(*f),
+                                Cell::Int(i) => b.append_value(*i as f64),
+                                _ => b.append_null(),
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
+                    Kind::Bool => {
+                        let mut b = BooleanBuilder::with_capacity(n);
+                        for cell in cells {
+                            match cell {
+                                Cell::Bool(v) => b.append_value(*v),
+                                _ => b.append_null(),
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
+                }
+            })
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
     }
 
     fn object(&self, row: &[Cell]) -> Json {
@@ -181,15 +331,20 @@ impl Table {
 
     /// The table in `format`. JSON: `{key: [rows], ..extra}`; the other formats have no
     /// place for `extra` (the caller sends it as headers).
-    pub(crate) fn write(&self, format: Format, key: &str, extra: Map<String, Json>) -> String {
-        match format {
+    pub(crate) fn write(
+        &self,
+        format: Format,
+        key: &str,
+        extra: Map<String, Json>,
+    ) -> Result<Vec<u8>, String> {
+        Ok(match format {
             Format::Json => {
                 let mut top = extra;
                 let rows: Vec<Json> = self.rows.iter().map(|r| self.object(r)).collect();
                 top.insert(key.to_string(), Json::Array(rows));
                 let mut text = Json::Object(top).to_string();
                 text.push('\n');
-                text
+                text.into_bytes()
             }
             Format::Ndjson => {
                 let mut out = String::new();
@@ -197,6 +352,29 @@ impl Table {
                     out.push_str(&self.object(r).to_string());
                     out.push('\n');
                 }
+                out.into_bytes()
+            }
+            Format::Arrow => {
+                let batch = self.batch().map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())
+                    .map_err(|e| e.to_string())?;
+                w.write(&batch).map_err(|e| e.to_string())?;
+                w.finish().map_err(|e| e.to_string())?;
+                drop(w);
+                out
+            }
+            Format::Parquet => {
+                let batch = self.batch().map_err(|e| e.to_string())?;
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                    .build();
+                let mut out = Vec::new();
+                let mut w =
+                    parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(props))
+                        .map_err(|e| e.to_string())?;
+                w.write(&batch).map_err(|e| e.to_string())?;
+                w.close().map_err(|e| e.to_string())?;
                 out
             }
             Format::Csv => {
@@ -217,9 +395,9 @@ impl Table {
                     }
                     out.push_str("\r\n");
                 }
-                out
+                out.into_bytes()
             }
-        }
+        })
     }
 }
 
@@ -231,11 +409,12 @@ mod tests {
     fn csv_quotes_what_needs_quoting_and_leaves_nulls_empty() {
         let t = Table {
             columns: vec!["a".into(), "b,c".into()],
+            kinds: vec![Kind::Text, Kind::Int],
             rows: vec![vec![Cell::Text("x\"y".into()), Cell::Null]],
         };
         assert_eq!(
-            t.write(Format::Csv, "rows", Map::new()),
-            "a,\"b,c\"\r\n\"x\"\"y\",\r\n"
+            t.write(Format::Csv, "rows", Map::new()).unwrap(),
+            b"a,\"b,c\"\r\n\"x\"\"y\",\r\n"
         );
     }
 

@@ -638,3 +638,99 @@ async fn a_metered_plan_bills_query_rows_on_a_line_of_their_own() {
     assert_eq!(st["datasets"][0]["query_rows"], 7, "{st}");
     assert_eq!(st["datasets"][0]["queried_minor"], 7, "{st}");
 }
+
+#[tokio::test]
+async fn arrow_and_parquet_answers_read_in_pyarrow_and_csv_in_duckdb() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let now = now_ms() / 1000 * 1000;
+    let body = json!([
+        {"sensor_id": "pa-1", "ts": now - 3000, "vehicle_count": 4, "mean_speed": 31.5, "lat": 55.68, "lon": 12.57},
+        {"sensor_id": "pa-2", "ts": now - 2000, "vehicle_count": 9}
+    ]);
+    assert_eq!(gw.post_json(TRAFFIC, &device, body).await.status(), 204);
+    let range = format!("from={}&to={}", at(now - 60_000), at(now + 1000));
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for (accept, name) in [
+        ("application/vnd.apache.arrow.stream", "answer.arrows"),
+        ("application/vnd.apache.parquet", "answer.parquet"),
+        ("text/csv", "answer.csv"),
+    ] {
+        let resp = gw
+            .client
+            .get(gw.url(&format!("{HISTORY}?{range}")))
+            .bearer_auth(&provider)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next(),
+            Some(accept)
+        );
+        let path = dir.path().join(name);
+        std::fs::write(&path, resp.bytes().await.unwrap()).unwrap();
+        paths.push(path.display().to_string());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers/read_query_formats.py")
+        .display()
+        .to_string();
+    let out =
+        tokio::task::spawn_blocking(move || python().arg(script).args(&paths).output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for format in ["arrow", "parquet"] {
+        let t = &seen[format];
+        assert_eq!(t["types"]["ts"], "timestamp[us, tz=UTC]", "{t}");
+        assert_eq!(t["types"]["vehicle_count"], "int64", "{t}");
+        assert_eq!(t["types"]["mean_speed"], "double", "{t}");
+        assert_eq!(t["types"]["sensor_id"], "string", "{t}");
+        let rows = t["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{t}");
+        assert_eq!(rows[0]["sensor_id"], "pa-1");
+        assert_eq!(rows[0]["mean_speed"], 31.5);
+        assert_eq!(rows[1]["mean_speed"], Value::Null);
+        assert_eq!(rows[1]["vehicle_count"], 9);
+    }
+    assert_eq!(seen["csv"]["rows"], 2, "{seen}");
+    assert_eq!(
+        seen["csv"]["columns"],
+        json!([
+            "sensor_id",
+            "ts",
+            "vehicle_count",
+            "mean_speed",
+            "lat",
+            "lon"
+        ])
+    );
+    // Buckets in Arrow too: a count is an integer, the rest floats.
+    let resp = gw
+        .client
+        .get(gw.url(&format!("{AGGREGATE}?{range}&every=1h&format=arrow")))
+        .bearer_auth(&provider)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("traffic-counts-aggregate.arrows")
+    );
+}
