@@ -322,7 +322,7 @@ impl App {
                 Box::new(move |spec| start_dataset.start(spec).map_err(|e| e.to_string())),
             )),
             feed: feed.clone(),
-            query,
+            query: query.clone(),
             keyring,
             market: market.clone(),
             metrics: metrics.clone(),
@@ -341,6 +341,7 @@ impl App {
 
         let background = tokio::spawn({
             let pipeline = pipeline.clone();
+            let query = query.clone();
             let market = market.clone();
             let closing = closing.clone();
             async move {
@@ -351,7 +352,10 @@ impl App {
                 let mut sweep = tokio::time::interval(Duration::from_secs(10));
                 loop {
                     tokio::select! {
-                        _ = minute.tick() => pipeline.forget_idle_limits(),
+                        _ = minute.tick() => {
+                            pipeline.forget_idle_limits();
+                            query.limiter.forget_idle();
+                        }
                         _ = usage.tick() => {
                             if let Err(e) = market.usage().flush().await {
                                 tracing::warn!(error = %e, "usage not written yet; kept for the next flush");

@@ -32,6 +32,7 @@ use crate::feed::session::Filter;
 use crate::market::Grant;
 use crate::model::{Dataset, FieldType, Micros, now_micros};
 use crate::pipeline::decode::time::parse_rfc3339;
+use crate::pipeline::limit::{LimitError, LimitKey};
 use crate::query::aggregate::{Func, Spec};
 use crate::query::output::{Format, Table};
 use crate::query::{Cursor, Order, QueryError, Selection};
@@ -170,13 +171,18 @@ fn fields_of(
     Ok(out)
 }
 
-/// What the key may have of the dataset (404 if nothing), and the dataset.
+/// What the key may have of the dataset (404 if nothing), and the dataset; a key past its
+/// query allowance is answered 429 first.
 async fn entitled(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
 ) -> Result<(Grant, std::sync::Arc<Dataset>), ApiError> {
     let key = require_key(state, headers, None).await?;
+    let limit_key: LimitKey = key.id.clone();
+    if let Err(LimitError::Exceeded { retry_after }) = state.query.limiter.check(&limit_key, 1) {
+        return Err(ApiError::RateLimited(retry_after));
+    }
     let not_found = || ApiError::NotFound(format!("no dataset `{id}` for this key"));
     let grant = state
         .market
@@ -213,8 +219,14 @@ fn range(
     to: Option<&str>,
 ) -> Result<(Micros, Micros), ApiError> {
     let now = now_micros();
+    let earliest = grant
+        .history
+        .map(|reach| now.saturating_sub(reach.as_micros().min(i64::MAX as u128) as Micros));
     let to = time("to", to)?.unwrap_or(now);
-    let from = time("from", from)?.unwrap_or(to - DEFAULT_SPAN);
+    let asked_from = time("from", from)?;
+    // Unasked, `from` is an hour back, or as far as the plan reaches if that is less.
+    let from =
+        asked_from.unwrap_or_else(|| (to - DEFAULT_SPAN).max(earliest.unwrap_or(Micros::MIN)));
     if from >= to {
         return Err(bad("invalid_range", "from: must be before `to`"));
     }
@@ -228,15 +240,14 @@ fn range(
             ),
         ));
     }
-    if let Some(reach) = grant.history {
-        let earliest = now - reach.as_micros().min(i64::MAX as u128) as Micros;
-        if from < earliest {
-            return Err(ApiError::Forbidden(format!(
-                "this plan's history reaches back {} (to {}): ask from= at or after that",
-                humantime::format_duration(reach),
-                crate::calendar::format_rfc3339(earliest)
-            )));
-        }
+    if let (Some(reach), Some(earliest)) = (grant.history, earliest)
+        && from < earliest
+    {
+        return Err(ApiError::Forbidden(format!(
+            "this plan's history reaches back {} (to {}): ask from= at or after that",
+            humantime::format_duration(reach),
+            crate::calendar::format_rfc3339(earliest)
+        )));
     }
     let visible = now - grant.delay.as_micros() as Micros;
     Ok((from, to.min(visible)))
@@ -389,21 +400,21 @@ pub(crate) async fn history(
             format!("limit: {limit} is not between 1 and {max} ([query] max_rows)"),
         ));
     }
+    let range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
+    let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref())?;
     let cursor = match q.cursor.as_deref() {
         None => None,
         Some(text) => Some(
             Cursor::decode(text)
-                .filter(|c| c.order == order)
+                .filter(|c| c.order == order && c.query == Cursor::query_of(&sel, order))
                 .ok_or_else(|| {
                     bad(
                         "invalid_cursor",
-                        "cursor: not one this route gave for this order",
+                        "cursor: not one this route gave for this dataset, order and filter",
                     )
                 })?,
         ),
     };
-    let range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
-    let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref())?;
     let _permit = ready(&state).await?;
     let page = if sel.from < sel.to {
         timed(
@@ -457,11 +468,12 @@ pub(crate) async fn latest(
     let fields = fields_of(&ds, q.fields.as_deref(), false)?;
     let now = now_micros();
     let to = now - grant.delay.as_micros() as Micros;
-    let mut lookback = state.query.config.latest_lookback;
-    if let Some(reach) = grant.history {
-        lookback = lookback.min(reach);
-    }
-    let from = now - lookback.as_micros() as Micros;
+    let lookback = state.query.config.latest_lookback.as_micros() as Micros;
+    // Back from what the plan shows now, no further than its history term reaches.
+    let earliest = grant.history.map_or(Micros::MIN, |reach| {
+        now - reach.as_micros().min(i64::MAX as u128) as Micros
+    });
+    let from = (to - lookback).max(earliest);
     let sel = selection(ds, (from, to), q.sensors.as_deref(), q.bbox.as_deref())?;
     let _permit = ready(&state).await?;
     let rows = timed(&state, state.query.latest(&sel)).await?;
@@ -549,8 +561,14 @@ pub(crate) async fn aggregate(
             format!("`{}` has no numeric field to aggregate", ds.id),
         ));
     }
-    let range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
+    let mut range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
     let every_us = every.as_micros().min(i64::MAX as u128) as Micros;
+    if grant.aggregate.is_some() {
+        // Whole, finished buckets only: a range cut inside a bucket, or a bucket still
+        // filling, would show single readings to a plan that pays for aggregates.
+        range.0 = range.0.saturating_add(every_us - 1).div_euclid(every_us) * every_us;
+        range.1 = range.1.div_euclid(every_us) * every_us;
+    }
     let max = state.query.config.max_rows;
     let buckets = (range.1 - range.0).max(0) / every_us + 1;
     if buckets > max as Micros {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::units::{self, ByteSize};
+use crate::model::RateLimit;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
@@ -29,6 +30,8 @@ pub struct QueryConfig {
     pub timeout: Duration,
     /// Queries running at once; more wait (up to 5 s, then 503).
     pub max_concurrent: usize,
+    /// Queries one key may make: per second, and in a burst (past it: 429 + Retry-After).
+    pub rate_limit: RateLimit,
 }
 
 impl Default for QueryConfig {
@@ -41,6 +44,10 @@ impl Default for QueryConfig {
             latest_lookback: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(30),
             max_concurrent: 4,
+            rate_limit: RateLimit {
+                per_second: 20.0,
+                burst: 100,
+            },
         }
     }
 }

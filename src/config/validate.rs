@@ -290,6 +290,13 @@ fn check_query(p: &mut Vec<String>, query: &QueryConfig) {
     if query.max_concurrent == 0 {
         p.push("query.max_concurrent: must be at least 1".into());
     }
+    let r = query.rate_limit;
+    if !(r.per_second.is_finite() && r.per_second > 0.0) || r.burst == 0 {
+        p.push(format!(
+            "query.rate_limit: per_second must be above 0 and burst at least 1, not {} and {}",
+            r.per_second, r.burst
+        ));
+    }
 }
 
 /// `[shutdown]` and `[log]`.

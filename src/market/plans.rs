@@ -171,6 +171,15 @@ impl NewPlan {
         let delay = window("delay", &self.delay, &mut p);
         let aggregate = window("aggregate", &self.aggregate, &mut p);
         let history = history_term(&self.history, &mut p);
+        if let (Some(h), Some(d)) = (history, delay)
+            && h <= d
+        {
+            p.push(format!(
+                "history: `{}` must reach further back than the delay `{}` (or the plan sees no history)",
+                humantime::format_duration(h),
+                humantime::format_duration(d)
+            ));
+        }
         let currency = self.currency.clone().unwrap_or_default();
         let price = self.price_minor.unwrap_or(0);
         let per_1000 = self.per_1000_minor.unwrap_or(0);

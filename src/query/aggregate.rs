@@ -131,10 +131,12 @@ pub(crate) struct TooMany(pub(crate) usize);
 
 /// Buckets being filled.
 #[derive(Debug)]
-pub(crate) struct Accumulator<'a> {
-    spec: &'a Spec,
+pub(crate) struct Accumulator {
+    spec: Spec,
     max: usize,
     buckets: BTreeMap<(Micros, CompactString), Vec<Option<Figures>>>,
+    /// Set once a reading would have made more than `max` buckets; nothing is added after.
+    too_many: Option<TooMany>,
 }
 
 fn number(v: &Option<Value>) -> Option<f64> {
@@ -145,48 +147,28 @@ fn number(v: &Option<Value>) -> Option<f64> {
     }
 }
 
-impl<'a> Accumulator<'a> {
-    pub(crate) fn new(spec: &'a Spec, max: usize) -> Accumulator<'a> {
+impl Accumulator {
+    pub(crate) fn new(spec: Spec, max: usize) -> Accumulator {
         Accumulator {
             spec,
             max,
             buckets: BTreeMap::new(),
+            too_many: None,
         }
     }
 
-    pub(crate) fn add(&mut self, rows: &[Row]) -> Result<(), TooMany> {
-        let every = self.spec.every;
-        for row in rows {
-            let start = row.ts - row.ts.rem_euclid(every);
-            let sensor = if self.spec.by_sensor {
-                row.sensor_id.clone()
-            } else {
-                CompactString::default()
-            };
-            let key = (start, sensor);
-            if !self.buckets.contains_key(&key) && self.buckets.len() == self.max {
-                return Err(TooMany(self.max));
-            }
-            let figures = self
-                .buckets
-                .entry(key)
-                .or_insert_with(|| vec![None; self.spec.fields.len()]);
-            for (slot, (at, _)) in figures.iter_mut().zip(&self.spec.fields) {
-                if let Some(v) = row.values.get(*at).and_then(number) {
-                    match slot {
-                        Some(f) => f.add(row.ts, v),
-                        None => *slot = Some(Figures::new(row.ts, v)),
-                    }
-                }
-            }
-        }
-        Ok(())
+    pub(crate) fn too_many(&self) -> Option<TooMany> {
+        self.too_many
     }
 
-    /// The buckets by start, then sensor.
-    pub(crate) fn finish(self) -> Vec<Bucket> {
+    /// The buckets by start, then sensor; or that there were too many.
+    pub(crate) fn finish(self) -> Result<Vec<Bucket>, TooMany> {
+        if let Some(too_many) = self.too_many {
+            return Err(too_many);
+        }
         let (by_sensor, fns) = (self.spec.by_sensor, &self.spec.fns);
-        self.buckets
+        Ok(self
+            .buckets
             .into_iter()
             .map(|((start, sensor), figures)| Bucket {
                 start,
@@ -196,13 +178,51 @@ impl<'a> Accumulator<'a> {
                     .flat_map(|f| fns.iter().map(move |&func| f.map(|f| f.value(func))))
                     .collect(),
             })
-            .collect()
+            .collect())
+    }
+}
+
+impl super::Fold for Accumulator {
+    fn add(&mut self, row: Row) {
+        if self.too_many.is_some() {
+            return;
+        }
+        let start = row.ts - row.ts.rem_euclid(self.spec.every);
+        let sensor = if self.spec.by_sensor {
+            row.sensor_id.clone()
+        } else {
+            CompactString::default()
+        };
+        let key = (start, sensor);
+        if !self.buckets.contains_key(&key) && self.buckets.len() == self.max {
+            self.too_many = Some(TooMany(self.max));
+            return;
+        }
+        let figures = self
+            .buckets
+            .entry(key)
+            .or_insert_with(|| vec![None; self.spec.fields.len()]);
+        for (slot, (at, _)) in figures.iter_mut().zip(&self.spec.fields) {
+            if let Some(v) = row.values.get(*at).and_then(number) {
+                match slot {
+                    Some(f) => f.add(row.ts, v),
+                    None => *slot = Some(Figures::new(row.ts, v)),
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Fold;
     use super::*;
+
+    fn add_all(acc: &mut Accumulator, rows: Vec<Row>) {
+        for r in rows {
+            acc.add(r);
+        }
+    }
 
     fn row(sensor: &str, ts: Micros, v: i64) -> Row {
         Row {
@@ -222,15 +242,17 @@ mod tests {
             by_sensor: false,
             fields: vec![(0, "v".into())],
         };
-        let mut acc = Accumulator::new(&spec, 100);
-        acc.add(&[
-            row("a", 13, 4),
-            row("b", 11, 2),
-            row("a", 19, 9),
-            row("a", 20, 1),
-        ])
-        .unwrap();
-        let buckets = acc.finish();
+        let mut acc = Accumulator::new(spec, 100);
+        add_all(
+            &mut acc,
+            vec![
+                row("a", 13, 4),
+                row("b", 11, 2),
+                row("a", 19, 9),
+                row("a", 20, 1),
+            ],
+        );
+        let buckets = acc.finish().unwrap();
         assert_eq!(buckets.len(), 2);
         assert_eq!(buckets[0].start, 10);
         assert_eq!(
@@ -249,10 +271,11 @@ mod tests {
             by_sensor: true,
             fields: vec![(0, "v".into())],
         };
-        let mut acc = Accumulator::new(&spec, 2);
-        assert_eq!(
-            acc.add(&[row("a", 1, 1), row("b", 1, 1), row("c", 1, 1)]),
-            Err(TooMany(2))
+        let mut acc = Accumulator::new(spec, 2);
+        add_all(
+            &mut acc,
+            vec![row("a", 1, 1), row("b", 1, 1), row("c", 1, 1)],
         );
+        assert_eq!(acc.finish(), Err(TooMany(2)));
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use arrow_array::builder::{
     BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
 };
-use arrow_array::types::UInt16Type;
+use arrow_array::types::UInt32Type;
 use arrow_array::{
     Array, ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int64Array, StringArray,
     TimestampMicrosecondArray, UInt32Array,
@@ -72,7 +72,7 @@ pub(crate) struct Chunk {
     pub(crate) max_ts: Micros,
     /// Each row's record, as an offset from `first_lsn`.
     lsn: UInt32Array,
-    sensor: DictionaryArray<UInt16Type>,
+    sensor: DictionaryArray<UInt32Type>,
     ts: TimestampMicrosecondArray,
     values: Vec<ArrayRef>,
     lat: Float64Array,
@@ -86,7 +86,7 @@ impl Chunk {
         let first_lsn = records.first().map_or(0, |r| r.lsn);
         let last_lsn = records.last().map_or(0, |r| r.lsn);
         let mut lsn = Vec::with_capacity(rows);
-        let mut sensor = StringDictionaryBuilder::<UInt16Type>::new();
+        let mut sensor = StringDictionaryBuilder::<UInt32Type>::new();
         let mut ts = Vec::with_capacity(rows);
         let mut lat = Float64Builder::with_capacity(rows);
         let mut lon = Float64Builder::with_capacity(rows);
@@ -100,7 +100,8 @@ impl Chunk {
             let offset = (record.lsn - first_lsn) as u32;
             for r in record.readings.iter() {
                 lsn.push(offset);
-                // A chunk holds at most CHUNK_ROWS rows, far fewer sensors than u16 counts.
+                // 32-bit keys: one record may carry more sensors than 16 bits count, and a
+                // chunk is sealed only between records.
                 sensor.append_value(r.sensor_id.as_str());
                 ts.push(r.ts);
                 min_ts = min_ts.min(r.ts);
@@ -153,7 +154,7 @@ impl Chunk {
         lake_through: u64,
         target: &Dataset,
         keep: &mut dyn FnMut(Micros, &str) -> bool,
-        out: &mut Vec<Row>,
+        out: &mut dyn FnMut(Row),
     ) {
         if self.last_lsn <= lake_through {
             return;
@@ -178,7 +179,7 @@ impl Chunk {
                     values[to] = value_at(&self.values[from], self.dataset.fields[from].ty, row);
                 }
             }
-            out.push(Row {
+            out(Row {
                 sensor_id: CompactString::from(sensor),
                 ts,
                 values,
@@ -372,22 +373,21 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every row of the snapshot whose time and sensor `keep` accepts, in `target`'s
-    /// schema, in log order.
-    pub(crate) fn rows(
+    /// Hands `out` every row of the snapshot in `[from, to)` whose time and sensor `keep`
+    /// accepts, in `target`'s schema, in log order.
+    pub(crate) fn scan(
         &self,
         target: &Dataset,
-        from: Micros,
-        to: Micros,
+        (from, to): (Micros, Micros),
         keep: &mut dyn FnMut(Micros, &str) -> bool,
-    ) -> Vec<Row> {
-        let mut out = Vec::new();
+        out: &mut dyn FnMut(Row),
+    ) {
         let mut keep = |ts: Micros, sensor: &str| ts >= from && ts < to && keep(ts, sensor);
         for chunk in &self.chunks {
             if chunk.max_ts < from || chunk.min_ts >= to {
                 continue;
             }
-            chunk.rows_into(self.lake_through, target, &mut keep, &mut out);
+            chunk.rows_into(self.lake_through, target, &mut keep, out);
         }
         for record in &self.open {
             if record.lsn <= self.lake_through {
@@ -404,7 +404,7 @@ impl Snapshot {
                         values[to] = r.values.get(from).cloned().flatten();
                     }
                 }
-                out.push(Row {
+                out(Row {
                     sensor_id: r.sensor_id.clone(),
                     ts: r.ts,
                     values,
@@ -413,7 +413,6 @@ impl Snapshot {
                 });
             }
         }
-        out
     }
 
     /// The starts of the hours in `[from, to)` the snapshot may hold readings of.
@@ -568,7 +567,7 @@ impl HotStore {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .tidy(checkpoint, oldest, over, now);
-            total -= freed;
+            total = total.saturating_sub(freed);
         }
         let f = self.figures();
         self.metrics
@@ -607,9 +606,18 @@ impl HotStore {
                     true
                 });
                 if !in_memory {
+                    let at = consumer.position();
                     consumer = match self.read_disk(consumer, upto, &registry).await {
-                        Some(c) => c,
-                        None => return,
+                        Ok(c) => c,
+                        Err(()) => {
+                            // Retried after a pause, as the sinks do; the log keeps the
+                            // records meanwhile (this store holds it).
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            self.wal.consumer(at)
+                        }
                     };
                 }
                 self.applied.send_replace(consumer.position());
@@ -627,15 +635,16 @@ impl HotStore {
     }
 
     /// Reads up to [`DISK_BATCH`] records from the disk on a blocking thread (the replay
-    /// after a restart) and takes them in.
+    /// after a restart) and takes them in. `Err`: the log could not be read (logged); the
+    /// caller starts again where it was.
     async fn read_disk(
         &self,
         mut consumer: Consumer,
         upto: u64,
         registry: &Arc<Registry>,
-    ) -> Option<Consumer> {
+    ) -> Result<Consumer, ()> {
         let registry = registry.clone();
-        let (consumer, records) = tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let mut records = Vec::new();
             let result = consumer.read(upto, |record| {
                 match record {
@@ -652,18 +661,19 @@ impl HotStore {
                 }
                 records.len() < DISK_BATCH
             });
-            if let Err(e) = result {
-                tracing::error!(error = %e, "the hot store cannot read the WAL");
-            }
-            (consumer, records)
+            let failed = result.map_err(|e| {
+                tracing::error!(error = %e, "the hot store cannot read the WAL; retrying");
+            });
+            (consumer, records, failed)
         })
         .await
-        .ok()?;
+        .map_err(|e| tracing::error!(error = %e, "the hot store's log read failed; retrying"))?;
+        let (consumer, records, failed) = read;
         let now = now_micros();
         for record in records {
             self.take(record, now);
         }
-        Some(consumer)
+        failed.map(|()| consumer)
     }
 }
 
@@ -720,6 +730,18 @@ mod tests {
             .collect()
     }
 
+    fn rows_of(
+        s: &Snapshot,
+        ds: &Dataset,
+        from: Micros,
+        to: Micros,
+        keep: &mut dyn FnMut(Micros, &str) -> bool,
+    ) -> Vec<Row> {
+        let mut out = Vec::new();
+        s.scan(ds, (from, to), keep, &mut |r| out.push(r));
+        out
+    }
+
     fn snapshot(d: &DatasetHot) -> Snapshot {
         Snapshot {
             lake_through: d.lake_through,
@@ -737,11 +759,11 @@ mod tests {
         }
         d.seal();
         d.take(open(&ds, 4, &[40]), 0);
-        let rows = snapshot(&d).rows(&ds, 0, 1000, &mut |_, _| true);
+        let rows = rows_of(&snapshot(&d), &ds, 0, 1000, &mut |_, _| true);
         assert_eq!(lsns(&rows), [1, 1, 2, 2, 3, 3, 4]);
         assert_eq!(rows[2].sensor_id, "s-2");
         assert_eq!(rows[2].ts, 20);
-        let some = snapshot(&d).rows(&ds, 11, 40, &mut |_, s| s != "s-2");
+        let some = rows_of(&snapshot(&d), &ds, 11, 40, &mut |_, s| s != "s-2");
         assert_eq!(lsns(&some), [1, 3, 3]);
     }
 
@@ -762,10 +784,31 @@ mod tests {
         assert!(d.tidy(3, Micros::MAX, 0, 0) > 0);
         assert_eq!(d.lake_through, 3);
         assert_eq!(d.chunks.len(), 1);
-        assert_eq!(lsns(&snapshot(&d).rows(&ds, 0, 100, &mut |_, _| true)), [4]);
+        assert_eq!(
+            lsns(&rows_of(&snapshot(&d), &ds, 0, 100, &mut |_, _| true)),
+            [4]
+        );
         // Records at or below the boundary are not taken in again (a replay).
         d.take(open(&ds, 3, &[3]), 0);
         assert_eq!(d.open_rows, 0);
+    }
+
+    #[test]
+    fn one_record_of_more_sensors_than_16_bits_count_makes_one_chunk() {
+        let ds = dataset();
+        let mut o = open(&ds, 1, &vec![5; 70_000]);
+        for (i, r) in Arc::get_mut(&mut o.readings)
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            r.sensor_id = CompactString::from(format!("s{i}"));
+        }
+        let mut d = DatasetHot::default();
+        d.take(o, 0);
+        assert_eq!(d.chunks.len(), 1);
+        let rows = rows_of(&snapshot(&d), &ds, 0, 10, &mut |_, s| s == "s69999");
+        assert_eq!(rows.len(), 1);
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub(crate) fn read_file(
     from: Micros,
     to: Micros,
     keep: &mut dyn FnMut(Micros, &str) -> bool,
-    out: &mut Vec<Row>,
+    out: &mut dyn FnMut(Row),
 ) -> Result<(), LakeError> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         read_file_inner(path, target, from, to, keep, out)
@@ -157,7 +157,7 @@ fn read_file_inner(
     from: Micros,
     to: Micros,
     keep: &mut dyn FnMut(Micros, &str) -> bool,
-    out: &mut Vec<Row>,
+    out: &mut dyn FnMut(Row),
 ) -> Result<(), LakeError> {
     let file = File::open(path).map_err(|e| file_error(path, e))?;
     let builder =
@@ -247,7 +247,7 @@ fn rows_of(
     from: Micros,
     to: Micros,
     keep: &mut dyn FnMut(Micros, &str) -> bool,
-    out: &mut Vec<Row>,
+    out: &mut dyn FnMut(Row),
 ) -> Result<(), String> {
     let sensors = batch
         .column_by_name("sensor_id")
@@ -281,7 +281,7 @@ fn rows_of(
             continue;
         }
         let values: Values = fields.iter().map(|f| f.value(row)).collect();
-        out.push(Row {
+        out(Row {
             sensor_id: CompactString::from(sensor),
             ts: t,
             values,

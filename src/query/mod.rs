@@ -21,7 +21,7 @@ pub(crate) mod lake;
 pub(crate) mod output;
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,6 +30,7 @@ use compact_str::CompactString;
 use crate::config::QueryConfig;
 use crate::feed::session::Filter;
 use crate::model::{Dataset, Micros, Values};
+use crate::pipeline::limit::Limiter;
 use hot::{HotStore, Snapshot};
 use lake::LakeError;
 
@@ -92,23 +93,48 @@ pub(crate) enum Order {
 }
 
 /// Where a page of raw readings ended: the key `(ts, sensor)` of its last reading and how
-/// many readings with exactly that key were returned so far (readings may share one).
-/// Opaque to clients: `a1764500000000000_2_sensor-1` (order, time, count, sensor).
+/// many readings with exactly that key were returned so far (readings may share one), for
+/// one query (`query`: a hash of the dataset, order and filter, so that a cursor is not
+/// taken to another query). Opaque to clients:
+/// `a1764500000000000_2_5f3c9a01_sensor-1` (order, time, count, query, sensor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cursor {
     pub(crate) order: Order,
     pub(crate) ts: Micros,
     pub(crate) seen: u64,
+    pub(crate) query: u32,
     pub(crate) sensor: CompactString,
 }
 
+/// Device times a cursor may name: years 1 to 9999, as RFC 3339 does.
+const CURSOR_TIMES: std::ops::RangeInclusive<Micros> =
+    -62_135_596_800_000_000..=253_402_300_799_999_999;
+
 impl Cursor {
+    /// The hash a cursor of `sel` in `order` carries (FNV-1a: the same in every process,
+    /// so a cursor outlives a restart).
+    pub(crate) fn query_of(sel: &Selection, order: Order) -> u32 {
+        let mut text = format!("{}|{:?}|{:?}|", sel.dataset.id, order, sel.filter.bbox);
+        let mut sensors: Vec<&String> = sel.filter.sensors.iter().flatten().collect();
+        sensors.sort();
+        for s in sensors {
+            text.push_str(s);
+            text.push(',');
+        }
+        text.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    }
+
     pub(crate) fn encode(&self) -> String {
         let o = match self.order {
             Order::Asc => 'a',
             Order::Desc => 'd',
         };
-        format!("{o}{}_{}_{}", self.ts, self.seen, self.sensor)
+        format!(
+            "{o}{}_{}_{:08x}_{}",
+            self.ts, self.seen, self.query, self.sensor
+        )
     }
 
     pub(crate) fn decode(text: &str) -> Option<Cursor> {
@@ -117,14 +143,20 @@ impl Cursor {
             b'd' => Order::Desc,
             _ => return None,
         };
-        let mut parts = text[1..].splitn(3, '_');
-        let ts = parts.next()?.parse().ok()?;
+        let mut parts = text[1..].splitn(4, '_');
+        let ts = parts
+            .next()?
+            .parse()
+            .ok()
+            .filter(|t| CURSOR_TIMES.contains(t))?;
         let seen = parts.next()?.parse().ok()?;
+        let query = u32::from_str_radix(parts.next()?, 16).ok()?;
         let sensor = parts.next()?;
         crate::model::is_valid_sensor_id(sensor).then(|| Cursor {
             order,
             ts,
             seen,
+            query,
             sensor: CompactString::from(sensor),
         })
     }
@@ -149,6 +181,8 @@ pub struct QueryService {
     pub(crate) config: QueryConfig,
     /// Queries running at once, at most `[query] max_concurrent`.
     pub(crate) permits: tokio::sync::Semaphore,
+    /// Queries per key, `[query] rate_limit`.
+    pub(crate) limiter: Limiter,
 }
 
 impl QueryService {
@@ -157,34 +191,40 @@ impl QueryService {
             hot,
             lake_root,
             permits: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
+            limiter: Limiter::new(config.rate_limit),
             config,
         }
     }
 
-    /// Every reading of `[lo, hi)` in `sel`, unordered: the hot store's, then the lake's
-    /// files of the hours that overlap (below the snapshot's boundary).
-    async fn window(
+    /// Hands `fold` every reading of `[lo, hi)` in `sel`, in log order: the lake's files of
+    /// the hours that overlap (below the snapshot's boundary; their names sort by log
+    /// range), then the hot store's. Log order makes ties (one sensor, one time) come out
+    /// the same wherever the readings are. On a blocking thread; `fold` comes back.
+    async fn window<F: Fold>(
         &self,
         sel: &Selection,
         snapshot: &Arc<Snapshot>,
-        lo: Micros,
-        hi: Micros,
-    ) -> Result<Vec<Row>, QueryError> {
+        (lo, hi): (Micros, Micros),
+        mut fold: F,
+    ) -> Result<F, QueryError> {
         let (sel, snapshot) = (sel.clone(), snapshot.clone());
         let root = self.lake_root.clone();
         let metrics = self.hot.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let mut keep = |_: Micros, sensor: &str| sel.wants_sensor(sensor);
-            let mut rows = snapshot.rows(&sel.dataset, lo, hi, &mut keep);
-            let hours = lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through);
-            for hour in hours {
+            let mut add = |row: Row| {
+                if sel.wants_place(&row) {
+                    fold.add(row);
+                }
+            };
+            for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
                 for file in &hour.files {
                     metrics.file_read();
-                    lake::read_file(file, &sel.dataset, lo, hi, &mut keep, &mut rows)?;
+                    lake::read_file(file, &sel.dataset, lo, hi, &mut keep, &mut add)?;
                 }
             }
-            rows.retain(|r| sel.wants_place(r));
-            Ok(rows)
+            snapshot.scan(&sel.dataset, (lo, hi), &mut keep, &mut add);
+            Ok(fold)
         })
         .await
         .map_err(|e| QueryError::Task(e.to_string()))?
@@ -210,7 +250,8 @@ impl QueryService {
     }
 
     /// A page of at most `limit` raw readings of `sel` in `order` by (time, sensor), after
-    /// `cursor`.
+    /// `cursor`. Each hour keeps only the first readings it could return (memory bounded
+    /// by the page, not by the hour).
     pub(crate) async fn history(
         &self,
         sel: &Selection,
@@ -231,29 +272,21 @@ impl QueryService {
         if order == Order::Desc {
             hours.reverse();
         }
-        let mut out: Vec<Row> = Vec::new();
         // Readings of the cursor's own key that earlier pages returned.
         let mut skip = cursor.map_or(0, |c| c.seen);
+        // The most one hour can contribute: the page, one more, and the cursor's key.
+        let keep = (limit + 1).saturating_add(skip.min(self.config.max_rows as u64) as usize);
+        let mut out: Vec<Row> = Vec::new();
         // How many readings of the last returned key were returned, earlier pages included.
         let mut run = 0u64;
         for hour in hours {
-            let (lo, hi) = (hour.max(sel.from), (hour + HOUR).min(sel.to));
-            let mut rows = self.window(sel, &snapshot, lo, hi).await?;
-            match order {
-                Order::Asc => rows.sort_by(key_cmp),
-                Order::Desc => rows.sort_by(|a, b| key_cmp(b, a)),
-            }
+            let span = (hour.max(sel.from), (hour + HOUR).min(sel.to));
+            let top = TopK::new(order, cursor, keep);
+            let rows = self.window(sel, &snapshot, span, top).await?.into_rows();
             for row in rows {
                 let at_cursor = match cursor {
                     Some(c) => {
                         let ord = row.ts.cmp(&c.ts).then_with(|| row.sensor_id.cmp(&c.sensor));
-                        let passed = match order {
-                            Order::Asc => ord == Ordering::Less,
-                            Order::Desc => ord == Ordering::Greater,
-                        };
-                        if passed {
-                            continue;
-                        }
                         if ord.is_eq() && skip > 0 {
                             skip -= 1;
                             continue;
@@ -269,6 +302,7 @@ impl QueryService {
                                 order,
                                 ts: last.ts,
                                 seen: run,
+                                query: Cursor::query_of(sel, order),
                                 sensor: last.sensor_id.clone(),
                             }),
                             rows: out,
@@ -294,29 +328,23 @@ impl QueryService {
         })
     }
 
-    /// The last reading (by device time) of every sensor in `sel` within its range.
+    /// The last reading (by device time; of equal times, the last logged) of every sensor
+    /// in `sel` within its range.
     pub(crate) async fn latest(&self, sel: &Selection) -> Result<Vec<Row>, QueryError> {
         let snapshot = Arc::new(self.hot.snapshot(&sel.dataset.id));
         let mut hours = self.hours_with_data(sel, &snapshot);
         hours.reverse();
-        let mut best: HashMap<CompactString, Row> = HashMap::new();
+        let mut best = Latest::default();
         for hour in hours {
-            let (lo, hi) = (hour.max(sel.from), (hour + HOUR).min(sel.to));
-            for row in self.window(sel, &snapshot, lo, hi).await? {
-                match best.get(&row.sensor_id) {
-                    Some(b) if b.ts > row.ts => {}
-                    _ => {
-                        best.insert(row.sensor_id.clone(), row);
-                    }
-                }
-            }
+            let span = (hour.max(sel.from), (hour + HOUR).min(sel.to));
+            best = self.window(sel, &snapshot, span, best).await?;
         }
-        let mut rows: Vec<Row> = best.into_values().collect();
+        let mut rows: Vec<Row> = best.0.into_values().collect();
         rows.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
         Ok(rows)
     }
 
-    /// Time buckets of `sel` (see [`aggregate`]). `Err(Ok(n))`: more than `max_rows` rows.
+    /// Time buckets of `sel` (see [`aggregate`]). `Ok(Err(_))`: more than `max_rows`.
     pub(crate) async fn aggregate(
         &self,
         sel: &Selection,
@@ -324,14 +352,122 @@ impl QueryService {
     ) -> Result<Result<Vec<aggregate::Bucket>, aggregate::TooMany>, QueryError> {
         let snapshot = Arc::new(self.hot.snapshot(&sel.dataset.id));
         let hours = self.hours_with_data(sel, &snapshot);
-        let mut acc = aggregate::Accumulator::new(spec, self.config.max_rows);
+        let mut acc = aggregate::Accumulator::new(spec.clone(), self.config.max_rows);
         for hour in hours {
-            let (lo, hi) = (hour.max(sel.from), (hour + HOUR).min(sel.to));
-            let rows = self.window(sel, &snapshot, lo, hi).await?;
-            if let Err(too_many) = acc.add(&rows) {
-                return Ok(Err(too_many));
+            let span = (hour.max(sel.from), (hour + HOUR).min(sel.to));
+            acc = self.window(sel, &snapshot, span, acc).await?;
+            if acc.too_many().is_some() {
+                break;
             }
         }
-        Ok(Ok(acc.finish()))
+        Ok(acc.finish())
+    }
+}
+
+/// What a query makes of the readings it is handed, one at a time (on a blocking thread).
+pub(crate) trait Fold: Send + 'static {
+    fn add(&mut self, row: Row);
+}
+
+/// The first `k` readings in `order` (ties in log order) at or after the cursor's key.
+struct TopK {
+    order: Order,
+    after: Option<(Micros, CompactString)>,
+    k: usize,
+    seq: u64,
+    heap: BinaryHeap<Ranked>,
+}
+
+/// A reading and its place: by (time, sensor) in the order asked, then in log order.
+struct Ranked {
+    desc: bool,
+    seq: u64,
+    row: Row,
+}
+
+impl Ranked {
+    fn cmp_rank(&self, other: &Ranked) -> Ordering {
+        let by_key = key_cmp(&self.row, &other.row);
+        let by_key = if self.desc { by_key.reverse() } else { by_key };
+        by_key.then(self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp_rank(other).is_eq()
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.cmp_rank(other)
+    }
+}
+
+impl TopK {
+    fn new(order: Order, cursor: Option<&Cursor>, k: usize) -> TopK {
+        TopK {
+            order,
+            after: cursor.map(|c| (c.ts, c.sensor.clone())),
+            k: k.max(1),
+            seq: 0,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    fn into_rows(self) -> Vec<Row> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.row)
+            .collect()
+    }
+}
+
+impl Fold for TopK {
+    fn add(&mut self, row: Row) {
+        if let Some((ts, sensor)) = &self.after {
+            let ord = row.ts.cmp(ts).then_with(|| row.sensor_id.cmp(sensor));
+            let passed = match self.order {
+                Order::Asc => ord.is_lt(),
+                Order::Desc => ord.is_gt(),
+            };
+            if passed {
+                return;
+            }
+        }
+        self.seq += 1;
+        let ranked = Ranked {
+            desc: self.order == Order::Desc,
+            seq: self.seq,
+            row,
+        };
+        if self.heap.len() < self.k {
+            self.heap.push(ranked);
+        } else if self.heap.peek().is_some_and(|worst| ranked < *worst) {
+            self.heap.pop();
+            self.heap.push(ranked);
+        }
+    }
+}
+
+/// Each sensor's last reading so far.
+#[derive(Default)]
+struct Latest(HashMap<CompactString, Row>);
+
+impl Fold for Latest {
+    fn add(&mut self, row: Row) {
+        match self.0.get(&row.sensor_id) {
+            Some(best) if best.ts > row.ts => {}
+            _ => {
+                self.0.insert(row.sensor_id.clone(), row);
+            }
+        }
     }
 }

@@ -48,6 +48,8 @@ async fn post(gw: &Gateway, device: &str, readings: &[(String, i64, i64)]) {
 async fn all_pages(gw: &Gateway, query: &str, key: &str, pause: Duration) -> Vec<i64> {
     let mut seen = Vec::new();
     let mut path = query.to_string();
+    // A first path may carry a cursor already; the next ones replace it.
+    let query = query.split("&cursor=").next().unwrap();
     loop {
         let (status, body) = gw.get_as(&path, key).await;
         assert_eq!(status, 200, "{body}");
@@ -155,7 +157,44 @@ async fn paging_returns_each_reading_once_while_readings_move_to_parquet() {
         at(base),
         at(base + 600_000)
     );
-    let mut seen = all_pages(&gw, &query, &provider, Duration::from_millis(40)).await;
+    // The first page comes from memory; then the readings leave it for the lake (written,
+    // and past the one-second window) before the rest of the pages are read.
+    let (status, first) = gw.get_as(&query, &provider).await;
+    assert_eq!(status, 200, "{first}");
+    let mut seen: Vec<i64> = first["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["vehicle_count"].as_i64().unwrap())
+        .collect();
+    // (The gauge is set every half second: wait out two settings before believing it.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = gw.metrics().await;
+        let held: i64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("citygate_query_hot_store_readings "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(i64::MAX);
+        if held < 1200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the readings never left memory"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = first["next"].as_str().unwrap();
+    let rest = all_pages(
+        &gw,
+        &format!("{query}&cursor={next}"),
+        &provider,
+        Duration::from_millis(20),
+    )
+    .await;
+    seen.extend(rest);
     writer.await.unwrap();
     assert_eq!(seen.len(), 1200, "every reading once");
     seen.sort_unstable();
@@ -733,4 +772,192 @@ async fn arrow_and_parquet_answers_read_in_pyarrow_and_csv_in_duckdb() {
             .unwrap()
             .contains("traffic-counts-aggregate.arrows")
     );
+}
+
+#[tokio::test]
+async fn a_key_past_its_query_allowance_is_told_when_to_come_back() {
+    let gw = Gateway::start_with(|c| {
+        c.query.rate_limit = citygate::model::RateLimit {
+            per_second: 0.5,
+            burst: 3,
+        }
+    })
+    .await;
+    let provider = gw.provider_key("copenhagen").await;
+    let other = gw.provider_key("copenhagen").await;
+    for _ in 0..3 {
+        assert_eq!(gw.get_as(LATEST, &provider).await.0, 200);
+    }
+    let resp = gw
+        .client
+        .get(gw.url(LATEST))
+        .bearer_auth(&provider)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    // Another key has its own allowance.
+    assert_eq!(gw.get_as(LATEST, &other).await.0, 200);
+}
+
+#[tokio::test]
+async fn readings_of_one_sensor_and_time_come_in_log_order_wherever_they_are() {
+    let gw = Gateway::start_with(|c| {
+        c.parquet.max_age = Duration::from_millis(100);
+        c.query.hot_window = Duration::from_secs(1);
+    })
+    .await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let ts = now_ms() - 20 * 60_000;
+    post(&gw, &device, &[("tie".into(), ts, 1)]).await;
+    // The first has left memory for the lake before the second arrives (the gauge is set
+    // every half second: wait out two settings before believing it).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = gw.metrics().await;
+        if metrics
+            .lines()
+            .any(|l| l == "citygate_query_hot_store_readings 0")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never left memory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    post(&gw, &device, &[("tie".into(), ts, 2)]).await;
+    let query = format!("{HISTORY}?from={}&sensors=tie&limit=1", at(ts - 1000));
+    assert_eq!(
+        all_pages(&gw, &query, &provider, Duration::ZERO).await,
+        [1, 2]
+    );
+    let (_, body) = gw.get_as(&format!("{LATEST}?sensors=tie"), &provider).await;
+    assert_eq!(
+        body["readings"][0]["vehicle_count"], 2,
+        "the last logged: {body}"
+    );
+    let (_, body) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?from={}&every=1h&fn=first,last&sensors=tie",
+                at(ts - 1000)
+            ),
+            &provider,
+        )
+        .await;
+    assert_eq!(body["buckets"][0]["vehicle_count_first"], 1.0, "{body}");
+    assert_eq!(body["buckets"][0]["vehicle_count_last"], 2.0, "{body}");
+
+    // A cursor is for its own query: not another filter, not a forged time.
+    let (_, page) = gw.get_as(&query, &provider).await;
+    let next = page["next"].as_str().unwrap();
+    let (status, body) = gw
+        .get_as(
+            &format!("{HISTORY}?from={}&limit=1&cursor={next}", at(ts - 1000)),
+            &provider,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_cursor");
+    for forged in [
+        "a-9223372036854775808_0_00000000_tie",
+        "d9223372036854775807_0_00000000_tie",
+    ] {
+        let (status, _) = gw
+            .get_as(&format!("{HISTORY}?limit=1&cursor={forged}"), &provider)
+            .await;
+        assert_eq!(status, 400);
+    }
+}
+
+#[tokio::test]
+async fn an_aggregate_plan_gets_whole_finished_buckets_and_a_short_history_its_default() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "summary", "name": "5 minute summaries", "kind": "free", "aggregate": "5m"}),
+    )
+    .await;
+    plan(
+        &gw,
+        &provider,
+        json!({"id": "recent", "name": "Half an hour, 5 minutes late", "kind": "free", "delay": "5m", "history": "30m"}),
+    )
+    .await;
+    let (_, summary) = gw.account("subscriber", "Summary Lab", "research").await;
+    subscribe(&gw, &summary, "summary").await;
+    let (_, recent) = gw.account("subscriber", "Recent Lab", "research").await;
+    subscribe(&gw, &recent, "recent").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let now = now_ms();
+    let bucket = (now - 20 * 60_000) / 300_000 * 300_000;
+    post(
+        &gw,
+        &device,
+        &[
+            ("ag-1".into(), bucket + 12_000, 71),
+            ("ag-1".into(), bucket + 100_000, 5),
+            ("ag-1".into(), now - 1000, 9),
+        ],
+    )
+    .await;
+    // A range cut inside a bucket gives nothing of it: no single reading shows.
+    let (status, body) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?every=5m&fn=count,first&from={}&to={}",
+                at(bucket + 12_000),
+                at(bucket + 13_000)
+            ),
+            &summary,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["buckets"], json!([]), "{body}");
+    // The whole bucket, and not the one still filling.
+    let (_, body) = gw
+        .get_as(
+            &format!("{AGGREGATE}?every=5m&fn=count&from={}", at(bucket)),
+            &summary,
+        )
+        .await;
+    let counts: Vec<i64> = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["vehicle_count_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [2], "{body}");
+
+    // Without from=, a 30-minute plan reads its 30 minutes (not a 403 for the default hour),
+    // and latest looks back from what the plan shows now.
+    let (status, body) = gw.get_as(HISTORY, &recent).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: Vec<i64> = body["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["vehicle_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seen, [71, 5]);
+    let (_, body) = gw.get_as(LATEST, &recent).await;
+    assert_eq!(body["readings"][0]["vehicle_count"], 5, "{body}");
+    // A plan whose history would not reach past its delay is refused.
+    let (status, body) = gw
+        .post_as(
+            "/v1/catalog/traffic-counts/plans",
+            &provider,
+            json!({"id": "never", "name": "Never", "kind": "free", "delay": "1h", "history": "30m"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
 }

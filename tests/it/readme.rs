@@ -115,7 +115,10 @@ fn the_readme_runs_as_written() {
     );
     assert!(stdout.contains("\"vehicle_count_max\""), "{stdout}");
     assert!(stdout.contains("ts: timestamp[us, tz=UTC]"), "{stdout}");
-    assert!(stdout.contains("tc-0001") && stdout.contains("readings"), "{stdout}");
+    assert!(
+        stdout.contains("tc-0001") && stdout.contains("readings"),
+        "{stdout}"
+    );
 
     // The readings are in files once the gateway stops; read them from a directory whose
     // `data` is the gateway's, as the README's reader does.
