@@ -3,6 +3,7 @@
 
 mod admin;
 mod gateway;
+mod query;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -96,6 +97,9 @@ pub(crate) enum Command {
     },
     /// Push realistic readings to a running gateway.
     Simulate(SimulateArgs),
+    /// Read a dataset's history from a running gateway: raw readings (every page), the
+    /// latest per sensor, or time buckets; as CSV, NDJSON, JSON, Arrow or Parquet.
+    Query(query::QueryArgs),
 }
 
 #[derive(Subcommand)]
@@ -366,6 +370,10 @@ pub(crate) async fn run(mut cli: Cli) -> Result<ExitCode> {
                     println!("    {:<16} {:<6} {unit}{req}", f.name, f.ty.name());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query(args) => {
+            query::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {

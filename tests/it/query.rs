@@ -961,3 +961,98 @@ async fn an_aggregate_plan_gets_whole_finished_buckets_and_a_short_history_its_d
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_command_writes_every_page_as_one_file_in_each_format() {
+    let gw = Gateway::start().await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    let now = now_ms();
+    let readings: Vec<(String, i64, i64)> = (0..30)
+        .map(|i| (format!("cq-{}", i % 3), now - 60_000 + i * 1000, i))
+        .collect();
+    post(&gw, &device, &readings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |format: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("answer.{format}"));
+        let mut cmd = bin();
+        cmd.args([
+            "query",
+            TRAFFIC,
+            "--from",
+            &at(now - 120_000),
+            "--format",
+            format,
+        ])
+        .args(["--page-size", "7", "--out", out.to_str().unwrap()])
+        .args(["--api", &gw.base, "--api-key", &provider])
+        .args(extra);
+        let output = cmd.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (out, String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let (csv, said) = tokio::task::block_in_place(|| run("csv", &[]));
+    assert!(said.contains("30 readings"), "{said}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 31, "one header, 30 readings:\n{text}");
+    assert!(lines[0].starts_with("sensor_id,ts,"));
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("sensor_id")).count(),
+        1
+    );
+
+    let (json_path, _) = tokio::task::block_in_place(|| run("json", &[]));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    let counts: Vec<i64> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["vehicle_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, (0..30).collect::<Vec<_>>());
+
+    let (parquet, _) = tokio::task::block_in_place(|| run("parquet", &[]));
+    let file = std::fs::File::open(parquet).unwrap();
+    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, 30);
+
+    let (arrow, _) = tokio::task::block_in_place(|| run("arrow", &["--sensors", "cq-1"]));
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::fs::File::open(arrow).unwrap(), None)
+            .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 10);
+
+    // Buckets and latest, one answer each; a refusal says why and exits 1.
+    let (buckets, _) = tokio::task::block_in_place(|| {
+        run(
+            "csv",
+            &["--every", "1h", "--fn", "count", "--group-by", "none"],
+        )
+    });
+    let text = std::fs::read_to_string(buckets).unwrap();
+    assert!(text.starts_with("bucket,vehicle_count_count"), "{text}");
+    let output = tokio::task::block_in_place(|| {
+        bin()
+            .args(["query", TRAFFIC, "--from", "yesterday", "--api", &gw.base])
+            .args(["--api-key", &provider])
+            .output()
+            .unwrap()
+    });
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("400 invalid_time"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
