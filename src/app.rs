@@ -268,10 +268,14 @@ impl App {
             crate::query::hot::HotLimits {
                 window: config.query.hot_window,
                 max_bytes: config.query.hot_max_bytes.as_usize(),
+                latest_lookback: config.query.latest_lookback,
             },
             metrics.query().clone(),
         );
-        sinks.spawn(hot.clone().run(registry.clone(), sinks_stop.clone()));
+        sinks.spawn(
+            hot.clone()
+                .run(registry.clone(), config.parquet_dir(), sinks_stop.clone()),
+        );
         let query = Arc::new(crate::query::QueryService::new(
             hot,
             config.parquet_dir(),

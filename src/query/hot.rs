@@ -49,16 +49,20 @@ const CONSUMER: &str = "hot-store";
 const CHUNK_ROWS: usize = 8192;
 /// ...or once the oldest of them has waited this long.
 const CHUNK_AGE: Micros = 30_000_000;
+/// Sensors whose last reading one dataset's index keeps at most; past it `latest` scans.
+const LAST_MAX: usize = 200_000;
 /// How often the store seals aged rows and lets chunks go.
 const TICK: Duration = Duration::from_millis(500);
 /// Records read from the disk at a time (replay after a restart).
 const DISK_BATCH: usize = 1024;
 
 /// What the hot store keeps and for how long.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HotLimits {
     pub window: Duration,
     pub max_bytes: usize,
+    /// How far back each sensor's last reading is looked for in the lake at start.
+    pub latest_lookback: Duration,
 }
 
 /// Sealed readings of consecutive log records of one dataset, one Arrow array per column.
@@ -283,10 +287,17 @@ struct DatasetHot {
     /// The earliest device time among the open rows.
     open_min_ts: Micros,
     bytes: usize,
+    /// Each sensor's last reading by device time (of equal times, the last logged), in
+    /// the schema it came in: what `latest` answers from, once `seeded` (the lake's recent
+    /// past is in it) and while `complete` (never more than [`LAST_MAX`] sensors).
+    last: HashMap<CompactString, (Arc<Dataset>, Reading)>,
+    seeded: bool,
+    overfull: bool,
 }
 
 impl DatasetHot {
     fn take(&mut self, record: Open, now: Micros) {
+        self.note_last(&record);
         if record.lsn <= self.lake_through {
             return;
         }
@@ -307,6 +318,23 @@ impl DatasetHot {
         self.open.push(record);
         if self.open_rows >= CHUNK_ROWS {
             self.seal();
+        }
+    }
+
+    /// Keeps each sensor's last reading (log order: a later equal time replaces).
+    fn note_last(&mut self, record: &Open) {
+        for r in record.readings.iter() {
+            if let Some((ds, last)) = self.last.get_mut(&r.sensor_id) {
+                if r.ts >= last.ts {
+                    *ds = record.dataset.clone();
+                    *last = r.clone();
+                }
+            } else if self.last.len() < LAST_MAX {
+                self.last
+                    .insert(r.sensor_id.clone(), (record.dataset.clone(), r.clone()));
+            } else {
+                self.overfull = true;
+            }
         }
     }
 
@@ -457,6 +485,8 @@ pub struct HotStore {
     wal: Wal,
     limits: HotLimits,
     pub(crate) metrics: QueryMetrics,
+    /// Every dataset known at start has its last readings from the lake.
+    seeded: std::sync::atomic::AtomicBool,
 }
 
 impl HotStore {
@@ -467,6 +497,7 @@ impl HotStore {
             wal,
             limits,
             metrics,
+            seeded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -487,6 +518,8 @@ impl HotStore {
             return d.clone();
         }
         let lake_through = self.lake_checkpoint(dataset);
+        // A dataset first seen after the start's seeding has nothing older in the lake.
+        let seeded = self.seeded.load(std::sync::atomic::Ordering::Acquire);
         self.datasets
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -494,6 +527,7 @@ impl HotStore {
             .or_insert_with(|| {
                 Arc::new(Mutex::new(DatasetHot {
                     lake_through,
+                    seeded,
                     ..DatasetHot::default()
                 }))
             })
@@ -509,6 +543,105 @@ impl HotStore {
             chunks: d.chunks.iter().cloned().collect(),
             open: d.open.clone(),
         }
+    }
+
+    /// The last reading of every sensor `sel` wants within its range, from the index:
+    /// `None` when the index cannot answer alone (not seeded yet, over its size, or a
+    /// sensor's last reading is past the range's end, so an earlier one is wanted).
+    pub(crate) fn latest(&self, sel: &super::Selection) -> Option<Vec<Row>> {
+        let entry = self.entry(&sel.dataset.id);
+        let d = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.seeded || d.overfull {
+            return None;
+        }
+        let mut maps: Vec<(*const Dataset, Vec<Option<usize>>)> = Vec::new();
+        let mut rows = Vec::new();
+        for (sensor, (ds, r)) in &d.last {
+            if !sel.wants_sensor(sensor) || r.ts < sel.from {
+                continue;
+            }
+            if r.ts >= sel.to {
+                return None;
+            }
+            let map = match maps.iter().find(|(p, _)| *p == Arc::as_ptr(ds)) {
+                Some((_, m)) => m,
+                None => {
+                    maps.push((Arc::as_ptr(ds), field_map(ds, &sel.dataset)));
+                    &maps.last().expect("just pushed").1
+                }
+            };
+            let mut values: Values = smallvec::smallvec![None; sel.dataset.fields.len()];
+            for (to, from) in map.iter().enumerate() {
+                if let Some(from) = *from {
+                    values[to] = r.values.get(from).cloned().flatten();
+                }
+            }
+            let row = Row {
+                sensor_id: r.sensor_id.clone(),
+                ts: r.ts,
+                values,
+                lat: r.lat,
+                lon: r.lon,
+            };
+            if sel.wants_place(&row) {
+                rows.push(row);
+            }
+        }
+        rows.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
+        Some(rows)
+    }
+
+    /// Puts the lake's last readings of the recent past into each dataset's index (older
+    /// than what the log brought since, or else left out). Blocking.
+    fn seed(&self, root: &std::path::Path, registry: &Registry) {
+        let now = now_micros();
+        let from = now - self.limits.latest_lookback.as_micros() as Micros;
+        for entry in registry.all() {
+            let ds = entry.dataset.clone();
+            let mut best: HashMap<CompactString, Row> = HashMap::new();
+            for hour in super::lake::hours(root, &ds.id, from, Micros::MAX, u64::MAX) {
+                for file in &hour.files {
+                    let mut keep = |_: Micros, _: &str| true;
+                    let mut add = |row: Row| match best.get(&row.sensor_id) {
+                        Some(b) if b.ts > row.ts => {}
+                        _ => {
+                            best.insert(row.sensor_id.clone(), row);
+                        }
+                    };
+                    if let Err(e) =
+                        super::lake::read_file(file, &ds, from, Micros::MAX, &mut keep, &mut add)
+                    {
+                        tracing::warn!(error = %e, "the latest readings index skips a lake file");
+                    }
+                }
+            }
+            let hot = self.entry(&ds.id);
+            let mut d = hot.lock().unwrap_or_else(|e| e.into_inner());
+            for (sensor, row) in best {
+                let older = d.last.get(&sensor).is_none_or(|(_, r)| r.ts < row.ts);
+                if !older {
+                    continue;
+                }
+                if d.last.len() >= LAST_MAX && !d.last.contains_key(&sensor) {
+                    d.overfull = true;
+                    continue;
+                }
+                let reading = Reading {
+                    sensor_id: sensor.clone(),
+                    ts: row.ts,
+                    ts_missing: false,
+                    received_at: row.ts,
+                    values: row.values,
+                    lat: row.lat,
+                    lon: row.lon,
+                    seq: None,
+                };
+                d.last.insert(sensor, (ds.clone(), reading));
+            }
+            d.seeded = true;
+        }
+        self.seeded
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Waits until every record committed now is in the store (false: not within
@@ -575,7 +708,17 @@ impl HotStore {
     }
 
     /// Runs the store: takes in every committed record until `stop`.
-    pub(crate) async fn run(self: Arc<Self>, registry: Arc<Registry>, stop: CancellationToken) {
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        lake_root: std::path::PathBuf,
+        stop: CancellationToken,
+    ) {
+        // Each sensor's last reading from the lake, beside the log's replay.
+        tokio::task::spawn_blocking({
+            let (store, registry) = (self.clone(), registry.clone());
+            move || store.seed(&lake_root, &registry)
+        });
         // Start where the lake ends: the lowest checkpoint of any dataset's sink.
         let start = registry
             .all()

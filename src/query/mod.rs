@@ -329,8 +329,12 @@ impl QueryService {
     }
 
     /// The last reading (by device time; of equal times, the last logged) of every sensor
-    /// in `sel` within its range.
+    /// in `sel` within its range: from the hot store's index when it can answer alone (a
+    /// range ending now), else by reading the range back from its end.
     pub(crate) async fn latest(&self, sel: &Selection) -> Result<Vec<Row>, QueryError> {
+        if let Some(rows) = self.hot.latest(sel) {
+            return Ok(rows);
+        }
         let snapshot = Arc::new(self.hot.snapshot(&sel.dataset.id));
         let mut hours = self.hours_with_data(sel, &snapshot);
         hours.reverse();

@@ -237,6 +237,15 @@ async fn history_survives_a_restart_complete_and_once() {
     let mut seen = all_pages(&gw, &query, &provider, Duration::ZERO).await;
     seen.sort_unstable();
     assert_eq!(seen, (0..500).collect::<Vec<_>>());
+    // Each sensor's last reading, from the lake and the log's replay.
+    let (_, body) = gw.get_as(LATEST, &provider).await;
+    let last: Vec<i64> = body["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["vehicle_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(last, [495, 496, 497, 498, 499], "{body}");
 }
 
 #[tokio::test]

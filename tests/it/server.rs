@@ -147,6 +147,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         citygate::query::hot::HotLimits {
             window: config.query.hot_window,
             max_bytes: config.query.hot_max_bytes.as_usize(),
+            latest_lookback: config.query.latest_lookback,
         },
         metrics.query().clone(),
     );
