@@ -274,7 +274,7 @@ impl App {
         );
         sinks.spawn(
             hot.clone()
-                .run(registry.clone(), config.parquet_dir(), sinks_stop.clone()),
+                .run_supervised(registry.clone(), config.parquet_dir(), sinks_stop.clone()),
         );
         let query = Arc::new(crate::query::QueryService::new(
             hot,

@@ -7,7 +7,7 @@
 //! tie, so hot and lake agree). Memory is bounded: past `max_rows` buckets the answer is
 //! refused, not truncated.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use compact_str::CompactString;
 
@@ -134,7 +134,7 @@ pub(crate) struct TooMany(pub(crate) usize);
 pub(crate) struct Accumulator {
     spec: Spec,
     max: usize,
-    buckets: BTreeMap<(Micros, CompactString), Vec<Option<Figures>>>,
+    buckets: HashMap<(Micros, CompactString), Vec<Option<Figures>>>,
     /// Set once a reading would have made more than `max` buckets; nothing is added after.
     too_many: Option<TooMany>,
 }
@@ -152,7 +152,7 @@ impl Accumulator {
         Accumulator {
             spec,
             max,
-            buckets: BTreeMap::new(),
+            buckets: HashMap::new(),
             too_many: None,
         }
     }
@@ -167,8 +167,9 @@ impl Accumulator {
             return Err(too_many);
         }
         let (by_sensor, fns) = (self.spec.by_sensor, &self.spec.fns);
-        Ok(self
-            .buckets
+        let mut buckets: Vec<_> = self.buckets.into_iter().collect();
+        buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(buckets
             .into_iter()
             .map(|((start, sensor), figures)| Bucket {
                 start,

@@ -79,8 +79,8 @@ pub(crate) struct Chunk {
     sensor: DictionaryArray<UInt32Type>,
     ts: TimestampMicrosecondArray,
     values: Vec<ArrayRef>,
-    lat: Float64Array,
-    lon: Float64Array,
+    /// Positions, when any reading of the chunk has one (most sensors never move).
+    position: Option<(Float64Array, Float64Array)>,
     bytes: usize,
 }
 
@@ -92,8 +92,12 @@ impl Chunk {
         let mut lsn = Vec::with_capacity(rows);
         let mut sensor = StringDictionaryBuilder::<UInt32Type>::new();
         let mut ts = Vec::with_capacity(rows);
-        let mut lat = Float64Builder::with_capacity(rows);
-        let mut lon = Float64Builder::with_capacity(rows);
+        let positioned = records
+            .iter()
+            .any(|r| r.readings.iter().any(|r| r.lat.is_some() || r.lon.is_some()));
+        let capacity = if positioned { rows } else { 0 };
+        let mut lat = Float64Builder::with_capacity(capacity);
+        let mut lon = Float64Builder::with_capacity(capacity);
         let mut columns: Vec<Column> = dataset
             .fields
             .iter()
@@ -110,8 +114,10 @@ impl Chunk {
                 ts.push(r.ts);
                 min_ts = min_ts.min(r.ts);
                 max_ts = max_ts.max(r.ts);
-                lat.append_option(r.lat);
-                lon.append_option(r.lon);
+                if positioned {
+                    lat.append_option(r.lat);
+                    lon.append_option(r.lon);
+                }
                 for (column, value) in columns.iter_mut().zip(r.values.iter()) {
                     column.push(value.as_ref());
                 }
@@ -127,8 +133,7 @@ impl Chunk {
             sensor: sensor.finish(),
             ts: TimestampMicrosecondArray::from(ts).with_timezone("UTC"),
             values: columns.into_iter().map(Column::finish).collect(),
-            lat: lat.finish(),
-            lon: lon.finish(),
+            position: positioned.then(|| (lat.finish(), lon.finish())),
             bytes: 0,
         };
         chunk.bytes = chunk.lsn.get_array_memory_size()
@@ -139,8 +144,9 @@ impl Chunk {
                 .iter()
                 .map(|a| a.get_array_memory_size())
                 .sum::<usize>()
-            + chunk.lat.get_array_memory_size()
-            + chunk.lon.get_array_memory_size();
+            + chunk.position.as_ref().map_or(0, |(lat, lon)| {
+                lat.get_array_memory_size() + lon.get_array_memory_size()
+            });
         chunk
     }
 
@@ -187,8 +193,14 @@ impl Chunk {
                 sensor_id: CompactString::from(sensor),
                 ts,
                 values,
-                lat: (!self.lat.is_null(row)).then(|| self.lat.value(row)),
-                lon: (!self.lon.is_null(row)).then(|| self.lon.value(row)),
+                lat: self
+                    .position
+                    .as_ref()
+                    .and_then(|(lat, _)| (!lat.is_null(row)).then(|| lat.value(row))),
+                lon: self
+                    .position
+                    .as_ref()
+                    .and_then(|(_, lon)| (!lon.is_null(row)).then(|| lon.value(row))),
             });
         }
     }
@@ -373,13 +385,16 @@ impl DatasetHot {
             if front.max_ts >= oldest && over == 0 {
                 break;
             }
-            // The first stored checkpoint at or after the chunk's last record.
-            let Some(&mark) = self.marks.iter().find(|&&m| m >= front.last_lsn) else {
-                break;
-            };
-            self.lake_through = mark;
-            while self.marks.front().is_some_and(|&m| m <= mark) {
-                self.marks.pop_front();
+            // A chunk wholly at or below the boundary is the lake's already; else the
+            // boundary moves to the first stored checkpoint at or after its last record.
+            if front.last_lsn > self.lake_through {
+                let Some(&mark) = self.marks.iter().find(|&&m| m >= front.last_lsn) else {
+                    break;
+                };
+                self.lake_through = mark;
+                while self.marks.front().is_some_and(|&m| m <= mark) {
+                    self.marks.pop_front();
+                }
             }
             let bytes = front.bytes;
             self.chunks.pop_front();
@@ -707,6 +722,21 @@ impl HotStore {
             .set_hot(f.chunk_bytes, f.chunk_rows + f.open_rows);
     }
 
+    /// Runs the store until `stop`; should it fail (a bug), it says so and stops holding
+    /// the log, so that intake goes on (queries then answer 503: not caught up).
+    pub(crate) async fn run_supervised(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        lake_root: std::path::PathBuf,
+        stop: CancellationToken,
+    ) {
+        let run = tokio::spawn(self.clone().run(registry, lake_root, stop));
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "the hot store failed: history queries stop until a restart");
+            self.wal.release(CONSUMER);
+        }
+    }
+
     /// Runs the store: takes in every committed record until `stop`.
     pub(crate) async fn run(
         self: Arc<Self>,
@@ -934,6 +964,21 @@ mod tests {
         // Records at or below the boundary are not taken in again (a replay).
         d.take(open(&ds, 3, &[3]), 0);
         assert_eq!(d.open_rows, 0);
+    }
+
+    #[test]
+    fn chunks_below_one_checkpoint_all_leave_with_it() {
+        let ds = dataset();
+        let mut d = DatasetHot::default();
+        for lsn in 1..=6 {
+            d.take(open(&ds, lsn, &[lsn as i64]), 0);
+            d.seal();
+        }
+        // One sink flush wrote all six records: every chunk goes at once, and stays gone.
+        d.tidy(6, Micros::MAX, 0, 0);
+        assert_eq!(d.chunks.len(), 0);
+        assert_eq!(d.lake_through, 6);
+        assert_eq!(d.bytes, 0);
     }
 
     #[test]

@@ -277,6 +277,16 @@ impl Wal {
         self.clean();
     }
 
+    /// Stops keeping segments for `consumer` (one that ended).
+    pub(crate) fn release(&self, consumer: &str) {
+        self.shared
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(consumer);
+        self.clean();
+    }
+
     /// Stores a consumer's checkpoint durably, then deletes segments every consumer has
     /// passed.
     pub fn checkpoint(&self, consumer: &str, cp: Checkpoint) -> std::io::Result<()> {
