@@ -272,10 +272,11 @@ impl App {
             },
             metrics.query().clone(),
         );
-        sinks.spawn(
-            hot.clone()
-                .run_supervised(registry.clone(), config.parquet_dir(), sinks_stop.clone()),
-        );
+        sinks.spawn(hot.clone().run_supervised(
+            registry.clone(),
+            config.parquet_dir(),
+            sinks_stop.clone(),
+        ));
         let query = Arc::new(crate::query::QueryService::new(
             hot,
             config.parquet_dir(),

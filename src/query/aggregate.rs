@@ -129,12 +129,14 @@ pub(crate) struct Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooMany(pub(crate) usize);
 
-/// Buckets being filled.
+/// Buckets being filled: each bucket's place in `figures` by (start, sensor).
 #[derive(Debug)]
 pub(crate) struct Accumulator {
     spec: Spec,
     max: usize,
-    buckets: HashMap<(Micros, CompactString), Vec<Option<Figures>>>,
+    index: HashMap<(Micros, CompactString), usize>,
+    /// Per bucket, per field of the spec.
+    figures: Vec<Vec<Option<Figures>>>,
     /// Set once a reading would have made more than `max` buckets; nothing is added after.
     too_many: Option<TooMany>,
 }
@@ -152,7 +154,8 @@ impl Accumulator {
         Accumulator {
             spec,
             max,
-            buckets: HashMap::new(),
+            index: HashMap::new(),
+            figures: Vec::new(),
             too_many: None,
         }
     }
@@ -167,7 +170,13 @@ impl Accumulator {
             return Err(too_many);
         }
         let (by_sensor, fns) = (self.spec.by_sensor, &self.spec.fns);
-        let mut buckets: Vec<_> = self.buckets.into_iter().collect();
+        let mut figures: Vec<Option<Vec<Option<Figures>>>> =
+            self.figures.into_iter().map(Some).collect();
+        let mut buckets: Vec<_> = self
+            .index
+            .into_iter()
+            .map(|(key, at)| (key, figures[at].take().unwrap_or_default()))
+            .collect();
         buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(buckets
             .into_iter()
@@ -194,22 +203,126 @@ impl super::Fold for Accumulator {
         } else {
             CompactString::default()
         };
-        let key = (start, sensor);
-        if !self.buckets.contains_key(&key) && self.buckets.len() == self.max {
-            self.too_many = Some(TooMany(self.max));
+        let Some(at) = self.bucket(start, sensor) else {
             return;
+        };
+        for (slot, (field, _)) in self.figures[at].iter_mut().zip(&self.spec.fields) {
+            if let Some(v) = row.values.get(*field).and_then(number) {
+                add_to(slot, row.ts, v);
+            }
         }
-        let figures = self
-            .buckets
-            .entry(key)
-            .or_insert_with(|| vec![None; self.spec.fields.len()]);
-        for (slot, (at, _)) in figures.iter_mut().zip(&self.spec.fields) {
-            if let Some(v) = row.values.get(*at).and_then(number) {
-                match slot {
-                    Some(f) => f.add(row.ts, v),
-                    None => *slot = Some(Figures::new(row.ts, v)),
+    }
+
+    fn add_chunk(
+        &mut self,
+        chunk: &super::hot::Chunk,
+        sel: &super::Selection,
+        lake_through: u64,
+        (from, to): (Micros, Micros),
+    ) -> bool {
+        if self.too_many.is_some() || chunk.last_lsn <= lake_through {
+            return true;
+        }
+        let c = chunk.columns();
+        // The spec's fields in the chunk's own schema, as numbers.
+        let map = super::hot::field_map(c.dataset, &sel.dataset);
+        let columns: Vec<Option<Numbers<'_>>> = self
+            .spec
+            .fields
+            .iter()
+            .map(|(at, _)| {
+                map.get(*at)
+                    .copied()
+                    .flatten()
+                    .and_then(|i| Numbers::of(&c.values[i]))
+            })
+            .collect();
+        let wanted: Vec<bool> = c
+            .sensors
+            .iter()
+            .map(|s| s.is_some_and(|s| sel.wants_sensor(s)))
+            .collect();
+        // Bucket places by (start, chunk's sensor key): no string hashed per row.
+        let mut local: HashMap<(Micros, u32), usize> = HashMap::new();
+        let masked = lake_through.saturating_sub(c.first_lsn);
+        for row in 0..c.ts.len() {
+            let (ts, key) = (c.ts[row], c.keys[row]);
+            if ts < from
+                || ts >= to
+                || !wanted[key as usize]
+                || (lake_through >= c.first_lsn && u64::from(c.lsn[row]) <= masked)
+            {
+                continue;
+            }
+            let start = ts - ts.rem_euclid(self.spec.every);
+            let group = if self.spec.by_sensor { key } else { 0 };
+            let at = match local.get(&(start, group)) {
+                Some(&at) => at,
+                None => {
+                    let sensor = if self.spec.by_sensor {
+                        CompactString::from(c.sensors.value(key as usize))
+                    } else {
+                        CompactString::default()
+                    };
+                    let Some(at) = self.bucket(start, sensor) else {
+                        return true;
+                    };
+                    local.insert((start, group), at);
+                    at
+                }
+            };
+            for (slot, column) in self.figures[at].iter_mut().zip(&columns) {
+                if let Some(v) = column.as_ref().and_then(|n| n.get(row)) {
+                    add_to(slot, ts, v);
                 }
             }
+        }
+        true
+    }
+}
+
+impl Accumulator {
+    /// The place of bucket (start, sensor), made if new (`None`: past `max`, noted).
+    fn bucket(&mut self, start: Micros, sensor: CompactString) -> Option<usize> {
+        let next = self.figures.len();
+        if next == self.max && !self.index.contains_key(&(start, sensor.clone())) {
+            self.too_many = Some(TooMany(self.max));
+            return None;
+        }
+        let at = *self.index.entry((start, sensor)).or_insert(next);
+        if at == next {
+            self.figures.push(vec![None; self.spec.fields.len()]);
+        }
+        Some(at)
+    }
+}
+
+fn add_to(slot: &mut Option<Figures>, ts: Micros, v: f64) {
+    match slot {
+        Some(f) => f.add(ts, v),
+        None => *slot = Some(Figures::new(ts, v)),
+    }
+}
+
+/// A numeric column, read as f64.
+enum Numbers<'a> {
+    Float(&'a arrow_array::Float64Array),
+    Int(&'a arrow_array::Int64Array),
+}
+
+impl<'a> Numbers<'a> {
+    fn of(array: &'a arrow_array::ArrayRef) -> Option<Numbers<'a>> {
+        let any = array.as_any();
+        any.downcast_ref()
+            .map(Numbers::Float)
+            .or_else(|| any.downcast_ref().map(Numbers::Int))
+    }
+
+    fn get(&self, row: usize) -> Option<f64> {
+        use arrow_array::Array;
+        match self {
+            Numbers::Float(a) => (!a.is_null(row)).then(|| a.value(row)),
+            Numbers::Int(a) => (!a.is_null(row)).then(|| a.value(row) as f64),
         }
     }
 }

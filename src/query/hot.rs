@@ -92,9 +92,11 @@ impl Chunk {
         let mut lsn = Vec::with_capacity(rows);
         let mut sensor = StringDictionaryBuilder::<UInt32Type>::new();
         let mut ts = Vec::with_capacity(rows);
-        let positioned = records
-            .iter()
-            .any(|r| r.readings.iter().any(|r| r.lat.is_some() || r.lon.is_some()));
+        let positioned = records.iter().any(|r| {
+            r.readings
+                .iter()
+                .any(|r| r.lat.is_some() || r.lon.is_some())
+        });
         let capacity = if positioned { rows } else { 0 };
         let mut lat = Float64Builder::with_capacity(capacity);
         let mut lon = Float64Builder::with_capacity(capacity);
@@ -154,6 +156,24 @@ impl Chunk {
         self.ts.len()
     }
 
+    /// The chunk's columns, for folds that read them whole.
+    pub(crate) fn columns(&self) -> ChunkColumns<'_> {
+        ChunkColumns {
+            dataset: &self.dataset,
+            first_lsn: self.first_lsn,
+            lsn: self.lsn.values(),
+            ts: self.ts.values(),
+            keys: self.sensor.keys().values(),
+            sensors: self
+                .sensor
+                .values()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("a string dictionary"),
+            values: &self.values,
+        }
+    }
+
     fn lsn(&self, row: usize) -> u64 {
         self.first_lsn + u64::from(self.lsn.value(row))
     }
@@ -204,6 +224,18 @@ impl Chunk {
             });
         }
     }
+}
+
+/// A chunk's columns: row `i` is `ts[i]` of sensor `sensors[keys[i]]`, from record
+/// `first_lsn + lsn[i]`, with `values[f][i]` in `dataset`'s schema.
+pub(crate) struct ChunkColumns<'a> {
+    pub(crate) dataset: &'a Dataset,
+    pub(crate) first_lsn: u64,
+    pub(crate) lsn: &'a [u32],
+    pub(crate) ts: &'a [i64],
+    pub(crate) keys: &'a [u32],
+    pub(crate) sensors: &'a StringArray,
+    pub(crate) values: &'a [ArrayRef],
 }
 
 /// Where each field of `to` is in `from` (by name and type), if it is.
@@ -416,6 +448,29 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// [`Snapshot::scan`] into a fold, which takes whole chunks from their columns when it
+    /// can.
+    pub(crate) fn scan_fold(
+        &self,
+        sel: &super::Selection,
+        (from, to): (Micros, Micros),
+        keep: &mut dyn FnMut(Micros, &str) -> bool,
+        fold: &mut dyn super::Fold,
+    ) {
+        let mut rest = Snapshot {
+            lake_through: self.lake_through,
+            chunks: Vec::new(),
+            open: self.open.clone(),
+        };
+        for chunk in &self.chunks {
+            let overlaps = chunk.max_ts >= from && chunk.min_ts < to;
+            if overlaps && !fold.add_chunk(chunk, sel, self.lake_through, (from, to)) {
+                rest.chunks.push(chunk.clone());
+            }
+        }
+        rest.scan(&sel.dataset, (from, to), keep, &mut |row| fold.add(row));
+    }
+
     /// Hands `out` every row of the snapshot in `[from, to)` whose time and sensor `keep`
     /// accepts, in `target`'s schema, in log order.
     pub(crate) fn scan(
@@ -997,6 +1052,54 @@ mod tests {
         assert_eq!(d.chunks.len(), 1);
         let rows = rows_of(&snapshot(&d), &ds, 0, 10, &mut |_, s| s == "s69999");
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn buckets_from_columns_equal_buckets_from_rows() {
+        use super::super::aggregate::{Accumulator, Func, Spec};
+        use super::super::{Fold, Selection};
+        let ds = dataset();
+        let mut d = DatasetHot::default();
+        for lsn in 1..=40u64 {
+            let mut o = open(&ds, lsn, &[lsn as i64 * 7, lsn as i64 * 7 + 3]);
+            for (i, r) in Arc::get_mut(&mut o.readings)
+                .unwrap()
+                .iter_mut()
+                .enumerate()
+            {
+                r.sensor_id = CompactString::from(format!("s{}", (lsn as usize + i) % 3));
+                r.values[1] = (lsn % 4 != 0).then(|| Value::Float(lsn as f64 / 3.0));
+            }
+            d.take(o, 0);
+            if lsn % 9 == 0 {
+                d.seal();
+            }
+        }
+        // Rows of records up to 5 are the lake's.
+        d.lake_through = 5;
+        let snap = snapshot(&d);
+        let sel = Selection {
+            dataset: ds.clone(),
+            from: 20,
+            to: 250,
+            filter: crate::feed::session::Filter::parse(Some("s0,s2"), None).unwrap(),
+        };
+        let spec = Spec {
+            every: 30,
+            fns: Func::ALL.to_vec(),
+            by_sensor: true,
+            fields: vec![(0, "vehicle_count".into()), (1, "mean_speed".into())],
+        };
+        let mut columns = Accumulator::new(spec.clone(), 1000);
+        let mut keep = |_: Micros, s: &str| sel.wants_sensor(s);
+        snap.scan_fold(&sel, (sel.from, sel.to), &mut keep, &mut columns);
+        let mut rows = Accumulator::new(spec, 1000);
+        for r in rows_of(&snap, &ds, sel.from, sel.to, &mut keep) {
+            rows.add(r);
+        }
+        let (a, b) = (columns.finish().unwrap(), rows.finish().unwrap());
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub(crate) struct Selection {
 }
 
 impl Selection {
-    fn wants_sensor(&self, sensor: &str) -> bool {
+    pub(crate) fn wants_sensor(&self, sensor: &str) -> bool {
         self.filter
             .sensors
             .as_ref()
@@ -200,7 +200,7 @@ impl QueryService {
     /// the hours that overlap (below the snapshot's boundary; their names sort by log
     /// range), then the hot store's. Log order makes ties (one sensor, one time) come out
     /// the same wherever the readings are. On a blocking thread; `fold` comes back.
-    async fn window<F: Fold>(
+    async fn window<F: Fold + Send + 'static>(
         &self,
         sel: &Selection,
         snapshot: &Arc<Snapshot>,
@@ -212,18 +212,19 @@ impl QueryService {
         let metrics = self.hot.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let mut keep = |_: Micros, sensor: &str| sel.wants_sensor(sensor);
-            let mut add = |row: Row| {
-                if sel.wants_place(&row) {
-                    fold.add(row);
-                }
+            let mut placed = Placed {
+                sel: &sel,
+                fold: &mut fold,
             };
             for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
                 for file in &hour.files {
                     metrics.file_read();
-                    lake::read_file(file, &sel.dataset, lo, hi, &mut keep, &mut add)?;
+                    lake::read_file(file, &sel.dataset, lo, hi, &mut keep, &mut |row| {
+                        placed.add(row)
+                    })?;
                 }
             }
-            snapshot.scan(&sel.dataset, (lo, hi), &mut keep, &mut add);
+            snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
             Ok(fold)
         })
         .await
@@ -369,8 +370,44 @@ impl QueryService {
 }
 
 /// What a query makes of the readings it is handed, one at a time (on a blocking thread).
-pub(crate) trait Fold: Send + 'static {
+pub(crate) trait Fold {
     fn add(&mut self, row: Row);
+
+    /// Takes every row of a hot chunk in `sel`'s range at once, from its columns (`false`:
+    /// this fold takes rows, one at a time).
+    fn add_chunk(
+        &mut self,
+        _chunk: &hot::Chunk,
+        _sel: &Selection,
+        _lake_through: u64,
+        _span: (Micros, Micros),
+    ) -> bool {
+        false
+    }
+}
+
+/// A fold behind the selection's box (a reading without a position is outside every box).
+struct Placed<'a, F> {
+    sel: &'a Selection,
+    fold: &'a mut F,
+}
+
+impl<F: Fold> Fold for Placed<'_, F> {
+    fn add(&mut self, row: Row) {
+        if self.sel.wants_place(&row) {
+            self.fold.add(row);
+        }
+    }
+
+    fn add_chunk(
+        &mut self,
+        chunk: &hot::Chunk,
+        sel: &Selection,
+        lake_through: u64,
+        span: (Micros, Micros),
+    ) -> bool {
+        sel.filter.bbox.is_none() && self.fold.add_chunk(chunk, sel, lake_through, span)
+    }
 }
 
 /// The first `k` readings in `order` (ties in log order) at or after the cursor's key.
