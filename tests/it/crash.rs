@@ -1,7 +1,8 @@
 //! SIGKILL at a random moment, again and again, while clients ingest over HTTP and MQTT, each
 //! keeping a ledger of what it got an acknowledgement for. After the last restart and a clean
 //! stop, every acknowledged reading is in Parquet exactly once, no reading is there twice,
-//! and every file a crash left behind is readable.
+//! and every file a crash left behind is readable; and history queries in the last life,
+//! after the log's replay, return every acknowledged reading exactly once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -130,6 +131,18 @@ async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
         .unwrap()
         .trim()
         .to_string();
+    let provider = bin_on(&data)
+        .args(["keys", "create-provider", "--provider", "copenhagen"])
+        .arg("--config")
+        .arg(loadtest_config())
+        .output()
+        .unwrap();
+    assert!(provider.status.success());
+    let provider = String::from_utf8(provider.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let started = now_ms();
     // Small, frequent Parquet writes, so kills land mid-write too.
     let env = [
         ("CITYGATE__PARQUET__MAX_AGE", "150ms"),
@@ -175,8 +188,10 @@ async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
         all_files_readable(&data);
     }
 
-    // One more life, stopped cleanly: everything in the log reaches Parquet.
+    // One more life. After the log's replay, history has every acknowledged reading once.
     let server = spawn_gateway(&loadtest_config(), &data, &env);
+    let history = history_ids(&server.http, &provider, started).await;
+    // Then stopped cleanly: everything in the log reaches Parquet.
     let pid = server.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -224,4 +239,41 @@ async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
         twice.len(),
         &twice[..twice.len().min(5)]
     );
+    let mut queried: HashMap<&String, usize> = HashMap::new();
+    for id in &history {
+        *queried.entry(id).or_default() += 1;
+    }
+    let unseen = acked.iter().filter(|id| !queried.contains_key(*id)).count();
+    assert_eq!(
+        unseen, 0,
+        "acknowledged readings history did not return after the kills"
+    );
+    let repeated = queried.values().filter(|n| **n > 1).count();
+    assert_eq!(
+        repeated, 0,
+        "readings history returned twice after the kills"
+    );
+}
+
+/// Every sensor id of traffic-counts since `since` (ms), page by page, as `key` sees them.
+async fn history_ids(http: &str, key: &str, since: i64) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let from = citygate::calendar::format_rfc3339((since - 60_000) * 1000);
+    let to = citygate::calendar::format_rfc3339((now_ms() + 600_000) * 1000);
+    let base =
+        format!("http://{http}/v1/datasets/traffic-counts/history?from={from}&to={to}&limit=10000");
+    let mut ids = Vec::new();
+    let mut url = base.clone();
+    loop {
+        let resp = client.get(&url).bearer_auth(key).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        for r in body["readings"].as_array().unwrap() {
+            ids.push(r["sensor_id"].as_str().unwrap().to_string());
+        }
+        match body["next"].as_str() {
+            Some(next) => url = format!("{base}&cursor={next}"),
+            None => return ids,
+        }
+    }
 }

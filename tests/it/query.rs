@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 use crate::harness::*;
 use crate::live::{open_plan, plan, subscribe, subscribed};
@@ -69,7 +70,7 @@ async fn an_acknowledged_reading_is_in_history_and_latest_at_once() {
     let gw = Gateway::start().await;
     let provider = gw.provider_key("copenhagen").await;
     let device = gw.device_key(&[TRAFFIC]).await;
-    let start = now_ms();
+    let start = now_ms() - 1000;
     for i in 0..30 {
         let sensor = format!("rw-{}", i % 3);
         post(&gw, &device, &[(sensor.clone(), now_ms(), i)]).await;
@@ -91,7 +92,38 @@ async fn an_acknowledged_reading_is_in_history_and_latest_at_once() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["readings"][0]["vehicle_count"], i, "{body}");
     }
-    let (_, body) = gw.get_as(LATEST, &provider).await;
+    // Over MQTT: queryable once the PUBACK is in.
+    let mut s = crate::mqtt::raw_client(&gw, &device, "rw-mqtt").await;
+    for i in 0..10u16 {
+        let payload = format!(r#"{{"vehicle_count": {}}}"#, 100 + i);
+        s.write_all(&crate::mqtt::raw_publish(
+            b"citygate/traffic-counts/rw-mqtt",
+            payload.as_bytes(),
+            0b0010,
+            i + 1,
+        ))
+        .await
+        .unwrap();
+        let puback = crate::mqtt::read_n(&mut s, 4).await;
+        assert_eq!(puback, [0x40, 0x02, 0, i as u8 + 1]);
+        let (_, body) = gw
+            .get_as(&format!("{LATEST}?sensors=rw-mqtt"), &provider)
+            .await;
+        assert_eq!(body["readings"][0]["vehicle_count"], 100 + i, "{body}");
+        let (_, body) = gw
+            .get_as(
+                &format!(
+                    "{HISTORY}?from={}&sensors=rw-mqtt&order=desc&limit=1",
+                    at(start)
+                ),
+                &provider,
+            )
+            .await;
+        assert_eq!(body["readings"][0]["vehicle_count"], 100 + i, "{body}");
+    }
+    let (_, body) = gw
+        .get_as(&format!("{LATEST}?sensors=rw-0,rw-1,rw-2"), &provider)
+        .await;
     let latest: Vec<(String, i64)> = body["readings"]
         .as_array()
         .unwrap()
