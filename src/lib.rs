@@ -57,8 +57,9 @@
 //! ## Module map
 //!
 //! ```text
-//! main.rs, cli/  the binary: serve, check-config, datasets, simulate; cli/admin: accounts,
-//!                keys, plans, invoices on the database or through a gateway's API (--api)
+//! main.rs, cli/  the binary: serve, check-config, datasets, simulate, query (history from a
+//!                gateway); cli/admin: accounts, keys, plans, invoices on the database or
+//!                through a gateway's API (--api)
 //! app.rs         builds components from Config, wires channels, shutdown order
 //! config/        TOML + CITYGATE__SECTION__KEY overrides; every problem reported at once
 //! model.rs       Reading, Dataset, FieldSpec, Value, reject Reason (no I/O)
@@ -85,8 +86,9 @@
 //!                ops endpoints; intake (citygate JSON/NDJSON/SenML, InfluxDB v1/v2 writes),
 //!                accounts, catalog, market (plans … statements), live (SSE, WebSocket),
 //!                query (history, latest, aggregate) routes
-//! query/         hot (the hot store), lake (Parquet scan with pruning), aggregate (time
-//!                buckets), output (JSON, NDJSON, CSV tables)
+//! query/         hot/ (the hot store: chunks, the store and its log consumer, the latest
+//!                index), lake (Parquet scan with pruning), aggregate (time buckets, from
+//!                rows or hot chunks' columns), output (JSON, NDJSON, CSV, Arrow, Parquet)
 //! telemetry/     tracing init, every metric (one file per group)
 //! simulate/      the load and demo generator behind `citygate simulate`
 //! ```

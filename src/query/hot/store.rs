@@ -1,0 +1,400 @@
+//! The hot store itself: every dataset's part, the log consumer that fills them, the
+//! read-your-writes wait, the tidying that lets chunks go, and the per-sensor last-reading
+//! index (`latest`), seeded from the lake at start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use compact_str::CompactString;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::chunk::field_map;
+use super::{
+    CONSUMER, DISK_BATCH, DatasetHot, HotFigures, HotLimits, LAST_MAX, Open, Snapshot, TICK,
+};
+use crate::model::{Dataset, Micros, Reading, Values, now_micros};
+use crate::query::Row;
+use crate::registry::Registry;
+use crate::sink::parquet::ParquetSink;
+use crate::telemetry::QueryMetrics;
+use crate::wal::{Consumer, Record, Wal, record};
+
+/// Every dataset's recent readings (see the module header).
+#[derive(Debug)]
+pub struct HotStore {
+    datasets: RwLock<HashMap<String, Arc<Mutex<DatasetHot>>>>,
+    /// The last LSN taken in.
+    applied: watch::Sender<u64>,
+    wal: Wal,
+    limits: HotLimits,
+    pub(crate) metrics: QueryMetrics,
+    /// Every dataset known at start has its last readings from the lake.
+    seeded: std::sync::atomic::AtomicBool,
+}
+
+impl HotStore {
+    pub fn new(wal: Wal, limits: HotLimits, metrics: QueryMetrics) -> Arc<HotStore> {
+        Arc::new(HotStore {
+            datasets: RwLock::new(HashMap::new()),
+            applied: watch::Sender::new(0),
+            wal,
+            limits,
+            metrics,
+            seeded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The sink's checkpoint of `dataset`: where its lake ends.
+    fn lake_checkpoint(&self, dataset: &str) -> u64 {
+        self.wal
+            .position_of(&ParquetSink::consumer_name(dataset))
+            .unwrap_or(0)
+    }
+
+    fn entry(&self, dataset: &str) -> Arc<Mutex<DatasetHot>> {
+        if let Some(d) = self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dataset)
+        {
+            return d.clone();
+        }
+        let lake_through = self.lake_checkpoint(dataset);
+        // A dataset first seen after the start's seeding has nothing older in the lake.
+        let seeded = self.seeded.load(std::sync::atomic::Ordering::Acquire);
+        self.datasets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dataset.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(DatasetHot {
+                    lake_through,
+                    seeded,
+                    ..DatasetHot::default()
+                }))
+            })
+            .clone()
+    }
+
+    /// What a query of `dataset` reads here.
+    pub(crate) fn snapshot(&self, dataset: &str) -> Snapshot {
+        let entry = self.entry(dataset);
+        let d = entry.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            lake_through: d.lake_through,
+            chunks: d.chunks.iter().cloned().collect(),
+            open: d.open.clone(),
+        }
+    }
+
+    /// The last reading of every sensor `sel` wants within its range, from the index:
+    /// `None` when the index cannot answer alone (not seeded yet, over its size, or a
+    /// sensor's last reading is past the range's end, so an earlier one is wanted).
+    pub(crate) fn latest(&self, sel: &crate::query::Selection) -> Option<Vec<Row>> {
+        let entry = self.entry(&sel.dataset.id);
+        let d = entry.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.seeded || d.overfull {
+            return None;
+        }
+        let mut maps: Vec<(*const Dataset, Vec<Option<usize>>)> = Vec::new();
+        let mut rows = Vec::new();
+        for (sensor, (ds, r)) in &d.last {
+            if !sel.wants_sensor(sensor) || r.ts < sel.from {
+                continue;
+            }
+            if r.ts >= sel.to {
+                return None;
+            }
+            let map = match maps.iter().find(|(p, _)| *p == Arc::as_ptr(ds)) {
+                Some((_, m)) => m,
+                None => {
+                    maps.push((Arc::as_ptr(ds), field_map(ds, &sel.dataset)));
+                    &maps.last().expect("just pushed").1
+                }
+            };
+            let mut values: Values = smallvec::smallvec![None; sel.dataset.fields.len()];
+            for (to, from) in map.iter().enumerate() {
+                if let Some(from) = *from {
+                    values[to] = r.values.get(from).cloned().flatten();
+                }
+            }
+            let row = Row {
+                sensor_id: r.sensor_id.clone(),
+                ts: r.ts,
+                values,
+                lat: r.lat,
+                lon: r.lon,
+            };
+            if sel.wants_place(&row) {
+                rows.push(row);
+            }
+        }
+        rows.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
+        Some(rows)
+    }
+
+    /// Puts the lake's last readings of the recent past into each dataset's index (older
+    /// than what the log brought since, or else left out). Blocking.
+    fn seed(&self, root: &std::path::Path, registry: &Registry) {
+        let now = now_micros();
+        let from = now - self.limits.latest_lookback.as_micros() as Micros;
+        for entry in registry.all() {
+            let ds = entry.dataset.clone();
+            let mut best: HashMap<CompactString, Row> = HashMap::new();
+            for hour in crate::query::lake::hours(root, &ds.id, from, Micros::MAX, u64::MAX) {
+                for file in &hour.files {
+                    let mut keep = |_: Micros, _: &str| true;
+                    let mut add = |row: Row| match best.get(&row.sensor_id) {
+                        Some(b) if b.ts > row.ts => {}
+                        _ => {
+                            best.insert(row.sensor_id.clone(), row);
+                        }
+                    };
+                    if let Err(e) = crate::query::lake::read_file(
+                        file,
+                        &ds,
+                        from,
+                        Micros::MAX,
+                        &mut keep,
+                        &mut add,
+                    ) {
+                        tracing::warn!(error = %e, "the latest readings index skips a lake file");
+                    }
+                }
+            }
+            let hot = self.entry(&ds.id);
+            let mut d = hot.lock().unwrap_or_else(|e| e.into_inner());
+            for (sensor, row) in best {
+                let older = d.last.get(&sensor).is_none_or(|(_, r)| r.ts < row.ts);
+                if !older {
+                    continue;
+                }
+                if d.last.len() >= LAST_MAX && !d.last.contains_key(&sensor) {
+                    d.overfull = true;
+                    continue;
+                }
+                let reading = Reading {
+                    sensor_id: sensor.clone(),
+                    ts: row.ts,
+                    ts_missing: false,
+                    received_at: row.ts,
+                    values: row.values,
+                    lat: row.lat,
+                    lon: row.lon,
+                    seq: None,
+                };
+                d.last.insert(sensor, (ds.clone(), reading));
+            }
+            d.seeded = true;
+        }
+        self.seeded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until every record committed now is in the store (false: not within
+    /// `timeout`, or the store stopped).
+    pub(crate) async fn catch_up(&self, timeout: Duration) -> bool {
+        let target = self.wal.committed_lsn();
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|&lsn| lsn >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub(crate) fn figures(&self) -> HotFigures {
+        let mut f = HotFigures::default();
+        for d in self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let d = d.lock().unwrap_or_else(|e| e.into_inner());
+            f.chunk_bytes += d.bytes;
+            f.chunk_rows += d.chunks.iter().map(|c| c.rows()).sum::<usize>();
+            f.open_rows += d.open_rows;
+        }
+        f
+    }
+
+    fn take(&self, record: Open, now: Micros) {
+        let entry = self.entry(&record.dataset.id);
+        entry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(record, now);
+    }
+
+    /// Seals aged rows and lets chunks go: those past the window, then the oldest while the
+    /// store is over its byte budget (only ever what the lake already has).
+    fn tidy(&self, now: Micros) {
+        let oldest = now - self.limits.window.as_micros() as Micros;
+        let entries: Vec<(String, Arc<Mutex<DatasetHot>>)> = self
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, d)| (id.clone(), d.clone()))
+            .collect();
+        let mut total: usize = entries
+            .iter()
+            .map(|(_, d)| d.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+            .sum();
+        for (id, d) in entries {
+            let checkpoint = self.lake_checkpoint(&id);
+            let over = total.saturating_sub(self.limits.max_bytes);
+            let freed = d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tidy(checkpoint, oldest, over, now);
+            total = total.saturating_sub(freed);
+        }
+        let f = self.figures();
+        self.metrics
+            .set_hot(f.chunk_bytes, f.chunk_rows + f.open_rows);
+    }
+
+    /// Runs the store until `stop`; should it fail (a bug), it says so and stops holding
+    /// the log, so that intake goes on (queries then answer 503: not caught up).
+    pub(crate) async fn run_supervised(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        lake_root: std::path::PathBuf,
+        stop: CancellationToken,
+    ) {
+        let run = tokio::spawn(self.clone().run(registry, lake_root, stop));
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "the hot store failed: history queries stop until a restart");
+            self.wal.release(CONSUMER);
+        }
+    }
+
+    /// Runs the store: takes in every committed record until `stop`.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        lake_root: std::path::PathBuf,
+        stop: CancellationToken,
+    ) {
+        // Each sensor's last reading from the lake, beside the log's replay.
+        tokio::task::spawn_blocking({
+            let (store, registry) = (self.clone(), registry.clone());
+            move || store.seed(&lake_root, &registry)
+        });
+        // Start where the lake ends: the lowest checkpoint of any dataset's sink.
+        let start = registry
+            .all()
+            .iter()
+            .map(|e| self.lake_checkpoint(&e.dataset.id))
+            .min()
+            .unwrap_or(0);
+        self.wal.hold(CONSUMER, start);
+        let mut consumer = self.wal.consumer(start);
+        self.applied.send_replace(start);
+        let mut committed = self.wal.committed();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let upto = *committed.borrow_and_update();
+            if consumer.position() < upto {
+                let now = now_micros();
+                let in_memory = consumer.read_memory(upto, |record| {
+                    if let Record::Memory(c) = record {
+                        self.take(
+                            Open {
+                                lsn: c.lsn,
+                                dataset: c.dataset.clone(),
+                                readings: c.readings.clone(),
+                            },
+                            now,
+                        );
+                    }
+                    true
+                });
+                if !in_memory {
+                    let at = consumer.position();
+                    consumer = match self.read_disk(consumer, upto, &registry).await {
+                        Ok(c) => c,
+                        Err(()) => {
+                            // Retried after a pause, as the sinks do; the log keeps the
+                            // records meanwhile (this store holds it).
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            self.wal.consumer(at)
+                        }
+                    };
+                }
+                self.applied.send_replace(consumer.position());
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = committed.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {
+                    self.wal.hold(CONSUMER, consumer.position());
+                    self.tidy(now_micros());
+                }
+            }
+        }
+    }
+
+    /// Reads up to [`DISK_BATCH`] records from the disk on a blocking thread (the replay
+    /// after a restart) and takes them in. `Err`: the log could not be read (logged); the
+    /// caller starts again where it was.
+    async fn read_disk(
+        &self,
+        mut consumer: Consumer,
+        upto: u64,
+        registry: &Arc<Registry>,
+    ) -> Result<Consumer, ()> {
+        let registry = registry.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let result = consumer.read(upto, |record| {
+                match record {
+                    Record::Memory(c) => records.push(Open {
+                        lsn: c.lsn,
+                        dataset: c.dataset.clone(),
+                        readings: c.readings.clone(),
+                    }),
+                    Record::Disk { lsn, payload } => {
+                        if let Some(open) = decode(lsn, payload, &registry) {
+                            records.push(open);
+                        }
+                    }
+                }
+                records.len() < DISK_BATCH
+            });
+            let failed = result.map_err(|e| {
+                tracing::error!(error = %e, "the hot store cannot read the WAL; retrying");
+            });
+            (consumer, records, failed)
+        })
+        .await
+        .map_err(|e| tracing::error!(error = %e, "the hot store's log read failed; retrying"))?;
+        let (consumer, records, failed) = read;
+        let now = now_micros();
+        for record in records {
+            self.take(record, now);
+        }
+        failed.map(|()| consumer)
+    }
+}
+
+/// A record from the disk, decoded in its dataset's schema (`None`: a dataset no longer
+/// here, or a record the sinks skip too).
+fn decode(lsn: u64, payload: &[u8], registry: &Registry) -> Option<Open> {
+    let header = record::header(payload).ok()?;
+    let entry = registry.get(header.dataset)?;
+    let mut readings = Vec::new();
+    record::decode_into(payload, &entry.dataset, &mut readings).ok()?;
+    Some(Open {
+        lsn,
+        dataset: entry.dataset.clone(),
+        readings: Arc::new(readings),
+    })
+}
