@@ -18,8 +18,8 @@
 
 pub(crate) mod checkpoint;
 pub(crate) mod consumer;
-pub(crate) mod record;
-pub(crate) mod segment;
+pub mod record;
+pub mod segment;
 pub(crate) mod tail;
 mod writer;
 

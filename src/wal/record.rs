@@ -21,7 +21,7 @@ use smallvec::smallvec;
 use crate::model::{Dataset, FieldType, Micros, Reading, Value};
 
 /// Bytes before a payload: length and CRC.
-pub(crate) const FRAME_HEADER: usize = 8;
+pub const FRAME_HEADER: usize = 8;
 /// Where the LSN sits in a payload.
 const LSN_AT: usize = 0;
 /// A payload larger than this is corruption, not data.
@@ -33,7 +33,7 @@ const FLAG_SEQ: u8 = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("undecodable WAL record: {0}")]
-pub(crate) struct RecordError(pub &'static str);
+pub struct RecordError(pub &'static str);
 
 fn type_code(ty: FieldType) -> u8 {
     match ty {
@@ -61,7 +61,7 @@ fn put_str8(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Encodes `readings` of `ds` as a framed record (length, CRC left for the writer, LSN 0).
-pub(crate) fn encode(ds: &Dataset, readings: &[Reading], appended_at: Micros) -> Vec<u8> {
+pub fn encode(ds: &Dataset, readings: &[Reading], appended_at: Micros) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + 64 + readings.len() * 64);
     out.extend_from_slice(&[0u8; FRAME_HEADER]);
     out.extend_from_slice(&0u64.to_le_bytes());
@@ -118,7 +118,7 @@ pub(crate) fn encode(ds: &Dataset, readings: &[Reading], appended_at: Micros) ->
 }
 
 /// Stamps the LSN into an encoded record and fills in its length and CRC.
-pub(crate) fn seal(frame: &mut [u8], lsn: u64) {
+pub fn seal(frame: &mut [u8], lsn: u64) {
     let payload_len = frame.len() - FRAME_HEADER;
     frame[FRAME_HEADER + LSN_AT..FRAME_HEADER + LSN_AT + 8].copy_from_slice(&lsn.to_le_bytes());
     let crc = crc32c::crc32c(&frame[FRAME_HEADER..]);
@@ -189,14 +189,14 @@ impl<'a> Cursor<'a> {
 
 /// The header of a record payload: enough to route it without decoding the readings.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Header<'a> {
+pub struct Header<'a> {
     pub lsn: u64,
     pub appended_at: Micros,
     pub dataset: &'a str,
 }
 
 /// Reads a payload's header.
-pub(crate) fn header(payload: &[u8]) -> Result<Header<'_>, RecordError> {
+pub fn header(payload: &[u8]) -> Result<Header<'_>, RecordError> {
     let mut c = Cursor {
         bytes: payload,
         at: 0,
@@ -211,7 +211,7 @@ pub(crate) fn header(payload: &[u8]) -> Result<Header<'_>, RecordError> {
 /// Decodes a payload's readings into `ds`'s current schema, appending them to `out`.
 /// Fields are matched by name; a value whose type changed is converted when exact (int to
 /// float, integral float to int) and dropped otherwise. Returns how many values were dropped.
-pub(crate) fn decode_into(
+pub fn decode_into(
     payload: &[u8],
     ds: &Dataset,
     out: &mut Vec<Reading>,

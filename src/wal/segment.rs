@@ -68,7 +68,7 @@ fn frame_within(bytes: &[u8], offset: usize, after: u64, max_lsn: u64) -> Option
 
 /// What a scan found in one segment.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Scan {
+pub struct Scan {
     /// Last valid LSN (`after` if the segment holds none).
     pub last_lsn: u64,
     /// Records found valid.
@@ -81,13 +81,13 @@ pub(crate) struct Scan {
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub(crate) struct Damage {
+pub struct Damage {
     pub offset: u64,
     pub resumes_at: Option<u64>,
 }
 
 /// Checks every frame of a segment's bytes (LSNs must rise past `after`).
-pub(crate) fn scan(bytes: &[u8], after: u64) -> Scan {
+pub fn scan(bytes: &[u8], after: u64) -> Scan {
     let mut offset = 0;
     let mut last = after;
     let mut records = 0;
@@ -137,7 +137,7 @@ fn next_frame(bytes: &[u8], from: usize, last: u64) -> Option<usize> {
 /// embedded in a record the damage cut must not come back as a record of its own, nor hide
 /// the genuine records after it behind its higher LSN. Each offset is tried once, so the
 /// work stays linear in the segment.
-pub(crate) fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
+pub fn salvage(bytes: &[u8], after: u64) -> (Vec<u8>, u64, u64) {
     let mut out = Vec::with_capacity(bytes.len());
     let mut offset = 0;
     let mut last = after;
