@@ -213,6 +213,15 @@ impl super::Fold for Accumulator {
         }
     }
 
+    fn add_batch(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        sel: &super::Selection,
+        span: (Micros, Micros),
+    ) -> bool {
+        self.fold_batch(batch, sel, span)
+    }
+
     fn add_chunk(
         &mut self,
         chunk: &super::hot::Chunk,
@@ -282,6 +291,75 @@ impl super::Fold for Accumulator {
 }
 
 impl Accumulator {
+    /// Buckets from a lake batch's columns, when its sensors are a dictionary.
+    fn fold_batch(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        sel: &super::Selection,
+        (from, to): (Micros, Micros),
+    ) -> bool {
+        use arrow_array::Array;
+        let Some(super::lake::Sensors::Dictionary { keys, values }) =
+            super::lake::Sensors::of(batch)
+        else {
+            return false;
+        };
+        let Some(ts) = batch.column_by_name("ts").and_then(|a| {
+            a.as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+        }) else {
+            return false;
+        };
+        if self.too_many.is_some() {
+            return true;
+        }
+        let columns: Vec<Option<Numbers<'_>>> = self
+            .spec
+            .fields
+            .iter()
+            .map(|(_, name)| batch.column_by_name(name).and_then(Numbers::of))
+            .collect();
+        let wanted: Vec<bool> = values
+            .iter()
+            .map(|s| s.is_some_and(|s| sel.wants_sensor(s)))
+            .collect();
+        let mut local: HashMap<(Micros, i32), usize> = HashMap::new();
+        let times = ts.values();
+        for row in 0..batch.num_rows() {
+            let t = times[row];
+            if t < from || t >= to || keys.is_null(row) {
+                continue;
+            }
+            let key = keys.value(row);
+            if !wanted.get(key as usize).copied().unwrap_or(false) {
+                continue;
+            }
+            let start = t - t.rem_euclid(self.spec.every);
+            let group = if self.spec.by_sensor { key } else { 0 };
+            let at = match local.get(&(start, group)) {
+                Some(&at) => at,
+                None => {
+                    let sensor = if self.spec.by_sensor {
+                        CompactString::from(values.value(key as usize))
+                    } else {
+                        CompactString::default()
+                    };
+                    let Some(at) = self.bucket(start, sensor) else {
+                        return true;
+                    };
+                    local.insert((start, group), at);
+                    at
+                }
+            };
+            for (slot, column) in self.figures[at].iter_mut().zip(&columns) {
+                if let Some(v) = column.as_ref().and_then(|n| n.get(row)) {
+                    add_to(slot, t, v);
+                }
+            }
+        }
+        true
+    }
+
     /// The place of bucket (start, sensor), made if new (`None`: past `max`, noted).
     fn bucket(&mut self, start: Micros, sensor: CompactString) -> Option<usize> {
         let next = self.figures.len();

@@ -10,13 +10,19 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
 };
+use arrow_schema::{DataType, Field, Schema};
 use compact_str::CompactString;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::file::statistics::Statistics;
 
 use super::Row;
@@ -142,8 +148,40 @@ pub(crate) fn read_file(
     keep: &mut dyn FnMut(Micros, &str) -> bool,
     out: &mut dyn FnMut(Row),
 ) -> Result<(), LakeError> {
+    batches(path, target, (from, to), &mut |batch| {
+        rows_of(batch, target, from, to, keep, out)
+    })
+}
+
+/// [`read_file`] into a fold, which takes whole record batches from their columns when it
+/// can (see [`super::Fold::add_batch`]).
+pub(crate) fn read_file_fold(
+    path: &Path,
+    sel: &super::Selection,
+    (from, to): (Micros, Micros),
+    keep: &mut dyn FnMut(Micros, &str) -> bool,
+    fold: &mut dyn super::Fold,
+) -> Result<(), LakeError> {
+    let target = &sel.dataset;
+    batches(path, target, (from, to), &mut |batch| {
+        if fold.add_batch(batch, sel, (from, to)) {
+            return Ok(());
+        }
+        rows_of(batch, target, from, to, keep, &mut |row| fold.add(row))
+    })
+}
+
+/// Hands `each` the record batches of `path` that may hold readings of `[from, to)`, with
+/// the columns `target` needs (`sensor_id` as the file's own dictionary). Blocking; a
+/// reader that panics is an error naming the file.
+fn batches(
+    path: &Path,
+    target: &Dataset,
+    span: (Micros, Micros),
+    each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
+) -> Result<(), LakeError> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        read_file_inner(path, target, from, to, keep, out)
+        batches_inner(path, target, span, each)
     }));
     match result {
         Ok(r) => r,
@@ -151,17 +189,40 @@ pub(crate) fn read_file(
     }
 }
 
-fn read_file_inner(
+/// The file's Arrow schema with `sensor_id` read as a dictionary (the file stores it as
+/// one): a sensor's rows are then told apart by a key, not by comparing strings.
+fn dictionary_hint(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == "sensor_id" && f.data_type() == &DataType::Utf8 {
+                Field::new(
+                    "sensor_id",
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    f.is_nullable(),
+                )
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+fn batches_inner(
     path: &Path,
     target: &Dataset,
-    from: Micros,
-    to: Micros,
-    keep: &mut dyn FnMut(Micros, &str) -> bool,
-    out: &mut dyn FnMut(Row),
+    (from, to): (Micros, Micros),
+    each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<(), LakeError> {
     let file = File::open(path).map_err(|e| file_error(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| file_error(path, e))?;
+    let loaded = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|e| file_error(path, e))?;
+    let options = ArrowReaderOptions::new().with_schema(Arc::new(dictionary_hint(loaded.schema())));
+    let metadata = ArrowReaderMetadata::try_new(loaded.metadata().clone(), options)
+        .map_err(|e| file_error(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
     let parquet_schema = builder.parquet_schema();
     let column = |name: &str| {
         parquet_schema
@@ -202,7 +263,7 @@ fn read_file_inner(
         .map_err(|e| file_error(path, e))?;
     for batch in reader {
         let batch = batch.map_err(|e| file_error(path, e))?;
-        rows_of(&batch, target, from, to, keep, out).map_err(|m| file_error(path, m))?;
+        each(&batch).map_err(|m| file_error(path, m))?;
     }
     Ok(())
 }
@@ -241,6 +302,40 @@ fn typed<'a>(batch: &'a RecordBatch, name: &str, ty: FieldType) -> Typed<'a> {
     }
 }
 
+/// A batch's `sensor_id` column: plain strings, or the file's dictionary.
+pub(crate) enum Sensors<'a> {
+    Plain(&'a StringArray),
+    Dictionary {
+        keys: &'a Int32Array,
+        values: &'a StringArray,
+    },
+}
+
+impl<'a> Sensors<'a> {
+    pub(crate) fn of(batch: &'a RecordBatch) -> Option<Sensors<'a>> {
+        let column = batch.column_by_name("sensor_id")?;
+        if let Some(plain) = column.as_any().downcast_ref::<StringArray>() {
+            return Some(Sensors::Plain(plain));
+        }
+        let dictionary = column
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()?;
+        Some(Sensors::Dictionary {
+            keys: dictionary.keys(),
+            values: dictionary.values().as_any().downcast_ref::<StringArray>()?,
+        })
+    }
+
+    fn value(&self, row: usize) -> Option<&'a str> {
+        match self {
+            Sensors::Plain(a) => (!a.is_null(row)).then(|| a.value(row)),
+            Sensors::Dictionary { keys, values } => {
+                (!keys.is_null(row)).then(|| values.value(keys.value(row) as usize))
+            }
+        }
+    }
+}
+
 fn rows_of(
     batch: &RecordBatch,
     target: &Dataset,
@@ -249,10 +344,7 @@ fn rows_of(
     keep: &mut dyn FnMut(Micros, &str) -> bool,
     out: &mut dyn FnMut(Row),
 ) -> Result<(), String> {
-    let sensors = batch
-        .column_by_name("sensor_id")
-        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
-        .ok_or("no string `sensor_id` column")?;
+    let sensors = Sensors::of(batch).ok_or("no string `sensor_id` column")?;
     let ts = batch
         .column_by_name("ts")
         .and_then(|a| a.as_any().downcast_ref::<TimestampMicrosecondArray>())
@@ -273,10 +365,12 @@ fn rows_of(
     };
     for row in 0..batch.num_rows() {
         let t = ts.value(row);
-        if t < from || t >= to || sensors.is_null(row) {
+        if t < from || t >= to {
             continue;
         }
-        let sensor = sensors.value(row);
+        let Some(sensor) = sensors.value(row) else {
+            continue;
+        };
         if !keep(t, sensor) {
             continue;
         }

@@ -219,9 +219,7 @@ impl QueryService {
             for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
                 for file in &hour.files {
                     metrics.file_read();
-                    lake::read_file(file, &sel.dataset, lo, hi, &mut keep, &mut |row| {
-                        placed.add(row)
-                    })?;
+                    lake::read_file_fold(file, &sel, (lo, hi), &mut keep, &mut placed)?;
                 }
             }
             snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
@@ -384,6 +382,17 @@ pub(crate) trait Fold {
     ) -> bool {
         false
     }
+
+    /// Takes every row of a lake record batch in the range at once, from its columns
+    /// (`false`: rows, one at a time).
+    fn add_batch(
+        &mut self,
+        _batch: &arrow_array::RecordBatch,
+        _sel: &Selection,
+        _span: (Micros, Micros),
+    ) -> bool {
+        false
+    }
 }
 
 /// A fold behind the selection's box (a reading without a position is outside every box).
@@ -407,6 +416,15 @@ impl<F: Fold> Fold for Placed<'_, F> {
         span: (Micros, Micros),
     ) -> bool {
         sel.filter.bbox.is_none() && self.fold.add_chunk(chunk, sel, lake_through, span)
+    }
+
+    fn add_batch(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        sel: &Selection,
+        span: (Micros, Micros),
+    ) -> bool {
+        sel.filter.bbox.is_none() && self.fold.add_batch(batch, sel, span)
     }
 }
 

@@ -282,7 +282,13 @@ async fn history_survives_a_restart_complete_and_once() {
 
 #[tokio::test]
 async fn aggregates_equal_duckdb_over_the_same_readings() {
-    let gw = Gateway::start_with(|c| c.parquet.max_age = Duration::from_millis(100)).await;
+    // Readings of two hours, the older part past a two-hour window: the answer crosses
+    // from the lake (read from columns) to the hot store.
+    let gw = Gateway::start_with(|c| {
+        c.parquet.max_age = Duration::from_millis(100);
+        c.query.hot_window = Duration::from_secs(2 * 3600);
+    })
+    .await;
     let provider = gw.provider_key("copenhagen").await;
     let device = gw.device_key(&[TRAFFIC]).await;
     let hour = (now_ms() - 3 * HOUR_MS) / HOUR_MS * HOUR_MS;
@@ -296,11 +302,26 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
             )
         })
         .collect();
-    for batch in readings.chunks(120) {
+    // The first hour, all past the window: written, then gone from memory.
+    for batch in readings[..360].chunks(120) {
         post(&gw, &device, batch).await;
     }
-    // Wait until the lake holds them all (DuckDB reads the files).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    while !gw
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l == "citygate_query_hot_store_readings 0")
+    {
+        assert!(std::time::Instant::now() < deadline, "never left memory");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The second hour stays in memory (its chunk reaches into the window).
+    for batch in readings[360..].chunks(120) {
+        post(&gw, &device, batch).await;
+    }
+    // Wait until the lake holds them all too (DuckDB reads the files).
     while row_count(gw.dir.path(), TRAFFIC) < readings.len() {
         assert!(std::time::Instant::now() < deadline, "not all in Parquet");
         tokio::time::sleep(Duration::from_millis(100)).await;
