@@ -58,11 +58,13 @@ def batches(per=20000):
 
 
 def metric(name):
+    """The sum of a metric over its labels."""
     with urllib.request.urlopen(f"{base}/metrics") as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in r.read().decode().splitlines()
+            if line.startswith(name + " ") or line.startswith(name + "{")
+        )
 
 
 t0 = time.time()
