@@ -263,27 +263,8 @@ impl super::Fold for Accumulator {
             {
                 continue;
             }
-            let start = ts - ts.rem_euclid(self.spec.every);
-            let group = if self.spec.by_sensor { key } else { 0 };
-            let at = match local.get(&(start, group)) {
-                Some(&at) => at,
-                None => {
-                    let sensor = if self.spec.by_sensor {
-                        CompactString::from(c.sensors.value(key as usize))
-                    } else {
-                        CompactString::default()
-                    };
-                    let Some(at) = self.bucket(start, sensor) else {
-                        return true;
-                    };
-                    local.insert((start, group), at);
-                    at
-                }
-            };
-            for (slot, column) in self.figures[at].iter_mut().zip(&columns) {
-                if let Some(v) = column.as_ref().and_then(|n| n.get(row)) {
-                    add_to(slot, ts, v);
-                }
+            if !self.fold_keyed(&mut local, (ts, key, row), c.sensors, &columns) {
+                return true;
             }
         }
         true
@@ -323,7 +304,7 @@ impl Accumulator {
             .iter()
             .map(|s| s.is_some_and(|s| sel.wants_sensor(s)))
             .collect();
-        let mut local: HashMap<(Micros, i32), usize> = HashMap::new();
+        let mut local: HashMap<(Micros, u32), usize> = HashMap::new();
         let times = ts.values();
         for row in 0..batch.num_rows() {
             let t = times[row];
@@ -334,27 +315,43 @@ impl Accumulator {
             if !wanted.get(key as usize).copied().unwrap_or(false) {
                 continue;
             }
-            let start = t - t.rem_euclid(self.spec.every);
-            let group = if self.spec.by_sensor { key } else { 0 };
-            let at = match local.get(&(start, group)) {
-                Some(&at) => at,
-                None => {
-                    let sensor = if self.spec.by_sensor {
-                        CompactString::from(values.value(key as usize))
-                    } else {
-                        CompactString::default()
-                    };
-                    let Some(at) = self.bucket(start, sensor) else {
-                        return true;
-                    };
-                    local.insert((start, group), at);
-                    at
-                }
-            };
-            for (slot, column) in self.figures[at].iter_mut().zip(&columns) {
-                if let Some(v) = column.as_ref().and_then(|n| n.get(row)) {
-                    add_to(slot, t, v);
-                }
+            if !self.fold_keyed(&mut local, (t, key as u32, row), values, &columns) {
+                return true;
+            }
+        }
+        true
+    }
+
+    /// Adds row `row` of `columns` (device time `t`, sensor `sensors[key]`) to its bucket,
+    /// found through `local` by (start, key) so that no sensor string is hashed per row.
+    /// `false`: the bucket would be one past `max` (noted).
+    fn fold_keyed(
+        &mut self,
+        local: &mut HashMap<(Micros, u32), usize>,
+        (t, key, row): (Micros, u32, usize),
+        sensors: &arrow_array::StringArray,
+        columns: &[Option<Numbers<'_>>],
+    ) -> bool {
+        let start = t - t.rem_euclid(self.spec.every);
+        let group = if self.spec.by_sensor { key } else { 0 };
+        let at = match local.get(&(start, group)) {
+            Some(&at) => at,
+            None => {
+                let sensor = if self.spec.by_sensor {
+                    CompactString::from(sensors.value(key as usize))
+                } else {
+                    CompactString::default()
+                };
+                let Some(at) = self.bucket(start, sensor) else {
+                    return false;
+                };
+                local.insert((start, group), at);
+                at
+            }
+        };
+        for (slot, column) in self.figures[at].iter_mut().zip(columns) {
+            if let Some(v) = column.as_ref().and_then(|n| n.get(row)) {
+                add_to(slot, t, v);
             }
         }
         true
