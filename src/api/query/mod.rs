@@ -12,10 +12,9 @@
 //! no raw readings; a plan's history term bounds how far back `from` may reach (403 past
 //! it). Rows returned are metered to the subscription, apart from live deliveries. Answers
 //! are JSON (default), NDJSON, CSV, an Arrow IPC stream or a Parquet file, by `Accept` or
-//! `format=`;
-//! a page that has a next one says so in `next` (JSON) and in a `Link: <…>; rel="next"`
-//! header (every format). Each query first waits until every reading acknowledged before
-//! it is visible (read your writes).
+//! `format=`; a page that has a next one says so in `next` (JSON) and in a
+//! `Link: <…>; rel="next"` header (every format). Each query first waits until every
+//! reading acknowledged before it began is visible (read your writes).
 
 mod ask;
 
