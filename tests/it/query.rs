@@ -65,6 +65,30 @@ async fn all_pages(gw: &Gateway, query: &str, key: &str, pause: Duration) -> Vec
     }
 }
 
+/// Waits until the hot store holds fewer than `n` readings (its gauge is set every half
+/// second: two settings are waited out before it is believed).
+async fn held_fewer_than(gw: &Gateway, n: i64) {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held: i64 = gw
+            .metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("citygate_query_hot_store_readings "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(i64::MAX);
+        if held < n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readings never left memory"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_acknowledged_reading_is_in_history_and_latest_at_once() {
     let gw = Gateway::start().await;
@@ -199,25 +223,7 @@ async fn paging_returns_each_reading_once_while_readings_move_to_parquet() {
         .iter()
         .map(|r| r["vehicle_count"].as_i64().unwrap())
         .collect();
-    // (The gauge is set every half second: wait out two settings before believing it.)
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = gw.metrics().await;
-        let held: i64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("citygate_query_hot_store_readings "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(i64::MAX);
-        if held < 1200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the readings never left memory"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    held_fewer_than(&gw, 1200).await;
     let next = first["next"].as_str().unwrap();
     let rest = all_pages(
         &gw,
@@ -306,22 +312,13 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
     for batch in readings[..360].chunks(120) {
         post(&gw, &device, batch).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    while !gw
-        .metrics()
-        .await
-        .lines()
-        .any(|l| l == "citygate_query_hot_store_readings 0")
-    {
-        assert!(std::time::Instant::now() < deadline, "never left memory");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    held_fewer_than(&gw, 1).await;
     // The second hour stays in memory (its chunk reaches into the window).
     for batch in readings[360..].chunks(120) {
         post(&gw, &device, batch).await;
     }
     // Wait until the lake holds them all too (DuckDB reads the files).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while row_count(gw.dir.path(), TRAFFIC) < readings.len() {
         assert!(std::time::Instant::now() < deadline, "not all in Parquet");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -879,21 +876,8 @@ async fn readings_of_one_sensor_and_time_come_in_log_order_wherever_they_are() {
     let device = gw.device_key(&[TRAFFIC]).await;
     let ts = now_ms() - 20 * 60_000;
     post(&gw, &device, &[("tie".into(), ts, 1)]).await;
-    // The first has left memory for the lake before the second arrives (the gauge is set
-    // every half second: wait out two settings before believing it).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = gw.metrics().await;
-        if metrics
-            .lines()
-            .any(|l| l == "citygate_query_hot_store_readings 0")
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never left memory");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The first has left memory for the lake before the second arrives.
+    held_fewer_than(&gw, 1).await;
     post(&gw, &device, &[("tie".into(), ts, 2)]).await;
     let query = format!("{HISTORY}?from={}&sensors=tie&limit=1", at(ts - 1000));
     assert_eq!(
