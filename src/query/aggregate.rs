@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use compact_str::CompactString;
 
-use super::Row;
+use super::{Row, Selection};
 use crate::model::{Micros, Value};
 
 /// An aggregate function.
@@ -78,17 +78,17 @@ struct Figures {
 }
 
 impl Figures {
-    fn new(ts: Micros, v: f64) -> Figures {
-        Figures {
-            count: 1,
-            sum: v,
-            min: v,
-            max: v,
-            first: (ts, v),
-            last: (ts, v),
-        }
-    }
+    /// No reading yet.
+    const EMPTY: Figures = Figures {
+        count: 0,
+        sum: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        first: (Micros::MAX, f64::NAN),
+        last: (Micros::MIN, f64::NAN),
+    };
 
+    #[inline]
     fn add(&mut self, ts: Micros, v: f64) {
         self.count += 1;
         self.sum += v;
@@ -102,8 +102,26 @@ impl Figures {
         }
     }
 
-    fn value(&self, f: Func) -> f64 {
-        match f {
+    /// Takes in the figures of the same bucket over later readings (by device time).
+    fn merge(&mut self, o: &Figures) {
+        if o.count == 0 {
+            return;
+        }
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.first.0 < self.first.0 {
+            self.first = o.first;
+        }
+        if o.last.0 >= self.last.0 {
+            self.last = o.last;
+        }
+    }
+
+    /// `None`: no reading carried the field.
+    fn value(&self, f: Func) -> Option<f64> {
+        (self.count > 0).then(|| match f {
             Func::Count => self.count as f64,
             Func::Mean => self.sum / self.count as f64,
             Func::Min => self.min,
@@ -111,7 +129,7 @@ impl Figures {
             Func::Sum => self.sum,
             Func::First => self.first.1,
             Func::Last => self.last.1,
-        }
+        })
     }
 }
 
@@ -129,14 +147,34 @@ pub(crate) struct Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooMany(pub(crate) usize);
 
-/// Buckets being filled: each bucket's place in `figures` by (start, sensor).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The group of a sensor the selection leaves out.
+const LEFT_OUT: u32 = u32::MAX;
+
+/// Buckets being filled. Each sensor met gets a group number (all share group 0 when not
+/// grouped by sensor), and each group remembers the bucket it last filled: a sensor's run
+/// of readings in one bucket finds its place without hashing or dividing.
 #[derive(Debug)]
 pub(crate) struct Accumulator {
     spec: Spec,
     max: usize,
-    index: HashMap<(Micros, CompactString), usize>,
-    /// Per bucket, per field of the spec.
-    figures: Vec<Vec<Option<Figures>>>,
+    /// The sensors met, by group number.
+    groups: Vec<CompactString>,
+    group_of: FastMap<CompactString, u32>,
+    /// Per group, the bucket it last added to: `[start, end)` and its place.
+    recent: Vec<Option<(Micros, Micros, u32)>>,
+    /// Bucket places by (start, group).
+    index: FastMap<(Micros, u32), u32>,
+    /// Per bucket place: (start, group).
+    keys: Vec<(Micros, u32)>,
+    /// Per bucket place, one slot per field of the spec.
+    figures: Vec<Figures>,
+    /// Each row's bucket place in the batch being folded (reused between batches).
+    places: Vec<u32>,
+    /// The last lake dictionary met and its values' groups (held, so that a later batch
+    /// with the same buffers has the same dictionary).
+    dictionary: Option<(arrow_array::StringArray, Vec<u32>)>,
     /// Set once a reading would have made more than `max` buckets; nothing is added after.
     too_many: Option<TooMany>,
 }
@@ -151,11 +189,22 @@ fn number(v: &Option<Value>) -> Option<f64> {
 
 impl Accumulator {
     pub(crate) fn new(spec: Spec, max: usize) -> Accumulator {
+        let one = !spec.by_sensor;
         Accumulator {
             spec,
             max,
-            index: HashMap::new(),
+            groups: if one {
+                vec![CompactString::default()]
+            } else {
+                Vec::new()
+            },
+            group_of: FastMap::default(),
+            recent: if one { vec![None] } else { Vec::new() },
+            index: FastMap::default(),
+            keys: Vec::new(),
             figures: Vec::new(),
+            places: Vec::new(),
+            dictionary: None,
             too_many: None,
         }
     }
@@ -164,119 +213,157 @@ impl Accumulator {
         self.too_many
     }
 
+    /// Takes in `later`'s buckets: readings of the same spec from a later span of device
+    /// time (a later hour).
+    pub(crate) fn merge(&mut self, later: Accumulator) {
+        if self.too_many.is_none() {
+            self.too_many = later.too_many;
+        }
+        if self.too_many.is_some() {
+            return;
+        }
+        let n = self.spec.fields.len();
+        for (from, &(start, group)) in later.keys.iter().enumerate() {
+            let group = self.group(&later.groups[group as usize]);
+            let Some(to) = self.place(start, group) else {
+                return;
+            };
+            for (mine, theirs) in self.figures[to * n..(to + 1) * n]
+                .iter_mut()
+                .zip(&later.figures[from * n..(from + 1) * n])
+            {
+                mine.merge(theirs);
+            }
+        }
+    }
+
     /// The buckets by start, then sensor; or that there were too many.
     pub(crate) fn finish(self) -> Result<Vec<Bucket>, TooMany> {
         if let Some(too_many) = self.too_many {
             return Err(too_many);
         }
-        let (by_sensor, fns) = (self.spec.by_sensor, &self.spec.fns);
-        let mut figures: Vec<Option<Vec<Option<Figures>>>> =
-            self.figures.into_iter().map(Some).collect();
-        let mut buckets: Vec<_> = self
-            .index
+        let (fns, n) = (&self.spec.fns, self.spec.fields.len());
+        // Groups ranked by sensor id, so that buckets sort on numbers.
+        let mut by_name: Vec<usize> = (0..self.groups.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| self.groups[a].cmp(&self.groups[b]));
+        let mut rank = vec![0; self.groups.len()];
+        for (r, &g) in by_name.iter().enumerate() {
+            rank[g] = r;
+        }
+        let mut order: Vec<usize> = (0..self.keys.len()).collect();
+        order.sort_unstable_by_key(|&at| {
+            let (start, group) = self.keys[at];
+            (start, rank[group as usize])
+        });
+        Ok(order
             .into_iter()
-            .map(|(key, at)| (key, figures[at].take().unwrap_or_default()))
-            .collect();
-        buckets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(buckets
-            .into_iter()
-            .map(|((start, sensor), figures)| Bucket {
-                start,
-                sensor: by_sensor.then_some(sensor),
-                values: figures
-                    .iter()
-                    .flat_map(|f| fns.iter().map(move |&func| f.map(|f| f.value(func))))
-                    .collect(),
+            .map(|at| {
+                let (start, group) = self.keys[at];
+                Bucket {
+                    start,
+                    sensor: self
+                        .spec
+                        .by_sensor
+                        .then(|| self.groups[group as usize].clone()),
+                    values: self.figures[at * n..(at + 1) * n]
+                        .iter()
+                        .flat_map(|f| fns.iter().map(move |&func| f.value(func)))
+                        .collect(),
+                }
             })
             .collect())
     }
-}
 
-impl super::Fold for Accumulator {
-    fn add(&mut self, row: Row) {
-        if self.too_many.is_some() {
-            return;
+    /// The group of `sensor`, made if new.
+    fn group(&mut self, sensor: &str) -> u32 {
+        if !self.spec.by_sensor {
+            return 0;
         }
-        let start = row.ts - row.ts.rem_euclid(self.spec.every);
-        let sensor = if self.spec.by_sensor {
-            row.sensor_id.clone()
-        } else {
-            CompactString::default()
-        };
-        let Some(at) = self.bucket(start, sensor) else {
-            return;
-        };
-        for (slot, (field, _)) in self.figures[at].iter_mut().zip(&self.spec.fields) {
-            if let Some(v) = row.values.get(*field).and_then(number) {
-                add_to(slot, row.ts, v);
-            }
+        if let Some(&g) = self.group_of.get(sensor) {
+            return g;
         }
+        let g = self.groups.len() as u32;
+        self.groups.push(CompactString::from(sensor));
+        self.group_of.insert(CompactString::from(sensor), g);
+        self.recent.push(None);
+        g
     }
 
-    fn add_batch(
-        &mut self,
-        batch: &arrow_array::RecordBatch,
-        sel: &super::Selection,
-        span: (Micros, Micros),
-    ) -> bool {
-        self.fold_batch(batch, sel, span)
-    }
-
-    fn add_chunk(
-        &mut self,
-        chunk: &super::hot::Chunk,
-        sel: &super::Selection,
-        lake_through: u64,
-        (from, to): (Micros, Micros),
-    ) -> bool {
-        if self.too_many.is_some() || chunk.last_lsn <= lake_through {
-            return true;
-        }
-        let c = chunk.columns();
-        // The spec's fields in the chunk's own schema, as numbers.
-        let map = super::hot::field_map(c.dataset, &sel.dataset);
-        let columns: Vec<Option<Numbers<'_>>> = self
-            .spec
-            .fields
+    /// The groups of a dictionary's values (`LEFT_OUT`: a sensor `sel` leaves out).
+    fn groups_of(&mut self, sensors: &arrow_array::StringArray, sel: &Selection) -> Vec<u32> {
+        sensors
             .iter()
-            .map(|(at, _)| {
-                map.get(*at)
-                    .copied()
-                    .flatten()
-                    .and_then(|i| Numbers::of(&c.values[i]))
+            .map(|s| match s {
+                Some(s) if sel.wants_sensor(s) => self.group(s),
+                _ => LEFT_OUT,
             })
-            .collect();
-        let wanted: Vec<bool> = c
-            .sensors
-            .iter()
-            .map(|s| s.is_some_and(|s| sel.wants_sensor(s)))
-            .collect();
-        // Bucket places by (start, chunk's sensor key): no string hashed per row.
-        let mut local: HashMap<(Micros, u32), usize> = HashMap::new();
-        let masked = lake_through.saturating_sub(c.first_lsn);
-        for row in 0..c.ts.len() {
-            let (ts, key) = (c.ts[row], c.keys[row]);
-            if ts < from
-                || ts >= to
-                || !wanted[key as usize]
-                || (lake_through >= c.first_lsn && u64::from(c.lsn[row]) <= masked)
-            {
-                continue;
+            .collect()
+    }
+
+    /// The place of the bucket of time `t` in `group`, made if new (`None`: past `max`,
+    /// noted).
+    fn place(&mut self, t: Micros, group: u32) -> Option<usize> {
+        if let Some((start, end, at)) = self.recent[group as usize]
+            && (start..end).contains(&t)
+        {
+            return Some(at as usize);
+        }
+        let start = t - t.rem_euclid(self.spec.every);
+        let at = match self.index.get(&(start, group)) {
+            Some(&at) => at,
+            None => {
+                if self.keys.len() >= self.max {
+                    self.too_many = Some(TooMany(self.max));
+                    return None;
+                }
+                let at = self.keys.len() as u32;
+                self.keys.push((start, group));
+                self.figures
+                    .extend(std::iter::repeat_n(Figures::EMPTY, self.spec.fields.len()));
+                self.index.insert((start, group), at);
+                at
             }
-            if !self.fold_keyed(&mut local, (ts, key, row), c.sensors, &columns) {
-                return true;
+        };
+        let end = start.saturating_add(self.spec.every);
+        self.recent[group as usize] = Some((start, end, at));
+        Some(at as usize)
+    }
+
+    /// [`Self::place`] for a row of a batch: `NO_PLACE` when it is left out (or past `max`).
+    #[inline]
+    fn place_of(&mut self, t: Micros, group: u32) -> u32 {
+        if group == LEFT_OUT || self.too_many.is_some() {
+            return NO_PLACE;
+        }
+        self.place(t, group).map_or(NO_PLACE, |at| at as u32)
+    }
+
+    /// Adds the rows of `columns` that have a bucket place in `places` (at device times
+    /// `times`), a column at a time.
+    fn fold_placed(&mut self, places: &[u32], times: &[Micros], columns: &[Option<Numbers<'_>>]) {
+        use arrow_array::Array;
+        let stride = self.spec.fields.len();
+        for (field, column) in columns.iter().enumerate() {
+            let slots = Slots {
+                figures: &mut self.figures,
+                stride,
+                field,
+            };
+            match column {
+                Some(Numbers::Float(a)) => slots.add(places, times, a.values(), a.nulls(), |v| v),
+                Some(Numbers::Int(a)) => {
+                    slots.add(places, times, a.values(), a.nulls(), |v| v as f64)
+                }
+                None => {}
             }
         }
-        true
     }
-}
 
-impl Accumulator {
     /// Buckets from a lake batch's columns, when its sensors are a dictionary.
     fn fold_batch(
         &mut self,
         batch: &arrow_array::RecordBatch,
-        sel: &super::Selection,
+        sel: &Selection,
         (from, to): (Micros, Micros),
     ) -> bool {
         use arrow_array::Array;
@@ -300,82 +387,137 @@ impl Accumulator {
             .iter()
             .map(|(_, name)| batch.column_by_name(name).and_then(Numbers::of))
             .collect();
-        let wanted: Vec<bool> = values
-            .iter()
-            .map(|s| s.is_some_and(|s| sel.wants_sensor(s)))
-            .collect();
-        let mut local: HashMap<(Micros, u32), usize> = HashMap::new();
-        let times = ts.values();
-        for row in 0..batch.num_rows() {
-            let t = times[row];
-            if t < from || t >= to || keys.is_null(row) {
-                continue;
-            }
-            let key = keys.value(row);
-            if !wanted.get(key as usize).copied().unwrap_or(false) {
-                continue;
-            }
-            if !self.fold_keyed(&mut local, (t, key as u32, row), values, &columns) {
-                return true;
-            }
-        }
-        true
-    }
-
-    /// Adds row `row` of `columns` (device time `t`, sensor `sensors[key]`) to its bucket,
-    /// found through `local` by (start, key) so that no sensor string is hashed per row.
-    /// `false`: the bucket would be one past `max` (noted).
-    fn fold_keyed(
-        &mut self,
-        local: &mut HashMap<(Micros, u32), usize>,
-        (t, key, row): (Micros, u32, usize),
-        sensors: &arrow_array::StringArray,
-        columns: &[Option<Numbers<'_>>],
-    ) -> bool {
-        let start = t - t.rem_euclid(self.spec.every);
-        let group = if self.spec.by_sensor { key } else { 0 };
-        let at = match local.get(&(start, group)) {
-            Some(&at) => at,
-            None => {
-                let sensor = if self.spec.by_sensor {
-                    CompactString::from(sensors.value(key as usize))
-                } else {
-                    CompactString::default()
-                };
-                let Some(at) = self.bucket(start, sensor) else {
-                    return false;
-                };
-                local.insert((start, group), at);
-                at
-            }
+        // A file's batches share its dictionary: its groups are found once.
+        let (held, groups) = match self.dictionary.take() {
+            Some((held, groups)) if same_strings(&held, values) => (held, groups),
+            _ => (values.clone(), self.groups_of(values, sel)),
         };
-        for (slot, column) in self.figures[at].iter_mut().zip(columns) {
-            if let Some(v) = column.as_ref().and_then(|n| n.get(row)) {
-                add_to(slot, t, v);
-            }
+        let times = ts.values();
+        let mut places = std::mem::take(&mut self.places);
+        places.clear();
+        for (row, (&t, &key)) in times.iter().zip(keys.values().iter()).enumerate() {
+            let group = if t < from || t >= to || keys.is_null(row) {
+                LEFT_OUT
+            } else {
+                groups.get(key as usize).copied().unwrap_or(LEFT_OUT)
+            };
+            places.push(self.place_of(t, group));
         }
+        self.fold_placed(&places, times, &columns);
+        self.places = places;
+        self.dictionary = Some((held, groups));
         true
-    }
-
-    /// The place of bucket (start, sensor), made if new (`None`: past `max`, noted).
-    fn bucket(&mut self, start: Micros, sensor: CompactString) -> Option<usize> {
-        let next = self.figures.len();
-        if next == self.max && !self.index.contains_key(&(start, sensor.clone())) {
-            self.too_many = Some(TooMany(self.max));
-            return None;
-        }
-        let at = *self.index.entry((start, sensor)).or_insert(next);
-        if at == next {
-            self.figures.push(vec![None; self.spec.fields.len()]);
-        }
-        Some(at)
     }
 }
 
-fn add_to(slot: &mut Option<Figures>, ts: Micros, v: f64) {
-    match slot {
-        Some(f) => f.add(ts, v),
-        None => *slot = Some(Figures::new(ts, v)),
+/// Whether two string arrays are the same buffers (one dictionary, shared by batches).
+fn same_strings(a: &arrow_array::StringArray, b: &arrow_array::StringArray) -> bool {
+    use arrow_array::Array;
+    a.len() == b.len()
+        && a.values().as_ptr() == b.values().as_ptr()
+        && a.offsets().inner().inner().as_ptr() == b.offsets().inner().inner().as_ptr()
+}
+
+impl super::Fold for Accumulator {
+    fn add(&mut self, row: Row) {
+        if self.too_many.is_some() {
+            return;
+        }
+        let group = self.group(&row.sensor_id);
+        let Some(at) = self.place(row.ts, group) else {
+            return;
+        };
+        let n = self.spec.fields.len();
+        for (slot, (field, _)) in self.figures[at * n..(at + 1) * n]
+            .iter_mut()
+            .zip(&self.spec.fields)
+        {
+            if let Some(v) = row.values.get(*field).and_then(number) {
+                slot.add(row.ts, v);
+            }
+        }
+    }
+
+    fn add_batch(
+        &mut self,
+        batch: &arrow_array::RecordBatch,
+        sel: &Selection,
+        span: (Micros, Micros),
+    ) -> bool {
+        self.fold_batch(batch, sel, span)
+    }
+
+    fn add_chunk(
+        &mut self,
+        chunk: &super::hot::Chunk,
+        sel: &Selection,
+        lake_through: u64,
+        (from, to): (Micros, Micros),
+    ) -> bool {
+        if self.too_many.is_some() || chunk.last_lsn <= lake_through {
+            return true;
+        }
+        let c = chunk.columns();
+        // The spec's fields in the chunk's own schema, as numbers.
+        let map = super::hot::field_map(c.dataset, &sel.dataset);
+        let columns: Vec<Option<Numbers<'_>>> = self
+            .spec
+            .fields
+            .iter()
+            .map(|(at, _)| {
+                map.get(*at)
+                    .copied()
+                    .flatten()
+                    .and_then(|i| Numbers::of(&c.values[i]))
+            })
+            .collect();
+        let groups = self.groups_of(c.sensors, sel);
+        // Rows of records at or below the boundary are the lake's.
+        let masked = (lake_through >= c.first_lsn).then(|| lake_through - c.first_lsn);
+        let mut places = std::mem::take(&mut self.places);
+        places.clear();
+        for (row, (&t, &key)) in c.ts.iter().zip(c.keys).enumerate() {
+            let lake = masked.is_some_and(|m| u64::from(c.lsn[row]) <= m);
+            let group = if t < from || t >= to || lake {
+                LEFT_OUT
+            } else {
+                groups[key as usize]
+            };
+            places.push(self.place_of(t, group));
+        }
+        self.fold_placed(&places, c.ts, &columns);
+        self.places = places;
+        true
+    }
+}
+
+/// Not in any bucket: a row left out.
+const NO_PLACE: u32 = u32::MAX;
+
+/// One field's slots of every bucket.
+struct Slots<'a> {
+    figures: &'a mut [Figures],
+    stride: usize,
+    field: usize,
+}
+
+impl Slots<'_> {
+    /// Adds `values` (not null) of rows with a place to their buckets.
+    #[inline]
+    fn add<T: Copy>(
+        self,
+        places: &[u32],
+        times: &[Micros],
+        values: &[T],
+        nulls: Option<&arrow_buffer::NullBuffer>,
+        to_f64: impl Fn(T) -> f64,
+    ) {
+        for (row, ((&at, &t), &v)) in places.iter().zip(times).zip(values).enumerate() {
+            if at == NO_PLACE || nulls.is_some_and(|n| n.is_null(row)) {
+                continue;
+            }
+            self.figures[at as usize * self.stride + self.field].add(t, to_f64(v));
+        }
     }
 }
 
@@ -391,14 +533,6 @@ impl<'a> Numbers<'a> {
         any.downcast_ref()
             .map(Numbers::Float)
             .or_else(|| any.downcast_ref().map(Numbers::Int))
-    }
-
-    fn get(&self, row: usize) -> Option<f64> {
-        use arrow_array::Array;
-        match self {
-            Numbers::Float(a) => (!a.is_null(row)).then(|| a.value(row)),
-            Numbers::Int(a) => (!a.is_null(row)).then(|| a.value(row) as f64),
-        }
     }
 }
 
@@ -450,6 +584,31 @@ mod tests {
         );
         assert_eq!(buckets[1].start, 20);
         assert_eq!(buckets[1].values[0], Some(1.0));
+    }
+
+    #[test]
+    fn buckets_of_later_hours_merge_into_the_same_answer() {
+        let spec = |by_sensor| Spec {
+            every: 100,
+            fns: Func::ALL.to_vec(),
+            by_sensor,
+            fields: vec![(0, "v".into())],
+        };
+        let rows: Vec<Row> = (0..400)
+            .map(|i| row(["a", "b", "c"][i % 3], i as Micros, (i * 7 % 13) as i64))
+            .collect();
+        for by_sensor in [true, false] {
+            let mut whole = Accumulator::new(spec(by_sensor), 100);
+            add_all(&mut whole, rows.clone());
+            // Spans of 60 cut buckets of 100 in two; each span is folded latest first.
+            let mut merged = Accumulator::new(spec(by_sensor), 100);
+            for span in rows.chunks(60) {
+                let mut part = Accumulator::new(spec(by_sensor), 100);
+                add_all(&mut part, span.iter().rev().cloned().collect());
+                merged.merge(part);
+            }
+            assert_eq!(merged.finish(), whole.finish());
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub(crate) fn read_file(
     keep: &mut dyn FnMut(Micros, &str) -> bool,
     out: &mut dyn FnMut(Row),
 ) -> Result<(), LakeError> {
-    batches(path, target, (from, to), &mut |batch| {
+    batches(path, target, None, (from, to), &mut |batch| {
         rows_of(batch, target, from, to, keep, out)
     })
 }
@@ -163,25 +163,33 @@ pub(crate) fn read_file_fold(
     fold: &mut dyn super::Fold,
 ) -> Result<(), LakeError> {
     let target = &sel.dataset;
-    batches(path, target, (from, to), &mut |batch| {
-        if fold.add_batch(batch, sel, (from, to)) {
-            return Ok(());
-        }
-        rows_of(batch, target, from, to, keep, &mut |row| fold.add(row))
-    })
+    batches(
+        path,
+        target,
+        sel.fields.as_deref(),
+        (from, to),
+        &mut |batch| {
+            if fold.add_batch(batch, sel, (from, to)) {
+                return Ok(());
+            }
+            rows_of(batch, target, from, to, keep, &mut |row| fold.add(row))
+        },
+    )
 }
 
 /// Hands `each` the record batches of `path` that may hold readings of `[from, to)`, with
-/// the columns `target` needs (`sensor_id` as the file's own dictionary). Blocking; a
-/// reader that panics is an error naming the file.
+/// the columns of `target`'s fields at `fields` (`None`: all) and the key columns
+/// (`sensor_id` as the file's own dictionary). Blocking; a reader that panics is an error
+/// naming the file.
 fn batches(
     path: &Path,
     target: &Dataset,
+    fields: Option<&[usize]>,
     span: (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<(), LakeError> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        batches_inner(path, target, span, each)
+        batches_inner(path, target, fields, span, each)
     }));
     match result {
         Ok(r) => r,
@@ -210,9 +218,14 @@ fn dictionary_hint(schema: &Schema) -> Schema {
     Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
+/// Rows per record batch read from a file (a few row groups' worth of a sensor's dictionary
+/// keys at a time; arrow-rs reads 1 024 by default).
+const BATCH_ROWS: usize = 8192;
+
 fn batches_inner(
     path: &Path,
     target: &Dataset,
+    fields: Option<&[usize]>,
     (from, to): (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<(), LakeError> {
@@ -254,11 +267,19 @@ fn batches_inner(
         .into_iter()
         .filter_map(column)
         .collect();
-    wanted.extend(target.fields.iter().filter_map(|f| column(&f.name)));
+    wanted.extend(
+        target
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fields.is_none_or(|f| f.contains(i)))
+            .filter_map(|(_, f)| column(&f.name)),
+    );
     let mask = ProjectionMask::leaves(parquet_schema, wanted);
     let reader = builder
         .with_row_groups(row_groups)
         .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(|e| file_error(path, e))?;
     for batch in reader {

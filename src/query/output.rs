@@ -94,14 +94,18 @@ pub(crate) enum Cell {
 }
 
 impl Cell {
-    fn json(&self) -> Json {
+    /// The cell as a JSON value, written to `out`.
+    fn json(&self, out: &mut Vec<u8>) {
         match self {
-            Cell::Null => Json::Null,
-            Cell::Text(s) => Json::String(s.clone()),
-            Cell::Time(t) => Json::String(format_rfc3339_micros(*t)),
-            Cell::Int(i) => Json::from(*i),
-            Cell::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
-            Cell::Bool(b) => Json::Bool(*b),
+            Cell::Null => out.extend_from_slice(b"null"),
+            Cell::Text(s) => json_str(s, out),
+            Cell::Time(t) => json_str(&format_rfc3339_micros(*t), out),
+            Cell::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            Cell::Float(f) if f.is_finite() => {
+                out.extend_from_slice(ryu::Buffer::new().format_finite(*f).as_bytes())
+            }
+            Cell::Float(_) => out.extend_from_slice(b"null"),
+            Cell::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         }
     }
 
@@ -115,6 +119,11 @@ impl Cell {
             Cell::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         }
     }
+}
+
+/// `s` as a JSON string.
+fn json_str(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).expect("a string always serializes into memory");
 }
 
 fn csv_text(s: &str, out: &mut String) {
@@ -321,12 +330,33 @@ impl Table {
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
     }
 
-    fn object(&self, row: &[Cell]) -> Json {
-        let mut m = Map::with_capacity(self.columns.len());
-        for (c, cell) in self.columns.iter().zip(row) {
-            m.insert(c.clone(), cell.json());
+    /// Each row as a JSON object (keys in column order) written straight to `out`, each
+    /// followed by `separator` but the last.
+    fn objects(&self, separator: &[u8], out: &mut Vec<u8>) {
+        let keys: Vec<Vec<u8>> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut key = Vec::new();
+                json_str(c, &mut key);
+                key.push(b':');
+                key
+            })
+            .collect();
+        for (i, row) in self.rows.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(separator);
+            }
+            out.push(b'{');
+            for (j, (key, cell)) in keys.iter().zip(row).enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(key);
+                cell.json(out);
+            }
+            out.push(b'}');
         }
-        Json::Object(m)
     }
 
     /// The table in `format`. JSON: `{key: [rows], ..extra}`; the other formats have no
@@ -339,20 +369,27 @@ impl Table {
     ) -> Result<Vec<u8>, String> {
         Ok(match format {
             Format::Json => {
-                let mut top = extra;
-                let rows: Vec<Json> = self.rows.iter().map(|r| self.object(r)).collect();
-                top.insert(key.to_string(), Json::Array(rows));
-                let mut text = Json::Object(top).to_string();
-                text.push('\n');
-                text.into_bytes()
+                let mut out = Vec::with_capacity(64 * self.rows.len() + 256);
+                out.push(b'{');
+                for (name, value) in &extra {
+                    json_str(name, &mut out);
+                    out.push(b':');
+                    serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())?;
+                    out.push(b',');
+                }
+                json_str(key, &mut out);
+                out.extend_from_slice(b":[");
+                self.objects(b",", &mut out);
+                out.extend_from_slice(b"]}\n");
+                out
             }
             Format::Ndjson => {
-                let mut out = String::new();
-                for r in &self.rows {
-                    out.push_str(&self.object(r).to_string());
-                    out.push('\n');
+                let mut out = Vec::with_capacity(64 * self.rows.len());
+                self.objects(b"\n", &mut out);
+                if !self.rows.is_empty() {
+                    out.push(b'\n');
                 }
-                out.into_bytes()
+                out
             }
             Format::Arrow => {
                 let batch = self.batch().map_err(|e| e.to_string())?;

@@ -184,6 +184,7 @@ pub(super) fn selection(
     (from, to): (Micros, Micros),
     sensors: Option<&str>,
     bbox: Option<&str>,
+    fields: &[(usize, String, FieldType)],
 ) -> Result<Selection, ApiError> {
     let filter = Filter::parse(sensors, bbox).map_err(|m| bad("invalid_filter", m))?;
     Ok(Selection {
@@ -191,6 +192,7 @@ pub(super) fn selection(
         from,
         to,
         filter,
+        fields: Some(fields.iter().map(|(i, _, _)| *i).collect()),
     })
 }
 

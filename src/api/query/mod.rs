@@ -131,7 +131,7 @@ pub(crate) async fn history(
         ));
     }
     let range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
-    let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref())?;
+    let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref(), &fields)?;
     let cursor = match q.cursor.as_deref() {
         None => None,
         Some(text) => Some(
@@ -204,7 +204,13 @@ pub(crate) async fn latest(
         now - reach.as_micros().min(i64::MAX as u128) as Micros
     });
     let from = (to - lookback).max(earliest);
-    let sel = selection(ds, (from, to), q.sensors.as_deref(), q.bbox.as_deref())?;
+    let sel = selection(
+        ds,
+        (from, to),
+        q.sensors.as_deref(),
+        q.bbox.as_deref(),
+        &fields,
+    )?;
     let _permit = ready(&state).await?;
     let rows = timed(&state, state.query.latest(&sel)).await?;
     let mut extra = Map::new();
@@ -311,7 +317,7 @@ pub(crate) async fn aggregate(
             ),
         ));
     }
-    let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref())?;
+    let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref(), &fields)?;
     let spec = Spec {
         every: every_us,
         fns,

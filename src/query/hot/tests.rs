@@ -160,6 +160,7 @@ fn buckets_from_columns_equal_buckets_from_rows() {
         from: 20,
         to: 250,
         filter: crate::feed::session::Filter::parse(Some("s0,s2"), None).unwrap(),
+        fields: None,
     };
     let spec = Spec {
         every: 30,
