@@ -90,15 +90,23 @@ impl Figures {
 
     #[inline]
     fn add(&mut self, ts: Micros, v: f64) {
+        self.add_sometimes::<true>(ts, v);
+    }
+
+    /// [`Self::add`], keeping `first` and `last` only when `ENDS` (they cost the most).
+    #[inline(always)]
+    fn add_sometimes<const ENDS: bool>(&mut self, ts: Micros, v: f64) {
         self.count += 1;
         self.sum += v;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
-        if ts < self.first.0 {
-            self.first = (ts, v);
-        }
-        if ts >= self.last.0 {
-            self.last = (ts, v);
+        if ENDS {
+            if ts < self.first.0 {
+                self.first = (ts, v);
+            }
+            if ts >= self.last.0 {
+                self.last = (ts, v);
+            }
         }
     }
 
@@ -162,8 +170,9 @@ pub(crate) struct Accumulator {
     /// The sensors met, by group number.
     groups: Vec<CompactString>,
     group_of: FastMap<CompactString, u32>,
-    /// Per group, the bucket it last added to: `[start, end)` and its place.
-    recent: Vec<Option<(Micros, Micros, u32)>>,
+    /// Per group, the bucket it last added to: `[start, end)` and its place (`NOT_YET`
+    /// before its first).
+    recent: Vec<(Micros, Micros, u32)>,
     /// Bucket places by (start, group).
     index: FastMap<(Micros, u32), u32>,
     /// Per bucket place: (start, group).
@@ -199,7 +208,7 @@ impl Accumulator {
                 Vec::new()
             },
             group_of: FastMap::default(),
-            recent: if one { vec![None] } else { Vec::new() },
+            recent: if one { vec![NOT_YET] } else { Vec::new() },
             index: FastMap::default(),
             keys: Vec::new(),
             figures: Vec::new(),
@@ -285,7 +294,7 @@ impl Accumulator {
         let g = self.groups.len() as u32;
         self.groups.push(CompactString::from(sensor));
         self.group_of.insert(CompactString::from(sensor), g);
-        self.recent.push(None);
+        self.recent.push(NOT_YET);
         g
     }
 
@@ -302,12 +311,18 @@ impl Accumulator {
 
     /// The place of the bucket of time `t` in `group`, made if new (`None`: past `max`,
     /// noted).
+    #[inline]
     fn place(&mut self, t: Micros, group: u32) -> Option<usize> {
-        if let Some((start, end, at)) = self.recent[group as usize]
-            && (start..end).contains(&t)
-        {
+        let (start, end, at) = self.recent[group as usize];
+        if t >= start && t < end {
             return Some(at as usize);
         }
+        self.place_anew(t, group)
+    }
+
+    /// [`Self::place`] when the group's last bucket is not the one.
+    #[cold]
+    fn place_anew(&mut self, t: Micros, group: u32) -> Option<usize> {
         let start = t - t.rem_euclid(self.spec.every);
         let at = match self.index.get(&(start, group)) {
             Some(&at) => at,
@@ -325,7 +340,7 @@ impl Accumulator {
             }
         };
         let end = start.saturating_add(self.spec.every);
-        self.recent[group as usize] = Some((start, end, at));
+        self.recent[group as usize] = (start, end, at);
         Some(at as usize)
     }
 
@@ -343,11 +358,17 @@ impl Accumulator {
     fn fold_placed(&mut self, places: &[u32], times: &[Micros], columns: &[Option<Numbers<'_>>]) {
         use arrow_array::Array;
         let stride = self.spec.fields.len();
+        let ends = self
+            .spec
+            .fns
+            .iter()
+            .any(|f| matches!(f, Func::First | Func::Last));
         for (field, column) in columns.iter().enumerate() {
             let slots = Slots {
                 figures: &mut self.figures,
                 stride,
                 field,
+                ends,
             };
             match column {
                 Some(Numbers::Float(a)) => slots.add(places, times, a.values(), a.nulls(), |v| v),
@@ -491,6 +512,9 @@ impl super::Fold for Accumulator {
     }
 }
 
+/// A group's last bucket before it has one (an empty range).
+const NOT_YET: (Micros, Micros, u32) = (0, 0, 0);
+
 /// Not in any bucket: a row left out.
 const NO_PLACE: u32 = u32::MAX;
 
@@ -499,6 +523,8 @@ struct Slots<'a> {
     figures: &'a mut [Figures],
     stride: usize,
     field: usize,
+    /// Whether `first` or `last` is asked for.
+    ends: bool,
 }
 
 impl Slots<'_> {
@@ -512,11 +538,28 @@ impl Slots<'_> {
         nulls: Option<&arrow_buffer::NullBuffer>,
         to_f64: impl Fn(T) -> f64,
     ) {
+        match (self.ends, nulls) {
+            (true, _) => self.add_rows::<true, T>(places, times, values, nulls, to_f64),
+            (false, Some(_)) => self.add_rows::<false, T>(places, times, values, nulls, to_f64),
+            (false, None) => self.add_rows::<false, T>(places, times, values, None, to_f64),
+        }
+    }
+
+    #[inline(always)]
+    fn add_rows<const ENDS: bool, T: Copy>(
+        self,
+        places: &[u32],
+        times: &[Micros],
+        values: &[T],
+        nulls: Option<&arrow_buffer::NullBuffer>,
+        to_f64: impl Fn(T) -> f64,
+    ) {
         for (row, ((&at, &t), &v)) in places.iter().zip(times).zip(values).enumerate() {
             if at == NO_PLACE || nulls.is_some_and(|n| n.is_null(row)) {
                 continue;
             }
-            self.figures[at as usize * self.stride + self.field].add(t, to_f64(v));
+            self.figures[at as usize * self.stride + self.field]
+                .add_sometimes::<ENDS>(t, to_f64(v));
         }
     }
 }
