@@ -30,6 +30,9 @@ pub(crate) struct QueryArgs {
     /// With --every: sensor (a bucket per sensor, the default) or none.
     #[arg(long, requires = "every")]
     group_by: Option<String>,
+    /// With --every: buckets from local midnight in this IANA zone (Europe/Copenhagen).
+    #[arg(long, requires = "every")]
+    tz: Option<String>,
     /// The last reading of every sensor instead of a range.
     #[arg(long, conflicts_with_all = ["every", "from", "to"])]
     latest: bool,
@@ -140,6 +143,7 @@ pub(crate) async fn run(args: QueryArgs) -> Result<()> {
             ("every", &args.every),
             ("fn", &args.fns),
             ("group_by", &args.group_by),
+            ("tz", &args.tz),
             ("sensors", &args.sensors),
             ("bbox", &args.bbox),
             ("fields", &args.fields),

@@ -59,11 +59,28 @@ impl Func {
 pub(crate) struct Spec {
     /// Bucket length, µs.
     pub(crate) every: Micros,
+    /// Buckets aligned to local midnight in this zone (`every` then [`super::zone::fits`])
+    /// rather than to the epoch.
+    pub(crate) tz: Option<chrono_tz::Tz>,
     pub(crate) fns: Vec<Func>,
     /// One bucket per sensor, or one for all.
     pub(crate) by_sensor: bool,
     /// The numeric fields, as (schema position, name).
     pub(crate) fields: Vec<(usize, String)>,
+}
+
+impl Spec {
+    /// The bucket that holds device time `t`: `[start, end)`.
+    pub(crate) fn bucket_of(&self, t: Micros) -> (Micros, Micros) {
+        if let Some(local) = self
+            .tz
+            .and_then(|tz| super::zone::bucket(tz, self.every, t))
+        {
+            return local;
+        }
+        let start = t - t.rem_euclid(self.every);
+        (start, start.saturating_add(self.every))
+    }
 }
 
 /// One field's running figures in a bucket.
@@ -323,7 +340,7 @@ impl Accumulator {
     /// [`Self::place`] when the group's last bucket is not the one.
     #[cold]
     fn place_anew(&mut self, t: Micros, group: u32) -> Option<usize> {
-        let start = t - t.rem_euclid(self.spec.every);
+        let (start, end) = self.spec.bucket_of(t);
         let at = match self.index.get(&(start, group)) {
             Some(&at) => at,
             None => {
@@ -339,7 +356,6 @@ impl Accumulator {
                 at
             }
         };
-        let end = start.saturating_add(self.spec.every);
         self.recent[group as usize] = (start, end, at);
         Some(at as usize)
     }
@@ -604,6 +620,7 @@ mod tests {
     fn buckets_align_to_the_epoch_and_compute_every_function() {
         let spec = Spec {
             every: 10,
+            tz: None,
             fns: Func::ALL.to_vec(),
             by_sensor: false,
             fields: vec![(0, "v".into())],
@@ -633,6 +650,7 @@ mod tests {
     fn buckets_of_later_hours_merge_into_the_same_answer() {
         let spec = |by_sensor| Spec {
             every: 100,
+            tz: None,
             fns: Func::ALL.to_vec(),
             by_sensor,
             fields: vec![(0, "v".into())],
@@ -658,6 +676,7 @@ mod tests {
     fn more_buckets_than_allowed_are_refused() {
         let spec = Spec {
             every: 1,
+            tz: None,
             fns: vec![Func::Count],
             by_sensor: true,
             fields: vec![(0, "v".into())],

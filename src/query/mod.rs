@@ -19,6 +19,7 @@ pub(crate) mod aggregate;
 pub mod hot;
 pub(crate) mod lake;
 pub(crate) mod output;
+pub(crate) mod zone;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

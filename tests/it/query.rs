@@ -336,45 +336,9 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
         .await;
     assert_eq!(status, 200, "{body}");
     let ours = body["buckets"].as_array().unwrap();
-    let out = {
-        let root = gw.dir.path().join("parquet");
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/peers/duckdb_aggregate.py");
-        let args = [
-            script.display().to_string(),
-            root.display().to_string(),
-            TRAFFIC.to_string(),
-            (from * 1000).to_string(),
-            (to * 1000).to_string(),
-            (15 * 60 * 1_000_000i64).to_string(),
-        ];
-        let out = tokio::task::spawn_blocking(move || python().args(&args).output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
-    let theirs: Vec<Value> = serde_json::from_slice(&out).unwrap();
-    assert_eq!(ours.len(), theirs.len(), "{body}");
+    let theirs = duckdb_buckets(&gw, (from, to), 15 * 60 * 1_000_000, None).await;
     assert_eq!(ours.len(), 8 * 3);
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
-    for (o, t) in ours.iter().zip(&theirs) {
-        assert_eq!(o["bucket"], at(t[0].as_i64().unwrap() / 1000), "{o} vs {t}");
-        assert_eq!(o["sensor_id"], t[1], "{o} vs {t}");
-        assert_eq!(o["vehicle_count_count"], t[2], "{o} vs {t}");
-        for (i, name) in ["mean", "min", "max", "sum", "first", "last"]
-            .iter()
-            .enumerate()
-        {
-            let ours = o[format!("vehicle_count_{name}")].as_f64().unwrap();
-            let theirs = t[3 + i].as_f64().unwrap();
-            assert!(close(ours, theirs), "{name}: {ours} vs {theirs} in {o}");
-        }
-    }
+    same_buckets(ours, &theirs);
     // One bucket for all sensors: the counts add up.
     let (_, body) = gw
         .get_as(
@@ -393,6 +357,117 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
         .map(|b| b["vehicle_count_count"].as_i64().unwrap())
         .collect();
     assert_eq!(counts, [360, 360]);
+}
+
+/// DuckDB's buckets of `vehicle_count` over the gateway's Parquet files (see
+/// tests/peers/duckdb_aggregate.py).
+async fn duckdb_buckets(
+    gw: &Gateway,
+    (from, to): (i64, i64),
+    every_us: i64,
+    tz: Option<&str>,
+) -> Vec<Value> {
+    let root = gw.dir.path().join("parquet");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/duckdb_aggregate.py");
+    let mut args = vec![
+        script.display().to_string(),
+        root.display().to_string(),
+        TRAFFIC.to_string(),
+        (from * 1000).to_string(),
+        (to * 1000).to_string(),
+        every_us.to_string(),
+    ];
+    args.extend(tz.map(str::to_string));
+    let out = tokio::task::spawn_blocking(move || python().args(&args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Our buckets (JSON, every function of `vehicle_count`) equal DuckDB's: counts exactly,
+/// floats to 1e-9 relative.
+fn same_buckets(ours: &[Value], theirs: &[Value]) {
+    assert_eq!(ours.len(), theirs.len(), "{ours:?}\nvs\n{theirs:?}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o["bucket"], at(t[0].as_i64().unwrap() / 1000), "{o} vs {t}");
+        assert_eq!(o["sensor_id"], t[1], "{o} vs {t}");
+        assert_eq!(o["vehicle_count_count"], t[2], "{o} vs {t}");
+        for (i, name) in ["mean", "min", "max", "sum", "first", "last"]
+            .iter()
+            .enumerate()
+        {
+            let ours = o[format!("vehicle_count_{name}")].as_f64().unwrap();
+            let theirs = t[3 + i].as_f64().unwrap();
+            assert!(close(ours, theirs), "{name}: {ours} vs {theirs} in {o}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn day_buckets_in_a_time_zone_run_from_local_midnight_like_duckdb() {
+    let gw = Gateway::start_with(|c| c.parquet.max_age = Duration::from_millis(100)).await;
+    let provider = gw.provider_key("copenhagen").await;
+    let device = gw.device_key(&[TRAFFIC]).await;
+    // Two sensors every 15 minutes over the last two days: at least one Copenhagen
+    // midnight (23:00 or 22:00 UTC) falls inside.
+    let end = now_ms() / 1000 * 1000;
+    let start = end - 48 * HOUR_MS;
+    let readings: Vec<(String, i64, i64)> = (0..192 * 2)
+        .map(|i| {
+            (
+                format!("tz-{}", i % 2),
+                start + (i / 2) * 15 * 60_000 + i % 2,
+                (i * 13) % 47,
+            )
+        })
+        .collect();
+    for batch in readings.chunks(100) {
+        post(&gw, &device, batch).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while row_count(gw.dir.path(), TRAFFIC) < readings.len() {
+        assert!(std::time::Instant::now() < deadline, "not all in Parquet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (from, to) = (start, end + 1);
+    let (status, body) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?from={}&to={}&every=1d&tz=Europe/Copenhagen&fn=count,mean,min,max,sum,first,last&fields=vehicle_count",
+                at(from),
+                at(to)
+            ),
+            &provider,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ours = body["buckets"].as_array().unwrap();
+    // Buckets start at local midnight, not UTC midnight.
+    for b in ours {
+        let start = b["bucket"].as_str().unwrap();
+        assert!(
+            start.contains("T23:00:00") || start.contains("T22:00:00"),
+            "{start} is not a Copenhagen midnight"
+        );
+    }
+    let theirs = duckdb_buckets(&gw, (from, to), 86_400_000_000, Some("Europe/Copenhagen")).await;
+    same_buckets(ours, &theirs);
+    // A bucket that does not fit local days, and an unknown zone, are refused.
+    for (query, code) in [
+        ("every=7m&tz=Europe/Copenhagen", "invalid_every"),
+        ("every=1d&tz=Mars/Olympus_Mons", "invalid_tz"),
+    ] {
+        let (status, body) = gw.get_as(&format!("{AGGREGATE}?{query}"), &provider).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"], code, "{query}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -75,8 +75,13 @@ pub(crate) struct LatestQuery {
 pub(crate) struct AggregateQuery {
     from: Option<String>,
     to: Option<String>,
-    /// Bucket length: `15m`, `1h`, `1d` (buckets start at multiples of it since the epoch).
+    /// Bucket length: `15m`, `1h`, `1d` (buckets start at multiples of it since the epoch,
+    /// or at local midnight with `tz`).
     every: String,
+    /// An IANA time zone (`Europe/Copenhagen`): buckets start at local midnight (a day
+    /// bucket is a local calendar day, 23 or 25 hours across a clock change); `every` is
+    /// then whole days or divides a day.
+    tz: Option<String>,
     /// Functions: `count,mean,min,max,sum,first,last` (default `count,mean,min,max`).
     #[serde(rename = "fn")]
     fns: Option<String>,
@@ -297,13 +302,42 @@ pub(crate) async fn aggregate(
             format!("`{}` has no numeric field to aggregate", ds.id),
         ));
     }
-    let mut range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
     let every_us = every.as_micros().min(i64::MAX as u128) as Micros;
+    let tz = match q.tz.as_deref() {
+        None => None,
+        Some(name) => {
+            let tz = name.parse::<chrono_tz::Tz>().map_err(|_| {
+                bad(
+                    "invalid_tz",
+                    format!("tz: `{name}` is not an IANA time zone like Europe/Copenhagen"),
+                )
+            })?;
+            if !crate::query::zone::fits(every_us) {
+                return Err(bad(
+                    "invalid_every",
+                    format!(
+                        "every: {} does not fit local days: with tz, ask whole days (1d, 7d) or                          a length that divides a day (15m, 1h, 6h)",
+                        humantime::format_duration(every)
+                    ),
+                ));
+            }
+            Some(tz)
+        }
+    };
+    let mut range = range(&state, &grant, q.from.as_deref(), q.to.as_deref())?;
     if grant.aggregate.is_some() {
         // Whole, finished buckets only: a range cut inside a bucket, or a bucket still
         // filling, would show single readings to a plan that pays for aggregates.
-        range.0 = range.0.saturating_add(every_us - 1).div_euclid(every_us) * every_us;
-        range.1 = range.1.div_euclid(every_us) * every_us;
+        let buckets = Spec {
+            every: every_us,
+            tz,
+            fns: Vec::new(),
+            by_sensor: false,
+            fields: Vec::new(),
+        };
+        let (start, end) = buckets.bucket_of(range.0);
+        range.0 = if start < range.0 { end } else { start };
+        range.1 = buckets.bucket_of(range.1).0;
     }
     let max = state.query.config.max_rows;
     let buckets = (range.1 - range.0).max(0) / every_us + 1;
@@ -320,6 +354,7 @@ pub(crate) async fn aggregate(
     let sel = selection(ds, range, q.sensors.as_deref(), q.bbox.as_deref(), &fields)?;
     let spec = Spec {
         every: every_us,
+        tz,
         fns,
         by_sensor,
         fields: fields.into_iter().map(|(i, name, _)| (i, name)).collect(),

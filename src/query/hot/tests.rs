@@ -164,6 +164,7 @@ fn buckets_from_columns_equal_buckets_from_rows() {
     };
     let spec = Spec {
         every: 30,
+        tz: None,
         fns: Func::ALL.to_vec(),
         by_sensor: true,
         fields: vec![(0, "vehicle_count".into()), (1, "mean_speed".into())],
