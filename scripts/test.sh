@@ -3,7 +3,8 @@
 # the format check, clippy and every test (unit, integration, doc, and the benches built in
 # test mode), then every fuzz target for FUZZ_SECONDS (60) each.
 #
-# Peers, none written here: pyarrow and DuckDB (they read our Parquet files), the official
+# Peers, none written here: pyarrow, pandas and DuckDB (they read our Parquet files and Arrow
+# answers), the official
 # InfluxDB Python client (writes to our /api/v2/write), paho-mqtt (an MQTT 5 device), rdflib
 # (reads our DCAT-AP catalog), localstripe (a Stripe API server), sseclient-py (a
 # browser-style EventSource client) and schemathesis (tests the API against its OpenAPI
@@ -15,11 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pyarrow, pandas, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis' 2>/dev/null; then
   echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    pyarrow duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10 sseclient-py requests \
+    pyarrow pandas duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10 sseclient-py requests \
     schemathesis==4.32.5
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
