@@ -28,6 +28,7 @@ use parquet::file::statistics::Statistics;
 use super::Row;
 use crate::calendar::days_from_civil;
 use crate::model::{Dataset, FieldType, Micros, Value, Values};
+use crate::telemetry::Scanned;
 
 const HOUR: Micros = 3_600_000_000;
 
@@ -151,17 +152,18 @@ pub(crate) fn read_file(
     batches(path, target, None, (from, to), &mut |batch| {
         rows_of(batch, target, from, to, keep, out)
     })
+    .map(|_| ())
 }
 
 /// [`read_file`] into a fold, which takes whole record batches from their columns when it
-/// can (see [`super::Fold::add_batch`]).
+/// can (see [`super::Fold::add_batch`]). Returns what was read and pruned.
 pub(crate) fn read_file_fold(
     path: &Path,
     sel: &super::Selection,
     (from, to): (Micros, Micros),
     keep: &mut dyn FnMut(Micros, &str) -> bool,
     fold: &mut dyn super::Fold,
-) -> Result<(), LakeError> {
+) -> Result<Scanned, LakeError> {
     let target = &sel.dataset;
     batches(
         path,
@@ -187,7 +189,7 @@ fn batches(
     fields: Option<&[usize]>,
     span: (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
-) -> Result<(), LakeError> {
+) -> Result<Scanned, LakeError> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         batches_inner(path, target, fields, span, each)
     }));
@@ -228,7 +230,7 @@ fn batches_inner(
     fields: Option<&[usize]>,
     (from, to): (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
-) -> Result<(), LakeError> {
+) -> Result<Scanned, LakeError> {
     let file = File::open(path).map_err(|e| file_error(path, e))?;
     let loaded = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
         .map_err(|e| file_error(path, e))?;
@@ -260,8 +262,14 @@ fn batches_inner(
         })
         .map(|(i, _)| i)
         .collect();
+    let mut scanned = Scanned {
+        files: 1,
+        row_groups_read: row_groups.len() as u64,
+        row_groups_pruned: (builder.metadata().num_row_groups() - row_groups.len()) as u64,
+        rows: 0,
+    };
     if row_groups.is_empty() {
-        return Ok(());
+        return Ok(scanned);
     }
     let mut wanted: Vec<usize> = ["sensor_id", "ts", "lat", "lon"]
         .into_iter()
@@ -284,9 +292,10 @@ fn batches_inner(
         .map_err(|e| file_error(path, e))?;
     for batch in reader {
         let batch = batch.map_err(|e| file_error(path, e))?;
+        scanned.rows += batch.num_rows() as u64;
         each(&batch).map_err(|m| file_error(path, m))?;
     }
-    Ok(())
+    Ok(scanned)
 }
 
 /// The typed column of a field in `batch`, when it has it with the field's type.

@@ -33,6 +33,7 @@ use crate::config::QueryConfig;
 use crate::feed::session::Filter;
 use crate::model::{Dataset, Micros, Values};
 use crate::pipeline::limit::Limiter;
+use crate::telemetry::Scanned;
 use hot::{HotStore, Snapshot};
 use lake::LakeError;
 
@@ -225,13 +226,14 @@ impl QueryService {
                 sel: &sel,
                 fold: &mut fold,
             };
+            let mut lake = Scanned::default();
             for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
                 for file in &hour.files {
-                    metrics.file_read();
-                    lake::read_file_fold(file, &sel, (lo, hi), &mut keep, &mut placed)?;
+                    lake += lake::read_file_fold(file, &sel, (lo, hi), &mut keep, &mut placed)?;
                 }
             }
-            snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
+            let hot = snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
+            metrics.scanned(lake, hot);
             Ok(fold)
         })
         .await

@@ -30,6 +30,7 @@ pub use influx::InfluxMetrics;
 pub use metrics::{DatasetMetrics, Metrics};
 pub use mqtt::MqttMetrics;
 pub use query::QueryMetrics;
+pub(crate) use query::Scanned;
 pub use wal::WalMetrics;
 
 /// Starts logging: `RUST_LOG` when set, else the configured level. Safe to call twice (the

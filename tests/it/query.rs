@@ -67,6 +67,16 @@ async fn all_pages(gw: &Gateway, query: &str, key: &str, pause: Duration) -> Vec
 
 /// Waits until the hot store holds fewer than `n` readings (its gauge is set every half
 /// second: two settings are waited out before it is believed).
+/// A counter of the gateway's metrics, by its full name with labels (0 when absent).
+async fn counter(gw: &Gateway, name: &str) -> u64 {
+    gw.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn held_fewer_than(gw: &Gateway, n: i64) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -308,9 +318,14 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
             )
         })
         .collect();
-    // The first hour, all past the window: written, then gone from memory.
-    for batch in readings[..360].chunks(120) {
+    // The first hour, all past the window: written (a file per post), then gone from memory.
+    for (i, batch) in readings[..360].chunks(120).enumerate() {
         post(&gw, &device, batch).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while row_count(gw.dir.path(), TRAFFIC) < 120 * (i + 1) {
+            assert!(std::time::Instant::now() < deadline, "not in Parquet");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     held_fewer_than(&gw, 1).await;
     // The second hour stays in memory (its chunk reaches into the window).
@@ -339,6 +354,31 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
     let theirs = duckdb_buckets(&gw, (from, to), 15 * 60 * 1_000_000, None).await;
     assert_eq!(ours.len(), 8 * 3);
     same_buckets(ours, &theirs);
+    // The metrics say where the readings came from and what was read for them.
+    let lake = counter(&gw, "citygate_query_rows_scanned_total{source=\"lake\"}").await;
+    let hot = counter(&gw, "citygate_query_rows_scanned_total{source=\"hot\"}").await;
+    assert!(lake >= 360 && hot >= 360, "lake {lake}, hot {hot}");
+    // The first hour came in three posts, each its own file: a quarter hour opens them
+    // all and reads only the row group whose times reach into it.
+    let pruned = "citygate_query_lake_row_groups_total{outcome=\"pruned\"}";
+    let before = counter(&gw, pruned).await;
+    let (status, body) = gw
+        .get_as(
+            &format!(
+                "{AGGREGATE}?from={}&to={}&every=15m&fields=vehicle_count",
+                at(from),
+                at(from + HOUR_MS / 4)
+            ),
+            &provider,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["buckets"].as_array().unwrap().len(), 3, "{body}");
+    assert!(
+        counter(&gw, pruned).await >= before + 2,
+        "{}",
+        gw.metrics().await
+    );
     // One bucket for all sensors: the counts add up.
     let (_, body) = gw
         .get_as(

@@ -206,7 +206,8 @@ impl Snapshot {
         (from, to): (Micros, Micros),
         keep: &mut dyn FnMut(Micros, &str) -> bool,
         fold: &mut dyn super::Fold,
-    ) {
+    ) -> crate::telemetry::Scanned {
+        let mut scanned = crate::telemetry::Scanned::default();
         let mut rest = Snapshot {
             lake_through: self.lake_through,
             chunks: Vec::new(),
@@ -214,11 +215,22 @@ impl Snapshot {
         };
         for chunk in &self.chunks {
             let overlaps = chunk.max_ts >= from && chunk.min_ts < to;
-            if overlaps && !fold.add_chunk(chunk, sel, self.lake_through, (from, to)) {
+            if !overlaps || chunk.last_lsn <= self.lake_through {
+                continue;
+            }
+            scanned.rows += chunk.rows() as u64;
+            if !fold.add_chunk(chunk, sel, self.lake_through, (from, to)) {
                 rest.chunks.push(chunk.clone());
             }
         }
+        scanned.rows += self
+            .open
+            .iter()
+            .filter(|r| r.lsn > self.lake_through)
+            .map(|r| r.readings.len() as u64)
+            .sum::<u64>();
         rest.scan(&sel.dataset, (from, to), keep, &mut |row| fold.add(row));
+        scanned
     }
 
     /// Hands `out` every row of the snapshot in `[from, to)` whose time and sensor `keep`
