@@ -19,6 +19,7 @@ pub(crate) mod aggregate;
 pub mod hot;
 pub(crate) mod lake;
 pub(crate) mod output;
+mod pool;
 pub(crate) mod zone;
 
 use std::cmp::Ordering;
@@ -189,6 +190,8 @@ pub struct QueryService {
     pub(crate) hot: Arc<HotStore>,
     lake_root: PathBuf,
     pub(crate) config: QueryConfig,
+    /// The low-priority threads queries read on.
+    pool: pool::Pool,
     /// Queries running at once, at most `[query] max_concurrent`.
     pub(crate) permits: tokio::sync::Semaphore,
     /// Queries per key, `[query] rate_limit`.
@@ -201,6 +204,7 @@ impl QueryService {
             hot,
             lake_root,
             permits: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
+            pool: pool::Pool::new(config.max_concurrent.max(1) * HOURS_AT_ONCE),
             limiter: Limiter::new(config.rate_limit),
             config,
         }
@@ -209,7 +213,7 @@ impl QueryService {
     /// Hands `fold` every reading of `[lo, hi)` in `sel`, in log order: the lake's files of
     /// the hours that overlap (below the snapshot's boundary; their names sort by log
     /// range), then the hot store's. Log order makes ties (one sensor, one time) come out
-    /// the same wherever the readings are. On a blocking thread; `fold` comes back.
+    /// the same wherever the readings are. On a query thread ([`pool`]); `fold` comes back.
     async fn window<F: Fold + Send + 'static>(
         &self,
         sel: &Selection,
@@ -220,24 +224,32 @@ impl QueryService {
         let (sel, snapshot) = (sel.clone(), snapshot.clone());
         let root = self.lake_root.clone();
         let metrics = self.hot.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut keep = |_: Micros, sensor: &str| sel.wants_sensor(sensor);
-            let mut placed = Placed {
-                sel: &sel,
-                fold: &mut fold,
-            };
-            let mut lake = Scanned::default();
-            for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
-                for file in &hour.files {
-                    lake += lake::read_file_fold(file, &sel, (lo, hi), &mut keep, &mut placed)?;
+        self.pool
+            .run(move || {
+                let mut keep = |_: Micros, sensor: &str| sel.wants_sensor(sensor);
+                let mut placed = Placed {
+                    sel: &sel,
+                    fold: &mut fold,
+                };
+                let mut lake = Scanned::default();
+                for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
+                    for file in &hour.files {
+                        lake += lake::read_file_fold(file, &sel, (lo, hi), &mut keep, &mut placed)?;
+                    }
                 }
-            }
-            let hot = snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
-            metrics.scanned(lake, hot);
-            Ok(fold)
-        })
-        .await
-        .map_err(|e| QueryError::Task(e.to_string()))?
+                let hot = snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
+                metrics.scanned(lake, hot);
+                Ok(fold)
+            })
+            .await?
+    }
+
+    /// Runs `f` (making an answer out of what a query found) on a query thread.
+    pub(crate) async fn render<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, QueryError> {
+        self.pool.run(f).await
     }
 
     /// The hours of `[from, to)` that hold readings of `sel`'s dataset, as hour starts:

@@ -233,12 +233,13 @@ pub(super) async fn timed<T>(
     }
 }
 
-/// The answer, metered to the subscription behind it (rows and bytes, apart from live
+/// The answer (its table made and written on a query thread, off the threads that serve
+/// intake), metered to the subscription behind it (rows and bytes, apart from live
 /// deliveries).
-pub(super) fn respond(
+pub(super) async fn respond(
     state: &AppState,
     (grant, dataset, route): (&Grant, &str, &str),
-    table: &Table,
+    table: impl FnOnce() -> Table + Send + 'static,
     format: Format,
     extra: Map<String, Json>,
     next: Option<String>,
@@ -248,16 +249,24 @@ pub(super) fn respond(
     } else {
         "readings"
     };
-    let body = table.write(format, key, extra).map_err(|e| {
-        tracing::error!(error = %e, "a history answer could not be written");
-        ApiError::Internal(e)
-    })?;
-    state.metrics.query().returned(route, table.rows.len());
+    let (rows, body) = state
+        .query
+        .render(move || {
+            let table = table();
+            Ok::<_, String>((table.rows.len(), table.write(format, key, extra)?))
+        })
+        .await
+        .map_err(failed)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "a history answer could not be written");
+            ApiError::Internal(e)
+        })?;
+    state.metrics.query().returned(route, rows);
     if let Some(subscription) = &grant.subscription {
         state
             .market
             .usage()
-            .record_query(subscription, table.rows.len() as u64, body.len() as u64);
+            .record_query(subscription, rows as u64, body.len() as u64);
     }
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if let Some(ext) = format.attachment() {

@@ -168,15 +168,8 @@ pub(crate) async fn history(
     extra.insert("dataset".into(), Json::String(id.clone()));
     extra.insert("next".into(), next.clone().map_or(Json::Null, Json::String));
     let link = next.map(|c| next_link(&uri, &c));
-    let table = Table::readings(&page.rows, &fields);
-    respond(
-        &state,
-        (&grant, &id, "history"),
-        &table,
-        format,
-        extra,
-        link,
-    )
+    let table = move || Table::readings(&page.rows, &fields);
+    respond(&state, (&grant, &id, "history"), table, format, extra, link).await
 }
 
 /// `GET /v1/datasets/{id}/latest`
@@ -220,8 +213,8 @@ pub(crate) async fn latest(
     let rows = timed(&state, state.query.latest(&sel)).await?;
     let mut extra = Map::new();
     extra.insert("dataset".into(), Json::String(id.clone()));
-    let table = Table::readings(&rows, &fields);
-    respond(&state, (&grant, &id, "latest"), &table, format, extra, None)
+    let table = move || Table::readings(&rows, &fields);
+    respond(&state, (&grant, &id, "latest"), table, format, extra, None).await
 }
 
 /// `GET /v1/datasets/{id}/aggregate`
@@ -378,13 +371,14 @@ pub(crate) async fn aggregate(
     };
     let mut extra = Map::new();
     extra.insert("dataset".into(), Json::String(id.clone()));
-    let table = Table::buckets(&buckets, &spec);
+    let table = move || Table::buckets(&buckets, &spec);
     respond(
         &state,
         (&grant, &id, "aggregate"),
-        &table,
+        table,
         format,
         extra,
         None,
     )
+    .await
 }
