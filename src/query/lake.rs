@@ -7,6 +7,7 @@
 //! The files are citygate's own; a reader that panics on one anyway fails the query with the
 //! file's name rather than the process.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -149,7 +150,7 @@ pub(crate) fn read_file(
     keep: &mut dyn FnMut(Micros, &str) -> bool,
     out: &mut dyn FnMut(Row),
 ) -> Result<(), LakeError> {
-    batches(path, target, None, (from, to), &mut |batch| {
+    batches(path, target, None, None, (from, to), &mut |batch| {
         rows_of(batch, target, from, to, keep, out)
     })
     .map(|_| ())
@@ -169,6 +170,7 @@ pub(crate) fn read_file_fold(
         path,
         target,
         sel.fields.as_deref(),
+        sel.filter.sensors.as_ref(),
         (from, to),
         &mut |batch| {
             if fold.add_batch(batch, sel, (from, to)) {
@@ -181,17 +183,19 @@ pub(crate) fn read_file_fold(
 
 /// Hands `each` the record batches of `path` that may hold readings of `[from, to)`, with
 /// the columns of `target`'s fields at `fields` (`None`: all) and the key columns
-/// (`sensor_id` as the file's own dictionary). Blocking; a reader that panics is an error
-/// naming the file.
+/// (`sensor_id` as the file's own dictionary); row groups whose `ts` statistics miss the
+/// span, or whose `sensor_id` ones hold none of `sensors`, are not read. Blocking; a reader
+/// that panics is an error naming the file.
 fn batches(
     path: &Path,
     target: &Dataset,
     fields: Option<&[usize]>,
+    sensors: Option<&HashSet<String>>,
     span: (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<Scanned, LakeError> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        batches_inner(path, target, fields, span, each)
+        batches_inner(path, target, fields, sensors, span, each)
     }));
     match result {
         Ok(r) => r,
@@ -228,6 +232,7 @@ fn batches_inner(
     path: &Path,
     target: &Dataset,
     fields: Option<&[usize]>,
+    sensors: Option<&HashSet<String>>,
     (from, to): (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<Scanned, LakeError> {
@@ -248,6 +253,7 @@ fn batches_inner(
     let Some(ts_column) = column("ts") else {
         return Err(file_error(path, "no `ts` column"));
     };
+    let sensor_column = column("sensor_id");
     let row_groups: Vec<usize> = builder
         .metadata()
         .row_groups()
@@ -259,6 +265,22 @@ fn batches_inner(
                 _ => true,
             },
             _ => true,
+        })
+        .filter(|(_, rg)| {
+            let (Some(wanted), Some(at)) = (sensors, sensor_column) else {
+                return true;
+            };
+            match rg.column(at).statistics() {
+                // Bounds (a truncated minimum is a prefix, a truncated maximum rounds up).
+                Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
+                    (Some(min), Some(max)) => wanted.iter().any(|w| {
+                        let w = w.as_bytes();
+                        min.data() <= w && w <= max.data()
+                    }),
+                    _ => true,
+                },
+                _ => true,
+            }
         })
         .map(|(i, _)| i)
         .collect();
@@ -428,6 +450,44 @@ mod tests {
         );
         assert_eq!(log_range(".part-1-2-0.parquet.tmp"), None);
         assert_eq!(log_range("part-x-2-0.parquet"), None);
+    }
+
+    #[test]
+    fn row_groups_are_pruned_by_time_and_by_the_sensors_asked_for() {
+        let config =
+            crate::config::Config::from_toml(crate::config::DEFAULT_CONFIG, "default", &[])
+                .unwrap();
+        let ds = config.datasets[0].build();
+        let readings: Vec<crate::model::Reading> = ["b-1", "b-2", "b-3"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut r = crate::model::Reading::empty(ds.fields.len(), 1000 + i as Micros);
+                r.sensor_id = CompactString::from(*s);
+                r.values[0] = Some(Value::Int(i as i64));
+                r
+            })
+            .collect();
+        let layout = crate::sink::parquet::ParquetLayout::new(&ds, 1).unwrap();
+        let batch = layout.record_batch(readings.iter()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part-1-1-0.parquet");
+        layout.write_file(&batch, &path).unwrap();
+        let read = |sensors: &[&str], span| {
+            let wanted: HashSet<String> = sensors.iter().map(|s| s.to_string()).collect();
+            let wanted = (!sensors.is_empty()).then_some(&wanted);
+            let mut rows = 0;
+            let scanned = batches(&path, &ds, Some(&[0]), wanted, span, &mut |b| {
+                rows += b.num_rows();
+                Ok(())
+            })
+            .unwrap();
+            (scanned.row_groups_read, scanned.row_groups_pruned, rows)
+        };
+        assert_eq!(read(&[], (0, 2000)), (1, 0, 3));
+        assert_eq!(read(&["b-2", "z-9"], (0, 2000)), (1, 0, 3));
+        assert_eq!(read(&["a-1", "c-1"], (0, 2000)), (0, 1, 0));
+        assert_eq!(read(&[], (2000, 3000)), (0, 1, 0));
     }
 
     #[test]
