@@ -30,7 +30,7 @@ pub(crate) struct QueryArgs {
     /// With --every: sensor (a bucket per sensor, the default) or none.
     #[arg(long, requires = "every")]
     group_by: Option<String>,
-    /// With --every: buckets from local midnight in this IANA zone (Europe/Copenhagen).
+    /// With --every of whole days: local calendar days in this IANA zone (Europe/Copenhagen).
     #[arg(long, requires = "every")]
     tz: Option<String>,
     /// The last reading of every sensor instead of a range.

@@ -1,10 +1,10 @@
 //! Time buckets: readings grouped by `every` (aligned to the Unix epoch, so 15-minute
-//! buckets start at :00, :15, …) and by sensor or not at all, with count, mean, min, max,
+//! buckets start at :00, :15, …; or local calendar days, [`super::zone`]) and by sensor or not at all, with count, mean, min, max,
 //! sum, first and last of each numeric field asked for.
 //!
 //! `count` counts the readings that carry the field; `first` and `last` are the values of
-//! the earliest and latest reading by device time in the bucket (the later-read one on a
-//! tie, so hot and lake agree). Memory is bounded: past `max_rows` buckets the answer is
+//! the earliest and latest reading by device time in the bucket (on a tie, the earlier-read
+//! one for `first` and the later-read one for `last`, so hot and lake agree). Memory is bounded: past `max_rows` buckets the answer is
 //! refused, not truncated.
 
 use std::collections::HashMap;

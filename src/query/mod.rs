@@ -40,7 +40,7 @@ use lake::LakeError;
 
 pub(crate) const HOUR: Micros = 3_600_000_000;
 
-/// Hour partitions a query reads at once, each on a blocking thread of its own (the
+/// Hour partitions a query reads at once, each on a query thread of its own ([`pool`]; the
 /// machines this runs on have two cores or more).
 const HOURS_AT_ONCE: usize = 2;
 

@@ -50,6 +50,10 @@ impl Pool {
     ) -> Result<T, QueryError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
+            // A query that timed out (or whose client left) is not worked on.
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
         });
         self.jobs

@@ -1,6 +1,8 @@
-//! Buckets in local time (`aggregate?tz=Europe/Copenhagen`): a day bucket runs from one
-//! local midnight to the next (23 or 25 hours across a daylight-saving change), and shorter
-//! buckets that divide a day start at local midnight and are cut at the next.
+//! Day buckets in local time (`aggregate?every=1d&tz=Europe/Copenhagen`): a bucket runs from
+//! one local midnight to the next (23 or 25 hours across a daylight-saving change), and
+//! `every=7d` counts seven local days from 1970-01-01. Where a clock change skips midnight
+//! (or a whole day, as Samoa's in 2011), a day starts at its first instant. Buckets shorter
+//! than a day stay aligned to the epoch: `tz` takes whole days only.
 
 use chrono::{DateTime, Days, LocalResult, NaiveDate, TimeZone};
 use chrono_tz::Tz;
@@ -9,29 +11,18 @@ use crate::model::Micros;
 
 pub(crate) const DAY: Micros = 86_400_000_000;
 
-/// Whether `every` makes local buckets: whole days, or a length that divides a day.
+/// Whether `every` makes local buckets: whole days.
 pub(crate) fn fits(every: Micros) -> bool {
-    every > 0
-        && if every >= DAY {
-            every % DAY == 0
-        } else {
-            DAY % every == 0
-        }
+    every >= DAY && every % DAY == 0
 }
 
-/// The bucket of length `every` (see [`fits`]) in `tz` that holds `t`: `[start, end)`.
-/// `None`: `t` is past the calendar's reach.
+/// The bucket of `every` (whole days) in `tz` that holds `t`: `[start, end)`. `None`: `t`
+/// is past the calendar's reach.
 pub(crate) fn bucket(tz: Tz, every: Micros, t: Micros) -> Option<(Micros, Micros)> {
     let day = local_day(tz, t)?;
-    if every >= DAY {
-        let days = every / DAY;
-        let first = day - day.rem_euclid(days);
-        Some((midnight(tz, first)?, midnight(tz, first + days)?))
-    } else {
-        let (start_of_day, end_of_day) = (midnight(tz, day)?, midnight(tz, day + 1)?);
-        let start = start_of_day + (t - start_of_day) / every * every;
-        Some((start, (start + every).min(end_of_day)))
-    }
+    let days = (every / DAY).max(1);
+    let first = day - day.rem_euclid(days);
+    Some((first_instant(tz, first)?, first_instant(tz, first + days)?))
 }
 
 fn epoch() -> NaiveDate {
@@ -44,20 +35,33 @@ fn local_day(tz: Tz, t: Micros) -> Option<i64> {
     Some((local.date_naive() - epoch()).num_days())
 }
 
-/// The first instant of local date `day` (days since 1970-01-01) in `tz`: midnight, or
-/// the first whole hour after it where a clock change skips midnight.
-fn midnight(tz: Tz, day: i64) -> Option<Micros> {
+/// The first instant of local date `day` (days since 1970-01-01) in `tz`: its midnight,
+/// or, where a clock change skips midnight (or the day), the first instant whose local
+/// date is `day` or later.
+fn first_instant(tz: Tz, day: i64) -> Option<Micros> {
     let date = if day >= 0 {
         epoch().checked_add_days(Days::new(day as u64))?
     } else {
         epoch().checked_sub_days(Days::new(day.unsigned_abs()))?
     };
-    (0..24).find_map(
-        |hour| match tz.from_local_datetime(&date.and_hms_opt(hour, 0, 0)?) {
-            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.timestamp_micros()),
-            LocalResult::None => None,
-        },
-    )
+    let midnight = date.and_hms_opt(0, 0, 0)?;
+    if let LocalResult::Single(t) | LocalResult::Ambiguous(t, _) = tz.from_local_datetime(&midnight)
+    {
+        return Some(t.timestamp_micros());
+    }
+    // In a gap. Offsets are within a day of UTC, so the day starts within two days of
+    // midnight read as UTC; local dates move forward across a gap.
+    let guess = midnight.and_utc().timestamp_micros();
+    let (mut before, mut after) = (guess - 2 * DAY, guess + 2 * DAY);
+    while after - before > 1 {
+        let mid = before + (after - before) / 2;
+        if local_day(tz, mid)? >= day {
+            after = mid;
+        } else {
+            before = mid;
+        }
+    }
+    Some(after)
 }
 
 #[cfg(test)]
@@ -89,22 +93,37 @@ mod tests {
         assert_eq!(e - s, 23 * HOUR);
         let (s, e) = bucket(tz, DAY, at("2026-10-25T10:00:00Z")).unwrap();
         assert_eq!(e - s, 25 * HOUR);
-    }
-
-    #[test]
-    fn shorter_buckets_start_at_local_midnight_and_weeks_count_local_days() {
-        let tz: Tz = "Asia/Kolkata".parse().unwrap(); // UTC+5:30
-        let (s, e) = bucket(tz, HOUR, at("2026-11-30T10:10:00Z")).unwrap();
-        assert_eq!(
-            (s, e),
-            (at("2026-11-30T09:30:00Z"), at("2026-11-30T10:30:00Z"))
-        );
-        let tz: Tz = "Europe/Copenhagen".parse().unwrap();
         let (s, e) = bucket(tz, 7 * DAY, at("2026-11-30T12:00:00Z")).unwrap();
         assert_eq!(e - s, 7 * DAY);
         assert!(s <= at("2026-11-30T12:00:00Z") && at("2026-11-30T12:00:00Z") < e);
-        assert!(
-            fits(15 * 60_000_000) && fits(2 * DAY) && !fits(7 * 60_000_000) && !fits(DAY + HOUR)
-        );
+        assert!(fits(DAY) && fits(2 * DAY) && !fits(HOUR) && !fits(DAY + HOUR));
+    }
+
+    /// Hour by hour across a change, every instant is in its bucket and buckets follow
+    /// each other without overlap or gap.
+    fn buckets_tile(zone: &str, from: &str, hours: i64) {
+        let tz: Tz = zone.parse().unwrap();
+        let mut last: Option<(Micros, Micros)> = None;
+        for h in 0..hours {
+            let t = at(from) + h * HOUR / 4;
+            let b = bucket(tz, DAY, t).unwrap();
+            assert!(b.0 <= t && t < b.1, "{zone}: {t} outside {b:?}");
+            if let Some(prev) = last
+                && prev != b
+            {
+                assert_eq!(prev.1, b.0, "{zone}: {prev:?} then {b:?}");
+            }
+            last = Some(b);
+        }
+    }
+
+    #[test]
+    fn a_skipped_midnight_or_a_skipped_day_still_tiles_the_time() {
+        // Samoa skipped 30 December 2011; Kathmandu's clocks went from 00:00 to 00:15 on
+        // 1 January 1986; Copenhagen's spring and autumn changes.
+        buckets_tile("Pacific/Apia", "2011-12-27T00:00:00Z", 4 * 24 * 5);
+        buckets_tile("Asia/Kathmandu", "1985-12-30T00:00:00Z", 4 * 24 * 4);
+        buckets_tile("Europe/Copenhagen", "2026-03-28T00:00:00Z", 4 * 24 * 3);
+        buckets_tile("Europe/Copenhagen", "2026-10-24T00:00:00Z", 4 * 24 * 3);
     }
 }

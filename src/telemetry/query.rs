@@ -73,7 +73,7 @@ impl QueryMetrics {
         query.register(
             "lake_row_groups",
             "Parquet row groups history queries met, by outcome (read, or pruned by their \
-             time statistics)",
+             statistics: time, sensors)",
             self.lake_row_groups.clone(),
         );
     }

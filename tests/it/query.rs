@@ -65,8 +65,6 @@ async fn all_pages(gw: &Gateway, query: &str, key: &str, pause: Duration) -> Vec
     }
 }
 
-/// Waits until the hot store holds fewer than `n` readings (its gauge is set every half
-/// second: two settings are waited out before it is believed).
 /// A counter of the gateway's metrics, by its full name with labels (0 when absent).
 async fn counter(gw: &Gateway, name: &str) -> u64 {
     gw.metrics()
@@ -77,6 +75,8 @@ async fn counter(gw: &Gateway, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the hot store holds fewer than `n` readings (its gauge is set every half
+/// second: two settings are waited out before it is believed).
 async fn held_fewer_than(gw: &Gateway, n: i64) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -502,6 +502,7 @@ async fn day_buckets_in_a_time_zone_run_from_local_midnight_like_duckdb() {
     // A bucket that does not fit local days, and an unknown zone, are refused.
     for (query, code) in [
         ("every=7m&tz=Europe/Copenhagen", "invalid_every"),
+        ("every=1h&tz=Europe/Copenhagen", "invalid_every"),
         ("every=1d&tz=Mars/Olympus_Mons", "invalid_tz"),
     ] {
         let (status, body) = gw.get_as(&format!("{AGGREGATE}?{query}"), &provider).await;

@@ -249,18 +249,14 @@ pub(super) async fn respond(
     } else {
         "readings"
     };
-    let (rows, body) = state
-        .query
-        .render(move || {
-            let table = table();
-            Ok::<_, String>((table.rows.len(), table.write(format, key, extra)?))
-        })
-        .await
-        .map_err(failed)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "a history answer could not be written");
-            ApiError::Internal(e)
-        })?;
+    let render = state.query.render(move || {
+        let table = table();
+        Ok::<_, String>((table.rows.len(), table.write(format, key, extra)?))
+    });
+    let (rows, body) = timed(state, render).await?.map_err(|e| {
+        tracing::error!(error = %e, "a history answer could not be written");
+        ApiError::Internal(e)
+    })?;
     state.metrics.query().returned(route, rows);
     if let Some(subscription) = &grant.subscription {
         state

@@ -78,9 +78,8 @@ pub(crate) struct AggregateQuery {
     /// Bucket length: `15m`, `1h`, `1d` (buckets start at multiples of it since the epoch,
     /// or at local midnight with `tz`).
     every: String,
-    /// An IANA time zone (`Europe/Copenhagen`): buckets start at local midnight (a day
-    /// bucket is a local calendar day, 23 or 25 hours across a clock change); `every` is
-    /// then whole days or divides a day.
+    /// An IANA time zone (`Europe/Copenhagen`): buckets of whole days (`every=1d`, `7d`)
+    /// are local calendar days, from local midnight (23 or 25 hours across a clock change).
     tz: Option<String>,
     /// Functions: `count,mean,min,max,sum,first,last` (default `count,mean,min,max`).
     #[serde(rename = "fn")]
@@ -246,6 +245,7 @@ pub(crate) async fn aggregate(
                 format!("every: `{}` is not a duration like 15m, 1h or 1d", q.every),
             )
         })?;
+    // (A local calendar day, `tz`, counts as the day it is, whatever its hours.)
     if let Some(window) = aggregate_window(&grant)
         && every < window
     {
@@ -309,7 +309,8 @@ pub(crate) async fn aggregate(
                 return Err(bad(
                     "invalid_every",
                     format!(
-                        "every: {} does not fit local days: with tz, ask whole days (1d, 7d) or                          a length that divides a day (15m, 1h, 6h)",
+                        "every: {} with tz: ask whole days (1d, 7d), local calendar days; \
+                         shorter buckets are aligned to the epoch, without tz",
                         humantime::format_duration(every)
                     ),
                 ));
