@@ -13,6 +13,7 @@ pub(crate) mod market;
 pub(crate) mod ops;
 pub(crate) mod query;
 pub(crate) mod server;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub websockets: Arc<tokio::sync::Semaphore>,
     /// `[market] max_datasets_per_provider`.
     pub max_datasets_per_provider: usize,
+    /// Browser sessions of the web console.
+    pub sessions: Arc<session::Sessions>,
 }
 
 /// The API's OpenAPI description; the paths come from the handlers themselves.
@@ -108,6 +111,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::list_keys, accounts::create_key))
         .routes(routes!(accounts::revoke_key))
         .routes(routes!(accounts::rotate_key))
+        .routes(routes!(session::open))
+        .routes(routes!(session::close))
         .routes(routes!(catalog::list, catalog::create))
         .routes(routes!(catalog::jsonld))
         .routes(routes!(catalog::show, catalog::update))
@@ -164,6 +169,10 @@ pub fn router(state: AppState) -> Router {
         // Intake reads bodies itself under `max_body`; this covers any extractor-based route.
         .layer(DefaultBodyLimit::max(state.http.max_body.as_usize()))
         .layer(middleware::from_fn_with_state(state.clone(), body::bounded))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            session::resolve,
+        ))
         .layer(middleware::from_fn(error::refuse_nul))
         .layer(middleware::from_fn(error::house_errors))
         .layer(middleware::from_fn_with_state(state.clone(), track))

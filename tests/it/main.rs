@@ -3,6 +3,7 @@
 mod abuse;
 mod cli;
 mod commerce;
+mod console;
 mod crash;
 mod harness;
 mod influx;

@@ -193,6 +193,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         http: Arc::new(config.http.clone()),
         websockets: Arc::new(tokio::sync::Semaphore::new(8)),
         max_datasets_per_provider: 8,
+        sessions: Arc::default(),
     });
     closing.cancel();
 

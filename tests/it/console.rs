@@ -1,0 +1,164 @@
+//! The web console's browser sessions: a key exchanged for an HttpOnly cookie and a CSRF
+//! token; changes without the token refused; sign-out and revocation end the session.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::Gateway;
+
+/// A request with only the session cookie (and a CSRF token when given), as a browser.
+async fn as_browser(
+    gw: &Gateway,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = gw
+        .client
+        .request(method, gw.url(path))
+        .header("cookie", format!("theme=dark; {cookie}"));
+    if let Some(csrf) = csrf {
+        req = req.header("x-csrf-token", csrf);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Signs in with `key`: the `name=value` of the session cookie, its attributes, the body.
+async fn sign_in(gw: &Gateway, key: &str, headers: &[(&str, &str)]) -> (String, String, Value) {
+    let mut req = gw.client.post(gw.url("/v1/sessions")).bearer_auth(key);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    let (pair, attributes) = set.split_once(';').unwrap();
+    (pair.to_string(), attributes.to_string(), body)
+}
+
+#[tokio::test]
+async fn a_browser_session_acts_as_its_key_and_changes_need_the_csrf_token() {
+    let gw = Gateway::start().await;
+    let (account, key) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let (cookie, attributes, opened) = sign_in(&gw, &key, &[]).await;
+    assert!(cookie.starts_with("cg_session="), "{cookie}");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(attributes.contains(attribute), "{attributes}");
+    }
+    assert!(!attributes.contains("Secure"), "plain http: {attributes}");
+    assert_eq!(opened["account"], account.as_str());
+    let csrf = opened["csrf_token"].as_str().unwrap().to_string();
+    // The session's value is neither the key nor the token.
+    assert!(!cookie.contains(&key) && !cookie.ends_with(&csrf));
+
+    // Reading: the cookie alone.
+    let (status, me) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["account"]["id"], account.as_str());
+    // Changing: refused without the token, or with another, done with it.
+    for wrong in [None, Some("not-the-token")] {
+        let (status, body) = as_browser(
+            &gw,
+            Method::POST,
+            "/v1/keys",
+            &cookie,
+            wrong,
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("X-CSRF-Token"));
+    }
+    let (status, created) = as_browser(
+        &gw,
+        Method::POST,
+        "/v1/keys",
+        &cookie,
+        Some(&csrf),
+        Some(json!({"label": "from the console"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    // A forged or stale cookie is no key at all.
+    let (status, _) = as_browser(&gw, Method::GET, "/v1/me", "cg_session=forged", None, None).await;
+    assert_eq!(status, 401);
+    // A session cannot open another: sign-in takes the key itself.
+    let (status, body) = as_browser(
+        &gw,
+        Method::POST,
+        "/v1/sessions",
+        &cookie,
+        Some(&csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Signing out needs the token too, then ends the session on the server.
+    let (status, _) = as_browser(
+        &gw,
+        Method::DELETE,
+        "/v1/sessions/current",
+        &cookie,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let resp = gw
+        .client
+        .delete(gw.url("/v1/sessions/current"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let cleared = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.starts_with("cg_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let (status, _) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
+    assert_eq!(
+        status, 401,
+        "the cookie outlives the session only in the browser"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_keys_sessions_end_with_it_and_https_cookies_are_secure() {
+    let gw = Gateway::start().await;
+    let (_, key) = gw.account("subscriber", "Port Authority", "public").await;
+    let (cookie, attributes, _) = sign_in(&gw, &key, &[("x-forwarded-proto", "https")]).await;
+    assert!(attributes.contains("Secure"), "{attributes}");
+    let (status, me) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
+    assert_eq!(status, 200);
+    let id = me["key"]["id"].as_str().unwrap();
+    let (status, _) = gw.delete_as(&format!("/v1/keys/{id}"), &gw.admin_key).await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
+    assert_eq!(status, 401);
+    // And a revoked key cannot sign in.
+    let resp = gw
+        .client
+        .post(gw.url("/v1/sessions"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
