@@ -5,6 +5,7 @@ pub(crate) mod accounts;
 pub(crate) mod auth;
 pub(crate) mod body;
 pub(crate) mod catalog;
+pub(crate) mod console;
 pub(crate) mod datasets;
 pub(crate) mod error;
 pub(crate) mod intake;
@@ -71,6 +72,7 @@ pub struct AppState {
         (name = "datasets", description = "Schemas and rejects"),
         (name = "accounts", description = "Accounts and API keys"),
         (name = "catalog", description = "Datasets on offer"),
+        (name = "console", description = "The web console (HTML, script and style)"),
         (name = "market", description = "Plans, subscriptions, payments, usage, invoices"),
         (name = "live", description = "Live feeds"),
         (name = "query", description = "History: raw readings, latest values, time buckets"),
@@ -148,6 +150,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::health))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(console::index))
+        .routes(routes!(console::file))
 }
 
 /// The OpenAPI document of every route, as JSON (made once).

@@ -162,3 +162,72 @@ async fn a_revoked_keys_sessions_end_with_it_and_https_cookies_are_secure() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+#[tokio::test]
+async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
+    let gw = Gateway::start().await;
+    let page = gw.client.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for rule in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(rule), "{csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+    // No inline script: every <script> names its file, no handler attributes.
+    assert!(html.contains(r#"<script src="/console/app.js" defer></script>"#));
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
+    assert!(
+        !html.contains(" onclick=") && !html.contains(" onload="),
+        "{html}"
+    );
+    for (file, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+        let resp = gw
+            .client
+            .get(gw.url(&format!("/console/{file}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{file}");
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+        let text = resp.text().await.unwrap();
+        // Provider-supplied strings are only ever set as text.
+        assert!(
+            !text.contains("innerHTML") && !text.contains("outerHTML"),
+            "{file}"
+        );
+        assert!(
+            !text.contains("eval(") && !text.contains("document.write"),
+            "{file}"
+        );
+    }
+    let resp = gw
+        .client
+        .get(gw.url("/console/secrets.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}

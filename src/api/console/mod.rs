@@ -1,0 +1,65 @@
+//! The web console: a storefront and dashboards in the browser, served by this binary from
+//! assets built into it (`index.html`, `app.js`, `app.css`: no build step, no other server,
+//! nothing from the internet). The page runs no inline script and loads nothing from
+//! elsewhere (a strict Content-Security-Policy says so to the browser); it signs in through
+//! [`super::session`] and does everything else through the documented API.
+
+use axum::extract::Path;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+const INDEX: &str = include_str!("index.html");
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
+
+/// What the console's pages may load and run: only this origin's own files.
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Versioned with the binary: a browser asks again after an upgrade.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /`
+#[utoipa::path(get, path = "/", tag = "console",
+    responses((status = 200, description = "the web console's page",
+               body = String, content_type = "text/html")))]
+pub(crate) async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// `GET /console/{file}`
+#[utoipa::path(get, path = "/console/{file}", tag = "console",
+    params(("file" = String, Path, description = "`app.js` or `app.css`")),
+    responses((status = 200, description = "a file of the web console", body = String,
+               content_type = "text/javascript"),
+              crate::api::error::Refused))]
+pub(crate) async fn file(Path(file): Path<String>) -> Result<Response, ApiError> {
+    match file.as_str() {
+        "app.js" => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
+        "app.css" => Ok(asset("text/css; charset=utf-8", APP_CSS)),
+        _ => Err(ApiError::NotFound(format!(
+            "the console has no file `{file}`"
+        ))),
+    }
+}
