@@ -10,18 +10,19 @@
 # browser-style EventSource client) and schemathesis (tests the API against its OpenAPI
 # document), from PyPI into a
 # virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
-# Debian. The unit and integration tests run twice: on SQLite (the default database) and on
+# Debian, and headless Chromium with chromedriver (Debian) driven by Selenium (PyPI) for the
+# web console. The unit and integration tests run twice: on SQLite (the default database) and on
 # a throwaway PostgreSQL cluster, each test in a database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, pandas, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pyarrow, pandas, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis, selenium' 2>/dev/null; then
   echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     pyarrow pandas duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10 sseclient-py requests \
-    schemathesis==4.32.5
+    schemathesis==4.32.5 selenium
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 
@@ -31,6 +32,7 @@ need=()
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   sudo=""

@@ -231,3 +231,38 @@ async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test]
+async fn a_person_with_a_browser_finds_subscribes_watches_charts_and_downloads() {
+    // A provider's title made of HTML, to be shown as text.
+    let gw = Gateway::start_with(|c| {
+        let weather = c.datasets.iter_mut().find(|d| d.id == "weather").unwrap();
+        weather.title = "<img src=x onerror=alert(1)>".into();
+    })
+    .await;
+    let provider = gw.provider_key("copenhagen").await;
+    crate::live::plan(&gw, &provider, crate::live::open_plan()).await;
+    let (_, subscriber) = gw.account("subscriber", "Mobility Lab", "research").await;
+    let device = gw.device_key(&["traffic-counts"]).await;
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/console_browser.py");
+    let args = [
+        script.display().to_string(),
+        gw.url(""),
+        subscriber,
+        device,
+        shots.display().to_string(),
+    ];
+    let out =
+        tokio::task::spawn_blocking(move || crate::harness::python().args(&args).output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -102,8 +102,19 @@ function snippets(id) {
   ].map(([name, code]) => [el('h3', {}, name), el('pre', {}, el('code', {}, code))]);
 }
 
+// Whether the signed-in key may read dataset `d`: its provider, an admin, or an active
+// subscription (asked without a request that could be refused).
+async function entitled(d) {
+  if (!state.me) return false;
+  const { role, id } = state.me.account;
+  if (role === 'admin' || (role === 'provider' && d.provider === id)) return true;
+  const subscriptions = await api('GET', '/v1/subscriptions');
+  return subscriptions.some((s) => s.dataset === d.id && s.status === 'active');
+}
+
 async function dataset(id) {
   const d = await api('GET', `/v1/catalog/${encodeURIComponent(id)}`);
+  const mayRead = await entitled(d);
   const numeric = d.fields.filter((f) => f.type === 'float' || f.type === 'int');
   const plans = el('ul', { id: 'plans' }, d.plans.map((p) => el('li', {},
     el('strong', {}, p.name), ` (${p.kind}): ${planTerms(p)} `,
@@ -120,9 +131,11 @@ async function dataset(id) {
     d.plans.length ? plans : el('p', {}, 'No plan on offer yet.'),
     el('p', { id: 'subscribe-status', role: 'status' }),
   ];
-  if (state.me && numeric.length) {
+  if (mayRead && numeric.length) {
     parts.push(liveSection(d, numeric), historySection(d, numeric));
-  } else if (!state.me) {
+  } else if (state.me) {
+    parts.push(el('p', { id: 'not-subscribed' }, 'Subscribe to a plan to watch it live and chart its history.'));
+  } else {
     parts.push(el('p', {}, el('a', { href: '#/signin' }, 'Sign in'), ' to subscribe, watch it live and chart its history.'));
   }
   parts.push(el('h2', {}, 'How to connect'), ...snippets(d.id).flat());
@@ -136,7 +149,8 @@ async function subscribe(plan) {
     if (made && made.checkout_url) {
       status.replaceChildren('Payment needed: ', el('a', { href: made.checkout_url }, 'continue to checkout'));
     } else {
-      status.textContent = `Subscribed to ${plan.name}.`;
+      await route();
+      document.getElementById('subscribe-status').textContent = `Subscribed to ${plan.name}.`;
     }
   } catch (error) {
     status.replaceChildren(failed(error));
@@ -164,6 +178,10 @@ function draw(canvas, points, label) {
   g.beginPath();
   points.forEach(([x, y], i) => (i ? g.lineTo(sx(x), sy(y)) : g.moveTo(sx(x), sy(y))));
   g.stroke();
+  if (points.length === 1) {
+    g.fillStyle = '#0b5cad';
+    g.fillRect(sx(points[0][0]) - 3 * ratio, sy(points[0][1]) - 3 * ratio, 6 * ratio, 6 * ratio);
+  }
   g.fillStyle = '#5a6470';
   g.font = `${12 * ratio}px system-ui`;
   g.fillText(`${label}: ${y0.toFixed(1)} – ${y1.toFixed(1)}`, pad, pad - 8 * ratio);
@@ -276,23 +294,28 @@ async function mePage() {
     api('GET', '/v1/subscriptions').catch(() => null),
     api('GET', '/v1/usage').catch(() => null),
   ]);
-  const subs = (subscriptions && (subscriptions.items || subscriptions.subscriptions || subscriptions)) || [];
+  const subs = subscriptions || [];
   show(
     el('h1', {}, state.me.account.name),
     el('p', { class: 'muted' }, `${state.me.account.role} · key ${state.me.key.id}`),
     el('h2', {}, 'Subscriptions'),
     Array.isArray(subs) && subs.length
-      ? el('ul', { id: 'subscriptions' }, subs.map((s) => el('li', {}, `${s.dataset}: ${s.plan} (${s.status || 'active'})`)))
+      ? el('ul', { id: 'subscriptions' }, subs.map((s) => el('li', {}, `${s.dataset}: ${s.plan} (${s.status})`)))
       : el('p', {}, 'None yet: pick a dataset in the catalog.'),
     el('h2', {}, 'Usage'),
     el('pre', { id: 'usage' }, usage ? JSON.stringify(usage, null, 2) : 'no usage'));
 }
 
 async function whoami() {
-  try {
-    state.me = await api('GET', '/v1/me');
-  } catch (_) {
-    state.me = null;
+  // Signed in only if this tab holds a session's CSRF token (the cookie itself is out of
+  // the page's reach): no request is made that would be refused.
+  state.me = null;
+  if (sessionStorage.getItem('cg_csrf')) {
+    try {
+      state.me = await api('GET', '/v1/me');
+    } catch (_) {
+      sessionStorage.removeItem('cg_csrf');
+    }
   }
   document.getElementById('nav-me').hidden = !state.me;
   document.getElementById('nav-signin').hidden = !!state.me;

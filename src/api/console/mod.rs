@@ -51,8 +51,8 @@ pub(crate) async fn index() -> Response {
 /// `GET /console/{file}`
 #[utoipa::path(get, path = "/console/{file}", tag = "console",
     params(("file" = String, Path, description = "`app.js` or `app.css`")),
-    responses((status = 200, description = "a file of the web console", body = String,
-               content_type = "text/javascript"),
+    responses((status = 200, description = "a file of the web console",
+               content((String = "text/javascript"), (String = "text/css"))),
               crate::api::error::Refused))]
 pub(crate) async fn file(Path(file): Path<String>) -> Result<Response, ApiError> {
     match file.as_str() {
