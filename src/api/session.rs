@@ -6,7 +6,13 @@
 //! must also carry the token in `X-CSRF-Token`. Signing out (`DELETE
 //! /v1/sessions/current`) ends the session on the server. The key itself is checked on every
 //! request, so a revoked key's sessions stop with it. Sessions live in this process's
-//! memory (at most [`MAX_SESSIONS`], for [`TTL`] each): a restart signs everyone out.
+//! memory (at most [`MAX_SESSIONS`], [`PER_KEY`] of one key, for [`TTL`] each): a restart
+//! signs everyone out.
+//!
+//! The cookie counts only on the gateway's own pages: a request that a browser says came
+//! from another origin (`Sec-Fetch-Site`, else `Origin`), a sibling subdomain included,
+//! is served as if it had no cookie. Over https the cookie is `__Host-cg_session`, which no
+//! other host can set; a request with two session cookies uses neither.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,34 +30,60 @@ use super::AppState;
 use super::auth::require_key_with_secret;
 use super::error::ApiError;
 
-/// The session cookie's name.
+/// The session cookie's name over plain http...
 pub(crate) const COOKIE: &str = "cg_session";
+/// ...and over https (a `__Host-` cookie: set only by this host, for every path).
+pub(crate) const SECURE_COOKIE: &str = "__Host-cg_session";
 /// The header a signed-in browser sends its CSRF token in.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts from sign-in.
 pub(crate) const TTL: Duration = Duration::from_secs(8 * 3600);
 /// Sessions held at once; past it (after dropping expired ones) sign-in answers 503.
 pub(crate) const MAX_SESSIONS: usize = 100_000;
+/// Sessions one key holds at once; a new one ends its oldest.
+pub(crate) const PER_KEY: usize = 10;
 
-/// The open sessions, by the SHA-256 of their cookie value.
+/// The open sessions.
 #[derive(Default)]
 pub struct Sessions {
-    open: Mutex<HashMap<[u8; 32], Session>>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    /// By the SHA-256 of the cookie value.
+    by_token: HashMap<[u8; 32], Session>,
+    /// Each key's sessions, oldest first.
+    by_key: HashMap<String, Vec<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.open.lock().map_or(0, |m| m.len());
+        let n = self.open.lock().map_or(0, |m| m.by_token.len());
         f.debug_struct("Sessions").field("open", &n).finish()
     }
 }
 
 #[derive(Clone)]
 struct Session {
-    /// The key the browser signed in with (kept here, never sent back).
+    /// The key the browser signed in with (kept here, never sent back), and its id.
     secret: String,
+    key: String,
     csrf: String,
     expires: Instant,
+}
+
+impl Open {
+    fn remove(&mut self, id: &[u8; 32]) -> Option<Session> {
+        let session = self.by_token.remove(id)?;
+        if let Some(ids) = self.by_key.get_mut(&session.key) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_key.remove(&session.key);
+            }
+        }
+        Some(session)
+    }
 }
 
 /// A request [`resolve`] let in on a session cookie.
@@ -77,28 +109,44 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Sessions {
-    /// A new session for `secret`: (cookie value, CSRF token).
-    fn open(&self, secret: String) -> Result<(String, String), ApiError> {
+    /// A new session for key `key` (presented as `secret`): (cookie value, CSRF token).
+    /// The key's oldest session ends past [`PER_KEY`].
+    fn open(&self, key: &str, secret: String) -> Result<(String, String), ApiError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if open.len() >= MAX_SESSIONS {
-            open.retain(|_, s| s.expires > now);
+        while open.by_key.get(key).is_some_and(|ids| ids.len() >= PER_KEY) {
+            let oldest = open.by_key[key][0];
+            open.remove(&oldest);
         }
-        if open.len() >= MAX_SESSIONS {
+        if open.by_token.len() >= MAX_SESSIONS {
+            let expired: Vec<[u8; 32]> = open
+                .by_token
+                .iter()
+                .filter(|(_, s)| s.expires <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                open.remove(&id);
+            }
+        }
+        if open.by_token.len() >= MAX_SESSIONS {
             return Err(ApiError::Unavailable {
                 message: "too many browser sessions are open; try again later".into(),
                 retry_after: 60,
             });
         }
         let (token, csrf) = (random_token(), random_token());
-        open.insert(
-            digest(&token),
+        let id = digest(&token);
+        open.by_token.insert(
+            id,
             Session {
                 secret,
+                key: key.to_string(),
                 csrf: csrf.clone(),
                 expires: now + TTL,
             },
         );
+        open.by_key.entry(key.to_string()).or_default().push(id);
         Ok((token, csrf))
     }
 
@@ -106,7 +154,7 @@ impl Sessions {
     fn find(&self, token: &str) -> Option<Session> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let id = digest(token);
-        match open.get(&id) {
+        match open.by_token.get(&id) {
             Some(s) if s.expires > Instant::now() => Some(s.clone()),
             Some(_) => {
                 open.remove(&id);
@@ -123,17 +171,46 @@ impl Sessions {
     }
 }
 
-/// The session cookie's value in a request.
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
+/// The session cookie's value in a request: the one cookie named `name` (none when
+/// there are two: one may be planted).
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE && !value.is_empty()).then(|| value.to_string())
-        })
+        .filter_map(|pair| {
+            let (n, value) = pair.trim().split_once('=')?;
+            (n == name && !value.is_empty()).then(|| value.to_string())
+        });
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+/// The session cookie's name for this request (`__Host-` over https).
+fn cookie_name(state: &AppState, headers: &HeaderMap) -> &'static str {
+    if over_https(state, headers) {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+/// Whether the browser says the request comes from the gateway's own pages (or from no
+/// page: a typed address, a bookmark). Without `Sec-Fetch-Site` (older browsers, other
+/// clients), an `Origin` must name this host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match (text("origin"), text("host")) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+    }
 }
 
 /// Lets a request with a live session cookie (and no `Authorization`) act as its key;
@@ -143,10 +220,12 @@ pub(crate) async fn resolve(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if request.headers().contains_key(header::AUTHORIZATION) {
+    if request.headers().contains_key(header::AUTHORIZATION) || !same_origin(request.headers()) {
         return next.run(request).await;
     }
-    let Some(session) = cookie(request.headers()).and_then(|t| state.sessions.find(&t)) else {
+    let name = cookie_name(&state, request.headers());
+    let Some(session) = cookie(request.headers(), name).and_then(|t| state.sessions.find(&t))
+    else {
         return next.run(request).await;
     };
     if !request.method().is_safe() {
@@ -165,7 +244,12 @@ pub(crate) async fn resolve(
         request.headers_mut().insert(header::AUTHORIZATION, value);
         request.extensions_mut().insert(SignedIn);
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    // An answer to a cookie is no one else's: no shared cache keeps it.
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.append(header::VARY, HeaderValue::from_static("Cookie"));
+    response
 }
 
 /// A session opened.
@@ -190,9 +274,13 @@ fn over_https(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 fn set_cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
+    let (name, secure) = if secure {
+        (SECURE_COOKIE, "; Secure")
+    } else {
+        (COOKIE, "")
+    };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     ))
     .expect("a cookie of URL-safe characters")
 }
@@ -218,7 +306,16 @@ pub(crate) async fn open(
     }
     let headers = request.headers();
     let (secret, key) = require_key_with_secret(&state, headers, None).await?;
-    let (token, csrf) = state.sessions.open(secret)?;
+    if key.kind == crate::market::KeyKind::Device {
+        return Err(ApiError::Forbidden(
+            "a device key writes readings; it does not sign in to the console".into(),
+        ));
+    }
+    // Signing in again ends this browser's earlier session.
+    if let Some(earlier) = cookie(headers, cookie_name(&state, headers)) {
+        state.sessions.close(&earlier);
+    }
+    let (token, csrf) = state.sessions.open(&key.id, secret)?;
     let body = Opened {
         csrf_token: csrf,
         expires_in: TTL.as_secs(),
@@ -244,7 +341,7 @@ pub(crate) async fn close(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = cookie(&headers).ok_or(ApiError::Unauthorized)?;
+    let token = cookie(&headers, cookie_name(&state, &headers)).ok_or(ApiError::Unauthorized)?;
     if !state.sessions.close(&token) {
         return Err(ApiError::Unauthorized);
     }
@@ -263,13 +360,19 @@ mod tests {
     #[test]
     fn sessions_open_find_and_close_by_their_cookie() {
         let sessions = Sessions::default();
-        let (token, csrf) = sessions.open("cg_secret".into()).unwrap();
+        let (token, csrf) = sessions.open("key_1", "cg_secret".into()).unwrap();
         assert_ne!(token, csrf);
         assert_eq!(sessions.find(&token).unwrap().secret, "cg_secret");
         assert!(sessions.find("forged").is_none());
         assert!(sessions.close(&token));
         assert!(sessions.find(&token).is_none());
         assert!(!sessions.close(&token));
+        // One key holds at most PER_KEY: the oldest ends.
+        let tokens: Vec<String> = (0..PER_KEY + 2)
+            .map(|_| sessions.open("key_2", "cg_other".into()).unwrap().0)
+            .collect();
+        assert!(sessions.find(&tokens[0]).is_none() && sessions.find(&tokens[1]).is_none());
+        assert!(tokens[2..].iter().all(|t| sessions.find(t).is_some()));
     }
 
     #[test]
@@ -279,7 +382,33 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; cg_session=abc; b=2"),
         );
-        assert_eq!(cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("cg_session=planted"),
+        );
+        assert_eq!(cookie(&h, COOKIE), None, "two session cookies: neither");
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    #[test]
+    fn only_the_gateways_own_pages_use_the_cookie() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, HeaderValue::from_static(value));
+            }
+            same_origin(&h)
+        };
+        assert!(with(&[]));
+        assert!(with(&[("sec-fetch-site", "same-origin")]));
+        assert!(with(&[("sec-fetch-site", "none")]));
+        assert!(!with(&[("sec-fetch-site", "same-site")]));
+        assert!(!with(&[("sec-fetch-site", "cross-site")]));
+        assert!(with(&[("origin", "http://gw:8080"), ("host", "gw:8080")]));
+        assert!(!with(&[
+            ("origin", "http://evil.gw:8080"),
+            ("host", "gw:8080")
+        ]));
     }
 }

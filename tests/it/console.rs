@@ -17,10 +17,25 @@ async fn as_browser(
     csrf: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
+    as_browser_with(gw, method, path, cookie, csrf, body, &[]).await
+}
+
+async fn as_browser_with(
+    gw: &Gateway,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
     let mut req = gw
         .client
         .request(method, gw.url(path))
         .header("cookie", format!("theme=dark; {cookie}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Some(csrf) = csrf {
         req = req.header("x-csrf-token", csrf);
     }
@@ -63,10 +78,49 @@ async fn a_browser_session_acts_as_its_key_and_changes_need_the_csrf_token() {
     // The session's value is neither the key nor the token.
     assert!(!cookie.contains(&key) && !cookie.ends_with(&csrf));
 
-    // Reading: the cookie alone.
-    let (status, me) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
-    assert_eq!(status, 200, "{me}");
+    // Reading: the cookie alone, from the gateway's own pages (a browser says so), and the
+    // answer is kept by no shared cache.
+    let resp = gw
+        .client
+        .get(gw.url("/v1/me"))
+        .header("cookie", &cookie)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let me: Value = resp.json().await.unwrap();
     assert_eq!(me["account"]["id"], account.as_str());
+    // A page of another origin, a sibling subdomain included, gets no session from it.
+    for (name, value) in [
+        ("sec-fetch-site", "same-site"),
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ] {
+        let (status, _) = as_browser_with(
+            &gw,
+            Method::GET,
+            "/v1/me",
+            &cookie,
+            None,
+            None,
+            &[(name, value)],
+        )
+        .await;
+        assert_eq!(status, 401, "{name}: {value}");
+    }
+    // Two session cookies (one may be planted by a sibling host): neither counts.
+    let (status, _) = as_browser(
+        &gw,
+        Method::GET,
+        "/v1/me",
+        &format!("{cookie}; cg_session=planted"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
     // Changing: refused without the token, or with another, done with it.
     for wrong in [None, Some("not-the-token")] {
         let (status, body) = as_browser(
@@ -136,22 +190,43 @@ async fn a_browser_session_acts_as_its_key_and_changes_need_the_csrf_token() {
         status, 401,
         "the cookie outlives the session only in the browser"
     );
+    // Signing in again from a browser ends its earlier session.
+    let (first, _, _) = sign_in(&gw, &key, &[]).await;
+    let (second, _, _) = sign_in(&gw, &key, &[("cookie", first.as_str())]).await;
+    let (status, _) = as_browser(&gw, Method::GET, "/v1/me", &first, None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = as_browser(&gw, Method::GET, "/v1/me", &second, None, None).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn a_revoked_keys_sessions_end_with_it_and_https_cookies_are_secure() {
     let gw = Gateway::start().await;
     let (_, key) = gw.account("subscriber", "Port Authority", "public").await;
-    let (cookie, attributes, _) = sign_in(&gw, &key, &[("x-forwarded-proto", "https")]).await;
+    let https = [("x-forwarded-proto", "https")];
+    let (cookie, attributes, _) = sign_in(&gw, &key, &https).await;
     assert!(attributes.contains("Secure"), "{attributes}");
-    let (status, me) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
+    assert!(cookie.starts_with("__Host-cg_session="), "{cookie}");
+    let (status, me) =
+        as_browser_with(&gw, Method::GET, "/v1/me", &cookie, None, None, &https).await;
     assert_eq!(status, 200);
     let id = me["key"]["id"].as_str().unwrap();
     let (status, _) = gw.delete_as(&format!("/v1/keys/{id}"), &gw.admin_key).await;
     assert_eq!(status, 204);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _) = as_browser(&gw, Method::GET, "/v1/me", &cookie, None, None).await;
+    let (status, _) =
+        as_browser_with(&gw, Method::GET, "/v1/me", &cookie, None, None, &https).await;
     assert_eq!(status, 401);
+    // A device key does not sign in.
+    let device = gw.device_key(&["traffic-counts"]).await;
+    let resp = gw
+        .client
+        .post(gw.url("/v1/sessions"))
+        .bearer_auth(&device)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
     // And a revoked key cannot sign in.
     let resp = gw
         .client

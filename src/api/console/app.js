@@ -146,8 +146,12 @@ async function subscribe(plan) {
   const status = document.getElementById('subscribe-status');
   try {
     const made = await api('POST', '/v1/subscriptions', { plan: plan.id });
-    if (made && made.checkout_url) {
-      status.replaceChildren('Payment needed: ', el('a', { href: made.checkout_url }, 'continue to checkout'));
+    if (made && made.checkout) {
+      // A paid plan starts once paid: the checkout is the payment provider's (or, with
+      // manual payments, an invoice to settle); only a web address becomes a link.
+      const url = String(made.checkout.url || '');
+      const link = /^(https:\/\/|\/)/.test(url) ? el('a', { href: url }, 'complete the payment') : url;
+      status.replaceChildren(`${plan.name} starts once paid: `, link);
     } else {
       await route();
       document.getElementById('subscribe-status').textContent = `Subscribed to ${plan.name}.`;
