@@ -48,6 +48,18 @@ async fn as_browser_with(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The status of a sign-in with `key` (no cookie).
+async fn sign_in_status(gw: &Gateway, key: &str) -> u16 {
+    let resp = gw
+        .client
+        .post(gw.url("/v1/sessions"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
 /// Signs in with `key`: the `name=value` of the session cookie, its attributes, the body.
 async fn sign_in(gw: &Gateway, key: &str, headers: &[(&str, &str)]) -> (String, String, Value) {
     let mut req = gw.client.post(gw.url("/v1/sessions")).bearer_auth(key);
@@ -219,23 +231,9 @@ async fn a_revoked_keys_sessions_end_with_it_and_https_cookies_are_secure() {
     assert_eq!(status, 401);
     // A device key does not sign in.
     let device = gw.device_key(&["traffic-counts"]).await;
-    let resp = gw
-        .client
-        .post(gw.url("/v1/sessions"))
-        .bearer_auth(&device)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+    assert_eq!(sign_in_status(&gw, &device).await, 403);
     // And a revoked key cannot sign in.
-    let resp = gw
-        .client
-        .post(gw.url("/v1/sessions"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
+    assert_eq!(sign_in_status(&gw, &key).await, 401);
 }
 
 #[tokio::test]

@@ -65,6 +65,15 @@ async fn all_pages(gw: &Gateway, query: &str, key: &str, pause: Duration) -> Vec
     }
 }
 
+/// Waits until the lake's `traffic-counts` files hold at least `n` readings.
+async fn in_parquet(gw: &Gateway, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while row_count(gw.dir.path(), TRAFFIC) < n {
+        assert!(std::time::Instant::now() < deadline, "not all in Parquet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A counter of the gateway's metrics, by its full name with labels (0 when absent).
 async fn counter(gw: &Gateway, name: &str) -> u64 {
     gw.metrics()
@@ -321,11 +330,7 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
     // The first hour, all past the window: written (a file per post), then gone from memory.
     for (i, batch) in readings[..360].chunks(120).enumerate() {
         post(&gw, &device, batch).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while row_count(gw.dir.path(), TRAFFIC) < 120 * (i + 1) {
-            assert!(std::time::Instant::now() < deadline, "not in Parquet");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        in_parquet(&gw, 120 * (i + 1)).await;
     }
     held_fewer_than(&gw, 1).await;
     // The second hour stays in memory (its chunk reaches into the window).
@@ -333,11 +338,7 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
         post(&gw, &device, batch).await;
     }
     // Wait until the lake holds them all too (DuckDB reads the files).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while row_count(gw.dir.path(), TRAFFIC) < readings.len() {
-        assert!(std::time::Instant::now() < deadline, "not all in Parquet");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    in_parquet(&gw, readings.len()).await;
     let (from, to) = (hour, hour + 2 * HOUR_MS);
     let (status, body) = gw
         .get_as(
@@ -471,11 +472,7 @@ async fn day_buckets_in_a_time_zone_run_from_local_midnight_like_duckdb() {
     for batch in readings.chunks(100) {
         post(&gw, &device, batch).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while row_count(gw.dir.path(), TRAFFIC) < readings.len() {
-        assert!(std::time::Instant::now() < deadline, "not all in Parquet");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    in_parquet(&gw, readings.len()).await;
     let (from, to) = (start, end + 1);
     let (status, body) = gw
         .get_as(
