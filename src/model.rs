@@ -286,6 +286,11 @@ impl Reason {
         Reason::StoreRejected,
     ];
 
+    /// This reason's place in [`Reason::ALL`] (its declaration order), for tables by reason.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",

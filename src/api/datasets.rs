@@ -1,5 +1,6 @@
 //! Dataset endpoints: the public list and schema (so device makers know what to send), and
-//! the recent rejects a provider reads to see what its devices get wrong.
+//! what a provider reads to see what its devices get wrong: the recent rejects, and the last
+//! hour minute by minute.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -10,8 +11,10 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::require_key;
 use super::error::ApiError;
-use crate::model::Reason;
+use crate::market::ApiKey;
+use crate::model::{Reason, now_micros};
 use crate::registry::DatasetEntry;
+use crate::registry::quality::{QualityMinute, QualitySnapshot, ReasonCount};
 use crate::registry::rejects::RejectRecord;
 
 fn describe(p: &DatasetEntry) -> Value {
@@ -92,12 +95,6 @@ pub(crate) struct RejectsPage {
     recent: Vec<RejectRecord>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct ReasonCount {
-    reason: Reason,
-    count: u64,
-}
-
 /// `GET /v1/datasets/{id}/rejects`: for the dataset's provider.
 #[utoipa::path(get, path = "/v1/datasets/{id}/rejects", tag = "datasets", security(("bearer" = [])),
     params(("id" = String, Path, description = "the dataset"), RejectsQuery),
@@ -111,17 +108,7 @@ pub(crate) async fn rejects(
     headers: HeaderMap,
 ) -> Result<Json<RejectsPage>, ApiError> {
     let key = require_key(&state, &headers, None).await?;
-    let p = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
-    // Rejects name sensors and keys: another provider's are not there to see, as the
-    // market answers for what a key may not see.
-    if !key.may_administer(&p.dataset.provider) {
-        return Err(ApiError::NotFound(format!(
-            "no rejects of `{id}` for this key"
-        )));
-    }
+    let p = provided(&state, &key, &id, "rejects")?;
     let counts = Reason::ALL
         .iter()
         .map(|&reason| ReasonCount {
@@ -134,5 +121,51 @@ pub(crate) async fn rejects(
         dataset: id,
         counts,
         recent: p.rejects.recent(q.limit.unwrap_or(100)),
+    }))
+}
+
+/// Dataset `id` for its provider (or an admin). Rejects and intake figures name sensors and
+/// keys: another provider's are not there to see, as the market answers for what a key may
+/// not see.
+fn provided(
+    state: &AppState,
+    key: &ApiKey,
+    id: &str,
+    what: &str,
+) -> Result<std::sync::Arc<DatasetEntry>, ApiError> {
+    state
+        .registry
+        .get(id)
+        .filter(|p| key.may_administer(&p.dataset.provider))
+        .ok_or_else(|| ApiError::NotFound(format!("no {what} of `{id}` for this key")))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct QualityPage {
+    dataset: String,
+    /// The hour's figures, as the catalog shows them.
+    last_hour: QualitySnapshot,
+    /// The same hour minute by minute, oldest first.
+    minutes: Vec<QualityMinute>,
+}
+
+/// `GET /v1/datasets/{id}/quality`: for the dataset's provider.
+#[utoipa::path(get, path = "/v1/datasets/{id}/quality", tag = "datasets", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset")),
+    responses((status = 200, description = "the last hour minute by minute: readings \
+        accepted, sensors heard from, rejects by reason", body = QualityPage),
+              crate::api::error::Refused))]
+pub(crate) async fn quality(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<QualityPage>, ApiError> {
+    let key = require_key(&state, &headers, None).await?;
+    let p = provided(&state, &key, &id, "intake figures")?;
+    let now = now_micros();
+    Ok(Json(QualityPage {
+        dataset: id,
+        last_hour: p.quality.snapshot(now),
+        minutes: p.quality.minutes(now),
     }))
 }

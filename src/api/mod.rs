@@ -139,6 +139,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(datasets::list))
         .routes(routes!(datasets::show))
         .routes(routes!(datasets::rejects))
+        .routes(routes!(datasets::quality))
         .routes(routes!(live::sse))
         .routes(routes!(live::ws))
         .routes(routes!(query::history))

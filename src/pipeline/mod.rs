@@ -295,7 +295,7 @@ impl Pipeline {
             ds.metrics.rejected(r.reason).inc();
         }
         if !rejected.is_empty() {
-            ds.quality.rejected(rejected.len(), at);
+            ds.quality.rejected(rejected.iter().map(|r| r.reason), at);
             // Only the newest `rejects_kept` would survive: copy no more than those.
             let skip = rejected.len().saturating_sub(ds.rejects.capacity());
             ds.rejects

@@ -2,9 +2,12 @@
 //! how many readings and distinct sensors the last hour brought, and what share was
 //! rejected. Buyers judge data by these before they pay.
 //!
-//! Kept in memory per dataset: sixty one-minute buckets of accepted and rejected counts, and
-//! each sensor's last minute seen (at most [`MAX_SENSORS`]; beyond that new sensors are not
-//! counted until old ones age out). Counted since the process started.
+//! Its provider also reads the hour minute by minute ([`QualityTracker::minutes`], at
+//! `GET /v1/datasets/{id}/quality`): readings accepted, sensors heard from, rejects by reason.
+//!
+//! Kept in memory per dataset: sixty one-minute buckets of those counts, and each sensor's
+//! last minute seen (at most [`MAX_SENSORS`]; beyond that new sensors are not counted until
+//! old ones age out). Counted since the process started.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +15,7 @@ use std::sync::Mutex;
 use compact_str::CompactString;
 use serde::Serialize;
 
-use crate::model::{Micros, Reading};
+use crate::model::{Micros, Reading, Reason};
 
 const MINUTE: Micros = 60_000_000;
 const BUCKETS: usize = 60;
@@ -31,10 +34,52 @@ pub struct QualitySnapshot {
     pub reject_rate: f64,
 }
 
+/// One minute of a dataset's intake, as its provider reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct QualityMinute {
+    /// The minute's start, µs since the epoch.
+    pub minute: Micros,
+    pub accepted: u64,
+    /// Sensors with a reading accepted in this minute.
+    pub sensors: u64,
+    pub rejected: u64,
+    /// The rejects by reason (reasons with none left out).
+    pub rejected_by_reason: Vec<ReasonCount>,
+}
+
+/// How many readings were rejected for one reason.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReasonCount {
+    pub reason: Reason,
+    pub count: u64,
+}
+
+/// One minute's counts, in a ring slot.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    minute: i64,
+    accepted: u64,
+    sensors: u64,
+    rejected: [u32; Reason::ALL.len()],
+}
+
+impl Bucket {
+    const EMPTY: Bucket = Bucket {
+        minute: i64::MIN,
+        accepted: 0,
+        sensors: 0,
+        rejected: [0; Reason::ALL.len()],
+    };
+
+    fn rejected(&self) -> u64 {
+        self.rejected.iter().map(|&n| u64::from(n)).sum()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
-    /// Minute index → (accepted, rejected), in a ring by minute.
-    minutes: [(i64, u64, u64); BUCKETS],
+    /// One bucket per minute, in a ring by minute.
+    minutes: [Bucket; BUCKETS],
     sensors: HashMap<CompactString, i64>,
     last_reading_at: Option<Micros>,
     /// Minute of the last sweep of `sensors`.
@@ -45,7 +90,7 @@ impl Default for QualityTracker {
     fn default() -> Self {
         QualityTracker {
             inner: Mutex::new(Inner {
-                minutes: [(i64::MIN, 0, 0); BUCKETS],
+                minutes: [Bucket::EMPTY; BUCKETS],
                 sensors: HashMap::new(),
                 last_reading_at: None,
                 swept: i64::MIN,
@@ -63,13 +108,16 @@ pub struct QualityTracker {
 impl Inner {
     /// The bucket of `minute`, or `None` when its slot already holds a later minute (a
     /// clock that stepped back).
-    fn bucket(&mut self, minute: i64) -> Option<&mut (i64, u64, u64)> {
+    fn bucket(&mut self, minute: i64) -> Option<&mut Bucket> {
         let slot = &mut self.minutes[minute.rem_euclid(BUCKETS as i64) as usize];
-        if slot.0 > minute {
+        if slot.minute > minute {
             return None;
         }
-        if slot.0 != minute {
-            *slot = (minute, 0, 0);
+        if slot.minute != minute {
+            *slot = Bucket {
+                minute,
+                ..Bucket::EMPTY
+            };
         }
         Some(slot)
     }
@@ -83,9 +131,6 @@ impl QualityTracker {
         }
         let minute = now.div_euclid(MINUTE);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bucket) = inner.bucket(minute) {
-            bucket.1 += readings.len() as u64;
-        }
         inner.last_reading_at = Some(inner.last_reading_at.map_or(now, |t| t.max(now)));
         if inner.swept < minute {
             inner
@@ -93,26 +138,64 @@ impl QualityTracker {
                 .retain(|_, seen| *seen > minute - BUCKETS as i64);
             inner.swept = minute;
         }
+        // Sensors first heard from in this minute.
+        let mut new = 0;
         let sensors = &mut inner.sensors;
         for r in readings {
             if let Some(seen) = sensors.get_mut(&r.sensor_id) {
-                *seen = minute;
+                if *seen < minute {
+                    *seen = minute;
+                    new += 1;
+                }
             } else if sensors.len() < MAX_SENSORS {
                 sensors.insert(r.sensor_id.clone(), minute);
+                new += 1;
+            }
+        }
+        if let Some(bucket) = inner.bucket(minute) {
+            bucket.accepted += readings.len() as u64;
+            bucket.sensors += new;
+        }
+    }
+
+    /// Counts rejected readings at `now`, by reason.
+    pub fn rejected(&self, reasons: impl IntoIterator<Item = Reason>, now: Micros) {
+        let minute = now.div_euclid(MINUTE);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = inner.bucket(minute) {
+            for reason in reasons {
+                let n = &mut bucket.rejected[reason.index()];
+                *n = n.saturating_add(1);
             }
         }
     }
 
-    /// Counts `n` rejected readings at `now`.
-    pub fn rejected(&self, n: usize, now: Micros) {
-        if n == 0 {
-            return;
-        }
+    /// The hour before `now`, minute by minute, oldest first (minutes with nothing
+    /// included, as zeros).
+    pub fn minutes(&self, now: Micros) -> Vec<QualityMinute> {
         let minute = now.div_euclid(MINUTE);
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bucket) = inner.bucket(minute) {
-            bucket.2 += n as u64;
-        }
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (minute - BUCKETS as i64 + 1..=minute)
+            .map(|m| {
+                let b = inner.minutes[m.rem_euclid(BUCKETS as i64) as usize];
+                let b = if b.minute == m { b } else { Bucket::EMPTY };
+                QualityMinute {
+                    minute: m * MINUTE,
+                    accepted: b.accepted,
+                    sensors: b.sensors,
+                    rejected: b.rejected(),
+                    rejected_by_reason: Reason::ALL
+                        .iter()
+                        .zip(b.rejected)
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(&reason, n)| ReasonCount {
+                            reason,
+                            count: u64::from(n),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     /// The figures for the hour before `now`.
@@ -121,10 +204,10 @@ impl QualityTracker {
         let oldest = minute - BUCKETS as i64 + 1;
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (mut accepted, mut rejected) = (0, 0);
-        for &(m, a, r) in &inner.minutes {
-            if (oldest..=minute).contains(&m) {
-                accepted += a;
-                rejected += r;
+        for b in &inner.minutes {
+            if (oldest..=minute).contains(&b.minute) {
+                accepted += b.accepted;
+                rejected += b.rejected();
             }
         }
         let active = inner.sensors.values().filter(|&&m| m >= oldest).count() as u64;
@@ -162,7 +245,7 @@ mod tests {
         let t0: Micros = 1_795_680_000_000_000;
         assert_eq!(q.snapshot(t0), QualitySnapshot::default());
         q.accepted(&readings(&["a", "b", "a"]), t0);
-        q.rejected(1, t0);
+        q.rejected([Reason::AboveMax], t0);
         q.accepted(&readings(&["c"]), t0 + 30 * MINUTE);
         let s = q.snapshot(t0 + 30 * MINUTE);
         assert_eq!(s.readings_last_hour, 4);
@@ -188,5 +271,40 @@ mod tests {
             q.snapshot(t0 + 120 * MINUTE).last_reading_at,
             Some(t0 + 30 * MINUTE)
         );
+    }
+
+    #[test]
+    fn the_hour_minute_by_minute_counts_sensors_once_and_rejects_by_reason() {
+        assert!(Reason::ALL.iter().enumerate().all(|(i, r)| r.index() == i));
+        let q = QualityTracker::default();
+        let t0: Micros = 1_795_680_000_000_000;
+        q.accepted(&readings(&["a", "b", "a"]), t0);
+        q.accepted(&readings(&["a", "c"]), t0 + 1_000_000);
+        q.rejected(
+            [Reason::AboveMax, Reason::AboveMax, Reason::UnknownField],
+            t0,
+        );
+        q.accepted(&readings(&["a"]), t0 + 2 * MINUTE);
+        let minutes = q.minutes(t0 + 2 * MINUTE);
+        assert_eq!(minutes.len(), 60);
+        assert!(
+            minutes
+                .windows(2)
+                .all(|w| w[1].minute - w[0].minute == MINUTE)
+        );
+        let first = &minutes[57];
+        assert_eq!(first.minute, t0.div_euclid(MINUTE) * MINUTE);
+        assert_eq!((first.accepted, first.sensors, first.rejected), (5, 3, 3));
+        assert_eq!(
+            first.rejected_by_reason,
+            [(Reason::UnknownField, 1), (Reason::AboveMax, 2)]
+                .map(|(reason, count)| ReasonCount { reason, count })
+        );
+        assert_eq!((minutes[58].accepted, minutes[58].sensors), (0, 0));
+        assert_eq!((minutes[59].accepted, minutes[59].sensors), (1, 1));
+        // An hour on, the first minute has left the window.
+        let later = q.minutes(t0 + 61 * MINUTE);
+        assert!(later.iter().all(|m| m.minute > t0));
+        assert_eq!(later.iter().map(|m| m.accepted).sum::<u64>(), 1);
     }
 }

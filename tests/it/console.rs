@@ -265,13 +265,22 @@ async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
     assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let html = page.text().await.unwrap();
     // No inline script: every <script> names its file, no handler attributes.
-    assert!(html.contains(r#"<script src="/console/app.js" defer></script>"#));
+    assert!(html.contains(r#"<script type="module" src="/console/app.js"></script>"#));
     assert_eq!(html.matches("<script").count(), 1, "{html}");
     assert!(
         !html.contains(" onclick=") && !html.contains(" onload="),
         "{html}"
     );
-    for (file, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+    // app.js and every module it imports, followed from file to file, and the style sheet.
+    let mut files = vec![
+        ("app.css".to_string(), "text/css"),
+        ("app.js".into(), "text/javascript"),
+    ];
+    let mut served = std::collections::BTreeSet::new();
+    while let Some((file, kind)) = files.pop() {
+        if !served.insert(file.clone()) {
+            continue;
+        }
         let resp = gw
             .client
             .get(gw.url(&format!("/console/{file}")))
@@ -295,7 +304,12 @@ async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
             !text.contains("eval(") && !text.contains("document.write"),
             "{file}"
         );
+        for import in text.split("from './").skip(1) {
+            let name = import.split('\'').next().unwrap();
+            files.push((name.to_string(), "text/javascript"));
+        }
     }
+    assert!(served.len() >= 7, "{served:?}");
     let resp = gw
         .client
         .get(gw.url("/console/secrets.txt"))
@@ -305,8 +319,10 @@ async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
     assert_eq!(resp.status(), 404);
 }
 
+/// The console in headless Chromium, as its four kinds of user use it: see
+/// `tests/peers/console_browser.py` for the walk and what it checks on every page.
 #[tokio::test]
-async fn a_person_with_a_browser_finds_subscribes_watches_charts_and_downloads() {
+async fn people_with_a_browser_subscribe_watch_publish_sell_and_settle() {
     // A provider's title made of HTML, to be shown as text.
     let gw = Gateway::start_with(|c| {
         let weather = c.datasets.iter_mut().find(|d| d.id == "weather").unwrap();
@@ -318,15 +334,16 @@ async fn a_person_with_a_browser_finds_subscribes_watches_charts_and_downloads()
     let (_, subscriber) = gw.account("subscriber", "Mobility Lab", "research").await;
     let device = gw.device_key(&["traffic-counts"]).await;
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/console_browser.py");
     let args = [
         script.display().to_string(),
         gw.url(""),
+        shots.display().to_string(),
         subscriber,
         device,
-        shots.display().to_string(),
+        provider,
+        gw.admin_key.clone(),
     ];
     let out =
         tokio::task::spawn_blocking(move || crate::harness::python().args(&args).output().unwrap())
@@ -338,4 +355,5 @@ async fn a_person_with_a_browser_finds_subscribes_watches_charts_and_downloads()
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }

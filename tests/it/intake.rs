@@ -137,6 +137,45 @@ async fn partial_acceptance_is_200_with_reasons_and_provider_sees_rejects() {
         .unwrap();
     assert_eq!(other_try.status(), 404);
 
+    // The hour minute by minute: this minute holds the two accepted readings, their two
+    // sensors and the three rejects by reason; to others it is not there either.
+    let (status, quality) = gw
+        .get_as("/v1/datasets/traffic-counts/quality", &provider)
+        .await;
+    assert_eq!(status, 200, "{quality}");
+    let minutes = quality["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let now = minutes
+        .iter()
+        .rev()
+        .find(|m| m["accepted"] != 0)
+        .expect("a minute with the readings");
+    assert_eq!(
+        (&now["accepted"], &now["sensors"], &now["rejected"]),
+        (&json!(2), &json!(2), &json!(3))
+    );
+    let reasons: Vec<(&str, u64)> = now["rejected_by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["reason"].as_str().unwrap(), r["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("invalid_sensor_id", 1),
+            ("unknown_field", 1),
+            ("above_max", 1)
+        ]
+    );
+    assert_eq!(quality["last_hour"]["rejected_last_hour"], 3);
+    for other in [&key, &other_provider] {
+        let (status, _) = gw
+            .get_as("/v1/datasets/traffic-counts/quality", other)
+            .await;
+        assert_eq!(status, 404);
+    }
+
     let dir = gw.stop().await;
     assert_eq!(sensor_ids(dir.path(), TRAFFIC), ["ok-1", "ok-3"]);
 }

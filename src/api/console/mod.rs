@@ -1,5 +1,5 @@
 //! The web console: a storefront and dashboards in the browser, served by this binary from
-//! assets built into it (`index.html`, `app.js`, `app.css`: no build step, no other server,
+//! assets built into it (`index.html`, the ES modules `app.js` imports, `app.css`: no build step, no other server,
 //! nothing from the internet). The page runs no inline script and loads nothing from
 //! elsewhere (a strict Content-Security-Policy says so to the browser); it signs in through
 //! [`super::session`] and does everything else through the documented API.
@@ -11,8 +11,24 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 
 const INDEX: &str = include_str!("index.html");
-const APP_JS: &str = include_str!("app.js");
-const APP_CSS: &str = include_str!("app.css");
+
+/// The console's files under `/console/`: name, content type, text. The scripts are ES
+/// modules that import each other by these names.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.js", JS, include_str!("app.js")),
+    ("ui.js", JS, include_str!("ui.js")),
+    ("chart.js", JS, include_str!("chart.js")),
+    ("catalog.js", JS, include_str!("catalog.js")),
+    ("account.js", JS, include_str!("account.js")),
+    ("provider.js", JS, include_str!("provider.js")),
+    ("admin.js", JS, include_str!("admin.js")),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("app.css"),
+    ),
+];
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// What the console's pages may load and run: only this origin's own files.
 pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -50,15 +66,14 @@ pub(crate) async fn index() -> Response {
 
 /// `GET /console/{file}`
 #[utoipa::path(get, path = "/console/{file}", tag = "console",
-    params(("file" = String, Path, description = "`app.js` or `app.css`")),
+    params(("file" = String, Path, description = "`app.js` (and the modules it imports) or `app.css`")),
     responses((status = 200, description = "a file of the web console",
                content((String = "text/javascript"), (String = "text/css"))),
               crate::api::error::Refused))]
 pub(crate) async fn file(Path(file): Path<String>) -> Result<Response, ApiError> {
-    match file.as_str() {
-        "app.js" => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
-        "app.css" => Ok(asset("text/css; charset=utf-8", APP_CSS)),
-        _ => Err(ApiError::NotFound(format!(
+    match FILES.iter().find(|(name, ..)| *name == file) {
+        Some(&(_, content_type, body)) => Ok(asset(content_type, body)),
+        None => Err(ApiError::NotFound(format!(
             "the console has no file `{file}`"
         ))),
     }
