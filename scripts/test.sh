@@ -10,8 +10,9 @@
 # browser-style EventSource client) and schemathesis (tests the API against its OpenAPI
 # document), from PyPI into a
 # virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
-# Debian, and headless Chromium with chromedriver (Debian) driven by Selenium (PyPI) for the
-# web console. The unit and integration tests run twice: on SQLite (the default database) and on
+# Debian, and for the web console headless Chromium with chromedriver and Firefox ESR (Debian)
+# driven by Selenium (PyPI), Firefox through geckodriver (built from crates.io), the pages
+# checked by axe-core (npm, fetched by the test). The unit and integration tests run twice: on SQLite (the default database) and on
 # a throwaway PostgreSQL cluster, each test in a database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver)
+command -v firefox-esr >/dev/null || need+=(firefox-esr)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   sudo=""
@@ -40,6 +42,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq "${need[@]}" >/dev/null \
     || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
+
+# geckodriver, Firefox's WebDriver server, is not packaged by Debian: built from crates.io.
+tools=target/peers-tools
+[ -x "$tools/bin/geckodriver" ] || {
+  echo "==> building geckodriver"
+  cargo install geckodriver --locked --version 0.37.1 --root "$tools" --quiet
+}
+export GECKODRIVER="$PWD/$tools/bin/geckodriver"
 
 # Tests open thousands of sockets (the client's and the gateway's ends, in one process).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

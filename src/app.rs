@@ -335,6 +335,7 @@ impl App {
             websockets: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
             max_datasets_per_provider: config.market.max_datasets_per_provider,
             sessions: Arc::default(),
+            console: Arc::new(api::console::Console::new(&config.console)),
         };
         let http_task = tokio::spawn(api::server::serve(
             listener,

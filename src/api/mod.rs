@@ -53,6 +53,8 @@ pub struct AppState {
     pub max_datasets_per_provider: usize,
     /// Browser sessions of the web console.
     pub sessions: Arc<session::Sessions>,
+    /// The web console's page and policy, as configured.
+    pub console: Arc<console::Console>,
 }
 
 /// The API's OpenAPI description; the paths come from the handlers themselves.

@@ -67,7 +67,21 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub feed: FeedConfig,
     pub query: QueryConfig,
+    pub console: ConsoleConfig,
     pub datasets: Vec<DatasetConfig>,
+}
+
+/// `[console]`: the web console's optional map background.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ConsoleConfig {
+    /// Map tiles drawn under a dataset's sensors: an `https://` URL template with `{z}`,
+    /// `{x}` and `{y}` (e.g. `https://tile.openstreetmap.org/{z}/{x}/{y}.png`). Empty: the
+    /// sensors are drawn on a plain background and the page loads nothing from elsewhere.
+    pub map_tiles: String,
+    /// The credit the tile server asks for, shown on the map (e.g. `© OpenStreetMap
+    /// contributors`).
+    pub map_attribution: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

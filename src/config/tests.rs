@@ -218,3 +218,32 @@ fn a_file_without_datasets_is_told_that_it_replaces_the_built_in_config() {
         "{err}"
     );
 }
+
+#[test]
+fn a_map_tile_server_is_an_https_template_of_plain_url_characters() {
+    let with = |tiles: &str| {
+        let text = DEFAULT_CONFIG.replace("map_tiles = \"\"", &format!("map_tiles = {tiles:?}"));
+        Config::from_toml(&text, "t", &[])
+    };
+    let good = with("https://tile.openstreetmap.org/{z}/{x}/{y}.png").unwrap();
+    assert_eq!(
+        good.console.map_tiles,
+        "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    );
+    for bad in [
+        "http://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        "https://tile.openstreetmap.org/{z}/{x}.png",
+        "https://tiles.example/{z}/{x}/{y}.png'; script-src *",
+        "https://{s}.tiles.example/{z}/{x}/{y}.png",
+        "https:///{z}/{x}/{y}",
+    ] {
+        let err = with(bad).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.starts_with("console.map_tiles")),
+            "{bad}: {:?}",
+            err.problems
+        );
+    }
+}

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{
-    Config, DatabaseConfig, DatasetConfig, FeedConfig, HttpConfig, InfluxConfig, MarketConfig,
-    MqttConfig, ParquetConfig, PaymentProviderKind, PaymentsConfig, PipelineConfig, QueryConfig,
-    StorageConfig, UPDATE_FREQUENCIES, WalConfig,
+    Config, ConsoleConfig, DatabaseConfig, DatasetConfig, FeedConfig, HttpConfig, InfluxConfig,
+    MarketConfig, MqttConfig, ParquetConfig, PaymentProviderKind, PaymentsConfig, PipelineConfig,
+    QueryConfig, StorageConfig, UPDATE_FREQUENCIES, WalConfig,
 };
 use crate::model::{
     FieldSpec, FieldType, RESERVED_NAMES, is_valid_dataset_id, is_valid_field_name,
@@ -37,6 +37,7 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     check_influx(&mut p, &config.influx);
     check_parquet(&mut p, &config.parquet);
     check_query(&mut p, &config.query);
+    check_console(&mut p, &config.console);
     check_shutdown_and_log(&mut p, config);
     check_datasets(&mut p, config, positions);
     p
@@ -267,6 +268,30 @@ fn check_parquet(p: &mut Vec<String>, parquet: &ParquetConfig) {
             "parquet.zstd_level: {} is not in 1..=22",
             parquet.zstd_level
         ));
+    }
+}
+
+/// `[console]`: the tile URL goes into the pages' Content-Security-Policy and a `<meta>`
+/// element, so it is held to plain URL characters.
+fn check_console(p: &mut Vec<String>, console: &ConsoleConfig) {
+    let tiles = &console.map_tiles;
+    if !tiles.is_empty() {
+        let plain = tiles
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&()*+=%{}".contains(c));
+        let host = tiles
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|host| !host.is_empty() && !host.contains(['{', '}', '?', '#', '@']));
+        if !plain || host.is_none() || !["{z}", "{x}", "{y}"].iter().all(|v| tiles.contains(v)) {
+            p.push(format!(
+                "console.map_tiles: `{tiles}` must be an https:// URL template with {{z}}, {{x}} \
+                 and {{y}} in it, e.g. https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png"
+            ));
+        }
+    }
+    if console.map_attribution.chars().count() > 200 {
+        p.push("console.map_attribution: at most 200 characters".into());
     }
 }
 

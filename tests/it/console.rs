@@ -319,10 +319,17 @@ async fn the_console_is_served_from_the_binary_under_a_strict_policy() {
     assert_eq!(resp.status(), 404);
 }
 
-/// The console in headless Chromium, as its four kinds of user use it: see
-/// `tests/peers/console_browser.py` for the walk and what it checks on every page.
+/// The console in headless Chromium, then Firefox, as its four kinds of user use it: see
+/// `tests/peers/console_browser.py` for the walk and what it checks on every page. One
+/// browser at a time, each on a gateway of its own.
 #[tokio::test]
 async fn people_with_a_browser_subscribe_watch_publish_sell_and_settle() {
+    for engine in ["chromium", "firefox"] {
+        walk(engine).await;
+    }
+}
+
+async fn walk(engine: &str) {
     // A provider's title made of HTML, to be shown as text.
     let gw = Gateway::start_with(|c| {
         let weather = c.datasets.iter_mut().find(|d| d.id == "weather").unwrap();
@@ -333,13 +340,17 @@ async fn people_with_a_browser_subscribe_watch_publish_sell_and_settle() {
     crate::live::plan(&gw, &provider, crate::live::open_plan()).await;
     let (_, subscriber) = gw.account("subscriber", "Mobility Lab", "research").await;
     let device = gw.device_key(&["traffic-counts"]).await;
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/console_browser.py");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let args = [
-        script.display().to_string(),
+        root.join("tests/peers/console_browser.py")
+            .display()
+            .to_string(),
+        engine.to_string(),
         gw.url(""),
-        shots.display().to_string(),
+        root.join("target/console-screenshots")
+            .join(engine)
+            .display()
+            .to_string(),
         subscriber,
         device,
         provider,
@@ -351,9 +362,35 @@ async fn people_with_a_browser_subscribe_watch_publish_sell_and_settle() {
             .unwrap();
     assert!(
         out.status.success(),
-        "{}\n{}",
+        "{engine}:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_tile_server_is_named_in_the_page_and_allowed_images_only() {
+    let gw = Gateway::start_with(|c| {
+        c.console.map_tiles = "https://tiles.example/osm/{z}/{x}/{y}.png".into();
+        c.console.map_attribution = "© \"OSM\" <b>contributors</b>".into();
+    })
+    .await;
+    let page = gw.client.get(gw.url("/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("img-src 'self' data: https://tiles.example;"),
+        "{csp}"
+    );
+    // Images only: scripts, styles and connections stay this origin's.
+    assert!(csp.contains("script-src 'self';") && csp.contains("connect-src 'self';"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(
+        r#"<meta name="citygate-map-tiles" content="https://tiles.example/osm/{z}/{x}/{y}.png" data-attribution="© &quot;OSM&quot; &lt;b&gt;contributors&lt;/b&gt;">"#
+    ), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
 }

@@ -194,6 +194,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         websockets: Arc::new(tokio::sync::Semaphore::new(8)),
         max_datasets_per_provider: 8,
         sessions: Arc::default(),
+        console: Arc::default(),
     });
     closing.cancel();
 

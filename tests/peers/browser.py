@@ -1,7 +1,8 @@
-"""A headless Chromium (Debian's, with chromedriver) driven by Selenium, for the console's
-tests: screenshots of each page, the browser's console errors, an accessibility check with
-axe-core (from npm, checked against the registry's published digest, injected into the
-page), signing in and out with a key."""
+"""A headless browser driven by Selenium for the console's tests: Chromium (Debian's, with
+chromedriver) or Firefox ESR (Debian's, with geckodriver built from crates.io). Screenshots
+of each page, the page's console errors, an accessibility check with axe-core (from npm,
+checked against the registry's published digest, injected into the page), signing in and
+out with a key."""
 
 import base64
 import hashlib
@@ -19,8 +20,10 @@ from selenium.common.exceptions import (
     StaleElementReferenceException,
     TimeoutException,
 )
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.options import Options as ChromeOptions
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.firefox.options import Options as FirefoxOptions
+from selenium.webdriver.firefox.service import Service as FirefoxService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -46,30 +49,64 @@ def axe_source():
     return path.read_text()
 
 
+def chromium(downloads):
+    options = ChromeOptions()
+    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000"]:
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(
+        service=ChromeService(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")),
+        options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                           {"behavior": "allow", "downloadPath": downloads})
+    return driver
+
+
+def firefox(downloads):
+    options = FirefoxOptions()
+    options.binary_location = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
+    for arg in ["-headless", "--width=1280", "--height=1000"]:
+        options.add_argument(arg)
+    for name, value in [
+        ("browser.download.folderList", 2), ("browser.download.dir", downloads),
+        ("browser.download.useDownloadDir", True),
+        ("browser.download.always_ask_before_handling_new_types", False),
+        ("browser.helperApps.neverAsk.saveToDisk",
+         "text/csv,application/vnd.apache.parquet,application/octet-stream"),
+    ]:
+        options.set_preference(name, value)
+    # WebDriver BiDi: how Firefox reports the page's console errors. Prompts wait for the
+    # test to answer them.
+    options.enable_bidi = True
+    options.unhandled_prompt_behavior = "ignore"
+    geckodriver = os.environ.get("GECKODRIVER", str(CACHE.parent / "peers-tools/bin/geckodriver"))
+    return webdriver.Firefox(service=FirefoxService(geckodriver), options=options)
+
+
 class Browser:
-    def __init__(self, base, shots):
-        self.base, self.shots = base, shots
+    def __init__(self, engine, base, shots):
+        self.engine, self.base, self.shots = engine, base, shots
+        os.makedirs(shots, exist_ok=True)
         for old in Path(shots).glob("*.png"):
             old.unlink()
         self.downloads = os.path.join(shots, "downloads")
         os.makedirs(self.downloads, exist_ok=True)
         for f in os.listdir(self.downloads):
             os.remove(os.path.join(self.downloads, f))
-        options = Options()
-        options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-        for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1280,1000"]:
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(
-            service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")),
-            options=options)
-        self.driver.execute_cdp_cmd("Browser.setDownloadBehavior",
-                                    {"behavior": "allow", "downloadPath": self.downloads})
+        self.driver = {"chromium": chromium, "firefox": firefox}[engine](self.downloads)
+        self.logged = []
+        if engine == "firefox":
+            self.driver.script.add_console_message_handler(
+                lambda m: m.level == "error" and self.logged.append(
+                    {"level": "SEVERE", "message": m.text}))
+            self.driver.script.add_javascript_error_handler(
+                lambda e: self.logged.append({"level": "SEVERE", "message": e.text}))
         # Pages re-render as they change: an element may go away between finding and
-        # reading it.
+        # reading it; a dialog opens a moment after the click that asks for it.
         self.wait = WebDriverWait(self.driver, 30, ignored_exceptions=(
-            NoSuchElementException, StaleElementReferenceException))
+            NoSuchElementException, StaleElementReferenceException, NoAlertPresentException))
         self.errors = []
         # Console lines a test provoked on purpose (a refusal it asked for).
         self.expected = []
@@ -120,6 +157,10 @@ class Browser:
                 for tr in self.driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tr")]
         return [row for row in rows if row]
 
+    def alert(self):
+        """The dialog the page opened (confirm, prompt), once it is open."""
+        return self.wait.until(lambda d: d.switch_to.alert)
+
     def no_alert(self):
         try:
             alert = self.driver.switch_to.alert
@@ -127,19 +168,31 @@ class Browser:
         except NoAlertPresentException:
             pass
 
-    def shot(self, name):
-        """A screenshot of the page, its console errors kept, and axe-core's serious or
-        critical findings on it (none allowed)."""
+    def console_errors(self):
+        if self.engine == "chromium":
+            return [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        taken, self.logged = self.logged, []
+        return taken
+
+    def screenshot(self, path):
+        """The whole page, not only what the window shows."""
+        if self.engine == "firefox":
+            self.driver.save_full_page_screenshot(path)
+            return
         size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         png = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
             "clip": {"x": 0, "y": 0, "width": size["width"],
                      "height": min(size["height"], 8000), "scale": 1}})["data"]
-        with open(os.path.join(self.shots, f"{name}.png"), "wb") as f:
+        with open(path, "wb") as f:
             f.write(base64.b64decode(png))
-        self.errors.extend(
-            e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"
-            and not any(part in e["message"] for part in self.expected))
+
+    def shot(self, name):
+        """A screenshot of the page, its console errors kept, and axe-core's serious or
+        critical findings on it (none allowed)."""
+        self.screenshot(os.path.join(self.shots, f"{name}.png"))
+        self.errors.extend(e for e in self.console_errors()
+                           if not any(part in e["message"] for part in self.expected))
         self.driver.execute_script(self.axe)
         result = self.driver.execute_async_script(
             "const done = arguments[arguments.length - 1];"
@@ -151,7 +204,7 @@ class Browser:
                 "nodes": [n["html"][:120] for n in v["nodes"][:3]]}
                for v in violations if v["impact"] in ("serious", "critical")]
         assert not bad, f"{name}: accessibility violations {json.dumps(bad, indent=1)}"
-        self.checked[name] = len(violations)
+        self.checked[name] = [f"{v['id']} ({v['impact']})" for v in violations]
 
     def sign_in(self, key, name):
         self.go("#/signin")
@@ -167,8 +220,8 @@ class Browser:
 
     def downloaded(self, name):
         path = os.path.join(self.downloads, name)
-        self.wait.until(lambda d: os.path.exists(path) and not any(
-            f.endswith(".crdownload") for f in os.listdir(self.downloads)))
+        self.wait.until(lambda d: os.path.exists(path) and os.path.getsize(path) > 0 and not any(
+            f.endswith((".crdownload", ".part")) for f in os.listdir(self.downloads)))
         with open(path, "rb") as f:
             return f.read()
 

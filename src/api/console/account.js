@@ -44,7 +44,7 @@ function subscriptionsSection(subscriptions, reload) {
       ['plan', (s) => s.plan],
       ['status', (s) => s.status + (s.cancel_at_period_end ? ' (ends at period end)' : '')],
       ['paid until', (s) => when(s.period_end)],
-      ['', (s) => (['active', 'pending_payment', 'past_due'].includes(s.status) && !s.cancel_at_period_end
+      ['action', (s) => (['active', 'pending_payment', 'past_due'].includes(s.status) && !s.cancel_at_period_end
         ? el('button', { type: 'button', class: 'secondary', on: { click: () => cancel(s) } }, `Cancel ${s.dataset}`) : '')],
     ], subscriptions, 'None yet: pick a dataset in the catalog.'),
     status,
@@ -131,7 +131,7 @@ export function keysSection(keys, datasets, reload) {
       ['created', (k) => when(k.created_at)],
       ['expires', (k) => when(k.expires_at)],
       ['state', (k) => (k.revoked_at ? 'revoked' : live(k) ? 'live' : 'expired')],
-      ['', (k) => (live(k) ? el('span', {},
+      ['action', (k) => (live(k) ? el('span', {},
         el('button', { type: 'button', class: 'secondary', on: { click: () => rotate(k) } }, `Rotate ${k.id}`), ' ',
         el('button', { type: 'button', class: 'secondary', on: { click: () => revoke(k) } }, `Revoke ${k.id}`)) : '')],
     ], keys),

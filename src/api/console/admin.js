@@ -49,7 +49,7 @@ function paymentsSection(subscriptions, reload) {
     table('payments', [
       ['subscription', (s) => s.id], ['account', (s) => s.account], ['dataset', (s) => s.dataset], ['plan', (s) => s.plan],
       ['status', (s) => s.status], ['paid until', (s) => when(s.period_end)],
-      ['', (s) => el('button', { type: 'button', class: 'secondary', on: { click: () => record(s) } }, `Record a payment for ${s.id}`)],
+      ['action', (s) => el('button', { type: 'button', class: 'secondary', on: { click: () => record(s) } }, `Record a payment for ${s.id}`)],
     ], manual, 'No subscription waits for a manual payment.'),
     el('p', { id: 'payments-status', role: 'status' }),
   ];

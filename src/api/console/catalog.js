@@ -3,7 +3,7 @@
 // history (the query API).
 
 import { state, el, api, show, failed, money, ago, iso } from './ui.js';
-import { lines, dots } from './chart.js';
+import { lines, map } from './chart.js';
 
 export function planTerms(plan) {
   const terms = [];
@@ -48,22 +48,34 @@ function snippets(id) {
 }
 
 // Whether the signed-in key may read dataset `d`: its provider, an admin, or an active
-// subscription (asked without a request that could be refused).
+// subscription (asked without a request that could be refused); and the plans of `d` it
+// holds a live subscription to, with their status.
 async function entitled(d) {
-  if (!state.me) return false;
+  const taken = new Map();
+  if (!state.me) return { mayRead: false, taken };
   const { role, id } = state.me.account;
-  if (role === 'admin' || (role === 'provider' && d.provider === id)) return true;
-  const subscriptions = await api('GET', '/v1/subscriptions');
-  return subscriptions.some((s) => s.dataset === d.id && s.status === 'active');
+  if (role === 'admin' || (role === 'provider' && d.provider === id)) return { mayRead: true, taken };
+  if (role !== 'subscriber') return { mayRead: false, taken };
+  const subscriptions = (await api('GET', '/v1/subscriptions')).filter((s) => s.dataset === d.id);
+  for (const s of subscriptions) {
+    if (['active', 'pending_payment', 'past_due'].includes(s.status)) taken.set(s.plan, s.status.replace('_', ' '));
+  }
+  return { mayRead: subscriptions.some((s) => s.status === 'active'), taken };
 }
 
 export async function dataset(id) {
   const d = await api('GET', `/v1/catalog/${encodeURIComponent(id)}`);
-  const mayRead = await entitled(d);
+  const { mayRead, taken } = await entitled(d);
   const numeric = d.fields.filter((f) => f.type === 'float' || f.type === 'int');
+  // A subscriber sees which plans it holds; the others it may subscribe to.
+  const offer = (p) => {
+    if (taken.has(p.id)) return el('em', {}, `your plan (${taken.get(p.id)})`);
+    return state.me && state.me.account.role === 'subscriber'
+      ? el('button', { type: 'button', class: 'secondary', 'data-plan': p.id, on: { click: () => subscribe(p) } }, `Subscribe to ${p.name}`)
+      : null;
+  };
   const plans = el('ul', { id: 'plans' }, d.plans.map((p) => el('li', {},
-    el('strong', {}, p.name), ` (${p.kind}): ${planTerms(p)} `,
-    state.me ? el('button', { type: 'button', class: 'secondary', 'data-plan': p.id, on: { click: () => subscribe(p) } }, 'Subscribe') : null)));
+    el('strong', {}, p.name), ` (${p.kind}): ${planTerms(p)} `, offer(p))));
   const parts = [
     el('h1', {}, d.title),
     el('p', { class: 'muted' }, `${d.publisher} · ${d.licence} · provider ${d.provider}`),
@@ -108,17 +120,19 @@ async function subscribe(plan) {
 }
 
 // Where the sensors are: the latest position of each sensor that reports one (readings
-// carry an optional lat/lon), as dots on their bounding box; no map tiles, nothing fetched
-// from elsewhere.
+// carry an optional lat/lon), as dots at the zoom that shows them all; nothing fetched
+// from elsewhere unless the operator configured a tile server (`[console] map_tiles`).
 function mapSection(d) {
+  const meta = document.querySelector('meta[name="citygate-map-tiles"]');
+  const tiles = meta && { url: meta.content, attribution: meta.dataset.attribution };
   const canvas = el('canvas', { id: 'sensor-map', class: 'map', role: 'img', 'aria-label': `sensors of ${d.title}` });
   const status = el('p', { id: 'sensor-map-status', role: 'status' });
   (async () => {
     try {
       const answer = await api('GET', `/v1/datasets/${encodeURIComponent(d.id)}/latest?fields=${encodeURIComponent(d.fields[0].name)}`);
       const points = answer.readings.filter((r) => typeof r.lat === 'number' && typeof r.lon === 'number')
-        .map((r) => ({ x: r.lon, y: r.lat, label: r.sensor_id }));
-      dots(canvas, points);
+        .map((r) => ({ lon: r.lon, lat: r.lat }));
+      map(canvas, points, tiles);
       canvas.hidden = !points.length;
       status.textContent = points.length ? `${points.length} of ${answer.readings.length} sensors report a position`
         : 'No sensor reports a position.';

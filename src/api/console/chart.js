@@ -77,26 +77,61 @@ export function bars(canvas, items, names) {
   g.fillText(top.toFixed(0), 2 * ratio, pad + 4 * ratio);
 }
 
-// Dots at positions: `points` are { x: longitude, y: latitude, label }; an equirectangular
-// view of their bounding box, corrected for latitude.
-export function dots(canvas, points) {
+// Web Mercator: where (lon, lat) falls on the 256-pixel world of zoom 0.
+function mercator(lon, lat) {
+  const sin = Math.sin((Math.max(-85, Math.min(85, lat)) * Math.PI) / 180);
+  return [((lon + 180) / 360) * 256, (0.5 - Math.log((1 + sin) / (1 - sin)) / (4 * Math.PI)) * 256];
+}
+
+// Sensors as dots at their positions (`points` are { lon, lat }), at the largest zoom that
+// shows them all; over map tiles when `tiles` is { url: 'https://…/{z}/{x}/{y}.png',
+// attribution } (the configured tile server), else on a plain background.
+export function map(canvas, points, tiles) {
   const { g, width, height, ratio } = fit(canvas);
   if (!points.length) return;
-  let [x0, x1, y0, y1] = [Infinity, -Infinity, Infinity, -Infinity];
-  for (const p of points) { x0 = Math.min(x0, p.x); x1 = Math.max(x1, p.x); y0 = Math.min(y0, p.y); y1 = Math.max(y1, p.y); }
-  const squeeze = Math.cos(((y0 + y1) / 2) * Math.PI / 180);
-  const spanX = Math.max((x1 - x0) * squeeze, 1e-4);
-  const spanY = Math.max(y1 - y0, 1e-4);
+  const world = points.map((p) => mercator(p.lon, p.lat));
+  const xs = world.map((w) => w[0]);
+  const ys = world.map((w) => w[1]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   const pad = 24 * ratio;
-  const scale = Math.min((width - 2 * pad) / spanX, (height - 2 * pad) / spanY);
-  const cx = (x0 + x1) / 2;
-  const cy = (y0 + y1) / 2;
-  g.fillStyle = '#0b5cad';
-  for (const p of points) {
-    const x = width / 2 + (p.x - cx) * squeeze * scale;
-    const y = height / 2 - (p.y - cy) * scale;
-    g.beginPath();
-    g.arc(x, y, 4 * ratio, 0, 2 * Math.PI);
-    g.fill();
+  let z = 16;
+  while (z > 1 && ((x1 - x0) * 2 ** z * ratio > width - 2 * pad || (y1 - y0) * 2 ** z * ratio > height - 2 * pad)) z -= 1;
+  const scale = 2 ** z * ratio; // canvas pixels per world pixel of zoom 0
+  const [cx, cy] = [(x0 + x1) / 2, (y0 + y1) / 2];
+  const at = (wx, wy) => [width / 2 + (wx - cx) * scale, height / 2 + (wy - cy) * scale];
+  const drawDots = () => {
+    g.fillStyle = '#0b5cad';
+    g.strokeStyle = '#fff';
+    g.lineWidth = 1.5 * ratio;
+    for (const [wx, wy] of world) {
+      const [x, y] = at(wx, wy);
+      g.beginPath();
+      g.arc(x, y, 5 * ratio, 0, 2 * Math.PI);
+      g.fill();
+      g.stroke();
+    }
+    if (tiles && tiles.attribution) {
+      g.font = `${11 * ratio}px system-ui`;
+      const w = g.measureText(tiles.attribution).width;
+      g.fillStyle = 'rgba(255,255,255,.85)';
+      g.fillRect(width - w - 8 * ratio, height - 16 * ratio, w + 8 * ratio, 16 * ratio);
+      g.fillStyle = '#1b1f23';
+      g.fillText(tiles.attribution, width - w - 4 * ratio, height - 4 * ratio);
+    }
+  };
+  if (tiles && tiles.url) {
+    const n = 2 ** z;
+    const span = 256 / n; // one tile, in world pixels of zoom 0
+    const first = (c, half) => Math.max(0, Math.floor((c - half / scale) / span));
+    const last = (c, half) => Math.min(n - 1, Math.floor((c + half / scale) / span));
+    for (let tx = first(cx, width / 2); tx <= last(cx, width / 2); tx += 1) {
+      for (let ty = first(cy, height / 2); ty <= last(cy, height / 2); ty += 1) {
+        const image = new Image();
+        const [x, y] = at(tx * span, ty * span);
+        image.onload = () => { g.drawImage(image, x, y, 256 * ratio, 256 * ratio); drawDots(); };
+        image.src = tiles.url.replace('{z}', z).replace('{x}', tx).replace('{y}', ty);
+      }
+    }
   }
+  drawDots();
 }

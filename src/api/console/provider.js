@@ -68,7 +68,7 @@ function readSchema(body) {
 }
 
 export function publishPage() {
-  const [idLabel, id] = field('ds-id', 'Id (lower-case letters, digits, -)', { required: true, pattern: '[a-z0-9][a-z0-9-]{0,63}' });
+  const [idLabel, id] = field('ds-id', 'Id (lower-case letters, digits, -)', { required: true, pattern: '[a-z0-9][a-z0-9\\-]{0,63}' });
   const [titleLabel, title] = field('ds-title', 'Title', { required: true });
   const [descLabel, description] = field('ds-description', 'Description', {});
   const [licLabel, licence] = field('ds-licence', 'Licence', { options: LICENCES.map((l) => [l, l]) });
@@ -105,7 +105,7 @@ export function publishPage() {
   idLabel, id, titleLabel, title, descLabel, description, licLabel, licence, freqLabel, frequency, kwLabel, keywords,
   el('h2', {}, 'Schema'),
   el('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-label': 'schema' }, el('table', {}, el('thead', {}, el('tr', {},
-    ['name', 'type', 'unit', 'min', 'max', 'required', ''].map((h) => el('th', { scope: 'col' }, h)))), rows)),
+    ['name', 'type', 'unit', 'min', 'max', 'required', 'action'].map((h) => el('th', { scope: 'col' }, h)))), rows)),
   el('p', {}, el('button', { type: 'button', class: 'secondary', id: 'add-field', on: { click: add } }, 'Add a field')),
   el('button', { type: 'submit' }, 'Publish'));
   show(el('h1', {}, 'Publish a dataset'),
@@ -154,7 +154,7 @@ function plansSection(d, plans, reload) {
       ['plan', (p) => p.name],
       ['terms', (p) => planTerms(p)],
       ['state', (p) => (p.active ? 'on offer' : 'withdrawn')],
-      ['', (p) => (p.active ? el('button', { type: 'button', class: 'secondary', on: { click: () => withdraw(p) } }, `Withdraw ${p.name}`) : '')],
+      ['action', (p) => (p.active ? el('button', { type: 'button', class: 'secondary', on: { click: () => withdraw(p) } }, `Withdraw ${p.name}`) : '')],
     ], plans, 'No plan yet: nobody can subscribe.'),
     el('h3', {}, 'New plan'), form, el('p', { id: 'plans-status', role: 'status' }),
   ];
@@ -181,7 +181,7 @@ function deviceKeysSection(d, keys, reload) {
     table('device-keys', [
       ['key', (k) => k.id], ['label', (k) => k.label], ['created', (k) => when(k.created_at)],
       ['state', (k) => (k.revoked_at ? 'revoked' : 'live')],
-      ['', (k) => (k.revoked_at ? '' : el('button', { type: 'button', class: 'secondary', on: { click: () => revoke(k) } }, `Revoke ${k.id}`))],
+      ['action', (k) => (k.revoked_at ? '' : el('button', { type: 'button', class: 'secondary', on: { click: () => revoke(k) } }, `Revoke ${k.id}`))],
     ], devices, 'No device key yet.'),
     form, el('div', { id: 'device-keys-status', role: 'status' }),
   ];
