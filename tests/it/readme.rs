@@ -1,5 +1,5 @@
 //! The README runs as written: its command examples ("Try it", "The command line", "The
-//! marketplace"), in order, against a fresh gateway, each HTTP call checked for success; then,
+//! marketplace", "History queries", "The web console"), in order, against a fresh gateway, each HTTP call checked for success; then,
 //! the gateway stopped, "Where the data lands" reads the Parquet files those examples made. So
 //! a newcomer's copy and paste cannot break unnoticed. The only changes made to the text are
 //! the ones a reader makes without thinking: the gateway's real ports instead of 8080 and
@@ -48,6 +48,7 @@ fn the_readme_runs_as_written() {
             "The command line",
             "The marketplace",
             "History queries",
+            "The web console",
         ],
     );
     assert!(blocks.len() >= 4, "the README's examples were not found");
