@@ -236,6 +236,10 @@ fn a_map_tile_server_is_an_https_template_of_plain_url_characters() {
         "https://tiles.example/{z}/{x}/{y}.png'; script-src *",
         "https://{s}.tiles.example/{z}/{x}/{y}.png",
         "https:///{z}/{x}/{y}",
+        "https://*/{z}/{x}/{y}.png",
+        "https://*:*/{z}/{x}/{y}.png",
+        "https://a.com($)/{z}/{x}/{y}.png",
+        "https://tiles.example:/{z}/{x}/{y}.png",
     ] {
         let err = with(bad).unwrap_err();
         assert!(

@@ -279,10 +279,20 @@ fn check_console(p: &mut Vec<String>, console: &ConsoleConfig) {
         let plain = tiles
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&()*+=%{}".contains(c));
+        // A host name (and port): no wildcard, no template, nothing a policy would read as
+        // another source.
         let host = tiles
             .strip_prefix("https://")
             .and_then(|rest| rest.split('/').next())
-            .filter(|host| !host.is_empty() && !host.contains(['{', '}', '?', '#', '@']));
+            .filter(|host| {
+                let (name, port) = host.split_once(':').unwrap_or((host, "443"));
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                    && (1..=5).contains(&port.len())
+                    && port.chars().all(|c| c.is_ascii_digit())
+            });
         if !plain || host.is_none() || !["{z}", "{x}", "{y}"].iter().all(|v| tiles.contains(v)) {
             p.push(format!(
                 "console.map_tiles: `{tiles}` must be an https:// URL template with {{z}}, {{x}} \

@@ -226,6 +226,11 @@ def provider_publishes_and_reads_rejects():
     b.fill("#plan-price", "49.00")
     b.click("#plan-form button[type=submit]")
     b.until_text("#my-plans", "49.00 EUR a month")
+    b.fill("#plan-name", "Minute means")
+    Select(b.find("#plan-kind")).select_by_value("free")
+    b.fill("#plan-aggregate", "1m")
+    b.click("#plan-form button[type=submit]")
+    b.until_text("#my-plans", "aggregates over 1m")
 
     b.fill("#device-label", "quay-1")
     b.click("#device-key-form button[type=submit]")
@@ -250,6 +255,15 @@ def subscriber_buys():
         By.XPATH, "//ul[@id='plans']/li[strong='Pro']/button")).click()
     b.until_text("#subscribe-status", "starts once paid")
     b.shot("checkout")
+    # A free plan of minute means: the page reads windows, not readings.
+    b.wait.until(lambda d: d.find_element(
+        By.XPATH, "//ul[@id='plans']/li[strong='Minute means']/button")).click()
+    b.until_text("#subscribe-status", "Subscribed")
+    b.until_text("#live-note", "mean over 60 s windows")
+    b.until_text("#history-status", "buckets")
+    assert not d.find_elements(By.ID, "sensor-map") and not d.find_elements(By.ID, "history-csv")
+    b.until_text("#plans", "your plan (pending payment)")
+    b.shot("aggregate-plan")
     b.sign_out()
 
 
@@ -258,7 +272,7 @@ def admin_records_payment_and_invoices(period):
     b.go("#/admin")
     b.until_text("#operator-figures", "readings accepted since start")
     _, subs = api(base, admin, "/v1/subscriptions")
-    pro = next(s for s in subs if s["dataset"] == "harbour-noise")
+    pro = next(s for s in subs if s["dataset"] == "harbour-noise" and s["status"] == "pending_payment")
     b.button(f"Record a payment for {pro['id']}").click()
     alert = b.alert()
     alert.send_keys("bank-4711")

@@ -3,6 +3,7 @@
 
 import { state, el, api, show, failed, attempt, money, when, table, field, secret } from './ui.js';
 import { lines } from './chart.js';
+import { everyDataset } from './catalog.js';
 
 export function signinPage(whoami) {
   const key = el('input', { id: 'key', type: 'password', autocomplete: 'off', required: true });
@@ -148,16 +149,17 @@ export async function mePage() {
       api('GET', '/v1/usage'),
       role === 'subscriber' ? api('GET', '/v1/invoices') : [],
       api('GET', '/v1/keys'),
-      role === 'provider' ? api('GET', '/v1/catalog?per_page=200') : { items: [] },
+      role === 'provider' ? everyDataset() : [],
     ]);
-    const own = catalog.items.filter((d) => d.provider === state.me.account.id).map((d) => d.id);
+    const own = catalog.filter((d) => d.provider === state.me.account.id).map((d) => d.id);
     show(
       el('h1', {}, state.me.account.name),
       el('p', { class: 'muted' }, `${role} · ${state.me.account.sector} · key ${state.me.key.id}`),
       role === 'subscriber' ? subscriptionsSection(subscriptions, load) : null,
       usageSection(usage),
       role === 'subscriber' ? invoicesSection(invoices) : null,
-      keysSection(keys, own, load));
+      // An admin's list holds every account's keys: its own are the ones here.
+      keysSection(keys.filter((k) => k.account === state.me.account.id), own, load));
   };
   await load();
 }

@@ -27,26 +27,27 @@ async function whoami() {
   document.getElementById('signout').hidden = !state.me;
 }
 
+// Each page and who may open it (null: anyone).
 const pages = [
-  ['#/dataset/', (id) => dataset(id)],
-  ['#/manage/', (id) => managePage(id)],
-  ['#/signin', () => signinPage(whoami)],
-  ['#/me', () => mePage()],
-  ['#/provider', () => providerPage()],
-  ['#/publish', () => publishPage()],
-  ['#/statements', () => statementsPage()],
-  ['#/admin', () => adminPage()],
+  ['#/dataset/', null, (id) => dataset(id)],
+  ['#/signin', null, () => signinPage(whoami)],
+  ['#/me', ['subscriber', 'provider', 'admin'], () => mePage()],
+  ['#/provider', ['provider'], () => providerPage()],
+  ['#/publish', ['provider'], () => publishPage()],
+  ['#/manage/', ['provider', 'admin'], (id) => managePage(id)],
+  ['#/statements', ['provider', 'admin'], () => statementsPage()],
+  ['#/admin', ['admin'], () => adminPage()],
 ];
 
 async function route() {
   if (state.live && !location.hash.startsWith('#/dataset/')) { state.live.close(); state.live = null; }
   const hash = location.hash || '#/';
   const page = pages.find(([prefix]) => (prefix.endsWith('/') ? hash.startsWith(prefix) : hash === prefix));
-  // The pages past the catalog and sign-in are a signed-in key's.
-  const open = !page || page[0] === '#/dataset/' || page[0] === '#/signin';
   try {
-    if (!open && !state.me) location.hash = '#/signin';
-    else if (page) await page[1](decodeURIComponent(hash.slice(page[0].length)));
+    if (page && page[1] && !state.me) location.hash = '#/signin';
+    else if (page && page[1] && !page[1].includes(state.me.account.role)) {
+      show(el('h1', {}, 'Not for this key'), el('p', {}, `A ${state.me.account.role} key does not open this page.`));
+    } else if (page) await page[2](decodeURIComponent(hash.slice(page[0].length)));
     else await catalog();
   } catch (error) {
     show(el('h1', {}, 'Something went wrong'), failed(error));

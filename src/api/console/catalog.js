@@ -24,11 +24,21 @@ function quality(q) {
     el('li', {}, `${(q.reject_rate * 100).toFixed(1)} % rejected`));
 }
 
+// Every dataset in the catalog, page by page.
+export async function everyDataset() {
+  const items = [];
+  for (let page = 1; ; page += 1) {
+    const answer = await api('GET', `/v1/catalog?per_page=200&page=${page}`);
+    items.push(...answer.items);
+    if (items.length >= answer.total || !answer.items.length) return items;
+  }
+}
+
 export async function catalog() {
-  const page = await api('GET', '/v1/catalog?per_page=200');
+  const datasets = await everyDataset();
   show(
     el('h1', {}, 'Datasets'),
-    el('ul', { class: 'cards', id: 'catalog' }, page.items.map((d) => el('li', { class: 'card', 'data-dataset': d.id },
+    el('ul', { class: 'cards', id: 'catalog' }, datasets.map((d) => el('li', { class: 'card', 'data-dataset': d.id },
       el('h2', {}, el('a', { href: `#/dataset/${encodeURIComponent(d.id)}` }, d.title)),
       el('p', { class: 'muted' }, `${d.publisher} · ${d.licence}`),
       el('p', {}, d.description),
@@ -48,24 +58,38 @@ function snippets(id) {
 }
 
 // Whether the signed-in key may read dataset `d`: its provider, an admin, or an active
-// subscription (asked without a request that could be refused); and the plans of `d` it
-// holds a live subscription to, with their status.
+// subscription (asked without a request that could be refused); if so, its grant (delay,
+// aggregates only, the plan behind it); and the plans of `d` it holds a live subscription
+// to, with their status.
 async function entitled(d) {
   const taken = new Map();
-  if (!state.me) return { mayRead: false, taken };
+  if (!state.me) return { grant: null, taken };
   const { role, id } = state.me.account;
-  if (role === 'admin' || (role === 'provider' && d.provider === id)) return { mayRead: true, taken };
-  if (role !== 'subscriber') return { mayRead: false, taken };
-  const subscriptions = (await api('GET', '/v1/subscriptions')).filter((s) => s.dataset === d.id);
-  for (const s of subscriptions) {
-    if (['active', 'pending_payment', 'past_due'].includes(s.status)) taken.set(s.plan, s.status.replace('_', ' '));
+  let mayRead = role === 'admin' || (role === 'provider' && d.provider === id);
+  if (role === 'subscriber') {
+    const subscriptions = (await api('GET', '/v1/subscriptions')).filter((s) => s.dataset === d.id);
+    for (const s of subscriptions) {
+      if (['active', 'pending_payment', 'past_due'].includes(s.status)) taken.set(s.plan, s.status.replace('_', ' '));
+    }
+    // A key limited to other datasets reads none of this one.
+    const keyDatasets = state.me.key.datasets;
+    mayRead = subscriptions.some((s) => s.status === 'active') && (!keyDatasets.length || keyDatasets.includes(d.id));
   }
-  return { mayRead: subscriptions.some((s) => s.status === 'active'), taken };
+  const grant = mayRead ? await api('GET', `/v1/access/${encodeURIComponent(d.id)}`) : null;
+  return { grant, taken };
+}
+
+// Seconds in a duration as the API writes it (`15m`, `1h 30m`, `2days`).
+function seconds(text) {
+  const unit = { s: 1, sec: 1, m: 60, min: 60, h: 3600, hour: 3600, hours: 3600, d: 86400, day: 86400, days: 86400 };
+  let total = 0;
+  for (const [, n, u] of String(text).matchAll(/(\d+)\s*([a-z]+)/g)) total += Number(n) * (unit[u] || 0);
+  return total;
 }
 
 export async function dataset(id) {
   const d = await api('GET', `/v1/catalog/${encodeURIComponent(id)}`);
-  const { mayRead, taken } = await entitled(d);
+  const { grant, taken } = await entitled(d);
   const numeric = d.fields.filter((f) => f.type === 'float' || f.type === 'int');
   // A subscriber sees which plans it holds; the others it may subscribe to.
   const offer = (p) => {
@@ -88,9 +112,21 @@ export async function dataset(id) {
     d.plans.length ? plans : el('p', {}, 'No plan on offer yet.'),
     el('p', { id: 'subscribe-status', role: 'status' }),
   ];
-  if (mayRead) {
-    parts.push(mapSection(d));
-    if (numeric.length) parts.push(liveSection(d, numeric), historySection(d, numeric));
+  if (grant) {
+    // An aggregate-only plan reads windows of at least its length and no raw readings.
+    const window = grant.aggregate ? seconds(grant.aggregate) : 0;
+    const sections = () => [mapSection(d, window), numeric.length ? [liveSection(d, numeric, window), historySection(d, numeric, window)] : null];
+    const plan = grant.plan && d.plans.find((p) => p.id === grant.plan);
+    if (grant.plan && (!plan || plan.kind === 'metered')) {
+      // A metered plan pays for what it reads: nothing is read until asked for.
+      const box = el('div', { id: 'metered' },
+        el('p', {}, 'Your plan is billed by the readings it receives: the map, live chart and history load when you ask.'),
+        el('button', { type: 'button', id: 'load-metered', on: { click: () => box.replaceChildren(...sections().flat(Infinity).filter(Boolean)) } },
+          'Load the map, live chart and history'));
+      parts.push(box);
+    } else {
+      parts.push(sections());
+    }
   } else if (state.me) {
     parts.push(el('p', { id: 'not-subscribed' }, 'Subscribe to a plan to see its sensors, watch it live and chart its history.'));
   } else {
@@ -100,16 +136,26 @@ export async function dataset(id) {
   show(...parts);
 }
 
+// A link for a web address the API gave, if it is this site's or https; else its text.
+function link(url, text) {
+  try {
+    const target = new URL(url, location.href);
+    if (target.origin === location.origin || target.protocol === 'https:') return el('a', { href: target.href }, text);
+  } catch (_) { /* not a URL */ }
+  return url;
+}
+
 async function subscribe(plan) {
   const status = document.getElementById('subscribe-status');
   try {
     const made = await api('POST', '/v1/subscriptions', { plan: plan.id });
     if (made && made.checkout) {
-      // A paid plan starts once paid: the checkout is the payment provider's (or, with
-      // manual payments, an invoice to settle); only a web address becomes a link.
-      const url = String(made.checkout.url || '');
-      const link = /^(https:\/\/|\/)/.test(url) ? el('a', { href: url }, 'complete the payment') : url;
-      status.replaceChildren(`${plan.name} starts once paid: `, link);
+      // A paid plan starts once paid: with manual payments an admin records the payment
+      // (an invoice follows); with Stripe the checkout is completed with Stripe.
+      const manual = made.subscription.payment_provider === 'manual';
+      status.replaceChildren(`${plan.name} starts once paid: `, manual
+        ? 'the operator records your payment and the subscription starts then.'
+        : link(String(made.checkout.url || ''), 'the checkout'));
     } else {
       await dataset(decodeURIComponent(location.hash.slice('#/dataset/'.length)));
       document.getElementById('subscribe-status').textContent = `Subscribed to ${plan.name}.`;
@@ -121,8 +167,10 @@ async function subscribe(plan) {
 
 // Where the sensors are: the latest position of each sensor that reports one (readings
 // carry an optional lat/lon), as dots at the zoom that shows them all; nothing fetched
-// from elsewhere unless the operator configured a tile server (`[console] map_tiles`).
-function mapSection(d) {
+// from elsewhere unless the operator configured a tile server (`[console] map_tiles`). An
+// aggregate-only plan (a `window`) reads no single readings, so no positions.
+function mapSection(d, window) {
+  if (window) return null;
   const meta = document.querySelector('meta[name="citygate-map-tiles"]');
   const tiles = meta && { url: meta.content, attribution: meta.dataset.attribution };
   const canvas = el('canvas', { id: 'sensor-map', class: 'map', role: 'img', 'aria-label': `sensors of ${d.title}` });
@@ -147,7 +195,7 @@ function fieldPicker(id, numeric) {
   return el('select', { id }, numeric.map((f) => el('option', { value: f.name }, f.name)));
 }
 
-function liveSection(d, numeric) {
+function liveSection(d, numeric, window) {
   const canvas = el('canvas', { id: 'live-chart', role: 'img', 'aria-label': `live ${d.title}` });
   const count = el('span', { id: 'live-count' }, '0');
   const note = el('span', { id: 'live-note', class: 'muted' });
@@ -158,16 +206,17 @@ function liveSection(d, numeric) {
   if (state.live) state.live.close();
   const source = new EventSource(`/v1/datasets/${encodeURIComponent(d.id)}/live`);
   state.live = source;
-  // Readings are counted as they come and drawn at most once a frame, however fast.
+  if (window) note.textContent = `this plan delivers each sensor's mean over ${window} s windows`;
+  // Readings (or a window's aggregates: the mean, at the window's end) are counted as they
+  // come and drawn at most once a frame, however fast.
   const take = (event, aggregated) => {
     const r = JSON.parse(event.data);
-    const values = r.fields || r.values || {};
-    const v = values[picker.value] ?? values[`${picker.value}_mean`];
+    const value = (r.fields || {})[picker.value];
+    const v = aggregated ? value && value.mean : value;
     if (typeof v !== 'number') return;
-    points.push([(r.time ?? r.ts ?? Date.now() * 1000) / 1000, v]);
+    points.push([(aggregated ? r.window_end : r.time) / 1000, v]);
     if (points.length > 2000) points.splice(0, points.length - 2000);
     received += 1;
-    if (aggregated) note.textContent = 'this plan delivers aggregates';
     if (!dirty) {
       dirty = true;
       requestAnimationFrame(() => {
@@ -184,21 +233,25 @@ function liveSection(d, numeric) {
   return el('section', { 'aria-labelledby': 'live-title' },
     el('h2', { id: 'live-title' }, 'Live'),
     el('div', { class: 'row' }, el('label', { for: 'live-field' }, 'Field'), picker,
-      el('span', {}, 'readings received: ', count), note),
+      el('span', {}, window ? 'windows received: ' : 'readings received: ', count), note),
     canvas);
 }
 
-function historySection(d, numeric) {
+// History in buckets from the query API; downloads of the raw readings (an aggregate-only
+// plan, with a `window`, gets buckets of at least its window and no raw downloads).
+function historySection(d, numeric, window) {
   const canvas = el('canvas', { id: 'history-chart', role: 'img', 'aria-label': `history ${d.title}` });
   const picker = fieldPicker('history-field', numeric);
-  const range = el('select', { id: 'history-range' },
-    [['1h', 1, '1m'], ['6h', 6, '15m'], ['24h', 24, '1h'], ['7d', 168, '6h']].map(([name, hours, every]) =>
-      el('option', { value: `${hours}|${every}` }, `last ${name}, buckets of ${every}`)));
-  range.value = '6|15m';
+  const ranges = [['1h', 1, '1m', 60], ['6h', 6, '15m', 900], ['24h', 24, '1h', 3600], ['7d', 168, '6h', 21600]]
+    .filter(([, hours, , every]) => every >= window && hours * 3600 > window);
+  if (!ranges.length) ranges.push([`${Math.ceil(window / 3600) * 4}h`, Math.ceil(window / 3600) * 4, `${window}s`, window]);
+  const range = el('select', { id: 'history-range' }, ranges.map(([name, hours, every]) =>
+    el('option', { value: `${hours}|${every}` }, `last ${name}, buckets of ${every}`)));
+  range.value = ranges.some(([, hours]) => hours === 6) ? '6|15m' : range.options[0].value;
   const status = el('p', { id: 'history-status', role: 'status' });
   const rows = el('tbody', { id: 'history-rows' });
-  const csv = el('a', { id: 'history-csv', download: `${d.id}.csv` }, 'Download CSV');
-  const parquet = el('a', { id: 'history-parquet', download: `${d.id}-history.parquet` }, 'Download Parquet');
+  const csv = el('a', { id: 'history-csv', download: `${d.id}.csv` }, 'Download CSV (up to 10 000 readings)');
+  const parquet = el('a', { id: 'history-parquet', download: `${d.id}-history.parquet` }, 'Download Parquet (up to 10 000)');
   const load = async () => {
     const [hours, every] = range.value.split('|');
     const from = iso(new Date(Date.now() - hours * 3600e3));
@@ -223,7 +276,7 @@ function historySection(d, numeric) {
   return el('section', { 'aria-labelledby': 'history-title' },
     el('h2', { id: 'history-title' }, 'History'),
     el('div', { class: 'row' }, el('label', { for: 'history-field' }, 'Field'), picker,
-      el('label', { for: 'history-range' }, 'Range'), range, csv, parquet),
+      el('label', { for: 'history-range' }, 'Range'), range, window ? null : [csv, parquet]),
     canvas, status,
     el('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-label': 'history table' }, el('table', {}, el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'bucket'), el('th', { scope: 'col' }, 'mean'))), rows)));
 }

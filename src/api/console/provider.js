@@ -4,15 +4,14 @@
 
 import { state, el, api, show, attempt, money, when, table, field, secret } from './ui.js';
 import { lines, bars } from './chart.js';
-import { planTerms } from './catalog.js';
+import { planTerms, everyDataset } from './catalog.js';
 
 const RESERVED = ['sensor_id', 'sensor', 'ts', 'time', 'timestamp', 'received_at', 'ts_missing', 'lat', 'lon', 'seq', 'fields'];
 const LICENCES = ['CC-BY-4.0', 'CC0-1.0', 'CC-BY-SA-4.0', 'ODbL-1.0', 'commercial'];
 const FREQUENCIES = ['continuous', 'hourly', 'daily', 'weekly', 'monthly', 'irregular'];
 
 async function ownDatasets() {
-  const page = await api('GET', '/v1/catalog?per_page=200');
-  return page.items.filter((d) => state.me.account.role === 'admin' || d.provider === state.me.account.id);
+  return (await everyDataset()).filter((d) => state.me.account.role === 'admin' || d.provider === state.me.account.id);
 }
 
 export async function providerPage() {
@@ -165,7 +164,8 @@ function deviceKeysSection(d, keys, reload) {
   const form = el('form', { id: 'device-key-form', on: { submit: (event) => {
     event.preventDefault();
     attempt('device-keys-status', async () => {
-      const made = await api('POST', '/v1/keys', { kind: 'device', label: label.value, datasets: [d.id] });
+      // An admin makes the key for the dataset's provider.
+      const made = await api('POST', '/v1/keys', { kind: 'device', label: label.value, datasets: [d.id], account: d.provider });
       await reload();
       return secret('new-device-key', made.secret);
     });
@@ -255,10 +255,11 @@ export async function statementsPage() {
   const [providerLabel, provider] = field('statement-provider', 'Provider', { options: providers.map((a) => [a.id, a.name]) });
   const out = el('div', { id: 'statement' });
   const load = () => attempt('statement-status', async () => {
+    if (admin && !providers.length) return 'No provider account yet.';
     const who = admin ? `&provider=${encodeURIComponent(provider.value)}` : '';
     const s = await api('GET', `/v1/statements?period=${encodeURIComponent(period.value)}${who}`);
     const revenue = el('canvas', { id: 'revenue-chart', role: 'img', 'aria-label': 'revenue by dataset' });
-    const buyers = el('canvas', { id: 'buyers-chart', role: 'img', 'aria-label': 'buyers by sector' });
+    const buyers = el('canvas', { id: 'buyers-chart', role: 'img', 'aria-label': 'subscriptions by the buyer\u2019s sector' });
     const sectors = new Map();
     for (const c of s.subscribers) sectors.set(c.sector, (sectors.get(c.sector) || 0) + c.subscribers);
     out.replaceChildren(
@@ -275,14 +276,14 @@ export async function statementsPage() {
         ['metered', (r) => money(r.metered_minor, r.currency)], ['queries', (r) => money(r.queried_minor, r.currency)],
         ['revenue', (r) => money(r.revenue_minor, r.currency)], ['readings', (r) => r.readings], ['query rows', (r) => r.query_rows],
       ], s.datasets, 'None.'),
-      el('h2', {}, 'Buyers by sector'),
+      el('h2', {}, 'Subscriptions by the buyer\u2019s sector'),
       sectors.size ? buyers : null,
       table('buyers', [
         ['dataset', (c) => c.dataset], ['plan', (c) => c.plan_name], ['sector', (c) => c.sector], ['buyers', (c) => c.subscribers],
       ], s.subscribers, 'No buyer this month.'));
     bars(revenue, s.datasets.map((r) => ({ label: r.dataset, values: [r.flat_minor / 100, r.metered_minor / 100, r.queried_minor / 100] })),
       ['fees', 'metered', 'queries']);
-    bars(buyers, [...sectors].map(([sector, n]) => ({ label: sector, values: [n] })), ['buyers']);
+    bars(buyers, [...sectors].map(([sector, n]) => ({ label: sector, values: [n] })), ['subscriptions']);
     return null;
   });
   period.addEventListener('change', load);
