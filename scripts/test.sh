@@ -9,7 +9,7 @@
 # (reads our DCAT-AP catalog), localstripe (a Stripe API server), sseclient-py (a
 # browser-style EventSource client) and schemathesis (tests the API against its OpenAPI
 # document), from PyPI into a
-# virtualenv under target/; mosquitto_pub, VictoriaMetrics and PostgreSQL from
+# virtualenv under target/; mosquitto, VictoriaMetrics and PostgreSQL from
 # Debian, and for the web console headless Chromium with chromedriver and Firefox ESR (Debian)
 # driven by Selenium (PyPI), Firefox through geckodriver (built from crates.io), the pages
 # checked by axe-core (npm, fetched by the test). The unit and integration tests run twice: on SQLite (the default database) and on
@@ -27,10 +27,12 @@ if ! "$venv/bin/python" -c 'import pyarrow, pandas, duckdb, influxdb_client, pah
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 
-# Debian packages: mosquitto_pub, and VictoriaMetrics as the InfluxDB-API store (the tests
-# start their own instances on free ports).
+# Debian packages: mosquitto (the broker upstream intake subscribes to) and its clients, and
+# VictoriaMetrics as the InfluxDB-API store (the tests start their own instances on free
+# ports).
 need=()
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromedriver >/dev/null || need+=(chromium chromium-driver)

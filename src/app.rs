@@ -140,6 +140,8 @@ pub struct App {
     sinks_stop: CancellationToken,
     http_task: JoinHandle<()>,
     mqtt_task: Option<JoinHandle<()>>,
+    /// One task per `[[upstream]]` broker.
+    upstream_tasks: Vec<JoinHandle<()>>,
     wal: Wal,
     sinks: TaskTracker,
     background: JoinHandle<()>,
@@ -319,6 +321,13 @@ impl App {
         } else {
             (None, None)
         };
+        let upstream_tasks = crate::upstream::start(
+            &config.upstream,
+            &pipeline,
+            &registry,
+            metrics.upstream(),
+            &closing,
+        );
         let state = AppState {
             pipeline: pipeline.clone(),
             registry: registry.clone(),
@@ -398,6 +407,7 @@ impl App {
             sinks_stop,
             http_task,
             mqtt_task,
+            upstream_tasks,
             wal,
             sinks,
             background,
@@ -446,6 +456,10 @@ impl App {
         let _ = self.http_task.await;
         if let Some(mqtt) = self.mqtt_task {
             let _ = mqtt.await;
+        }
+        // Upstream messages not yet durable stay unacknowledged, with their broker.
+        for upstream in self.upstream_tasks {
+            let _ = tokio::time::timeout_at(deadline, upstream).await;
         }
         // Live-feed sessions end with the closing signal; what they delivered since the last
         // flush is written once they have.

@@ -14,7 +14,8 @@
 //! ```text
 //! devices ─HTTP (JSON, NDJSON, SenML)──┐
 //! telegraf ─/api/v2/write, /write──────┼─► decode ─► validate ─► limit ─► WAL append + fsync ─┬─► parquet sink ─► data/parquet/dataset=…/date=…/hour=…/*.parquet
-//! devices ─MQTT 3.1.1 / 5──────────────┘      (rejects: reason per reading)        │           ├─► influx sink ──► InfluxDB / VictoriaMetrics
+//! devices ─MQTT 3.1.1 / 5──────────────┤      (rejects: reason per reading)        │           ├─► influx sink ──► InfluxDB / VictoriaMetrics
+//! brokers ─[[upstream]] (MQTT)─────────┘                                           │           │
 //!                                                          ack (2xx, PUBACK) ◄─────┤           │  (the device is answered after the fsync)
 //!                                                                     feed hub ◄───┤  (acknowledged readings) ─► sessions: entitlement, filters,
 //!                                                                                  │   tier, metering ─► SSE / WebSocket / MQTT subscribers
@@ -27,6 +28,8 @@
 //!    the MQTT publish, and call the pipeline. The MQTT endpoint is citygate's own, on
 //!    rumqttd's codec: PUBACKs leave in order once the pipeline has accepted each publish,
 //!    with MQTT 5 reason codes for rejects; the same endpoint serves subscribers' feeds.
+//!    Readings also come from brokers citygate does not run ([`upstream`]: a city's broker
+//!    cluster, a LoRaWAN network server), acknowledged to the broker once durable.
 //! 2. **Pipeline** ([`pipeline`]): `decode` (four wire formats into typed [`model::Reading`]s)
 //!    and `validate` are pure functions; a rejected reading is data (`index`, `reason`), not an
 //!    error of the request. `limit` takes the accepted readings from the device key's
@@ -107,6 +110,7 @@ pub mod registry;
 pub mod simulate;
 pub mod sink;
 pub mod telemetry;
+pub mod upstream;
 pub mod wal;
 
 pub use app::{App, AppError, StartOptions};

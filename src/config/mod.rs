@@ -17,6 +17,7 @@ mod market;
 mod query;
 mod storage;
 mod units;
+mod upstream;
 pub(crate) mod validate;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ pub use storage::{
     WalConfig,
 };
 pub use units::ByteSize;
+pub use upstream::{UpstreamConfig, UpstreamFormat};
 
 use crate::model::{Dataset, FieldSpec, RateLimit};
 
@@ -68,6 +70,8 @@ pub struct Config {
     pub feed: FeedConfig,
     pub query: QueryConfig,
     pub console: ConsoleConfig,
+    /// `[[upstream]]`: MQTT brokers to take readings from.
+    pub upstream: Vec<UpstreamConfig>,
     pub datasets: Vec<DatasetConfig>,
 }
 

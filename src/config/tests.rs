@@ -251,3 +251,50 @@ fn a_map_tile_server_is_an_https_template_of_plain_url_characters() {
         );
     }
 }
+
+#[test]
+fn upstream_brokers_are_checked_entry_by_entry() {
+    let good = r#"
+[[upstream]]
+name = "city"
+url = "mqtt://broker.example:1883"
+topic = "city/{dataset}/{sensor_id}"
+share_group = "citygate"
+"#;
+    let config = Config::from_toml(&format!("{DEFAULT_CONFIG}\n{good}"), "t", &[]).unwrap();
+    let up = &config.upstream[0];
+    assert_eq!(up.host_port(), Some(("broker.example".into(), 1883)));
+    assert_eq!(up.client_id(), "citygate-city");
+
+    let bad = r#"
+[[upstream]]
+name = "City Broker"
+url = "tcp://broker"
+topic = "city/{dataset}/{dataset}"
+
+[[upstream]]
+name = "ttn"
+url = "mqtt://[::1]:1883"
+topic = "v3/+/devices/{sensor_id}/up"
+dataset = "no-such-dataset"
+
+[[upstream]]
+name = "ttn"
+url = "mqtt://broker"
+topic = "v3/+/devices/{sensor_id}/up"
+share_group = "a/b"
+"#;
+    let err = Config::from_toml(&format!("{DEFAULT_CONFIG}\n{bad}"), "t", &[]).unwrap_err();
+    let all = err.problems.join("\n");
+    for needle in [
+        "upstream[0].name: `City Broker`",
+        "upstream[0].url: `tcp://broker`",
+        "upstream[0].topic: `city/{dataset}/{dataset}` names {dataset} twice",
+        "upstream[1].dataset: `no-such-dataset` is not a dataset",
+        "upstream[2].name: `ttn` is used twice",
+        "upstream[2]: the topic names no {dataset}, so `dataset` must",
+        "upstream[2].share_group: `a/b`",
+    ] {
+        assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+    }
+}

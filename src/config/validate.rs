@@ -38,6 +38,8 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     check_parquet(&mut p, &config.parquet);
     check_query(&mut p, &config.query);
     check_console(&mut p, &config.console);
+    let ids: Vec<String> = config.datasets.iter().map(|d| d.id.clone()).collect();
+    super::upstream::check(&mut p, &config.upstream, &ids);
     check_shutdown_and_log(&mut p, config);
     check_datasets(&mut p, config, positions);
     p

@@ -36,6 +36,9 @@
 
 mod session;
 mod topic;
+
+/// How citygate's endpoint tells a payload's format, for upstream brokers' messages too.
+pub(crate) use topic::format_of;
 mod wire;
 
 use std::collections::HashMap;

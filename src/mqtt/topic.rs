@@ -63,7 +63,7 @@ pub(super) fn route(topic: &str) -> Result<Route<'_>, String> {
 /// The format of a payload: the MQTT 5 content type when given and known, else a look at
 /// the payload (`[` array, `{` object or NDJSON, a letter line protocol). An array whose first
 /// record uses only SenML labels is SenML.
-pub(super) fn format_of(payload: &[u8], content_type: Option<&str>, single_sensor: bool) -> Format {
+pub(crate) fn format_of(payload: &[u8], content_type: Option<&str>, single_sensor: bool) -> Format {
     if let Some(ct) = content_type {
         let essence = media_essence(ct);
         match essence.as_str() {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::labels::{DatasetLabels, HttpLabels, RejectLabels, RouteLabels};
-use super::{FeedMetrics, InfluxMetrics, MqttMetrics, QueryMetrics, WalMetrics};
+use super::{FeedMetrics, InfluxMetrics, MqttMetrics, QueryMetrics, UpstreamMetrics, WalMetrics};
 use crate::model::Reason;
 
 /// Every metric of the process.
@@ -34,6 +34,7 @@ pub struct Metrics {
     influx: InfluxMetrics,
     feed: FeedMetrics,
     query: QueryMetrics,
+    upstream: UpstreamMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +72,7 @@ impl Metrics {
             influx: InfluxMetrics::default(),
             feed: FeedMetrics::default(),
             query: QueryMetrics::default(),
+            upstream: UpstreamMetrics::default(),
             registry: Registry::default(),
         };
         // The exposition lists metrics in registration order: keep this order.
@@ -83,6 +85,7 @@ impl Metrics {
         m.influx.register(&mut registry);
         m.feed.register(&mut registry);
         m.query.register(&mut registry);
+        m.upstream.register(&mut registry);
         let m = Metrics { registry, ..m };
         m.preset();
         m
@@ -178,6 +181,10 @@ impl Metrics {
 
     pub fn query(&self) -> &QueryMetrics {
         &self.query
+    }
+
+    pub fn upstream(&self) -> &UpstreamMetrics {
+        &self.upstream
     }
 
     pub fn mqtt(&self) -> &MqttMetrics {

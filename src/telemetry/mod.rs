@@ -17,6 +17,7 @@ mod mqtt;
 mod query;
 #[cfg(test)]
 mod tests;
+mod upstream;
 mod wal;
 
 use std::io::IsTerminal;
@@ -31,6 +32,7 @@ pub use metrics::{DatasetMetrics, Metrics};
 pub use mqtt::MqttMetrics;
 pub use query::QueryMetrics;
 pub(crate) use query::Scanned;
+pub use upstream::UpstreamMetrics;
 pub use wal::WalMetrics;
 
 /// Starts logging: `RUST_LOG` when set, else the configured level. Safe to call twice (the

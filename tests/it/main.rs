@@ -18,6 +18,7 @@ mod readme;
 mod server;
 mod simulate;
 mod stripe;
+mod upstream;
 // Throwaway PostgreSQL databases: the file the unit tests use too (not in the library).
 #[path = "../../src/market/testdb.rs"]
 mod testdb;

@@ -1,0 +1,321 @@
+//! Intake from MQTT brokers citygate does not run (`[[upstream]]`): a city's broker cluster,
+//! a LoRaWAN network server's MQTT integration. Each upstream is one rumqttc client that
+//! subscribes (QoS 1, in a shared-subscription group when nodes split the load), maps each
+//! message's topic to a dataset and sensor ([`topic::Template`]), reads its payload as
+//! citygate's own MQTT endpoint would (or as an uplink of The Things Stack or ChirpStack,
+//! [`lorawan`]), and runs it through the same pipeline: validation, limits, the log.
+//!
+//! The broker is acknowledged (PUBACK, manual acks) only once the message's readings are
+//! durable in the log, in the order the messages came; a message that can never be stored
+//! (no such dataset, not readings at all, every reading rejected) is acknowledged too, and
+//! on record (rejects in the dataset's log, the metrics). Over a rate limit, or with the log
+//! full, the acknowledgement waits, so the broker holds the rest. A node that stops or
+//! dies leaves its unacknowledged messages with the broker, which sends them again when
+//! the client (same client id, persistent session) comes back.
+
+pub mod lorawan;
+pub mod topic;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use compact_str::CompactString;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{UpstreamConfig, UpstreamFormat};
+use crate::model::now_micros;
+use crate::pipeline::decode::Format;
+use crate::pipeline::limit::{LimitError, LimitKey};
+use crate::pipeline::reject::{Reason, Rejected};
+use crate::pipeline::{Batch, IngestError, Pipeline};
+use crate::registry::Registry;
+use crate::telemetry::UpstreamMetrics;
+use lorawan::Network;
+use topic::Template;
+
+/// One upstream broker, as configured, with what it needs to take messages in.
+#[derive(Debug)]
+pub struct Upstream {
+    config: UpstreamConfig,
+    template: Template,
+    pipeline: Arc<Pipeline>,
+    registry: Arc<Registry>,
+    metrics: UpstreamMetrics,
+}
+
+/// How a message ended: acknowledge it, or leave it to the broker.
+enum Settled {
+    Ack(Publish),
+    /// Shutting down: not acknowledged, so the broker sends it again.
+    Leave,
+}
+
+/// Starts every upstream; each runs until `closing`.
+pub fn start(
+    configs: &[UpstreamConfig],
+    pipeline: &Arc<Pipeline>,
+    registry: &Arc<Registry>,
+    metrics: &UpstreamMetrics,
+    closing: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    configs
+        .iter()
+        .map(|config| {
+            metrics.preset(&config.name);
+            let up = Arc::new(Upstream {
+                template: Template::parse(&config.topic).expect("checked by the config"),
+                config: config.clone(),
+                pipeline: pipeline.clone(),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+            });
+            tokio::spawn(up.run(closing.clone()))
+        })
+        .collect()
+}
+
+impl Upstream {
+    fn options(&self) -> MqttOptions {
+        let (host, port) = self.config.host_port().expect("checked by the config");
+        let mut options = MqttOptions::new(self.config.client_id(), host, port);
+        // The broker keeps the session, and what was not acknowledged, across reconnects.
+        options.set_clean_session(false);
+        options.set_manual_acks(true);
+        options.set_keep_alive(self.config.keep_alive);
+        let max = usize::try_from(self.config.max_packet_size.0).unwrap_or(usize::MAX);
+        options.set_max_packet_size(max, 64 * 1024);
+        options.set_request_channel_capacity(self.config.max_in_flight * 2 + 16);
+        if !self.config.username.is_empty() {
+            options.set_credentials(&self.config.username, &self.config.password.0);
+        }
+        options
+    }
+
+    /// The subscription: the template's filter, in the share group if there is one.
+    fn filter(&self) -> String {
+        match self.config.share_group.as_str() {
+            "" => self.template.filter(),
+            group => format!("$share/{group}/{}", self.template.filter()),
+        }
+    }
+
+    /// Polls the connection (reconnecting with backoff, subscribing on each connect) and
+    /// hands messages to [`Self::work`], which settles and acknowledges them in order.
+    async fn run(self: Arc<Self>, closing: CancellationToken) {
+        let name = self.config.name.clone();
+        let (client, mut events) =
+            AsyncClient::new(self.options(), self.config.max_in_flight * 2 + 16);
+        let (tx, rx) = mpsc::channel(self.config.max_in_flight.max(64) * 4);
+        let worker = tokio::spawn(self.clone().work(client.clone(), rx, closing.clone()));
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let event = tokio::select! {
+                _ = closing.cancelled() => break,
+                event = events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(upstream = %name, filter = %self.filter(), "connected to the upstream broker");
+                    self.metrics.connected(&name, true);
+                    backoff = Duration::from_millis(250);
+                    // The request goes out on the next poll; never await it here.
+                    if let Err(e) = client.try_subscribe(self.filter(), QoS::AtLeastOnce) {
+                        tracing::error!(upstream = %name, error = %e, "cannot subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(upstream = %name, filter = %self.filter(), "the broker refused the subscription");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.metrics.in_flight(&name).inc();
+                    if tx.send(publish).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.connected(&name, false);
+                    self.metrics.reconnect(&name);
+                    tracing::warn!(upstream = %name, error = %e, retry_in = ?backoff, "upstream broker connection lost");
+                    tokio::select! {
+                        _ = closing.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        self.metrics.connected(&name, false);
+        drop(tx);
+        let _ = worker.await;
+        // What was not acknowledged stays with the broker for the next start.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    }
+
+    /// Settles up to `max_in_flight` messages at once and acknowledges them in the order
+    /// they came, each once its readings are durable.
+    async fn work(
+        self: Arc<Self>,
+        client: AsyncClient,
+        mut rx: mpsc::Receiver<Publish>,
+        closing: CancellationToken,
+    ) {
+        let name = self.config.name.clone();
+        let in_flight = self.metrics.in_flight(&name);
+        let mut pending = FuturesOrdered::new();
+        let mut open = true;
+        while open || !pending.is_empty() {
+            tokio::select! {
+                biased;
+                Some(settled) = pending.next(), if !pending.is_empty() => {
+                    in_flight.dec();
+                    match settled {
+                        Settled::Ack(publish) => {
+                            if client.ack(&publish).await.is_ok() {
+                                self.metrics.ack(&name);
+                            }
+                        }
+                        Settled::Leave => {}
+                    }
+                }
+                message = rx.recv(), if open && pending.len() < self.config.max_in_flight => {
+                    match message {
+                        Some(publish) => pending.push_back(self.clone().settle(publish, closing.clone())),
+                        None => open = false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One message: where it goes, what it holds, through the pipeline.
+    async fn settle(self: Arc<Self>, publish: Publish, closing: CancellationToken) -> Settled {
+        let name = &self.config.name;
+        let received_at = now_micros();
+        let Some(named) = self.template.read(&publish.topic) else {
+            self.unroutable(&publish, "the topic does not fit the template");
+            return Settled::Ack(publish);
+        };
+        let dataset = named.dataset.unwrap_or(&self.config.dataset);
+        let Some(ds) = self.registry.get(dataset) else {
+            self.unroutable(&publish, "no such dataset");
+            return Settled::Ack(publish);
+        };
+        let (format, body) = match self.config.format {
+            UpstreamFormat::TheThingsStack => (
+                Format::Json,
+                lorawan::reading(Network::TheThingsStack, &publish.payload),
+            ),
+            UpstreamFormat::Chirpstack => (
+                Format::Json,
+                lorawan::reading(Network::Chirpstack, &publish.payload),
+            ),
+            UpstreamFormat::Json => (Format::Json, Ok(publish.payload.clone())),
+            UpstreamFormat::Ndjson => (Format::Ndjson, Ok(publish.payload.clone())),
+            UpstreamFormat::Senml => (Format::Senml, Ok(publish.payload.clone())),
+            UpstreamFormat::LineProtocol => (Format::LineProtocol, Ok(publish.payload.clone())),
+            UpstreamFormat::Auto => (
+                crate::mqtt::format_of(&publish.payload, None, named.sensor.is_some()),
+                Ok(publish.payload.clone()),
+            ),
+        };
+        let sensor = named.sensor.map(CompactString::from);
+        // Limits count per upstream and sensor: each device its own allowance, as a device
+        // key has on citygate's own endpoints.
+        let key: LimitKey = format!("upstream:{name}/{}", sensor.as_deref().unwrap_or("-")).into();
+        let body = match body {
+            Ok(body) => body,
+            Err(why) => {
+                self.malformed(&ds, &key, received_at, why);
+                return Settled::Ack(publish);
+            }
+        };
+        let mut waited = Duration::ZERO;
+        loop {
+            let batch = Batch {
+                format,
+                body: body.clone(),
+                precision: None,
+                received_at,
+                sensor: sensor.clone(),
+            };
+            let wait = match self.pipeline.ingest(&ds, &key, batch).await {
+                Ok(outcome) => {
+                    let outcome_label = if outcome.accepted > 0 {
+                        "stored"
+                    } else {
+                        "rejected"
+                    };
+                    self.metrics.message(name, outcome_label);
+                    return Settled::Ack(publish);
+                }
+                Err(
+                    e @ (IngestError::Malformed(_)
+                    | IngestError::NoReadings
+                    | IngestError::TooManyReadings { .. }),
+                ) => {
+                    self.malformed(&ds, &key, received_at, e.to_string());
+                    return Settled::Ack(publish);
+                }
+                Err(IngestError::RateLimited(LimitError::BatchExceedsBurst { .. })) => {
+                    self.malformed(
+                        &ds,
+                        &key,
+                        received_at,
+                        "more readings in one message than the dataset's burst".into(),
+                    );
+                    return Settled::Ack(publish);
+                }
+                Err(IngestError::ShuttingDown) => return Settled::Leave,
+                Err(IngestError::RateLimited(LimitError::Exceeded { retry_after })) => retry_after,
+                // The log is full or failing: hold the message, the broker holds the rest.
+                Err(e) => {
+                    if waited.is_zero() {
+                        tracing::warn!(upstream = %name, error = %e, "upstream message waits for the log");
+                    }
+                    Duration::from_millis(500)
+                }
+            };
+            waited += wait;
+            tokio::select! {
+                _ = closing.cancelled() => return Settled::Leave,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn unroutable(&self, publish: &Publish, why: &str) {
+        self.metrics.message(&self.config.name, "unroutable");
+        if crate::telemetry::refusal_log_allowed() {
+            tracing::warn!(
+                upstream = %self.config.name,
+                topic = crate::telemetry::log_text(&publish.topic),
+                why,
+                "upstream message acknowledged and dropped: it names no dataset of this gateway"
+            );
+        }
+    }
+
+    /// A message that holds no readings: on record in the dataset's rejects.
+    fn malformed(&self, ds: &crate::registry::DatasetEntry, key: &LimitKey, at: i64, why: String) {
+        self.metrics.message(&self.config.name, "malformed");
+        let reject = Rejected {
+            index: 0,
+            reason: Reason::Malformed,
+            message: why,
+            sensor_id: None,
+        };
+        self.pipeline.record_rejects(ds, key, at, &[reject]);
+    }
+}

@@ -1,0 +1,333 @@
+//! Intake from a broker citygate does not run: Debian's mosquitto as the city's broker,
+//! devices publishing to it with rumqttc, citygate subscribed as `[[upstream]]`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+use crate::harness::*;
+
+/// A mosquitto broker on a free port; stopped on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 100000\n"
+            ),
+        )
+        .unwrap();
+        let exe = ["/usr/sbin/mosquitto", "mosquitto"]
+            .into_iter()
+            .find(|p| !p.starts_with('/') || std::path::Path::new(p).exists())
+            .unwrap();
+        let child = Command::new(exe)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto runs (scripts/test.sh installs Debian's mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn upstream(&self, name: &str) -> citygate::config::UpstreamConfig {
+        toml::from_str(&format!(
+            "name = \"{name}\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"city/{{dataset}}/{{sensor_id}}\"\n\
+             share_group = \"citygate\"\n",
+            self.port
+        ))
+        .unwrap()
+    }
+
+    /// Publishes every `(topic, payload)` at QoS 1 and returns once the broker has
+    /// acknowledged them all.
+    async fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
+        let mut options =
+            MqttOptions::new(format!("device-{}", messages.len()), "127.0.0.1", self.port);
+        options.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        let n = messages.len();
+        let sender = tokio::spawn(async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < n {
+            match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publishing to mosquitto failed: {other:?}"),
+            }
+        }
+        let client = sender.await.unwrap();
+        let _ = client.disconnect().await;
+    }
+}
+
+/// A counter or gauge of the gateway's metrics by its full name with labels (0 when absent).
+async fn metric(gw: &Gateway, name: &str) -> u64 {
+    gw.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+async fn until(gw: &Gateway, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = metric(gw, name).await;
+        if now >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {now}, below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const CONNECTED: &str = "citygate_upstream_connected{upstream=\"city\"}";
+const ACKS: &str = "citygate_upstream_acks_total{upstream=\"city\"}";
+
+#[tokio::test]
+async fn readings_from_a_broker_are_kept_once_and_bad_ones_are_on_record() {
+    let broker = Broker::start();
+    let up = broker.upstream("city");
+    let gw = Gateway::start_with(|c| c.upstream = vec![up]).await;
+    until(&gw, CONNECTED, 1).await;
+    // Give the broker the subscription before devices publish (a fresh session holds
+    // nothing yet).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let now = now_ms();
+    let mut messages: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            (
+                format!("city/traffic-counts/up-{}", i % 10),
+                json!({"ts": now + i, "vehicle_count": i})
+                    .to_string()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    messages.push((
+        "city/traffic-counts/up-x".into(),
+        br#"{"vehicle_count": "many"}"#.to_vec(),
+    ));
+    messages.push((
+        "city/traffic-counts/up-y".into(),
+        b"not json at all".to_vec(),
+    ));
+    messages.push((
+        "city/nowhere/up-z".into(),
+        br#"{"vehicle_count": 1}"#.to_vec(),
+    ));
+    broker.publish(messages).await;
+
+    until(&gw, ACKS, 303).await;
+    assert_eq!(
+        metric(
+            &gw,
+            "citygate_readings_accepted_total{dataset=\"traffic-counts\"}"
+        )
+        .await,
+        300
+    );
+    for (outcome, n) in [
+        ("stored", 300),
+        ("rejected", 1),
+        ("malformed", 1),
+        ("unroutable", 1),
+    ] {
+        let name =
+            format!("citygate_upstream_messages_total{{upstream=\"city\",outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&gw, &name).await, n, "{outcome}");
+    }
+    assert_eq!(
+        metric(&gw, "citygate_upstream_in_flight{upstream=\"city\"}").await,
+        0
+    );
+
+    // The provider reads why, and from where.
+    let provider = gw.provider_key("copenhagen").await;
+    let (status, page) = gw
+        .get_as("/v1/datasets/traffic-counts/rejects", &provider)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let recent = page["recent"].as_array().unwrap();
+    assert!(
+        recent.iter().any(|r| r["reason"] == "wrong_type"
+            && r["sensor_id"] == "up-x"
+            && r["key_id"] == "upstream:city/up-x"),
+        "{page}"
+    );
+    assert!(
+        recent
+            .iter()
+            .any(|r| r["reason"] == "malformed" && r["key_id"] == "upstream:city/up-y"),
+        "{page}"
+    );
+
+    let dir = gw.stop().await;
+    let mut ids = sensor_ids(dir.path(), "traffic-counts");
+    ids.sort();
+    assert_eq!(ids.len(), 300, "each reading once in Parquet");
+    assert_eq!(ids.iter().filter(|s| *s == "up-3").count(), 30);
+}
+
+#[tokio::test]
+async fn what_arrives_while_the_gateway_is_down_waits_at_the_broker() {
+    let broker = Broker::start();
+    let gw = Gateway::start_with(|c| c.upstream = vec![broker.upstream("city")]).await;
+    until(&gw, CONNECTED, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = gw.admin_key.clone();
+    let dir = gw.stop().await;
+
+    // The broker keeps the session (same client id, not clean) and queues for it.
+    let now = now_ms();
+    broker
+        .publish(
+            (0..50)
+                .map(|i| {
+                    (
+                        format!("city/weather/ws-{i}"),
+                        json!({"ts": now + i, "temperature": 4.5, "humidity": 80.0})
+                            .to_string()
+                            .into_bytes(),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+    let up = broker.upstream("city");
+    let gw = Gateway::start_on(dir, admin, |c| c.upstream = vec![up]).await;
+    until(&gw, ACKS, 50).await;
+    let dir = gw.stop().await;
+    assert_eq!(sensor_ids(dir.path(), "weather").len(), 50);
+}
+
+#[tokio::test]
+async fn a_things_stack_uplink_lands_as_a_reading_with_its_decoded_fields() {
+    let broker = Broker::start();
+    let up: citygate::config::UpstreamConfig = toml::from_str(&format!(
+        "name = \"ttn\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"v3/+/devices/{{sensor_id}}/up\"\n\
+         dataset = \"air-quality\"\nformat = \"the_things_stack\"\n",
+        broker.port
+    ))
+    .unwrap();
+    let gw = Gateway::start_with(|c| c.upstream = vec![up]).await;
+    until(&gw, "citygate_upstream_connected{upstream=\"ttn\"}", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let uplink = json!({
+        "end_device_ids": {"device_id": "aq-lora-1", "application_ids": {"application_id": "air"},
+                           "dev_eui": "70B3D57ED0000001"},
+        "received_at": received,
+        "uplink_message": {"f_port": 1, "frm_payload": "AAE=",
+                           "decoded_payload": {"pm2_5": 7.5, "pm10": 12.0, "no2": 21.0},
+                           "rx_metadata": [{"gateway_ids": {"gateway_id": "gw-1"}, "rssi": -97}]}
+    });
+    broker
+        .publish(vec![(
+            "v3/air@ttn/devices/aq-lora-1/up".into(),
+            uplink.to_string().into_bytes(),
+        )])
+        .await;
+    until(&gw, "citygate_upstream_acks_total{upstream=\"ttn\"}", 1).await;
+    let provider = gw.provider_key("copenhagen").await;
+    let (status, latest) = gw
+        .get_as("/v1/datasets/air-quality/latest", &provider)
+        .await;
+    assert_eq!(status, 200, "{latest}");
+    let reading = &latest["readings"][0];
+    assert_eq!(reading["sensor_id"], "aq-lora-1", "{latest}");
+    assert_eq!(reading["pm2_5"], 7.5, "{latest}");
+    assert_eq!(reading["no2"], 21.0, "{latest}");
+    assert_eq!(
+        reading["ts"].as_str().unwrap()[..19],
+        received[..19],
+        "the network's receive time is the reading's"
+    );
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_the_broker_waits_for_its_acknowledgements() {
+    let broker = Broker::start();
+    let up = broker.upstream("city");
+    let gw = Gateway::start_with(|c| {
+        c.upstream = vec![up];
+        let traffic = c.datasets.iter_mut().find(|d| d.id == "traffic-counts").unwrap();
+        traffic.rate_limit = citygate::model::RateLimit {
+            per_second: 10.0,
+            burst: 5,
+        };
+    })
+    .await;
+    until(&gw, CONNECTED, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = now_ms();
+    let started = Instant::now();
+    broker
+        .publish(
+            (0..25)
+                .map(|i| {
+                    (
+                        "city/traffic-counts/busy-1".to_string(),
+                        json!({"ts": now + i, "vehicle_count": i}).to_string().into_bytes(),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+    // Five at once, then ten a second: the last acknowledgement cannot come before 2 s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let early = metric(&gw, ACKS).await;
+    assert!((5..25).contains(&early), "{early} acknowledged after 0.6 s");
+    assert!(metric(&gw, "citygate_upstream_in_flight{upstream=\"city\"}").await > 0);
+    until(&gw, ACKS, 25).await;
+    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+    let dir = gw.stop().await;
+    assert_eq!(sensor_ids(dir.path(), "traffic-counts").len(), 25, "every one kept, once");
+}
