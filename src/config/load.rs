@@ -138,12 +138,29 @@ fn apply_env_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<
         .split_last()
         .expect("split yields one segment at least");
     let mut current = table;
-    for segment in parents {
+    let mut segments = parents.iter();
+    while let Some(segment) = segments.next() {
         let entry = current
             .entry(segment.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = match entry {
             toml::Value::Table(t) => t,
+            // An array of sections ([[upstream]]) takes an index: UPSTREAM__0__PASSWORD.
+            toml::Value::Array(items) => {
+                let index = segments.next().and_then(|i| i.parse::<usize>().ok());
+                let len = items.len();
+                match index.and_then(|i| items.get_mut(i)) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => {
+                        return Err(format!(
+                            "{name}: `{segment}` is a list of {} sections: name one by its \
+                             index, e.g. CITYGATE__{}__0__KEY",
+                            len,
+                            segment.to_ascii_uppercase()
+                        ));
+                    }
+                }
+            }
             _ => return Err(format!("{name}: `{segment}` is not a section")),
         };
     }

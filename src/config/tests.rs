@@ -261,8 +261,26 @@ url = "mqtt://broker.example:1883"
 topic = "city/{dataset}/{sensor_id}"
 share_group = "citygate"
 "#;
-    let config = Config::from_toml(&format!("{DEFAULT_CONFIG}\n{good}"), "t", &[]).unwrap();
+    // A secret from the environment, into the first [[upstream]].
+    let config = Config::from_toml(
+        &format!("{DEFAULT_CONFIG}\n{good}"),
+        "t",
+        &env(&[("CITYGATE__UPSTREAM__0__PASSWORD", "s3cret")]),
+    )
+    .unwrap();
     let up = &config.upstream[0];
+    assert_eq!(up.password.0, "s3cret");
+    let err = Config::from_toml(
+        &format!("{DEFAULT_CONFIG}\n{good}"),
+        "t",
+        &env(&[("CITYGATE__UPSTREAM__3__PASSWORD", "x")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.problems[0].contains("CITYGATE__UPSTREAM__0__KEY"),
+        "{:?}",
+        err.problems
+    );
     assert_eq!(up.host_port(), Some(("broker.example".into(), 1883)));
     assert_eq!(up.client_id(), "citygate-city");
 

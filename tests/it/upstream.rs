@@ -298,7 +298,11 @@ async fn over_the_rate_limit_the_broker_waits_for_its_acknowledgements() {
     let up = broker.upstream("city");
     let gw = Gateway::start_with(|c| {
         c.upstream = vec![up];
-        let traffic = c.datasets.iter_mut().find(|d| d.id == "traffic-counts").unwrap();
+        let traffic = c
+            .datasets
+            .iter_mut()
+            .find(|d| d.id == "traffic-counts")
+            .unwrap();
         traffic.rate_limit = citygate::model::RateLimit {
             per_second: 10.0,
             burst: 5,
@@ -315,7 +319,9 @@ async fn over_the_rate_limit_the_broker_waits_for_its_acknowledgements() {
                 .map(|i| {
                     (
                         "city/traffic-counts/busy-1".to_string(),
-                        json!({"ts": now + i, "vehicle_count": i}).to_string().into_bytes(),
+                        json!({"ts": now + i, "vehicle_count": i})
+                            .to_string()
+                            .into_bytes(),
                     )
                 })
                 .collect(),
@@ -327,7 +333,15 @@ async fn over_the_rate_limit_the_broker_waits_for_its_acknowledgements() {
     assert!((5..25).contains(&early), "{early} acknowledged after 0.6 s");
     assert!(metric(&gw, "citygate_upstream_in_flight{upstream=\"city\"}").await > 0);
     until(&gw, ACKS, 25).await;
-    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let dir = gw.stop().await;
-    assert_eq!(sensor_ids(dir.path(), "traffic-counts").len(), 25, "every one kept, once");
+    assert_eq!(
+        sensor_ids(dir.path(), "traffic-counts").len(),
+        25,
+        "every one kept, once"
+    );
 }
