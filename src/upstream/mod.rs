@@ -11,7 +11,7 @@
 //! on record (rejects in the dataset's log, the metrics). Over a rate limit, or with the log
 //! full, the acknowledgement waits, so the broker holds the rest. A node that stops or
 //! dies leaves its unacknowledged messages with the broker, which sends them again when
-//! the client (same client id, persistent session) comes back.
+//! the client (same client id, MQTT 5 session kept a week) comes back.
 
 pub mod lorawan;
 pub mod topic;
@@ -22,7 +22,9 @@ use std::time::Duration;
 use compact_str::CompactString;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,10 @@ use crate::telemetry::UpstreamMetrics;
 use lorawan::Network;
 use topic::Template;
 
+/// How long the broker keeps this client's session (and the messages not yet acknowledged)
+/// while it is away: a week.
+const SESSION_EXPIRY_SECS: u32 = 7 * 86_400;
+
 /// One upstream broker, as configured, with what it needs to take messages in.
 #[derive(Debug)]
 pub struct Upstream {
@@ -49,7 +55,7 @@ pub struct Upstream {
 
 /// How a message ended: acknowledge it, or leave it to the broker.
 enum Settled {
-    Ack(Publish),
+    Ack(Box<Publish>),
     /// Shutting down: not acknowledged, so the broker sends it again.
     Leave,
 }
@@ -82,12 +88,19 @@ impl Upstream {
     fn options(&self) -> MqttOptions {
         let (host, port) = self.config.host_port().expect("checked by the config");
         let mut options = MqttOptions::new(self.config.client_id(), host, port);
-        // The broker keeps the session, and what was not acknowledged, across reconnects.
-        options.set_clean_session(false);
+        // MQTT 5: the broker keeps the session, and what was not acknowledged, across
+        // reconnects (for a week), and sends at most `max_in_flight` unacknowledged messages
+        // at once (Receive Maximum), which bounds what waits here.
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
+        options.set_receive_maximum(Some(
+            u16::try_from(self.config.max_in_flight).unwrap_or(u16::MAX),
+        ));
         options.set_manual_acks(true);
         options.set_keep_alive(self.config.keep_alive);
-        let max = usize::try_from(self.config.max_packet_size.0).unwrap_or(usize::MAX);
-        options.set_max_packet_size(max, 64 * 1024);
+        options.set_max_packet_size(Some(
+            u32::try_from(self.config.max_packet_size.0).unwrap_or(u32::MAX),
+        ));
         options.set_request_channel_capacity(self.config.max_in_flight * 2 + 16);
         if !self.config.username.is_empty() {
             options.set_credentials(&self.config.username, &self.config.password.0);
@@ -109,7 +122,12 @@ impl Upstream {
         let name = self.config.name.clone();
         let (client, mut events) =
             AsyncClient::new(self.options(), self.config.max_in_flight * 2 + 16);
-        let (tx, rx) = mpsc::channel(self.config.max_in_flight.max(64) * 4);
+        // The poll loop never waits for the worker: the worker's acknowledgements go out
+        // through this loop, so a loop blocked on a full queue would stall both. What waits
+        // here is bounded by the broker: Receive Maximum asks it for at most
+        // `max_in_flight` unacknowledged messages (mosquitto 2.0 sends a returning
+        // session's whole backlog at once regardless; `in_flight` shows it).
+        let (tx, rx) = mpsc::unbounded_channel();
         let worker = tokio::spawn(self.clone().work(client.clone(), rx, closing.clone()));
         let mut backoff = Duration::from_millis(250);
         loop {
@@ -131,14 +149,14 @@ impl Upstream {
                     if ack
                         .return_codes
                         .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .any(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                     {
-                        tracing::error!(upstream = %name, filter = %self.filter(), "the broker refused the subscription");
+                        tracing::error!(upstream = %name, filter = %self.filter(), codes = ?ack.return_codes, "the broker refused the subscription");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.metrics.in_flight(&name).inc();
-                    if tx.send(publish).await.is_err() {
+                    if tx.send(publish).is_err() {
                         break;
                     }
                 }
@@ -168,7 +186,7 @@ impl Upstream {
     async fn work(
         self: Arc<Self>,
         client: AsyncClient,
-        mut rx: mpsc::Receiver<Publish>,
+        mut rx: mpsc::UnboundedReceiver<Publish>,
         closing: CancellationToken,
     ) {
         let name = self.config.name.clone();
@@ -203,14 +221,18 @@ impl Upstream {
     async fn settle(self: Arc<Self>, publish: Publish, closing: CancellationToken) -> Settled {
         let name = &self.config.name;
         let received_at = now_micros();
-        let Some(named) = self.template.read(&publish.topic) else {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            self.unroutable(&publish, "the topic is not UTF-8");
+            return Settled::Ack(Box::new(publish));
+        };
+        let Some(named) = self.template.read(topic) else {
             self.unroutable(&publish, "the topic does not fit the template");
-            return Settled::Ack(publish);
+            return Settled::Ack(Box::new(publish));
         };
         let dataset = named.dataset.unwrap_or(&self.config.dataset);
         let Some(ds) = self.registry.get(dataset) else {
             self.unroutable(&publish, "no such dataset");
-            return Settled::Ack(publish);
+            return Settled::Ack(Box::new(publish));
         };
         let (format, body) = match self.config.format {
             UpstreamFormat::TheThingsStack => (
@@ -226,7 +248,14 @@ impl Upstream {
             UpstreamFormat::Senml => (Format::Senml, Ok(publish.payload.clone())),
             UpstreamFormat::LineProtocol => (Format::LineProtocol, Ok(publish.payload.clone())),
             UpstreamFormat::Auto => (
-                crate::mqtt::format_of(&publish.payload, None, named.sensor.is_some()),
+                crate::mqtt::format_of(
+                    &publish.payload,
+                    publish
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.content_type.as_deref()),
+                    named.sensor.is_some(),
+                ),
                 Ok(publish.payload.clone()),
             ),
         };
@@ -238,7 +267,7 @@ impl Upstream {
             Ok(body) => body,
             Err(why) => {
                 self.malformed(&ds, &key, received_at, why);
-                return Settled::Ack(publish);
+                return Settled::Ack(Box::new(publish));
             }
         };
         let mut waited = Duration::ZERO;
@@ -258,7 +287,7 @@ impl Upstream {
                         "rejected"
                     };
                     self.metrics.message(name, outcome_label);
-                    return Settled::Ack(publish);
+                    return Settled::Ack(Box::new(publish));
                 }
                 Err(
                     e @ (IngestError::Malformed(_)
@@ -266,7 +295,7 @@ impl Upstream {
                     | IngestError::TooManyReadings { .. }),
                 ) => {
                     self.malformed(&ds, &key, received_at, e.to_string());
-                    return Settled::Ack(publish);
+                    return Settled::Ack(Box::new(publish));
                 }
                 Err(IngestError::RateLimited(LimitError::BatchExceedsBurst { .. })) => {
                     self.malformed(
@@ -275,7 +304,7 @@ impl Upstream {
                         received_at,
                         "more readings in one message than the dataset's burst".into(),
                     );
-                    return Settled::Ack(publish);
+                    return Settled::Ack(Box::new(publish));
                 }
                 Err(IngestError::ShuttingDown) => return Settled::Leave,
                 Err(IngestError::RateLimited(LimitError::Exceeded { retry_after })) => retry_after,
@@ -300,7 +329,7 @@ impl Upstream {
         if crate::telemetry::refusal_log_allowed() {
             tracing::warn!(
                 upstream = %self.config.name,
-                topic = crate::telemetry::log_text(&publish.topic),
+                topic = crate::telemetry::log_text(&String::from_utf8_lossy(&publish.topic)),
                 why,
                 "upstream message acknowledged and dropped: it names no dataset of this gateway"
             );

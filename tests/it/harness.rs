@@ -374,11 +374,15 @@ pub(crate) fn spawn_gateway(config: &Path, data_dir: &Path, env: &[(&str, &str)]
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                && event["message"] == "citygate started"
-            {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "citygate started" {
                 let addr = |k: &str| event[k].as_str().unwrap_or_default().to_string();
                 let _ = tx.send((addr("http"), addr("mqtt")));
+            } else if matches!(event["level"].as_str(), Some("WARN" | "ERROR")) {
+                // Shown with the test's output when it fails.
+                eprintln!("gateway: {line}");
             }
         }
     });

@@ -72,34 +72,42 @@ impl Broker {
         .unwrap()
     }
 
-    /// Publishes every `(topic, payload)` at QoS 1 and returns once the broker has
-    /// acknowledged them all.
+    /// Publishes every `(topic, payload)` at QoS 1 as one device.
     async fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
-        let mut options =
-            MqttOptions::new(format!("device-{}", messages.len()), "127.0.0.1", self.port);
-        options.set_inflight(100);
-        let (client, mut events) = AsyncClient::new(options, 1000);
-        let n = messages.len();
-        let sender = tokio::spawn(async move {
-            for (topic, payload) in messages {
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .unwrap();
-            }
-            client
-        });
-        let mut acked = 0;
-        while acked < n {
-            match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                other => panic!("publishing to mosquitto failed: {other:?}"),
-            }
-        }
-        let client = sender.await.unwrap();
-        let _ = client.disconnect().await;
+        publish(self.port, messages).await;
     }
+}
+
+/// Publishes every `(topic, payload)` at QoS 1 to the broker on `port` and returns once it
+/// has acknowledged them all.
+async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
+    let mut options = MqttOptions::new(
+        format!("device-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    options.set_inflight(100);
+    let (client, mut events) = AsyncClient::new(options, 1000);
+    let n = messages.len();
+    let sender = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publishing to mosquitto failed: {other:?}"),
+        }
+    }
+    let client = sender.await.unwrap();
+    let _ = client.disconnect().await;
 }
 
 /// A counter or gauge of the gateway's metrics by its full name with labels (0 when absent).
@@ -344,4 +352,212 @@ async fn over_the_rate_limit_the_broker_waits_for_its_acknowledgements() {
         25,
         "every one kept, once"
     );
+}
+
+#[tokio::test]
+async fn two_nodes_in_one_share_group_split_the_messages_and_keep_each_once() {
+    let broker = Broker::start();
+    let node = |id: &str| {
+        let mut up = broker.upstream("city");
+        up.client_id = format!("citygate-{id}");
+        up
+    };
+    let (a, b) = (node("a"), node("b"));
+    let gw_a = Gateway::start_with(|c| c.upstream = vec![a]).await;
+    let gw_b = Gateway::start_with(|c| c.upstream = vec![b]).await;
+    until(&gw_a, CONNECTED, 1).await;
+    until(&gw_b, CONNECTED, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = now_ms();
+    broker
+        .publish(
+            (0..400)
+                .map(|i| {
+                    (
+                        format!("city/traffic-counts/split-{}", i % 20),
+                        json!({"ts": now + i, "vehicle_count": i})
+                            .to_string()
+                            .into_bytes(),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&gw_a, ACKS).await + metric(&gw_b, ACKS).await < 400 {
+        assert!(Instant::now() < deadline, "not every message acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (took_a, took_b) = (metric(&gw_a, ACKS).await, metric(&gw_b, ACKS).await);
+    assert!(
+        took_a > 0 && took_b > 0,
+        "the group split them: {took_a} and {took_b}"
+    );
+    let (dir_a, dir_b) = (gw_a.stop().await, gw_b.stop().await);
+    let mut ids = sensor_ids(dir_a.path(), "traffic-counts");
+    assert_eq!(ids.len() as u64, took_a);
+    ids.extend(sensor_ids(dir_b.path(), "traffic-counts"));
+    assert_eq!(ids.len(), 400, "each message in one lake, once");
+}
+
+/// A counter of a gateway process's metrics.
+async fn process_metric(http: &str, name: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else {
+        return 0;
+    };
+    r.text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_stream_loses_nothing_the_broker_handed_it() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let loadtest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/loadtest.toml");
+    let config = dir.path().join("citygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[[upstream]]\nname = \"city\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
+             topic = \"city/{{dataset}}/{{sensor_id}}\"\nclient_id = \"citygate-killed\"\n",
+            std::fs::read_to_string(&loadtest).unwrap(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    // The database, made once (on PostgreSQL, the test's own).
+    let made = bin_on(&data)
+        .args([
+            "keys",
+            "create-device",
+            "--provider",
+            "copenhagen",
+            "--datasets",
+            "traffic-counts",
+            "--create-database",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let env = [("CITYGATE__PARQUET__MAX_AGE", "150ms")];
+
+    let server = spawn_gateway(&config, &data, &env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_metric(&server.http, CONNECTED).await < 1 {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 3 000 devices' readings wait at the broker; the node dies a fifth of the way through.
+    const N: usize = 3000;
+    let now = now_ms();
+    let publisher = {
+        let messages: Vec<(String, Vec<u8>)> = (0..N)
+            .map(|i| {
+                (
+                    format!("city/traffic-counts/k-{i:04}"),
+                    json!({"ts": now, "vehicle_count": 1})
+                        .to_string()
+                        .into_bytes(),
+                )
+            })
+            .collect();
+        let port = broker.port;
+        // About 3 000 a second, so that the kill lands with most still to come.
+        tokio::spawn(async move {
+            for part in messages.chunks(300) {
+                publish(port, part.to_vec()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_metric(&server.http, ACKS).await < (N / 5) as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the node took too little before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-KILL", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(server);
+    publisher.await.unwrap();
+
+    // The next life takes what was not acknowledged, then stops cleanly.
+    let server = spawn_gateway(&config, &data, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = (0, Instant::now());
+    loop {
+        let acks = process_metric(&server.http, ACKS).await;
+        let in_flight = process_metric(
+            &server.http,
+            "citygate_upstream_in_flight{upstream=\"city\"}",
+        )
+        .await;
+        if acks != last.0 {
+            last = (acks, Instant::now());
+        } else if in_flight == 0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker's backlog never drained: {acks} acknowledged, {in_flight} in flight, {}",
+            process_metric(
+                &server.http,
+                "citygate_upstream_connected{upstream=\"city\"}"
+            )
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for id in sensor_ids(&data, "traffic-counts") {
+        *counts.entry(id).or_default() += 1;
+    }
+    let missing: Vec<String> = (0..N)
+        .map(|i| format!("k-{i:04}"))
+        .filter(|id| !counts.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // A message stored but not yet acknowledged when the node died comes again: at most
+    // the messages in flight (deduplication is not built yet).
+    let doubled = counts.values().filter(|&&n| n > 1).count();
+    eprintln!("{N} messages through a kill: none lost, {doubled} stored twice");
+    assert!(doubled <= 256 + 20, "{doubled} stored twice");
 }
