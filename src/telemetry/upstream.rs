@@ -30,7 +30,7 @@ pub struct UpstreamMetrics {
 }
 
 /// How a message from an upstream ended.
-const OUTCOMES: [&str; 4] = ["stored", "rejected", "unroutable", "malformed"];
+const OUTCOMES: [&str; 5] = ["stored", "rejected", "unroutable", "malformed", "retained"];
 
 impl UpstreamMetrics {
     /// Registers the `upstream_*` metrics.
@@ -40,7 +40,7 @@ impl UpstreamMetrics {
             "messages",
             "Messages taken from an upstream broker, by outcome: stored (some or all of its \
              readings kept), rejected (every reading rejected), unroutable (no dataset), \
-             malformed (not readings at all)",
+             malformed (not readings at all), retained (a broker's stored copy, not taken)",
             self.messages.clone(),
         );
         up.register(

@@ -23,7 +23,7 @@ use compact_str::CompactString;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -140,8 +140,12 @@ impl Upstream {
                     tracing::info!(upstream = %name, filter = %self.filter(), "connected to the upstream broker");
                     self.metrics.connected(&name, true);
                     backoff = Duration::from_millis(250);
-                    // The request goes out on the next poll; never await it here.
-                    if let Err(e) = client.try_subscribe(self.filter(), QoS::AtLeastOnce) {
+                    // Retained messages are a broker's copy of a reading already sent (and
+                    // sent again on every subscribe): not asked for. The request goes out on
+                    // the next poll; never await it here.
+                    let mut filter = Filter::new(self.filter(), QoS::AtLeastOnce);
+                    filter.retain_forward_rule = RetainForwardRule::Never;
+                    if let Err(e) = client.try_subscribe_many([filter]) {
                         tracing::error!(upstream = %name, error = %e, "cannot subscribe");
                     }
                 }
@@ -221,6 +225,12 @@ impl Upstream {
     async fn settle(self: Arc<Self>, publish: Publish, closing: CancellationToken) -> Settled {
         let name = &self.config.name;
         let received_at = now_micros();
+        if publish.retain {
+            // A broker that forwards retained messages anyway: the reading it holds came
+            // (or will come) live.
+            self.metrics.message(name, "retained");
+            return Settled::Ack(Box::new(publish));
+        }
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             self.unroutable(&publish, "the topic is not UTF-8");
             return Settled::Ack(Box::new(publish));

@@ -561,3 +561,48 @@ async fn a_node_killed_mid_stream_loses_nothing_the_broker_handed_it() {
     eprintln!("{N} messages through a kill: none lost, {doubled} stored twice");
     assert!(doubled <= 256 + 20, "{doubled} stored twice");
 }
+
+#[tokio::test]
+async fn a_retained_message_is_not_taken_again_on_every_subscribe() {
+    let broker = Broker::start();
+    let now = now_ms();
+    // A device's retained "last value", at the broker before citygate subscribes.
+    let mut options = MqttOptions::new("retainer", "127.0.0.1", broker.port);
+    options.set_inflight(10);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client
+        .publish(
+            "city/traffic-counts/kept-1",
+            QoS::AtLeastOnce,
+            true,
+            json!({"ts": now, "vehicle_count": 7}).to_string(),
+        )
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.unwrap() {
+            break;
+        }
+    }
+    let gw = Gateway::start_with(|c| c.upstream = vec![broker.upstream("city")]).await;
+    until(&gw, CONNECTED, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker
+        .publish(vec![(
+            "city/traffic-counts/live-1".into(),
+            json!({"ts": now + 1, "vehicle_count": 1})
+                .to_string()
+                .into_bytes(),
+        )])
+        .await;
+    until(&gw, ACKS, 1).await;
+    let admin = gw.admin_key.clone();
+    let dir = gw.stop().await;
+    // Subscribing again (a restart) does not bring it either.
+    let gw = Gateway::start_on(dir, admin, |c| c.upstream = vec![broker.upstream("city")]).await;
+    until(&gw, CONNECTED, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(&gw, ACKS).await, 0);
+    let dir = gw.stop().await;
+    assert_eq!(sensor_ids(dir.path(), "traffic-counts"), ["live-1"]);
+}
