@@ -64,6 +64,7 @@ through_broker() {
 name = "bench"
 url = "mqtt://127.0.0.1:18884"
 topic = "citygate/{dataset}/{sensor_id}"
+allow_datasets = ["traffic-counts"]
 client_id = "citygate-bench"
 max_in_flight = 1000
 TOML

@@ -259,7 +259,9 @@ fn upstream_brokers_are_checked_entry_by_entry() {
 name = "city"
 url = "mqtt://broker.example:1883"
 topic = "city/{dataset}/{sensor_id}"
+allow_datasets = ["traffic-counts"]
 share_group = "citygate"
+client_id = "citygate-node-1"
 "#;
     // A secret from the environment, into the first [[upstream]].
     let config = Config::from_toml(
@@ -282,7 +284,7 @@ share_group = "citygate"
         err.problems
     );
     assert_eq!(up.host_port(), Some(("broker.example".into(), 1883)));
-    assert_eq!(up.client_id(), "citygate-city");
+    assert_eq!(up.client_id(), "citygate-node-1");
 
     let bad = r#"
 [[upstream]]
@@ -312,6 +314,8 @@ share_group = "a/b"
         "upstream[2].name: `ttn` is used twice",
         "upstream[2]: the topic names no {dataset}, so `dataset` must",
         "upstream[2].share_group: `a/b`",
+        "upstream[2].client_id: with a share_group",
+        "upstream[0].allow_datasets: the topic names the {dataset}",
     ] {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }

@@ -42,6 +42,10 @@ pub struct UpstreamConfig {
     /// The dataset of every message when `topic` has no `{dataset}`.
     #[serde(default)]
     pub dataset: String,
+    /// The datasets a `{dataset}` topic may name: whoever may publish to the broker writes
+    /// there, so only these (required with `{dataset}`).
+    #[serde(default)]
+    pub allow_datasets: Vec<String>,
     #[serde(default)]
     pub format: UpstreamFormat,
     /// Nodes with the same group split the messages between them (`$share/{group}/…`,
@@ -50,7 +54,7 @@ pub struct UpstreamConfig {
     pub share_group: String,
     /// The MQTT client id: the broker keeps this client's session (and the messages not yet
     /// acknowledged) under it, so each node needs its own, the same across restarts.
-    /// Default: `citygate-{name}`.
+    /// Default: `citygate-{name}` (with a `share_group`, nodes must each name theirs).
     #[serde(default)]
     pub client_id: String,
     #[serde(default)]
@@ -143,6 +147,31 @@ pub(super) fn check(p: &mut Vec<String>, upstreams: &[UpstreamConfig], datasets:
                 "{at}: the topic names the {{dataset}}; leave `dataset` out"
             )),
             Ok(_) => {}
+        }
+        for d in &up.allow_datasets {
+            if !datasets.contains(d) {
+                p.push(format!(
+                    "{at}.allow_datasets: `{d}` is not a dataset of this config"
+                ));
+            }
+        }
+        let names_dataset = up.topic.contains("{dataset}");
+        if names_dataset && up.allow_datasets.is_empty() {
+            p.push(format!(
+                "{at}.allow_datasets: the topic names the {{dataset}}, so list the datasets it \
+                 may write (anyone who can publish to the broker writes there)"
+            ));
+        }
+        if !names_dataset && !up.allow_datasets.is_empty() {
+            p.push(format!(
+                "{at}.allow_datasets: only for a topic that names the {{dataset}}"
+            ));
+        }
+        if !up.share_group.is_empty() && up.client_id.is_empty() {
+            p.push(format!(
+                "{at}.client_id: with a share_group each node needs a client id of its own \
+                 (the broker keeps each one's session), e.g. citygate-node-1"
+            ));
         }
         if !up.dataset.is_empty() && !datasets.contains(&up.dataset) {
             p.push(format!(

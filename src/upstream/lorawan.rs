@@ -7,6 +7,7 @@
 //! - ChirpStack v4: `deviceInfo.deviceName`, `time`, `object`.
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use serde_json::{Map, Value, json};
 
 /// Which network server wrote the uplink.
@@ -16,8 +17,8 @@ pub enum Network {
     Chirpstack,
 }
 
-/// The uplink `payload` as a citygate JSON reading, or why it is not one.
-pub fn reading(network: Network, payload: &[u8]) -> Result<Bytes, String> {
+/// The uplink `payload` as its device and a citygate JSON reading, or why it is not one.
+pub fn reading(network: Network, payload: &[u8]) -> Result<(CompactString, Bytes), String> {
     let uplink: Value =
         serde_json::from_slice(payload).map_err(|e| format!("the uplink is not JSON: {e}"))?;
     let (device, time, fields) = match network {
@@ -51,7 +52,10 @@ pub fn reading(network: Network, payload: &[u8]) -> Result<Bytes, String> {
         reading.insert("ts".into(), json!(time));
     }
     reading.insert("fields".into(), Value::Object(fields.clone()));
-    Ok(Bytes::from(Value::Object(reading).to_string()))
+    Ok((
+        CompactString::from(device),
+        Bytes::from(Value::Object(reading).to_string()),
+    ))
 }
 
 #[cfg(test)]
@@ -65,7 +69,7 @@ mod tests {
             "uplink_message":{"f_port":1,"frm_payload":"AQI=","decoded_payload":{"pm25":7.5,"pm10":12},
             "rx_metadata":[{"gateway_ids":{"gateway_id":"gw-1"},"rssi":-97}]}}"#;
         let out: Value =
-            serde_json::from_slice(&reading(Network::TheThingsStack, uplink).unwrap()).unwrap();
+            serde_json::from_slice(&reading(Network::TheThingsStack, uplink).unwrap().1).unwrap();
         assert_eq!(
             out,
             json!({"sensor_id": "eui-70b3d57ed0000001", "ts": "2026-11-30T10:00:00.123Z",
@@ -79,7 +83,7 @@ mod tests {
             "deviceInfo":{"deviceName":"meter-9","devEui":"0102030405060708"},
             "object":{"energy_kwh":1.25}}"#;
         let out: Value =
-            serde_json::from_slice(&reading(Network::Chirpstack, uplink).unwrap()).unwrap();
+            serde_json::from_slice(&reading(Network::Chirpstack, uplink).unwrap().1).unwrap();
         assert_eq!(
             out,
             json!({"sensor_id": "meter-9", "ts": "2026-11-30T10:00:00Z",

@@ -17,6 +17,7 @@ pub mod lorawan;
 pub mod topic;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use compact_str::CompactString;
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{UpstreamConfig, UpstreamFormat};
-use crate::model::now_micros;
+use crate::model::{is_valid_sensor_id, now_micros};
 use crate::pipeline::decode::Format;
 use crate::pipeline::limit::{LimitError, LimitKey};
 use crate::pipeline::reject::{Reason, Rejected};
@@ -51,6 +52,12 @@ pub struct Upstream {
     pipeline: Arc<Pipeline>,
     registry: Arc<Registry>,
     metrics: UpstreamMetrics,
+}
+
+/// A message and the connection it came on.
+struct Delivery {
+    publish: Publish,
+    connection: u64,
 }
 
 /// How a message ended: acknowledge it, or leave it to the broker.
@@ -117,29 +124,52 @@ impl Upstream {
     }
 
     /// Polls the connection (reconnecting with backoff, subscribing on each connect) and
-    /// hands messages to [`Self::work`], which settles and acknowledges them in order.
+    /// hands messages to [`Self::work`], which settles and acknowledges them in order. On
+    /// `closing` it keeps polling while the worker finishes, so the acknowledgements of what
+    /// was stored go out, then disconnects.
     async fn run(self: Arc<Self>, closing: CancellationToken) {
         let name = self.config.name.clone();
         let (client, mut events) =
             AsyncClient::new(self.options(), self.config.max_in_flight * 2 + 16);
         // The poll loop never waits for the worker: the worker's acknowledgements go out
-        // through this loop, so a loop blocked on a full queue would stall both. What waits
-        // here is bounded by the broker: Receive Maximum asks it for at most
-        // `max_in_flight` unacknowledged messages (mosquitto 2.0 sends a returning
-        // session's whole backlog at once regardless; `in_flight` shows it).
+        // through this loop, so a loop blocked on a full queue would stall both. The broker
+        // bounds what waits here: Receive Maximum asks it for at most `max_in_flight`
+        // unacknowledged messages per connection.
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = tokio::spawn(self.clone().work(client.clone(), rx, closing.clone()));
+        let mut tx = Some(tx);
+        // Which connection a message came on: an acknowledgement only goes out on the same
+        // one (a packet id of an earlier connection names another message on this one).
+        let connection = Arc::new(AtomicU64::new(0));
+        let mut worker = tokio::spawn(self.clone().work(
+            client.clone(),
+            rx,
+            connection.clone(),
+            closing.clone(),
+        ));
+        let mut worker_done = false;
+        let mut disconnect_by: Option<tokio::time::Instant> = None;
         let mut backoff = Duration::from_millis(250);
         loop {
             let event = tokio::select! {
-                _ = closing.cancelled() => break,
+                _ = closing.cancelled(), if tx.is_some() => {
+                    // No more messages to the worker; it settles what it has.
+                    tx = None;
+                    continue;
+                }
+                _ = &mut worker, if tx.is_none() && !worker_done => {
+                    worker_done = true;
+                    let _ = client.try_disconnect();
+                    disconnect_by = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    continue;
+                }
+                _ = tokio::time::sleep_until(disconnect_by.unwrap_or_else(tokio::time::Instant::now)), if disconnect_by.is_some() => break,
                 event = events.poll() => event,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connection.fetch_add(1, Ordering::AcqRel);
                     tracing::info!(upstream = %name, filter = %self.filter(), "connected to the upstream broker");
                     self.metrics.connected(&name, true);
-                    backoff = Duration::from_millis(250);
                     // Retained messages are a broker's copy of a reading already sent (and
                     // sent again on every subscribe): not asked for. The request goes out on
                     // the next poll; never await it here.
@@ -155,22 +185,41 @@ impl Upstream {
                         .iter()
                         .any(|c| !matches!(c, SubscribeReasonCode::Success(_)))
                     {
-                        tracing::error!(upstream = %name, filter = %self.filter(), codes = ?ack.return_codes, "the broker refused the subscription");
+                        // Connected but taking nothing is not connected: say so, try again.
+                        tracing::error!(upstream = %name, filter = %self.filter(), codes = ?ack.return_codes, "the broker refused the subscription; reconnecting");
+                        self.metrics.connected(&name, false);
+                        let _ = client.try_disconnect();
+                    } else {
+                        backoff = Duration::from_millis(250);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    self.metrics.in_flight(&name).inc();
-                    if tx.send(publish).is_err() {
-                        break;
+                    if let Some(tx) = &tx {
+                        self.metrics.in_flight(&name).inc();
+                        let _ = tx.send(Delivery {
+                            publish,
+                            connection: connection.load(Ordering::Acquire),
+                        });
                     }
+                    // Closing: not taken, not acknowledged; the broker sends it again.
                 }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if worker_done => break,
                 Ok(_) => {}
                 Err(e) => {
+                    connection.fetch_add(1, Ordering::AcqRel);
                     self.metrics.connected(&name, false);
+                    if tx.is_none() {
+                        if worker_done {
+                            break;
+                        }
+                        // Closing: let the worker finish without reconnecting.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                     self.metrics.reconnect(&name);
                     tracing::warn!(upstream = %name, error = %e, retry_in = ?backoff, "upstream broker connection lost");
                     tokio::select! {
-                        _ = closing.cancelled() => break,
+                        _ = closing.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -178,19 +227,19 @@ impl Upstream {
             }
         }
         self.metrics.connected(&name, false);
-        drop(tx);
-        let _ = worker.await;
-        // What was not acknowledged stays with the broker for the next start.
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+        if !worker_done {
+            worker.abort();
+        }
     }
 
     /// Settles up to `max_in_flight` messages at once and acknowledges them in the order
-    /// they came, each once its readings are durable.
+    /// they came, each once its readings are durable and only on the connection it came on
+    /// (after a reconnect the broker sends the rest again).
     async fn work(
         self: Arc<Self>,
         client: AsyncClient,
-        mut rx: mpsc::UnboundedReceiver<Publish>,
+        mut rx: mpsc::UnboundedReceiver<Delivery>,
+        connection: Arc<AtomicU64>,
         closing: CancellationToken,
     ) {
         let name = self.config.name.clone();
@@ -200,20 +249,22 @@ impl Upstream {
         while open || !pending.is_empty() {
             tokio::select! {
                 biased;
-                Some(settled) = pending.next(), if !pending.is_empty() => {
+                Some((settled, came_on)) = pending.next(), if !pending.is_empty() => {
                     in_flight.dec();
-                    match settled {
-                        Settled::Ack(publish) => {
-                            if client.ack(&publish).await.is_ok() {
-                                self.metrics.ack(&name);
-                            }
-                        }
-                        Settled::Leave => {}
+                    let Settled::Ack(publish) = settled else { continue };
+                    if came_on != connection.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if publish.qos != QoS::AtMostOnce && client.ack(&publish).await.is_ok() {
+                        self.metrics.ack(&name);
                     }
                 }
-                message = rx.recv(), if open && pending.len() < self.config.max_in_flight => {
-                    match message {
-                        Some(publish) => pending.push_back(self.clone().settle(publish, closing.clone())),
+                delivery = rx.recv(), if open && pending.len() < self.config.max_in_flight => {
+                    match delivery {
+                        Some(Delivery { publish, connection }) => {
+                            let settle = self.clone().settle(publish, closing.clone());
+                            pending.push_back(async move { (settle.await, connection) });
+                        }
                         None => open = false,
                     }
                 }
@@ -240,38 +291,53 @@ impl Upstream {
             return Settled::Ack(Box::new(publish));
         };
         let dataset = named.dataset.unwrap_or(&self.config.dataset);
-        let Some(ds) = self.registry.get(dataset) else {
-            self.unroutable(&publish, "no such dataset");
+        // A topic names only the datasets this upstream may write.
+        let allowed =
+            named.dataset.is_none() || self.config.allow_datasets.iter().any(|d| d == dataset);
+        let Some(ds) = self.registry.get(dataset).filter(|_| allowed) else {
+            self.unroutable(&publish, "no dataset this upstream may write");
             return Settled::Ack(Box::new(publish));
         };
-        let (format, body) = match self.config.format {
-            UpstreamFormat::TheThingsStack => (
-                Format::Json,
-                lorawan::reading(Network::TheThingsStack, &publish.payload),
-            ),
-            UpstreamFormat::Chirpstack => (
-                Format::Json,
-                lorawan::reading(Network::Chirpstack, &publish.payload),
-            ),
-            UpstreamFormat::Json => (Format::Json, Ok(publish.payload.clone())),
-            UpstreamFormat::Ndjson => (Format::Ndjson, Ok(publish.payload.clone())),
-            UpstreamFormat::Senml => (Format::Senml, Ok(publish.payload.clone())),
-            UpstreamFormat::LineProtocol => (Format::LineProtocol, Ok(publish.payload.clone())),
-            UpstreamFormat::Auto => (
-                crate::mqtt::format_of(
-                    &publish.payload,
-                    publish
-                        .properties
-                        .as_ref()
-                        .and_then(|p| p.content_type.as_deref()),
-                    named.sensor.is_some(),
-                ),
-                Ok(publish.payload.clone()),
-            ),
+        // The sensor: the device an uplink names, else the topic's level.
+        let (format, body, sensor) = match self.config.format {
+            UpstreamFormat::TheThingsStack | UpstreamFormat::Chirpstack => {
+                let network = if self.config.format == UpstreamFormat::Chirpstack {
+                    Network::Chirpstack
+                } else {
+                    Network::TheThingsStack
+                };
+                match lorawan::reading(network, &publish.payload) {
+                    Ok((device, body)) => (Format::Json, Ok(body), Some(device)),
+                    Err(why) => (Format::Json, Err(why), None),
+                }
+            }
+            other => {
+                let format = match other {
+                    UpstreamFormat::Json => Format::Json,
+                    UpstreamFormat::Ndjson => Format::Ndjson,
+                    UpstreamFormat::Senml => Format::Senml,
+                    UpstreamFormat::LineProtocol => Format::LineProtocol,
+                    _ => crate::mqtt::format_of(
+                        &publish.payload,
+                        publish
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.content_type.as_deref()),
+                        named.sensor.is_some(),
+                    ),
+                };
+                let body = match named.sensor {
+                    Some(s) if !is_valid_sensor_id(s) => Err(format!(
+                        "`{}` in the topic is not a sensor id (1-64 of A-Z a-z 0-9 . _ -)",
+                        crate::telemetry::log_text(s)
+                    )),
+                    _ => Ok(publish.payload.clone()),
+                };
+                (format, body, named.sensor.map(CompactString::from))
+            }
         };
-        let sensor = named.sensor.map(CompactString::from);
-        // Limits count per upstream and sensor: each device its own allowance, as a device
-        // key has on citygate's own endpoints.
+        // Limits count per upstream and device: each its own allowance, as a device key
+        // has on citygate's own endpoints.
         let key: LimitKey = format!("upstream:{name}/{}", sensor.as_deref().unwrap_or("-")).into();
         let body = match body {
             Ok(body) => body,
@@ -280,34 +346,37 @@ impl Upstream {
                 return Settled::Ack(Box::new(publish));
             }
         };
-        let mut waited = Duration::ZERO;
+        let uplink = matches!(
+            self.config.format,
+            UpstreamFormat::TheThingsStack | UpstreamFormat::Chirpstack
+        );
+        let batch = Batch {
+            format,
+            body,
+            precision: None,
+            received_at,
+            // An uplink names its device inside (the topic may name it otherwise).
+            sensor: if uplink { None } else { sensor },
+        };
+        // Decoded and checked once; the limit and the log may each be waited for.
+        let mut checked = match self.pipeline.prepare(&ds, batch).await {
+            Ok(checked) => checked,
+            Err(IngestError::ShuttingDown) => return Settled::Leave,
+            Err(e) => {
+                self.malformed(&ds, &key, received_at, e.to_string());
+                return Settled::Ack(Box::new(publish));
+            }
+        };
         loop {
-            let batch = Batch {
-                format,
-                body: body.clone(),
-                precision: None,
-                received_at,
-                sensor: sensor.clone(),
-            };
-            let wait = match self.pipeline.ingest(&ds, &key, batch).await {
-                Ok(outcome) => {
-                    let outcome_label = if outcome.accepted > 0 {
-                        "stored"
-                    } else {
-                        "rejected"
-                    };
-                    self.metrics.message(name, outcome_label);
-                    return Settled::Ack(Box::new(publish));
+            match self.pipeline.admit(&ds, &key, &checked) {
+                Ok(()) => break,
+                Err(IngestError::RateLimited(LimitError::Exceeded { retry_after })) => {
+                    tokio::select! {
+                        _ = closing.cancelled() => return Settled::Leave,
+                        _ = tokio::time::sleep(retry_after) => {}
+                    }
                 }
-                Err(
-                    e @ (IngestError::Malformed(_)
-                    | IngestError::NoReadings
-                    | IngestError::TooManyReadings { .. }),
-                ) => {
-                    self.malformed(&ds, &key, received_at, e.to_string());
-                    return Settled::Ack(Box::new(publish));
-                }
-                Err(IngestError::RateLimited(LimitError::BatchExceedsBurst { .. })) => {
+                Err(_) => {
                     self.malformed(
                         &ds,
                         &key,
@@ -316,20 +385,38 @@ impl Upstream {
                     );
                     return Settled::Ack(Box::new(publish));
                 }
+            }
+        }
+        let mut failures = 0;
+        loop {
+            match self.pipeline.deliver(&ds, &key, &mut checked).await {
+                Ok(outcome) => {
+                    let label = if outcome.accepted > 0 {
+                        "stored"
+                    } else {
+                        "rejected"
+                    };
+                    self.metrics.message(name, label);
+                    return Settled::Ack(Box::new(publish));
+                }
                 Err(IngestError::ShuttingDown) => return Settled::Leave,
-                Err(IngestError::RateLimited(LimitError::Exceeded { retry_after })) => retry_after,
-                // The log is full or failing: hold the message, the broker holds the rest.
+                // The log is full or failing: hold the message (the broker holds the rest)
+                // and try again; nothing was kept.
                 Err(e) => {
-                    if waited.is_zero() {
+                    failures += 1;
+                    if failures == 1 {
                         tracing::warn!(upstream = %name, error = %e, "upstream message waits for the log");
                     }
-                    Duration::from_millis(500)
+                    if matches!(e, IngestError::Internal(_)) && failures >= 3 {
+                        tracing::error!(upstream = %name, error = %e, "upstream message given up");
+                        self.malformed(&ds, &key, received_at, format!("not stored: {e}"));
+                        return Settled::Ack(Box::new(publish));
+                    }
+                    tokio::select! {
+                        _ = closing.cancelled() => return Settled::Leave,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
-            };
-            waited += wait;
-            tokio::select! {
-                _ = closing.cancelled() => return Settled::Leave,
-                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

@@ -66,7 +66,8 @@ impl Broker {
     fn upstream(&self, name: &str) -> citygate::config::UpstreamConfig {
         toml::from_str(&format!(
             "name = \"{name}\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"city/{{dataset}}/{{sensor_id}}\"\n\
-             share_group = \"citygate\"\n",
+             allow_datasets = [\"traffic-counts\", \"weather\"]\n\
+             share_group = \"citygate\"\nclient_id = \"citygate-{name}-node\"\n",
             self.port
         ))
         .unwrap()
@@ -110,14 +111,16 @@ async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
     let _ = client.disconnect().await;
 }
 
-/// A counter or gauge of the gateway's metrics by its full name with labels (0 when absent).
+/// A counter or gauge of the gateway's metrics by its full name with labels (every upstream
+/// series exists from the start: a name not there is a mistake of the test).
 async fn metric(gw: &Gateway, name: &str) -> u64 {
     gw.metrics()
         .await
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 async fn until(gw: &Gateway, name: &str, at_least: u64) {
@@ -171,9 +174,19 @@ async fn readings_from_a_broker_are_kept_once_and_bad_ones_are_on_record() {
         "city/nowhere/up-z".into(),
         br#"{"vehicle_count": 1}"#.to_vec(),
     ));
+    // A dataset of the gateway this upstream may not write, and a topic level that is no
+    // sensor id.
+    messages.push((
+        "city/energy-meters/em-1".into(),
+        br#"{"energy_kwh": 1.0}"#.to_vec(),
+    ));
+    messages.push((
+        "city/traffic-counts/has space".into(),
+        br#"{"vehicle_count": 1}"#.to_vec(),
+    ));
     broker.publish(messages).await;
 
-    until(&gw, ACKS, 303).await;
+    until(&gw, ACKS, 305).await;
     assert_eq!(
         metric(
             &gw,
@@ -185,8 +198,9 @@ async fn readings_from_a_broker_are_kept_once_and_bad_ones_are_on_record() {
     for (outcome, n) in [
         ("stored", 300),
         ("rejected", 1),
-        ("malformed", 1),
-        ("unroutable", 1),
+        ("malformed", 2),
+        ("unroutable", 2),
+        ("retained", 0),
     ] {
         let name =
             format!("citygate_upstream_messages_total{{upstream=\"city\",outcome=\"{outcome}\"}}");
@@ -425,7 +439,8 @@ async fn a_node_killed_mid_stream_loses_nothing_the_broker_handed_it() {
         &config,
         format!(
             "{}\n[[upstream]]\nname = \"city\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
-             topic = \"city/{{dataset}}/{{sensor_id}}\"\nclient_id = \"citygate-killed\"\n",
+             topic = \"city/{{dataset}}/{{sensor_id}}\"\nallow_datasets = [\"traffic-counts\"]\n\
+             client_id = \"citygate-killed\"\n",
             std::fs::read_to_string(&loadtest).unwrap(),
             broker.port
         ),
