@@ -188,10 +188,29 @@ impl Default for PipelineConfig {
     }
 }
 
-/// A secret from config or env, never printed.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
+/// A secret from config or env, never printed. An environment value that reads as a number
+/// or a boolean (a password of digits) is still the secret's text.
+#[derive(Clone, Default)]
 pub struct Secret(pub String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Integer(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(Secret(match Raw::deserialize(d)? {
+            Raw::Text(text) => text,
+            Raw::Integer(n) => n.to_string(),
+            Raw::Float(x) => x.to_string(),
+            Raw::Bool(b) => b.to_string(),
+        }))
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -272,6 +272,16 @@ client_id = "citygate-node-1"
     .unwrap();
     let up = &config.upstream[0];
     assert_eq!(up.password.0, "s3cret");
+    // A password of digits stays text, as written.
+    for digits in ["123456", "0123456"] {
+        let config = Config::from_toml(
+            &format!("{DEFAULT_CONFIG}\n{good}"),
+            "t",
+            &env(&[("CITYGATE__UPSTREAM__0__PASSWORD", digits)]),
+        )
+        .unwrap();
+        assert_eq!(config.upstream[0].password.0, digits);
+    }
     let err = Config::from_toml(
         &format!("{DEFAULT_CONFIG}\n{good}"),
         "t",
