@@ -325,6 +325,7 @@ impl App {
             &config.upstream,
             &pipeline,
             &registry,
+            &query,
             metrics.upstream(),
             &closing,
         );

@@ -30,7 +30,14 @@ pub struct UpstreamMetrics {
 }
 
 /// How a message from an upstream ended.
-const OUTCOMES: [&str; 5] = ["stored", "rejected", "unroutable", "malformed", "retained"];
+const OUTCOMES: [&str; 6] = [
+    "stored",
+    "rejected",
+    "unroutable",
+    "malformed",
+    "retained",
+    "duplicate",
+];
 
 impl UpstreamMetrics {
     /// Registers the `upstream_*` metrics.
@@ -40,7 +47,8 @@ impl UpstreamMetrics {
             "messages",
             "Messages taken from an upstream broker, by outcome: stored (some or all of its \
              readings kept), rejected (every reading rejected), unroutable (no dataset), \
-             malformed (not readings at all), retained (a broker's stored copy, not taken)",
+             malformed (not readings at all), retained (a broker's stored copy, not taken), \
+             duplicate (sent again, stored already)",
             self.messages.clone(),
         );
         up.register(

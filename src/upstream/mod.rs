@@ -11,7 +11,8 @@
 //! on record (rejects in the dataset's log, the metrics). Over a rate limit, or with the log
 //! full, the acknowledgement waits, so the broker holds the rest. A node that stops or
 //! dies leaves its unacknowledged messages with the broker, which sends them again when
-//! the client (same client id, MQTT 5 session kept a week) comes back.
+//! the client (same client id, MQTT 5 session kept a week) comes back; a message sent
+//! again (DUP) whose readings are in the history already is acknowledged, not stored twice.
 
 pub mod lorawan;
 pub mod topic;
@@ -35,6 +36,7 @@ use crate::pipeline::decode::Format;
 use crate::pipeline::limit::{LimitError, LimitKey};
 use crate::pipeline::reject::{Reason, Rejected};
 use crate::pipeline::{Batch, IngestError, Pipeline};
+use crate::query::{Order, QueryService, Selection};
 use crate::registry::Registry;
 use crate::telemetry::UpstreamMetrics;
 use lorawan::Network;
@@ -51,6 +53,8 @@ pub struct Upstream {
     template: Template,
     pipeline: Arc<Pipeline>,
     registry: Arc<Registry>,
+    /// Where a message the broker sends again is looked for (it may be stored already).
+    query: Arc<QueryService>,
     metrics: UpstreamMetrics,
 }
 
@@ -72,6 +76,7 @@ pub fn start(
     configs: &[UpstreamConfig],
     pipeline: &Arc<Pipeline>,
     registry: &Arc<Registry>,
+    query: &Arc<QueryService>,
     metrics: &UpstreamMetrics,
     closing: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -84,6 +89,7 @@ pub fn start(
                 config: config.clone(),
                 pipeline: pipeline.clone(),
                 registry: registry.clone(),
+                query: query.clone(),
                 metrics: metrics.clone(),
             });
             tokio::spawn(up.run(closing.clone()))
@@ -245,8 +251,26 @@ impl Upstream {
         let name = self.config.name.clone();
         let in_flight = self.metrics.in_flight(&name);
         let mut pending = FuturesOrdered::new();
+        // The connection what is pending came on, and a message of a newer one held back
+        // until the older ones are settled: a copy the broker sends again must not race
+        // its first copy into the log.
+        let mut pending_on: Option<u64> = None;
+        let mut held: Option<Delivery> = None;
         let mut open = true;
-        while open || !pending.is_empty() {
+        let start = |d: Delivery, pending: &mut FuturesOrdered<_>| {
+            let came_on = d.connection;
+            let settle =
+                self.clone()
+                    .settle(d.publish, came_on, connection.clone(), closing.clone());
+            pending.push_back(async move { (settle.await, came_on) });
+        };
+        while open || !pending.is_empty() || held.is_some() {
+            if pending.is_empty()
+                && let Some(d) = held.take()
+            {
+                pending_on = Some(d.connection);
+                start(d, &mut pending);
+            }
             tokio::select! {
                 biased;
                 Some((settled, came_on)) = pending.next(), if !pending.is_empty() => {
@@ -259,11 +283,12 @@ impl Upstream {
                         self.metrics.ack(&name);
                     }
                 }
-                delivery = rx.recv(), if open && pending.len() < self.config.max_in_flight => {
+                delivery = rx.recv(), if open && held.is_none() && pending.len() < self.config.max_in_flight => {
                     match delivery {
-                        Some(Delivery { publish, connection }) => {
-                            let settle = self.clone().settle(publish, closing.clone());
-                            pending.push_back(async move { (settle.await, connection) });
+                        Some(d) if !pending.is_empty() && pending_on != Some(d.connection) => held = Some(d),
+                        Some(d) => {
+                            pending_on = Some(d.connection);
+                            start(d, &mut pending);
                         }
                         None => open = false,
                     }
@@ -273,7 +298,15 @@ impl Upstream {
     }
 
     /// One message: where it goes, what it holds, through the pipeline.
-    async fn settle(self: Arc<Self>, publish: Publish, closing: CancellationToken) -> Settled {
+    /// `came_on` is the connection it came on: once `connection` has moved on, a message
+    /// not yet in the log is left to the broker, which sends it again.
+    async fn settle(
+        self: Arc<Self>,
+        publish: Publish,
+        came_on: u64,
+        connection: Arc<AtomicU64>,
+        closing: CancellationToken,
+    ) -> Settled {
         let name = &self.config.name;
         let received_at = now_micros();
         if publish.retain {
@@ -367,6 +400,16 @@ impl Upstream {
                 return Settled::Ack(Box::new(publish));
             }
         };
+        // Sent again (after a reconnect, or to this node after another died): the readings
+        // stored already the first time are not stored twice.
+        if publish.dup {
+            let before = checked.accepted.len();
+            self.drop_stored(&ds.dataset, &mut checked.accepted).await;
+            if before > 0 && checked.accepted.is_empty() && checked.rejected.is_empty() {
+                self.metrics.message(name, "duplicate");
+                return Settled::Ack(Box::new(publish));
+            }
+        }
         loop {
             match self.pipeline.admit(&ds, &key, &checked) {
                 Ok(()) => break,
@@ -389,6 +432,9 @@ impl Upstream {
         }
         let mut failures = 0;
         loop {
+            if connection.load(Ordering::Acquire) != came_on {
+                return Settled::Leave;
+            }
             match self.pipeline.deliver(&ds, &key, &mut checked).await {
                 Ok(outcome) => {
                     let label = if outcome.accepted > 0 {
@@ -419,6 +465,48 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// Takes out of `readings` those stored already: the same sensor, time and values in
+    /// the history (the hot store caught up with the log first, so what a previous life
+    /// stored before it died is there). Readings without a time of their own cannot be told
+    /// apart and stay.
+    async fn drop_stored(
+        &self,
+        dataset: &Arc<crate::model::Dataset>,
+        readings: &mut Vec<crate::model::Reading>,
+    ) {
+        let timed: Vec<&crate::model::Reading> =
+            readings.iter().filter(|r| !r.ts_missing).collect();
+        let (Some(from), Some(to)) = (
+            timed.iter().map(|r| r.ts).min(),
+            timed.iter().map(|r| r.ts).max(),
+        ) else {
+            return;
+        };
+        if !self.query.hot.catch_up(Duration::from_secs(5)).await {
+            return;
+        }
+        let sel = Selection {
+            dataset: dataset.clone(),
+            from,
+            to: to + 1,
+            filter: crate::feed::session::Filter {
+                sensors: Some(timed.iter().map(|r| r.sensor_id.to_string()).collect()),
+                bbox: None,
+            },
+            fields: None,
+        };
+        let limit = (timed.len() * 4).clamp(16, 100_000);
+        let Ok(page) = self.query.history(&sel, Order::Asc, limit, None).await else {
+            return;
+        };
+        readings.retain(|r| {
+            r.ts_missing
+                || !page.rows.iter().any(|row| {
+                    row.ts == r.ts && row.sensor_id == r.sensor_id && row.values == r.values
+                })
+        });
     }
 
     fn unroutable(&self, publish: &Publish, why: &str) {
