@@ -730,3 +730,57 @@ async fn what_was_stored_but_not_acknowledged_when_the_connection_broke_is_not_s
     expected.sort();
     assert_eq!(ids, expected, "each reading once");
 }
+
+#[tokio::test]
+async fn a_chirpstack_uplink_lands_as_a_reading_of_its_device() {
+    let broker = Broker::start();
+    let up: citygate::config::UpstreamConfig = toml::from_str(&format!(
+        "name = \"chirp\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
+         topic = \"application/+/device/+/event/up\"\ndataset = \"energy-meters\"\n\
+         format = \"chirpstack\"\n",
+        broker.port
+    ))
+    .unwrap();
+    let gw = Gateway::start_with(|c| c.upstream = vec![up]).await;
+    until(&gw, "citygate_upstream_connected{upstream=\"chirp\"}", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let uplink = |name: &str, energy: f64| {
+        json!({"deduplicationId": "d-1", "time": time,
+               "deviceInfo": {"deviceName": name, "devEui": "0102030405060708",
+                              "applicationName": "meters"},
+               "object": {"energy": energy, "power": 1.5}})
+        .to_string()
+        .into_bytes()
+    };
+    broker
+        .publish(vec![
+            (
+                "application/7/device/0102030405060708/event/up".into(),
+                uplink("meter-9", 12.25),
+            ),
+            // A device name that is no sensor id: a reject with its reason.
+            (
+                "application/7/device/0102030405060709/event/up".into(),
+                uplink("meter 10", 1.0),
+            ),
+        ])
+        .await;
+    until(&gw, "citygate_upstream_acks_total{upstream=\"chirp\"}", 2).await;
+    let provider = gw.provider_key("copenhagen-energy").await;
+    let (status, latest) = gw
+        .get_as("/v1/datasets/energy-meters/latest", &provider)
+        .await;
+    assert_eq!(status, 200, "{latest}");
+    let readings = latest["readings"].as_array().unwrap();
+    assert_eq!(readings.len(), 1, "{latest}");
+    assert_eq!(readings[0]["sensor_id"], "meter-9");
+    assert_eq!(readings[0]["energy"], 12.25);
+    let (_, rejects) = gw
+        .get_as("/v1/datasets/energy-meters/rejects", &provider)
+        .await;
+    assert_eq!(
+        rejects["recent"][0]["reason"], "invalid_sensor_id",
+        "{rejects}"
+    );
+}
