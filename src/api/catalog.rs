@@ -165,6 +165,44 @@ pub(crate) async fn show(
     Ok(Json(item(&state, d, plans, now_micros())))
 }
 
+/// Sensor positions the public sees at most per dataset.
+const POSITIONS_MAX: usize = 10_000;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SensorPositions {
+    dataset: String,
+    /// `[longitude, latitude]` of each sensor whose last reading had a position, in no
+    /// particular order; no sensor ids, no values.
+    positions: Vec<[f64; 2]>,
+    /// False when these are not all (at most 10 000 are given, or the gateway has only
+    /// just started).
+    complete: bool,
+}
+
+/// `GET /v1/catalog/{id}/sensors`: where the dataset's sensors are, for anyone (the
+/// catalog's map); what they measure is the plans' to give.
+#[utoipa::path(get, operation_id = "catalog_sensor_positions", path = "/v1/catalog/{id}/sensors",
+    tag = "catalog",
+    params(("id" = String, Path, description = "the dataset")),
+    responses((status = 200, description = "the sensors' last positions", body = SensorPositions),
+              crate::api::error::Refused))]
+pub(crate) async fn sensors(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SensorPositions>, ApiError> {
+    state
+        .catalog
+        .catalog_dataset(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no dataset `{id}`")))?;
+    let (positions, complete) = state.query.hot.positions(&id, POSITIONS_MAX);
+    Ok(Json(SensorPositions {
+        dataset: id,
+        positions,
+        complete,
+    }))
+}
+
 /// `POST /v1/catalog`: the body is a dataset declaration as in the config file (JSON);
 /// `provider` defaults to the caller's account, `publisher` to its name.
 #[utoipa::path(post, operation_id = "create_dataset", path = "/v1/catalog", tag = "catalog",

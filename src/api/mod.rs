@@ -120,6 +120,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(catalog::list, catalog::create))
         .routes(routes!(catalog::jsonld))
         .routes(routes!(catalog::show, catalog::update))
+        .routes(routes!(catalog::sensors))
         .routes(routes!(market::list_plans, market::create_plan))
         .routes(routes!(market::withdraw_plan))
         .routes(routes!(market::list_subscriptions, market::subscribe))

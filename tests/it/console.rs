@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::Gateway;
+use crate::harness::{Gateway, now_ms};
 
 /// A request with only the session cookie (and a CSRF token when given), as a browser.
 async fn as_browser(
@@ -393,4 +393,51 @@ async fn a_configured_tile_server_is_named_in_the_page_and_allowed_images_only()
         r#"<meta name="citygate-map-tiles" content="https://tiles.example/osm/{z}/{x}/{y}.png" data-attribution="© &quot;OSM&quot; &lt;b&gt;contributors&lt;/b&gt;">"#
     ), "{html}");
     assert_eq!(html.matches("<script").count(), 1, "{html}");
+}
+
+#[tokio::test]
+async fn anyone_sees_where_a_datasets_sensors_are_and_nothing_more() {
+    let gw = Gateway::start().await;
+    let device = gw.device_key(&["traffic-counts"]).await;
+    let now = now_ms();
+    let resp = gw
+        .post_json(
+            "traffic-counts",
+            &device,
+            serde_json::json!([
+                {"sensor_id": "pos-1", "ts": now, "vehicle_count": 3, "lat": 55.676, "lon": 12.568},
+                {"sensor_id": "pos-1", "ts": now + 1, "vehicle_count": 4, "lat": 55.677, "lon": 12.569},
+                {"sensor_id": "pos-2", "ts": now, "vehicle_count": 5},
+            ]),
+        )
+        .await;
+    assert_eq!(resp.status(), 204);
+    // No key: the catalog's map.
+    let answer: Value = gw
+        .client
+        .get(gw.url("/v1/catalog/traffic-counts/sensors"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["positions"],
+        serde_json::json!([[12.569, 55.677]]),
+        "{answer}"
+    );
+    assert_eq!(answer["complete"], true);
+    let text = answer.to_string();
+    assert!(
+        !text.contains("pos-1") && !text.contains("vehicle_count"),
+        "{text}"
+    );
+    let missing = gw
+        .client
+        .get(gw.url("/v1/catalog/no-such/sensors"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 }

@@ -105,6 +105,7 @@ export async function dataset(id) {
     el('p', { class: 'muted' }, `${d.publisher} · ${d.licence} · provider ${d.provider}`),
     el('p', {}, d.description),
     quality(d.quality),
+    mapSection(d),
     el('h2', {}, 'Schema'),
     el('table', {}, el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'field'), el('th', { scope: 'col' }, 'type'), el('th', { scope: 'col' }, 'unit'))),
       el('tbody', {}, d.fields.map((f) => el('tr', {}, el('td', {}, f.name), el('td', {}, f.type), el('td', {}, f.unit || ''))))),
@@ -115,7 +116,7 @@ export async function dataset(id) {
   if (grant) {
     // An aggregate-only plan reads windows of at least its length and no raw readings.
     const window = grant.aggregate ? seconds(grant.aggregate) : 0;
-    const sections = () => [mapSection(d, window), numeric.length ? [liveSection(d, numeric, window), historySection(d, numeric, window)] : null];
+    const sections = () => [numeric.length ? [liveSection(d, numeric, window), historySection(d, numeric, window)] : null];
     const plan = grant.plan && d.plans.find((p) => p.id === grant.plan);
     if (grant.plan && (!plan || plan.kind === 'metered')) {
       // A metered plan pays for what it reads: nothing is read until asked for.
@@ -165,24 +166,23 @@ async function subscribe(plan) {
   }
 }
 
-// Where the sensors are: the latest position of each sensor that reports one (readings
-// carry an optional lat/lon), as dots at the zoom that shows them all; nothing fetched
-// from elsewhere unless the operator configured a tile server (`[console] map_tiles`). An
-// aggregate-only plan (a `window`) reads no single readings, so no positions.
-function mapSection(d, window) {
-  if (window) return null;
+// Where the sensors are, for anyone: each sensor's last position (readings carry an
+// optional lat/lon; the catalog gives positions only), as dots at the zoom that shows them
+// all; nothing fetched from elsewhere unless the operator configured a tile server
+// (`[console] map_tiles`).
+function mapSection(d) {
   const meta = document.querySelector('meta[name="citygate-map-tiles"]');
   const tiles = meta && { url: meta.content, attribution: meta.dataset.attribution };
   const canvas = el('canvas', { id: 'sensor-map', class: 'map', role: 'img', 'aria-label': `sensors of ${d.title}` });
   const status = el('p', { id: 'sensor-map-status', role: 'status' });
   (async () => {
     try {
-      const answer = await api('GET', `/v1/datasets/${encodeURIComponent(d.id)}/latest?fields=${encodeURIComponent(d.fields[0].name)}`);
-      const points = answer.readings.filter((r) => typeof r.lat === 'number' && typeof r.lon === 'number')
-        .map((r) => ({ lon: r.lon, lat: r.lat }));
-      map(canvas, points, tiles);
+      const answer = await api('GET', `/v1/catalog/${encodeURIComponent(d.id)}/sensors`);
+      const points = answer.positions.map(([lon, lat]) => ({ lon, lat }));
       canvas.hidden = !points.length;
-      status.textContent = points.length ? `${points.length} of ${answer.readings.length} sensors report a position`
+      map(canvas, points, tiles);
+      status.textContent = points.length
+        ? `${points.length} sensors with a position${answer.complete ? '' : ' (not all shown)'}`
         : 'No sensor reports a position.';
     } catch (error) {
       status.replaceChildren(failed(error));

@@ -194,6 +194,24 @@ impl HotStore {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Where `dataset`'s sensors were at their last reading (longitude, latitude), of the
+    /// sensors whose last reading had a position: at most `max`, and whether that is all
+    /// (false until the index is seeded, when it is over its size, or past `max`).
+    pub(crate) fn positions(&self, dataset: &str, max: usize) -> (Vec<[f64; 2]>, bool) {
+        let entry = self.entry(dataset);
+        let d = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (_, r) in d.last.values() {
+            if let (Some(lon), Some(lat)) = (r.lon, r.lat) {
+                if out.len() == max {
+                    return (out, false);
+                }
+                out.push([lon, lat]);
+            }
+        }
+        (out, d.seeded && !d.overfull)
+    }
+
     /// Waits until every record committed now is in the store (false: not within
     /// `timeout`, or the store stopped).
     pub(crate) async fn catch_up(&self, timeout: Duration) -> bool {
