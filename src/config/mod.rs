@@ -16,6 +16,7 @@ mod load;
 mod market;
 mod query;
 mod storage;
+mod topic;
 mod units;
 mod upstream;
 pub(crate) mod validate;
@@ -32,6 +33,7 @@ pub use storage::{
     DatabaseConfig, DatabaseLocation, FsyncMode, InfluxConfig, ParquetConfig, StorageConfig,
     WalConfig,
 };
+pub use topic::{Named as TopicNames, Template as TopicTemplate};
 pub use units::ByteSize;
 pub use upstream::{UpstreamConfig, UpstreamFormat};
 

@@ -138,7 +138,7 @@ pub(super) fn check(p: &mut Vec<String>, upstreams: &[UpstreamConfig], datasets:
                 up.url
             ));
         }
-        match crate::upstream::topic::Template::parse(&up.topic) {
+        match super::topic::Template::parse(&up.topic) {
             Err(why) => p.push(format!("{at}.topic: {why}")),
             Ok(t) if !t.names_dataset() && up.dataset.is_empty() => p.push(format!(
                 "{at}: the topic names no {{dataset}}, so `dataset` must"

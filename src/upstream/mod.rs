@@ -1,7 +1,7 @@
 //! Intake from MQTT brokers citygate does not run (`[[upstream]]`): a city's broker cluster,
 //! a LoRaWAN network server's MQTT integration. Each upstream is one rumqttc client that
 //! subscribes (QoS 1, in a shared-subscription group when nodes split the load), maps each
-//! message's topic to a dataset and sensor ([`topic::Template`]), reads its payload as
+//! message's topic to a dataset and sensor ([`crate::config::TopicTemplate`]), reads its payload as
 //! citygate's own MQTT endpoint would (or as an uplink of The Things Stack or ChirpStack,
 //! [`lorawan`]), and runs it through the same pipeline: validation, limits, the log.
 //!
@@ -15,7 +15,6 @@
 //! again (DUP) whose readings are in the history already is acknowledged, not stored twice.
 
 pub mod lorawan;
-pub mod topic;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +29,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{UpstreamConfig, UpstreamFormat};
+use crate::config::{TopicTemplate as Template, UpstreamConfig, UpstreamFormat};
 use crate::model::{is_valid_sensor_id, now_micros};
 use crate::pipeline::decode::Format;
 use crate::pipeline::limit::{LimitError, LimitKey};
@@ -40,7 +39,6 @@ use crate::query::{Order, QueryService, Selection};
 use crate::registry::Registry;
 use crate::telemetry::UpstreamMetrics;
 use lorawan::Network;
-use topic::Template;
 
 /// How long the broker keeps this client's session (and the messages not yet acknowledged)
 /// while it is away: a week.

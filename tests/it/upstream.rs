@@ -157,6 +157,34 @@ async fn until(gw: &Gateway, name: &str, at_least: u64) {
     }
 }
 
+/// A gateway taking `up` in (with `traffic-counts` limited to `limit` per second and burst,
+/// when given), once it has subscribed.
+async fn subscribed(up: citygate::config::UpstreamConfig, limit: Option<(f64, u32)>) -> Gateway {
+    let name = up.name.clone();
+    let gw = Gateway::start_with(|c| {
+        c.upstream = vec![up];
+        if let Some((per_second, burst)) = limit {
+            let traffic = c
+                .datasets
+                .iter_mut()
+                .find(|d| d.id == "traffic-counts")
+                .unwrap();
+            traffic.rate_limit = citygate::model::RateLimit { per_second, burst };
+        }
+    })
+    .await;
+    until(
+        &gw,
+        &format!("citygate_upstream_connected{{upstream=\"{name}\"}}"),
+        1,
+    )
+    .await;
+    // The broker has the subscription before devices publish (a fresh session holds
+    // nothing yet).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw
+}
+
 const CONNECTED: &str = "citygate_upstream_connected{upstream=\"city\"}";
 const ACKS: &str = "citygate_upstream_acks_total{upstream=\"city\"}";
 
@@ -260,9 +288,7 @@ async fn readings_from_a_broker_are_kept_once_and_bad_ones_are_on_record() {
 #[tokio::test]
 async fn what_arrives_while_the_gateway_is_down_waits_at_the_broker() {
     let broker = Broker::start();
-    let gw = Gateway::start_with(|c| c.upstream = vec![broker.upstream("city")]).await;
-    until(&gw, CONNECTED, 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = subscribed(broker.upstream("city"), None).await;
     let admin = gw.admin_key.clone();
     let dir = gw.stop().await;
 
@@ -298,9 +324,7 @@ async fn a_things_stack_uplink_lands_as_a_reading_with_its_decoded_fields() {
         broker.port
     ))
     .unwrap();
-    let gw = Gateway::start_with(|c| c.upstream = vec![up]).await;
-    until(&gw, "citygate_upstream_connected{upstream=\"ttn\"}", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = subscribed(up, None).await;
     let received = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let uplink = json!({
         "end_device_ids": {"device_id": "aq-lora-1", "application_ids": {"application_id": "air"},
@@ -337,21 +361,7 @@ async fn a_things_stack_uplink_lands_as_a_reading_with_its_decoded_fields() {
 async fn over_the_rate_limit_the_broker_waits_for_its_acknowledgements() {
     let broker = Broker::start();
     let up = broker.upstream("city");
-    let gw = Gateway::start_with(|c| {
-        c.upstream = vec![up];
-        let traffic = c
-            .datasets
-            .iter_mut()
-            .find(|d| d.id == "traffic-counts")
-            .unwrap();
-        traffic.rate_limit = citygate::model::RateLimit {
-            per_second: 10.0,
-            burst: 5,
-        };
-    })
-    .await;
-    until(&gw, CONNECTED, 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = subscribed(up, Some((10.0, 5))).await;
     let now = now_ms();
     let started = Instant::now();
     broker
@@ -618,9 +628,7 @@ async fn a_retained_message_is_not_taken_again_on_every_subscribe() {
             break;
         }
     }
-    let gw = Gateway::start_with(|c| c.upstream = vec![broker.upstream("city")]).await;
-    until(&gw, CONNECTED, 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = subscribed(broker.upstream("city"), None).await;
     broker
         .publish(vec![(
             "city/traffic-counts/live-1".into(),
@@ -684,21 +692,7 @@ async fn what_was_stored_but_not_acknowledged_when_the_connection_broke_is_not_s
     let relay = Relay::start(broker.port).await;
     let mut up = broker.upstream("city");
     up.url = format!("mqtt://127.0.0.1:{}", relay.port);
-    let gw = Gateway::start_with(|c| {
-        c.upstream = vec![up];
-        let traffic = c
-            .datasets
-            .iter_mut()
-            .find(|d| d.id == "traffic-counts")
-            .unwrap();
-        traffic.rate_limit = citygate::model::RateLimit {
-            per_second: 0.5,
-            burst: 1,
-        };
-    })
-    .await;
-    until(&gw, CONNECTED, 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = subscribed(up, Some((0.5, 1))).await;
     // A device's second reading waits two seconds for its allowance; the twenty readings
     // behind it are stored at once, their acknowledgements held in order behind it.
     let now = now_ms();
@@ -741,9 +735,7 @@ async fn a_chirpstack_uplink_lands_as_a_reading_of_its_device() {
         broker.port
     ))
     .unwrap();
-    let gw = Gateway::start_with(|c| c.upstream = vec![up]).await;
-    until(&gw, "citygate_upstream_connected{upstream=\"chirp\"}", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = subscribed(up, None).await;
     let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let uplink = |name: &str, energy: f64| {
         json!({"deduplicationId": "d-1", "time": time,

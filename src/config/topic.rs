@@ -1,5 +1,5 @@
-//! Topic templates: which topics an upstream subscribes to, and the dataset and sensor each
-//! topic names. `city/{dataset}/{sensor_id}` subscribes to `city/+/+`; a topic
+//! Topic templates of `[[upstream]]`: which topics an upstream subscribes to, and the
+//! dataset and sensor each topic names. `city/{dataset}/{sensor_id}` subscribes to `city/+/+`; a topic
 //! `city/air-quality/aq-17` then names dataset `air-quality`, sensor `aq-17`.
 
 /// One level of a template.
