@@ -103,6 +103,55 @@ impl DatasetStarter {
     }
 }
 
+/// Applies what other nodes sharing the PostgreSQL database announce (see
+/// [`crate::market::changes`]): a dataset one published starts taking readings here too; a
+/// key one revoked is looked up again; entitlements one changed are forgotten. On each
+/// (re)connection everything is looked at again.
+async fn follow_other_nodes(
+    url: String,
+    closing: CancellationToken,
+    store: Store,
+    starter: Arc<DatasetStarter>,
+    keyring: Arc<Keyring>,
+    market: Arc<Market>,
+) {
+    use crate::market::changes::{Change, follow};
+    let start_missing = async |only: Option<&str>| {
+        let datasets = match only {
+            Some(id) => store
+                .catalog_dataset(id)
+                .await
+                .map(|d| d.into_iter().collect()),
+            None => store.catalog().await,
+        };
+        match datasets {
+            Ok(datasets) => {
+                for d in datasets {
+                    if starter.registry.get(&d.spec.id).is_none()
+                        && let Err(e) = starter.start(&d.spec)
+                    {
+                        tracing::error!(dataset = %d.spec.id, error = %e, "cannot start another node's dataset");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the catalog for other nodes' datasets")
+            }
+        }
+    };
+    follow(url, closing, async |change| match change {
+        Some(Change::Dataset(id)) => start_missing(Some(&id)).await,
+        Some(Change::Key) => keyring.clear(),
+        Some(Change::Entitlements) => market.forget_entitlements(),
+        None => {
+            start_missing(None).await;
+            keyring.clear();
+            market.forget_entitlements();
+        }
+    })
+    .await;
+}
+
 /// How to start, beyond the config: operator decisions for this start only.
 #[derive(Clone, Default)]
 pub struct StartOptions {
@@ -239,7 +288,7 @@ impl App {
             )),
         });
         let sinks = TaskTracker::new();
-        let start_dataset = DatasetStarter {
+        let start_dataset = Arc::new(DatasetStarter {
             registry: registry.clone(),
             wal: wal.clone(),
             parquet_dir: config.parquet_dir(),
@@ -247,7 +296,7 @@ impl App {
             sinks: sinks.clone(),
             sinks_stop: sinks_stop.clone(),
             market: market.clone(),
-        };
+        });
         for spec in &datasets {
             start_dataset.start(spec)?;
         }
@@ -321,6 +370,16 @@ impl App {
         } else {
             (None, None)
         };
+        if let crate::config::DatabaseLocation::Postgres(url) = config.database() {
+            tokio::spawn(follow_other_nodes(
+                url,
+                closing.clone(),
+                store.clone(),
+                start_dataset.clone(),
+                keyring.clone(),
+                market.clone(),
+            ));
+        }
         let upstream_tasks = crate::upstream::start(
             &config.upstream,
             &pipeline,

@@ -322,6 +322,8 @@ impl Catalog {
     ) -> Result<StoredDataset, Error> {
         let stored = self.store.create_dataset(spec, limit).await?;
         (self.start)(&stored.spec).map_err(Error::DatasetStart)?;
+        self.store
+            .announce(super::changes::Change::Dataset(stored.spec.id.clone()));
         tracing::info!(dataset = %stored.spec.id, provider = %stored.spec.provider, "dataset created");
         Ok(stored)
     }

@@ -109,9 +109,15 @@ impl Entitlements {
         )
     }
 
-    /// Forgets every cached answer: called after any change to subscriptions, plans or the
-    /// catalog.
+    /// Forgets every cached answer, here and on every node sharing the database: called
+    /// after any change to subscriptions, plans or the catalog.
     pub(crate) fn invalidate(&self) {
+        self.forget();
+        self.store.announce(super::changes::Change::Entitlements);
+    }
+
+    /// Forgets every cached answer here (another node's change, told).
+    pub(crate) fn forget(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.unknown

@@ -187,12 +187,14 @@ impl Keyring {
         self.store.rotate_key(id, overlap).await
     }
 
-    /// Revokes a key at once, here and (within [`KEY_CACHE_TTL`]) on every node. `false`
+    /// Revokes a key at once, here and on every node sharing the database (told at once on
+    /// PostgreSQL; within [`KEY_CACHE_TTL`] in any case). `false`
     /// when there was no live key `id`.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, Error> {
         let revoked = self.store.revoke_key(id).await?;
         if revoked {
             self.clear();
+            self.store.announce(super::changes::Change::Key);
         }
         Ok(revoked)
     }

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod catalog;
+pub mod changes;
 pub(crate) mod entitlement;
 pub(crate) mod error;
 mod ids;

@@ -404,3 +404,82 @@ async fn providers_publish_datasets_that_take_readings_at_once_and_after_a_resta
         "both accepted readings in Parquet"
     );
 }
+
+/// Two nodes on one PostgreSQL database (the suite's PostgreSQL pass; on SQLite there is one
+/// node per database and nothing to share): what one node changes, the other sees within a
+/// second, told by LISTEN/NOTIFY.
+#[tokio::test]
+async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
+    let Some(_) = crate::harness::test_postgres() else {
+        eprintln!(
+            "two nodes share a database only on PostgreSQL: CITYGATE_TEST_POSTGRES is not set"
+        );
+        return;
+    };
+    let a = Gateway::start().await;
+    let shared = crate::harness::database_url_for(a.dir.path()).unwrap();
+    let b = Gateway::start_with(|c| c.database.url.0 = shared).await;
+    let provider = a.provider_key("copenhagen").await;
+
+    // A dataset published on node A takes readings on node B.
+    let (status, body) = a
+        .post_as(
+            "/v1/catalog",
+            &provider,
+            json!({"id": "harbour-noise", "title": "Harbour noise", "licence": "CC0-1.0",
+                   "fields": [{"name": "level_db", "type": "float"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, made) = a
+        .post_as(
+            "/v1/keys",
+            &provider,
+            json!({"kind": "device", "datasets": ["harbour-noise"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let device = made["secret"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    loop {
+        let resp = b
+            .post_json(
+                "harbour-noise",
+                &device,
+                json!([{"sensor_id": "quay-1", "level_db": 61.5}]),
+            )
+            .await;
+        if resp.status() == 204 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "node B still answers {} a second after node A published",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A subscription cancelled on node A ends node B's cached entitlement.
+    let (_, subscriber) = a.account("subscriber", "Mobility Lab", "research").await;
+    crate::live::plan(&a, &provider, crate::live::open_plan()).await;
+    let id = crate::live::subscribe(&a, &subscriber, "open").await;
+    let (status, _) = b.get_as("/v1/access/traffic-counts", &subscriber).await;
+    assert_eq!(status, 200, "node B grants it (and caches that)");
+    let (status, _) = a
+        .delete_as(&format!("/v1/subscriptions/{id}"), &subscriber)
+        .await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = b.get_as("/v1/access/traffic-counts", &subscriber).await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "node B still grants a subscription node A cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -95,6 +95,11 @@ impl Market {
         self.entitlements.invalidate();
     }
 
+    /// Forgets cached entitlements here only: another node's change, told.
+    pub fn forget_entitlements(&self) {
+        self.entitlements.forget();
+    }
+
     pub async fn create_plan(&self, dataset: &str, new: NewPlan) -> Result<Plan, Error> {
         let plan = self.store.create_plan(dataset, new).await?;
         self.entitlements.invalidate();
