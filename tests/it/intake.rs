@@ -493,13 +493,25 @@ async fn ndjson_and_senml_land() {
     let dir = gw.stop().await;
     assert_eq!(sensor_ids(dir.path(), "air-quality"), ["aq-1", "aq-3"]);
     assert_eq!(sensor_ids(dir.path(), "weather"), ["wx-0042", "wx-0042"]);
-    let rows = read_rows(dir.path(), "weather");
-    let humidity = rows[0]
-        .column_by_name("humidity")
-        .unwrap()
-        .as_primitive::<Float64Type>();
-    assert_eq!(humidity.value(0), 81.0);
-    assert!(humidity.is_null(1));
+    // (temperature, humidity) of each row. The reading a minute earlier may fall in the
+    // previous hour's file (near the hour), so rows are compared in no particular order.
+    let mut pairs: Vec<(f64, Option<f64>)> = Vec::new();
+    for batch in read_rows(dir.path(), "weather") {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone()
+        };
+        let (temperature, humidity) = (column("temperature"), column("humidity"));
+        for i in 0..batch.num_rows() {
+            let h = (!humidity.is_null(i)).then(|| humidity.value(i));
+            pairs.push((temperature.value(i), h));
+        }
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(pairs, [(3.25, None), (3.5, Some(81.0))]);
 }
 
 #[tokio::test]
