@@ -80,12 +80,17 @@ struct DatasetStarter {
     sinks: TaskTracker,
     sinks_stop: CancellationToken,
     market: Arc<Market>,
+    starting: std::sync::Mutex<()>,
 }
 
 impl DatasetStarter {
+    /// Starts `spec` unless it runs already: the node that created it and the follower of
+    /// other nodes' changes may both get to it first (one at a time: a dataset's sink
+    /// registers its log consumer once).
     fn start(&self, spec: &DatasetConfig) -> Result<(), DatasetError> {
+        let _one_at_a_time = self.starting.lock().unwrap_or_else(|e| e.into_inner());
         if self.registry.get(&spec.id).is_some() {
-            return Err(RegistryError::Duplicate(spec.id.clone()).into());
+            return Ok(());
         }
         // The sink first: a dataset that takes readings always has its sink.
         let dataset = Arc::new(spec.build());
@@ -296,6 +301,7 @@ impl App {
             sinks: sinks.clone(),
             sinks_stop: sinks_stop.clone(),
             market: market.clone(),
+            starting: std::sync::Mutex::new(()),
         });
         for spec in &datasets {
             start_dataset.start(spec)?;
