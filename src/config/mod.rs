@@ -33,7 +33,7 @@ pub use storage::{
     DatabaseConfig, DatabaseLocation, FsyncMode, InfluxConfig, ParquetConfig, StorageConfig,
     WalConfig,
 };
-pub use topic::{Named as TopicNames, Template as TopicTemplate};
+pub use topic::Template as TopicTemplate;
 pub use units::ByteSize;
 pub use upstream::{UpstreamConfig, UpstreamFormat};
 

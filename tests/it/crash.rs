@@ -192,19 +192,8 @@ async fn sigkill_at_any_moment_loses_and_duplicates_nothing_acknowledged() {
     let server = spawn_gateway(&loadtest_config(), &data, &env);
     let history = history_ids(&server.http, &provider, started).await;
     // Then stopped cleanly: everything in the log reaches Parquet.
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
     let mut server = server;
-    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    server.stop_cleanly();
     assert!(all_files_readable(&data) > 0);
 
     let mut counts: HashMap<String, usize> = HashMap::new();

@@ -345,6 +345,19 @@ pub(crate) struct Server {
     pub mqtt: String,
 }
 
+impl Server {
+    /// Stops the gateway as an operator does (SIGTERM) and expects a clean exit: what the
+    /// log holds is in Parquet then.
+    pub(crate) fn stop_cleanly(&mut self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        assert_eq!(self.child.wait().unwrap().code(), Some(0), "a clean stop");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -123,13 +123,8 @@ fn the_readme_runs_as_written() {
 
     // The readings are in files once the gateway stops; read them from a directory whose
     // `data` is the gateway's, as the README's reader does.
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &gw.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
     let mut gw = gw;
-    assert!(gw.child.wait().unwrap().success());
+    gw.stop_cleanly();
     let reader = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(dir.path(), reader.path().join("data")).unwrap();
     let mut script = String::from("set -euo pipefail\n");

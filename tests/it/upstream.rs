@@ -571,19 +571,8 @@ async fn a_node_killed_mid_stream_loses_and_doubles_nothing_the_broker_handed_it
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
     let mut server = server;
-    let status = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    server.stop_cleanly();
 
     let mut counts = std::collections::HashMap::<String, usize>::new();
     for id in sensor_ids(&data, "traffic-counts") {
