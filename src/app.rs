@@ -52,6 +52,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("cannot set up the cluster's publisher: {0}")]
+    Cluster(std::io::Error),
     #[error("cannot set up the InfluxDB sink for {url}: {source}")]
     Influx { url: String, source: std::io::Error },
     #[error(
@@ -196,6 +198,8 @@ pub struct App {
     mqtt_task: Option<JoinHandle<()>>,
     /// One task per `[[upstream]]` broker.
     upstream_tasks: Vec<JoinHandle<()>>,
+    /// Following the other nodes (`[cluster]`).
+    cluster_task: Option<JoinHandle<()>>,
     wal: Wal,
     sinks: TaskTracker,
     background: JoinHandle<()>,
@@ -334,6 +338,23 @@ impl App {
             config.parquet_dir(),
             sinks_stop.clone(),
         ));
+        let cluster_task = if config.cluster.enabled() {
+            let task = crate::cluster::start(
+                &config.cluster,
+                &wal,
+                &registry,
+                &feed.hub,
+                &hot,
+                metrics.cluster(),
+                &closing,
+                &sinks_stop,
+                &sinks,
+            )
+            .map_err(AppError::Cluster)?;
+            Some(task)
+        } else {
+            None
+        };
         let query = Arc::new(crate::query::QueryService::new(
             hot,
             config.parquet_dir(),
@@ -474,6 +495,7 @@ impl App {
             http_task,
             mqtt_task,
             upstream_tasks,
+            cluster_task,
             wal,
             sinks,
             background,
@@ -524,7 +546,7 @@ impl App {
             let _ = mqtt.await;
         }
         // Upstream messages not yet durable stay unacknowledged, with their broker.
-        for upstream in self.upstream_tasks {
+        for upstream in self.upstream_tasks.into_iter().chain(self.cluster_task) {
             let _ = tokio::time::timeout_at(deadline, upstream).await;
         }
         // Live-feed sessions end with the closing signal; what they delivered since the last

@@ -99,6 +99,7 @@
 pub mod api;
 pub(crate) mod app;
 pub mod calendar;
+pub mod cluster;
 pub mod config;
 pub mod feed;
 pub mod market;

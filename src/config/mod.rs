@@ -12,6 +12,7 @@
 //! Unknown keys are errors. We detect them with `serde_ignored` instead of
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first unknown key.
 
+mod cluster;
 mod load;
 mod market;
 mod query;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::ClusterConfig;
 pub use market::{FeedConfig, MarketConfig, PaymentProviderKind, PaymentsConfig, StripeConfig};
 pub use query::QueryConfig;
 pub use storage::{
@@ -74,6 +76,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// `[[upstream]]`: MQTT brokers to take readings from.
     pub upstream: Vec<UpstreamConfig>,
+    /// `[cluster]`: the nodes this one shares its readings with.
+    pub cluster: ClusterConfig,
     pub datasets: Vec<DatasetConfig>,
 }
 

@@ -330,3 +330,41 @@ share_group = "a/b"
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }
 }
+
+#[test]
+fn a_cluster_is_named_by_its_broker_and_each_node_by_its_id() {
+    let config = Config::from_toml(
+        DEFAULT_CONFIG,
+        "t",
+        &env(&[
+            ("CITYGATE__CLUSTER__BROKER", "mqtt://broker.internal:1883"),
+            ("CITYGATE__CLUSTER__NODE_ID", "node-2"),
+        ]),
+    )
+    .unwrap();
+    assert!(config.cluster.enabled());
+    assert_eq!(
+        config.cluster.topic_of("node-2"),
+        "citygate/readings/node-2"
+    );
+    assert!(
+        !Config::from_toml(DEFAULT_CONFIG, "t", &[])
+            .unwrap()
+            .cluster
+            .enabled()
+    );
+
+    let bad = "[cluster]\nbroker = \"broker:1883\"\nnode_id = \"Node 2\"\n\
+               topic_prefix = \"city/#\"\nmax_in_flight = 0\nmax_backlog = \"0s\"\n";
+    let err = Config::from_toml(&format!("{DEFAULT_CONFIG}\n{bad}"), "t", &[]).unwrap_err();
+    let all = err.problems.join("\n");
+    for needle in [
+        "cluster.broker: `broker:1883`",
+        "cluster.node_id: `Node 2`",
+        "cluster.topic_prefix: `city/#`",
+        "cluster.max_in_flight",
+        "cluster.max_backlog",
+    ] {
+        assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+    }
+}

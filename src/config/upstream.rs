@@ -97,21 +97,26 @@ impl UpstreamConfig {
 
     /// `(host, port)` of `url`, if it is an `mqtt://` URL.
     pub fn host_port(&self) -> Option<(String, u16)> {
-        let rest = self.url.strip_prefix("mqtt://")?;
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
-            return None;
-        }
-        // An IPv6 literal is bracketed: [::1]:1883.
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(':') && !port.contains(']') => {
-                (host, port.parse().ok()?)
-            }
-            _ => (rest, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        (!host.is_empty() && port != 0).then(|| (host.to_string(), port))
+        mqtt_host_port(&self.url)
     }
+}
+
+/// `(host, port)` of an `mqtt://host[:port]` URL (1883 when no port is given).
+pub(crate) fn mqtt_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("mqtt://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    // An IPv6 literal is bracketed: [::1]:1883.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !port.contains(']') => {
+            (host, port.parse().ok()?)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && port != 0).then(|| (host.to_string(), port))
 }
 
 /// The problems of `[[upstream]]`, each naming its entry.

@@ -40,6 +40,7 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     check_console(&mut p, &config.console);
     let ids: Vec<String> = config.datasets.iter().map(|d| d.id.clone()).collect();
     super::upstream::check(&mut p, &config.upstream, &ids);
+    super::cluster::check(&mut p, &config.cluster);
     check_shutdown_and_log(&mut p, config);
     check_datasets(&mut p, config, positions);
     p

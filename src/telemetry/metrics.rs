@@ -11,7 +11,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::labels::{DatasetLabels, HttpLabels, RejectLabels, RouteLabels};
-use super::{FeedMetrics, InfluxMetrics, MqttMetrics, QueryMetrics, UpstreamMetrics, WalMetrics};
+use super::{
+    ClusterMetrics, FeedMetrics, InfluxMetrics, MqttMetrics, QueryMetrics, UpstreamMetrics,
+    WalMetrics,
+};
 use crate::model::Reason;
 
 /// Every metric of the process.
@@ -35,6 +38,7 @@ pub struct Metrics {
     feed: FeedMetrics,
     query: QueryMetrics,
     upstream: UpstreamMetrics,
+    cluster: ClusterMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,6 +77,7 @@ impl Metrics {
             feed: FeedMetrics::default(),
             query: QueryMetrics::default(),
             upstream: UpstreamMetrics::default(),
+            cluster: ClusterMetrics::default(),
             registry: Registry::default(),
         };
         // The exposition lists metrics in registration order: keep this order.
@@ -86,6 +91,7 @@ impl Metrics {
         m.feed.register(&mut registry);
         m.query.register(&mut registry);
         m.upstream.register(&mut registry);
+        m.cluster.register(&mut registry);
         let m = Metrics { registry, ..m };
         m.preset();
         m
@@ -185,6 +191,10 @@ impl Metrics {
 
     pub fn upstream(&self) -> &UpstreamMetrics {
         &self.upstream
+    }
+
+    pub fn cluster(&self) -> &ClusterMetrics {
+        &self.cluster
     }
 
     pub fn mqtt(&self) -> &MqttMetrics {

@@ -9,6 +9,7 @@
 //! registry is [`Metrics`] (`metrics.rs`); each group it holds has its own file (`mqtt`,
 //! `wal`, `influx`, `feed`), and the label sets they share are in `labels.rs`.
 
+mod cluster;
 mod feed;
 mod influx;
 mod labels;
@@ -26,6 +27,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+pub use cluster::ClusterMetrics;
 pub use feed::FeedMetrics;
 pub use influx::InfluxMetrics;
 pub use metrics::{DatasetMetrics, Metrics};

@@ -25,6 +25,11 @@ fn path(wal_dir: &Path, consumer: &str) -> PathBuf {
     dir(wal_dir).join(format!("{consumer}.json"))
 }
 
+/// Whether `consumer` has ever stored a checkpoint.
+pub(crate) fn exists(wal_dir: &Path, consumer: &str) -> io::Result<bool> {
+    path(wal_dir, consumer).try_exists()
+}
+
 /// The stored checkpoint of `consumer`, or the default (nothing consumed) if none.
 pub(crate) fn load(wal_dir: &Path, consumer: &str) -> io::Result<Checkpoint> {
     match fs::read(path(wal_dir, consumer)) {

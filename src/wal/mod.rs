@@ -255,6 +255,19 @@ impl Wal {
         Ok(stored)
     }
 
+    /// [`Wal::register`] for a consumer that wants only what is committed from its first
+    /// start on (not the log's past): without a stored checkpoint it starts at the end.
+    pub(crate) fn register_from_now(&self, consumer: &str) -> std::io::Result<Checkpoint> {
+        if !checkpoint::exists(&self.dir, consumer)? {
+            let now = Checkpoint {
+                lsn: self.committed_lsn(),
+                intent: None,
+            };
+            checkpoint::store(&self.dir, consumer, now)?;
+        }
+        self.register(consumer)
+    }
+
     /// Where `consumer` stands in the log (its checkpoint, or where it holds the log), if
     /// it is registered.
     pub(crate) fn position_of(&self, consumer: &str) -> Option<u64> {

@@ -1,7 +1,9 @@
 //! citygate integration tests: one binary; each test runs a gateway on port 0 with a temp dir.
 
 mod abuse;
+mod broker;
 mod cli;
+mod cluster;
 mod commerce;
 mod console;
 mod crash;

@@ -466,6 +466,40 @@ async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
     let id = crate::live::subscribe(&a, &subscriber, "open").await;
     let (status, _) = b.get_as("/v1/access/traffic-counts", &subscriber).await;
     assert_eq!(status, 200, "node B grants it (and caches that)");
+
+    // A key revoked on node A ends its live feed on node B within a second.
+    let (status, second) = a
+        .post_as("/v1/keys", &subscriber, json!({"kind": "subscriber"}))
+        .await;
+    assert_eq!(status, 201, "{second}");
+    let (status, feed) = crate::live::Sse::open(
+        &b,
+        crate::live::LIVE,
+        second["secret"].as_str().unwrap(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut feed = feed.unwrap();
+    let (status, _) = a
+        .delete_as(
+            &format!("/v1/keys/{}", second["key"]["id"].as_str().unwrap()),
+            &subscriber,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let revoked = std::time::Instant::now();
+    let end = feed
+        .next(Duration::from_secs(3))
+        .await
+        .expect("an end event");
+    assert_eq!(end.event, "end");
+    assert_eq!(end.json()["reason"], "key_revoked");
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "node B ended the session {:?} after node A revoked its key",
+        revoked.elapsed()
+    );
     let (status, _) = a
         .delete_as(&format!("/v1/subscriptions/{id}"), &subscriber)
         .await;

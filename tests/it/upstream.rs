@@ -1,77 +1,16 @@
 //! Intake from a broker citygate does not run: Debian's mosquitto as the city's broker,
 //! devices publishing to it with rumqttc, citygate subscribed as `[[upstream]]`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
+use crate::broker::{Broker, publish};
 use crate::harness::*;
 
-/// A mosquitto broker on a free port; stopped on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Broker {
-    fn start() -> Broker {
-        Broker::start_with("persistence false\n")
-    }
-
-    /// A broker with `extra` configuration lines.
-    fn start_with(extra: &str) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::write(
-            dir.path().join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n{extra}"
-            ),
-        )
-        .unwrap();
-        let child = Broker::spawn(dir.path(), port);
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn spawn(dir: &std::path::Path, port: u16) -> Child {
-        let exe = ["/usr/sbin/mosquitto", "mosquitto"]
-            .into_iter()
-            .find(|p| !p.starts_with('/') || std::path::Path::new(p).exists())
-            .unwrap();
-        let child = Command::new(exe)
-            .arg("-c")
-            .arg(dir.join("mosquitto.conf"))
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto runs (scripts/test.sh installs Debian's mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
     fn upstream(&self, name: &str) -> citygate::config::UpstreamConfig {
         toml::from_str(&format!(
             "name = \"{name}\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"city/{{dataset}}/{{sensor_id}}\"\n\
@@ -81,48 +20,11 @@ impl Broker {
         ))
         .unwrap()
     }
-
-    /// Publishes every `(topic, payload)` at QoS 1 as one device.
-    async fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
-        publish(self.port, messages).await;
-    }
-}
-
-/// Publishes every `(topic, payload)` at QoS 1 to the broker on `port` and returns once it
-/// has acknowledged them all.
-async fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
-    let mut options = MqttOptions::new(
-        format!("device-{}", rand::random::<u32>()),
-        "127.0.0.1",
-        port,
-    );
-    options.set_inflight(100);
-    let (client, mut events) = AsyncClient::new(options, 1000);
-    let n = messages.len();
-    let sender = tokio::spawn(async move {
-        for (topic, payload) in messages {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < n {
-        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-            Ok(Ok(_)) => {}
-            other => panic!("publishing to mosquitto failed: {other:?}"),
-        }
-    }
-    let client = sender.await.unwrap();
-    let _ = client.disconnect().await;
 }
 
 /// A counter or gauge of the gateway's metrics by its full name with labels (every upstream
 /// series exists from the start: a name not there is a mistake of the test).
-async fn metric(gw: &Gateway, name: &str) -> u64 {
+pub(crate) async fn metric(gw: &Gateway, name: &str) -> u64 {
     gw.metrics()
         .await
         .lines()
@@ -132,7 +34,7 @@ async fn metric(gw: &Gateway, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
-async fn until(gw: &Gateway, name: &str, at_least: u64) {
+pub(crate) async fn until(gw: &Gateway, name: &str, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = metric(gw, name).await;
@@ -145,6 +47,7 @@ async fn until(gw: &Gateway, name: &str, at_least: u64) {
                 .lines()
                 .filter(|l| {
                     l.starts_with("citygate_upstream")
+                        || l.starts_with("citygate_cluster")
                         || l.starts_with("citygate_readings_accepted")
                 })
                 .collect();
@@ -444,7 +347,7 @@ async fn two_nodes_in_one_share_group_split_the_messages_and_keep_each_once() {
 }
 
 /// A counter of a gateway process's metrics.
-async fn process_metric(http: &str, name: &str) -> u64 {
+pub(crate) async fn process_metric(http: &str, name: &str) -> u64 {
     let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else {
         return 0;
     };

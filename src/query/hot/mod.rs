@@ -87,11 +87,19 @@ struct DatasetHot {
     last: HashMap<CompactString, (Arc<Dataset>, Reading)>,
     seeded: bool,
     overfull: bool,
+    /// Another node's readings of the dataset (`[cluster]`): their lake is not this node's,
+    /// so chunks leave by the window and the budget alone, and no boundary masks them.
+    remote: bool,
 }
 
 impl DatasetHot {
     fn take(&mut self, record: Open, now: Micros) {
         self.note_last(&record);
+        self.append(record, now);
+    }
+
+    /// Adds a record's rows (those above the lake's boundary).
+    fn append(&mut self, record: Open, now: Micros) {
         if record.lsn <= self.lake_through {
             return;
         }
@@ -169,7 +177,7 @@ impl DatasetHot {
             }
             // A chunk wholly at or below the boundary is the lake's already; else the
             // boundary moves to the first stored checkpoint at or after its last record.
-            if front.last_lsn > self.lake_through {
+            if !self.remote && front.last_lsn > self.lake_through {
                 let Some(&mark) = self.marks.iter().find(|&&m| m >= front.last_lsn) else {
                     break;
                 };
@@ -195,12 +203,34 @@ pub(crate) struct Snapshot {
     pub(crate) lake_through: u64,
     chunks: Vec<Arc<Chunk>>,
     open: Vec<Open>,
+    /// Other nodes' parts of the dataset (`[cluster]`), each with no boundary.
+    remote: Vec<Snapshot>,
 }
 
 impl Snapshot {
+    /// This node's part, then the other nodes'.
+    fn parts(&self) -> impl Iterator<Item = &Snapshot> {
+        std::iter::once(self).chain(self.remote.iter())
+    }
+
     /// [`Snapshot::scan`] into a fold, which takes whole chunks from their columns when it
     /// can.
     pub(crate) fn scan_fold(
+        &self,
+        sel: &super::Selection,
+        span: (Micros, Micros),
+        keep: &mut dyn FnMut(Micros, &str) -> bool,
+        fold: &mut dyn super::Fold,
+    ) -> crate::telemetry::Scanned {
+        let mut scanned = crate::telemetry::Scanned::default();
+        for part in self.parts() {
+            let s = part.scan_fold_part(sel, span, keep, fold);
+            scanned.rows += s.rows;
+        }
+        scanned
+    }
+
+    fn scan_fold_part(
         &self,
         sel: &super::Selection,
         (from, to): (Micros, Micros),
@@ -212,6 +242,7 @@ impl Snapshot {
             lake_through: self.lake_through,
             chunks: Vec::new(),
             open: self.open.clone(),
+            remote: Vec::new(),
         };
         for chunk in &self.chunks {
             let overlaps = chunk.max_ts >= from && chunk.min_ts < to;
@@ -229,13 +260,26 @@ impl Snapshot {
             .filter(|r| r.lsn > self.lake_through)
             .map(|r| r.readings.len() as u64)
             .sum::<u64>();
-        rest.scan(&sel.dataset, (from, to), keep, &mut |row| fold.add(row));
+        rest.scan_part(&sel.dataset, (from, to), keep, &mut |row| fold.add(row));
         scanned
     }
 
     /// Hands `out` every row of the snapshot in `[from, to)` whose time and sensor `keep`
-    /// accepts, in `target`'s schema, in log order.
+    /// accepts, in `target`'s schema, in log order (this node's, then each other node's).
+    #[cfg(test)]
     pub(crate) fn scan(
+        &self,
+        target: &Dataset,
+        span: (Micros, Micros),
+        keep: &mut dyn FnMut(Micros, &str) -> bool,
+        out: &mut dyn FnMut(Row),
+    ) {
+        for part in self.parts() {
+            part.scan_part(target, span, keep, out);
+        }
+    }
+
+    fn scan_part(
         &self,
         target: &Dataset,
         (from, to): (Micros, Micros),
@@ -279,7 +323,7 @@ impl Snapshot {
     pub(crate) fn hours(&self, from: Micros, to: Micros) -> Vec<Micros> {
         let hour = |t: Micros| t - t.rem_euclid(super::HOUR);
         let mut hours = Vec::new();
-        for chunk in &self.chunks {
+        for chunk in self.parts().flat_map(|p| &p.chunks) {
             let (lo, hi) = (chunk.min_ts.max(from), chunk.max_ts.min(to - 1));
             let mut h = hour(lo);
             while h <= hi {
@@ -287,7 +331,7 @@ impl Snapshot {
                 h += super::HOUR;
             }
         }
-        for record in &self.open {
+        for record in self.parts().flat_map(|p| &p.open) {
             for r in record.readings.iter() {
                 if r.ts >= from && r.ts < to {
                     hours.push(hour(r.ts));

@@ -21,10 +21,15 @@ use crate::sink::parquet::ParquetSink;
 use crate::telemetry::QueryMetrics;
 use crate::wal::{Consumer, Record, Wal, record};
 
+/// One dataset's readings of one node, under its lock.
+type Part = Arc<Mutex<DatasetHot>>;
+
 /// Every dataset's recent readings (see the module header).
 #[derive(Debug)]
 pub struct HotStore {
-    datasets: RwLock<HashMap<String, Arc<Mutex<DatasetHot>>>>,
+    datasets: RwLock<HashMap<String, Part>>,
+    /// Other nodes' readings (`[cluster]`), by node and dataset, in each node's log order.
+    remote: RwLock<HashMap<(String, String), Part>>,
     /// The last LSN taken in.
     applied: watch::Sender<u64>,
     wal: Wal,
@@ -38,6 +43,7 @@ impl HotStore {
     pub fn new(wal: Wal, limits: HotLimits, metrics: QueryMetrics) -> Arc<HotStore> {
         Arc::new(HotStore {
             datasets: RwLock::new(HashMap::new()),
+            remote: RwLock::new(HashMap::new()),
             applied: watch::Sender::new(0),
             wal,
             limits,
@@ -53,7 +59,7 @@ impl HotStore {
             .unwrap_or(0)
     }
 
-    fn entry(&self, dataset: &str) -> Arc<Mutex<DatasetHot>> {
+    fn entry(&self, dataset: &str) -> Part {
         if let Some(d) = self
             .datasets
             .read()
@@ -82,12 +88,60 @@ impl HotStore {
     /// What a query of `dataset` reads here.
     pub(crate) fn snapshot(&self, dataset: &str) -> Snapshot {
         let entry = self.entry(dataset);
-        let d = entry.lock().unwrap_or_else(|e| e.into_inner());
-        Snapshot {
-            lake_through: d.lake_through,
-            chunks: d.chunks.iter().cloned().collect(),
-            open: d.open.clone(),
-        }
+        let mut snapshot = part_of(&entry);
+        snapshot.remote = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((_, id), _)| id == dataset)
+            .map(|(_, d)| part_of(d))
+            .collect();
+        snapshot
+    }
+
+    /// Takes in a record another node acknowledged (`[cluster]`): its rows beside this
+    /// node's, its readings in the dataset's last-reading index.
+    pub(crate) fn take_remote(
+        &self,
+        node: &str,
+        lsn: u64,
+        dataset: Arc<Dataset>,
+        readings: Arc<Vec<Reading>>,
+    ) {
+        let record = Open {
+            lsn,
+            dataset,
+            readings,
+        };
+        let now = now_micros();
+        self.entry(&record.dataset.id)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_last(&record);
+        let key = (node.to_string(), record.dataset.id.clone());
+        let part = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let part = part.unwrap_or_else(|| {
+            self.remote
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(DatasetHot {
+                        remote: true,
+                        ..DatasetHot::default()
+                    }))
+                })
+                .clone()
+        });
+        part.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(record, now);
     }
 
     /// The last reading of every sensor `sel` wants within its range, from the index:
@@ -222,14 +276,28 @@ impl HotStore {
             .is_ok_and(|r| r.is_ok())
     }
 
-    pub(crate) fn figures(&self) -> HotFigures {
-        let mut f = HotFigures::default();
-        for d in self
+    /// Every part: `(dataset, None)` this node's, `(dataset, Some(node))` another node's.
+    fn parts(&self) -> Vec<(String, Option<String>, Part)> {
+        let mut parts: Vec<_> = self
             .datasets
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+            .iter()
+            .map(|(id, d)| (id.clone(), None, d.clone()))
+            .collect();
+        parts.extend(
+            self.remote
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|((node, id), d)| (id.clone(), Some(node.clone()), d.clone())),
+        );
+        parts
+    }
+
+    pub(crate) fn figures(&self) -> HotFigures {
+        let mut f = HotFigures::default();
+        for (_, _, d) in self.parts() {
             let d = d.lock().unwrap_or_else(|e| e.into_inner());
             f.chunk_bytes += d.bytes;
             f.chunk_rows += d.chunks.iter().map(|c| c.rows()).sum::<usize>();
@@ -250,19 +318,17 @@ impl HotStore {
     /// store is over its byte budget (only ever what the lake already has).
     fn tidy(&self, now: Micros) {
         let oldest = now - self.limits.window.as_micros() as Micros;
-        let entries: Vec<(String, Arc<Mutex<DatasetHot>>)> = self
-            .datasets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, d)| (id.clone(), d.clone()))
-            .collect();
+        let entries = self.parts();
         let mut total: usize = entries
             .iter()
-            .map(|(_, d)| d.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+            .map(|(_, _, d)| d.lock().unwrap_or_else(|e| e.into_inner()).bytes)
             .sum();
-        for (id, d) in entries {
-            let checkpoint = self.lake_checkpoint(&id);
+        for (id, node, d) in entries {
+            // Another node's part has no boundary here to move.
+            let checkpoint = match node {
+                None => self.lake_checkpoint(&id),
+                Some(_) => 0,
+            };
             let over = total.saturating_sub(self.limits.max_bytes);
             let freed = d
                 .lock()
@@ -400,6 +466,17 @@ impl HotStore {
             self.take(record, now);
         }
         failed.map(|()| consumer)
+    }
+}
+
+/// What a query reads of one part.
+fn part_of(entry: &Mutex<DatasetHot>) -> Snapshot {
+    let d = entry.lock().unwrap_or_else(|e| e.into_inner());
+    Snapshot {
+        lake_through: d.lake_through,
+        chunks: d.chunks.iter().cloned().collect(),
+        open: d.open.clone(),
+        remote: Vec::new(),
     }
 }
 

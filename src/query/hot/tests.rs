@@ -52,6 +52,7 @@ fn snapshot(d: &DatasetHot) -> Snapshot {
         lake_through: d.lake_through,
         chunks: d.chunks.iter().cloned().collect(),
         open: d.open.clone(),
+        remote: Vec::new(),
     }
 }
 
@@ -196,4 +197,39 @@ fn traffic_readings_cost_few_bytes_each_in_a_chunk() {
     }
     let per_reading = d.bytes as f64 / d.chunks[0].rows() as f64;
     assert!(per_reading <= 64.0, "{per_reading} bytes per reading");
+}
+
+#[test]
+fn another_nodes_rows_read_beside_this_nodes_and_leave_by_the_window_alone() {
+    let ds = dataset();
+    let mut local = DatasetHot::default();
+    local.take(open(&ds, 1, &[10]), 0);
+    local.seal();
+    local.take(open(&ds, 2, &[20]), 0);
+    // The other node numbers its own log: LSNs at or below this node's boundary are not
+    // this node's lake's.
+    let mut remote = DatasetHot {
+        remote: true,
+        ..DatasetHot::default()
+    };
+    remote.append(open(&ds, 1, &[15]), 0);
+    remote.seal();
+    remote.append(open(&ds, 7, &[25]), 0);
+    local.tidy(1, Micros::MAX, 0, 0);
+    assert_eq!(local.lake_through, 1);
+    let mut both = snapshot(&local);
+    both.remote.push(snapshot(&remote));
+    let mut rows = rows_of(&both, &ds, 0, 100, &mut |_, _| true);
+    rows.sort_by_key(|r| r.ts);
+    assert_eq!(
+        rows.iter().map(|r| r.ts).collect::<Vec<_>>(),
+        [15, 20, 25],
+        "row 10 is this node's lake's; the other node's LSN 1 is not"
+    );
+    // No checkpoint of this node lets the other's chunks go, and none holds them: the
+    // window does.
+    assert_eq!(remote.tidy(0, 0, 0, 0), 0, "within the window");
+    assert!(remote.tidy(0, 20, 0, 0) > 0, "past the window");
+    assert_eq!(remote.chunks.len(), 0);
+    assert_eq!(remote.lake_through, 0, "no boundary moved");
 }

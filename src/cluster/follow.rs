@@ -1,0 +1,162 @@
+//! The other nodes' records from the broker: each one once, in its node's order, into the
+//! feed hub (live feeds on every protocol, entitlements checked by each session as for this
+//! node's readings) and the hot store (recent history, `latest`, the map).
+//!
+//! The subscription is kept by the broker while this node is away (clean start off, a
+//! session expiry), so a reconnect, or a restart within the expiry, gets what was
+//! published meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event};
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+use crate::feed::Hub;
+use crate::query::hot::HotStore;
+use crate::registry::Registry;
+use crate::wal::record;
+
+#[derive(Debug)]
+pub struct Follower {
+    cluster: Arc<Cluster>,
+    registry: Arc<Registry>,
+    hub: Arc<Hub>,
+    hot: Arc<HotStore>,
+    /// Per node: its epoch and the last LSN taken from it.
+    seen: HashMap<String, (u64, u64)>,
+}
+
+impl Follower {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        hot: Arc<HotStore>,
+    ) -> Follower {
+        Follower {
+            cluster,
+            registry,
+            hub,
+            hot,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Follows until `closing`, reconnecting with backoff and subscribing on every connect.
+    pub async fn run(mut self, closing: CancellationToken) {
+        let config = self.cluster.config.clone();
+        let metrics = self.cluster.metrics.clone();
+        let mut options = self.cluster.options("in");
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(
+            u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX),
+        ));
+        options.set_max_packet_size(Some(
+            u32::try_from(super::publish::MAX_MESSAGE + 4096).unwrap_or(u32::MAX),
+        ));
+        let (client, mut events) = AsyncClient::new(options, 16);
+        let filter = format!("{}/+", config.topic_prefix);
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let event = tokio::select! {
+                _ = closing.cancelled() => break,
+                event = events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // Asked on every connect: a broker that lost the session (restarted
+                    // without persistence) has no subscription to send to.
+                    if let Err(e) =
+                        client.try_subscribe_many([Filter::new(filter.clone(), QoS::AtLeastOnce)])
+                    {
+                        tracing::error!(error = %e, "cannot subscribe to the other nodes");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    {
+                        tracing::info!(filter = %filter, "following the other nodes");
+                        metrics.connected("in", true);
+                        backoff = Duration::from_millis(250);
+                    } else {
+                        tracing::error!(filter = %filter, codes = ?ack.return_codes, "the cluster's broker refused the subscription; reconnecting");
+                        let _ = client.try_disconnect();
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.take(&publish),
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.connected("in", false);
+                    metrics.reconnect("in");
+                    tracing::warn!(error = %e, retry_in = ?backoff, "lost the other nodes' readings; reconnecting");
+                    tokio::select! {
+                        _ = closing.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = super::next_backoff(backoff);
+                }
+            }
+        }
+        metrics.connected("in", false);
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    }
+
+    /// One record of another node: unless seen already, into the hub and the hot store.
+    fn take(&mut self, publish: &Publish) {
+        let metrics = &self.cluster.metrics;
+        let prefix = &self.cluster.config.topic_prefix;
+        let node = std::str::from_utf8(&publish.topic)
+            .ok()
+            .and_then(|t| t.strip_prefix(prefix.as_str())?.strip_prefix('/'));
+        let Some(node) = node else {
+            metrics.received("malformed", 0);
+            return;
+        };
+        if node == self.cluster.config.node_id {
+            return;
+        }
+        let Some((epoch, payload)) = super::read_message(&publish.payload) else {
+            metrics.received("malformed", 0);
+            return;
+        };
+        let Ok(header) = record::header(payload) else {
+            metrics.received("malformed", 0);
+            return;
+        };
+        let lsn = header.lsn;
+        match self.seen.get(node) {
+            Some(&(seen_epoch, last)) if seen_epoch == epoch && lsn <= last => {
+                metrics.received("duplicate", 0);
+                return;
+            }
+            _ => {}
+        }
+        let Some(entry) = self.registry.get(header.dataset) else {
+            tracing::warn!(node = %crate::telemetry::log_text(node), dataset = %crate::telemetry::log_text(header.dataset), "a record of another node for a dataset this node does not have");
+            metrics.received("unknown_dataset", 0);
+            self.seen.insert(node.to_string(), (epoch, lsn));
+            return;
+        };
+        let mut readings = Vec::new();
+        if let Err(e) = record::decode_into(payload, &entry.dataset, &mut readings) {
+            tracing::warn!(node = %crate::telemetry::log_text(node), error = %e, "an undecodable record of another node");
+            metrics.received("malformed", 0);
+            return;
+        }
+        self.seen.insert(node.to_string(), (epoch, lsn));
+        metrics.received("taken", readings.len());
+        let readings = Arc::new(readings);
+        self.hub.publish(&entry.dataset, readings.clone());
+        self.hot
+            .take_remote(node, lsn, entry.dataset.clone(), readings);
+    }
+}
