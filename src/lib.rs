@@ -56,6 +56,10 @@
 //!    read from the Parquet files below its boundary (a checkpoint the Parquet sink once
 //!    stored), so each reading is read once. Raw pages by cursor, latest per sensor and time
 //!    buckets, in JSON, NDJSON or CSV, under the same entitlement as the feeds.
+//! 7. **Other nodes** ([`cluster`]): with `[cluster]`, one more log consumer publishes each
+//!    record to the broker the nodes share, and the other nodes' records come back into the
+//!    hub and the hot store (beside this node's, never in its log or lake), so every node's
+//!    feeds and recent history see the whole city.
 //!
 //! ## Module map
 //!
@@ -92,6 +96,9 @@
 //! query/         hot/ (the hot store: chunks, the store and its log consumer, the latest
 //!                index), lake (Parquet scan with pruning), aggregate (time buckets, from
 //!                rows or hot chunks' columns), output (JSON, NDJSON, CSV, Arrow, Parquet)
+//! upstream/      intake from brokers citygate does not run (rumqttc; lorawan: uplinks)
+//! cluster/       nodes serving one city: publish (this node's log records to the broker, a
+//!                log consumer), follow (the other nodes' records into the hub and hot store)
 //! telemetry/     tracing init, every metric (one file per group)
 //! simulate/      the load and demo generator behind `citygate simulate`
 //! ```

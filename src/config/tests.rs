@@ -354,9 +354,18 @@ fn a_cluster_is_named_by_its_broker_and_each_node_by_its_id() {
             .enabled()
     );
 
-    let bad = "[cluster]\nbroker = \"broker:1883\"\nnode_id = \"Node 2\"\n\
-               topic_prefix = \"city/#\"\nmax_in_flight = 0\nmax_backlog = \"0s\"\n";
-    let err = Config::from_toml(&format!("{DEFAULT_CONFIG}\n{bad}"), "t", &[]).unwrap_err();
+    let err = Config::from_toml(
+        DEFAULT_CONFIG,
+        "t",
+        &env(&[
+            ("CITYGATE__CLUSTER__BROKER", "broker:1883"),
+            ("CITYGATE__CLUSTER__NODE_ID", "Node 2"),
+            ("CITYGATE__CLUSTER__TOPIC_PREFIX", "city/#"),
+            ("CITYGATE__CLUSTER__MAX_IN_FLIGHT", "0"),
+            ("CITYGATE__CLUSTER__MAX_BACKLOG", "0s"),
+        ]),
+    )
+    .unwrap_err();
     let all = err.problems.join("\n");
     for needle in [
         "cluster.broker: `broker:1883`",
