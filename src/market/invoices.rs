@@ -185,6 +185,9 @@ fn invoice_from_row(row: &sqlx::any::AnyRow) -> Result<Invoice, sqlx::Error> {
     })
 }
 
+/// The PostgreSQL advisory lock invoice generation holds (an arbitrary number of its own).
+const INVOICE_LOCK: i64 = 0x6369_7479_696e_7663;
+
 impl Store {
     /// Every billed line of `period` (`YYYY-MM`).
     pub async fn period_lines(&self, period: &str) -> Result<Vec<Line>, Error> {
@@ -283,6 +286,16 @@ impl Store {
         period: &str,
         now: Micros,
     ) -> Result<Vec<Invoice>, Error> {
+        let mut tx = self.pool().begin().await?;
+        // Nodes sharing a PostgreSQL database generate one after the other: the second
+        // finds the first one's invoices and recomputes them under the same ids, so a run on
+        // two nodes at once leaves one set. (SQLite has one node.)
+        if self.backend() == super::store::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(INVOICE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut groups: BTreeMap<(String, String), Vec<Line>> = BTreeMap::new();
         for line in self.period_lines(period).await? {
             groups
@@ -290,7 +303,6 @@ impl Store {
                 .or_default()
                 .push(line);
         }
-        let mut tx = self.pool().begin().await?;
         for ((account, currency), lines) in groups {
             let existing = sqlx::query(
                 "SELECT id, status FROM invoices WHERE account = $1 AND period = $2 AND currency = $3",

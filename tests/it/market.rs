@@ -517,3 +517,85 @@ async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn two_nodes_meter_once_each_and_invoice_one_set() {
+    let Some(_) = crate::harness::test_postgres() else {
+        eprintln!(
+            "two nodes share a database only on PostgreSQL: CITYGATE_TEST_POSTGRES is not set"
+        );
+        return;
+    };
+    let a = Gateway::start().await;
+    let shared = crate::harness::database_url_for(a.dir.path()).unwrap();
+    let b = Gateway::start_with(|c| c.database.url.0 = shared).await;
+    let provider = a.provider_key("copenhagen").await;
+    let (status, body) = a
+        .post_as(
+            "/v1/catalog/traffic-counts/plans",
+            &provider,
+            json!({"id": "metered", "name": "Pay per use", "kind": "metered",
+                   "currency": "DKK", "per_1000_minor": 40}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut subscriptions = Vec::new();
+    for name in ["Mobility Lab", "Harbour Co", "Bike Share"] {
+        let (_, key) = a.account("subscriber", name, "research").await;
+        let id = crate::live::subscribe(&a, &key, "metered").await;
+        let (status, _) = a
+            .post_as(
+                &format!("/v1/subscriptions/{id}/payments"),
+                &a.admin_key,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        subscriptions.push((key, id));
+    }
+
+    // Both nodes deliver to every subscriber and flush at the same moment.
+    for (_, id) in &subscriptions {
+        a.app().market().usage().record(id, 1_000, 100_000);
+        b.app().market().usage().record(id, 234, 23_400);
+    }
+    let (flushed_a, flushed_b) = tokio::join!(
+        a.app().market().usage().flush(),
+        b.app().market().usage().flush()
+    );
+    flushed_a.unwrap();
+    flushed_b.unwrap();
+    for (key, _) in &subscriptions {
+        let (status, usage) = b.get_as("/v1/usage", key).await;
+        assert_eq!(status, 200, "{usage}");
+        assert_eq!(usage["total_readings"], 1_234, "{usage}");
+        assert_eq!(usage["total_bytes"], 123_400, "{usage}");
+    }
+
+    // Invoices generated on both nodes at once: one set, the same on both.
+    let period = citygate::calendar::month_of(citygate::model::now_micros());
+    let body = json!({"period": period});
+    let ((status_a, made_a), (status_b, made_b)) = tokio::join!(
+        a.post_as("/v1/invoices/generate", &a.admin_key, body.clone()),
+        b.post_as("/v1/invoices/generate", &b.admin_key, body.clone())
+    );
+    assert_eq!((status_a, status_b), (200, 200), "{made_a} {made_b}");
+    let ids = |made: &serde_json::Value| {
+        let mut ids: Vec<String> = made
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&made_a).len(), 3, "{made_a}");
+    assert_eq!(ids(&made_a), ids(&made_b), "one set of invoices");
+    for (key, _) in &subscriptions {
+        let (_, invoices) = a.get_as("/v1/invoices", key).await;
+        let invoices = invoices.as_array().unwrap();
+        assert_eq!(invoices.len(), 1, "{invoices:?}");
+        assert_eq!(invoices[0]["lines"][0]["quantity"], 1_234, "{invoices:?}");
+    }
+}
