@@ -430,7 +430,7 @@ impl App {
             http: Arc::new(http_config(&config.http, http_addr)),
             websockets: Arc::new(tokio::sync::Semaphore::new(config.http.max_connections)),
             max_datasets_per_provider: config.market.max_datasets_per_provider,
-            sessions: Arc::default(),
+            sessions: Arc::new(api::session::Sessions::new(store.clone())),
             console: Arc::new(api::console::Console::new(&config.console)),
         };
         let http_task = tokio::spawn(api::server::serve(

@@ -5,18 +5,18 @@
 //! the cookie and no `Authorization` acts as the key ([`resolve`]); every state-changing one
 //! must also carry the token in `X-CSRF-Token`. Signing out (`DELETE
 //! /v1/sessions/current`) ends the session on the server. The key itself is checked on every
-//! request, so a revoked key's sessions stop with it. Sessions live in this process's
-//! memory (at most [`MAX_SESSIONS`], [`PER_KEY`] of one key, for [`TTL`] each): a restart
-//! signs everyone out.
+//! request, so a revoked key's sessions stop with it. Sessions live in the marketplace
+//! database, so every node sharing it knows them and a restart keeps them (at most
+//! [`MAX_SESSIONS`], [`PER_KEY`] of one key, for [`TTL`] each). The database holds the
+//! SHA-256 of the cookie and of the CSRF token, and the key's secret sealed under the cookie:
+//! without the browser's cookie a row opens nothing.
 //!
 //! The cookie counts only on the gateway's own pages: a request that a browser says came
 //! from another origin (`Sec-Fetch-Site`, else `Origin`), a sibling subdomain included,
 //! is served as if it had no cookie. Over https the cookie is `__Host-cg_session`, which no
 //! other host can set; a request with two session cookies uses neither.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -29,6 +29,9 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::auth::require_key_with_secret;
 use super::error::ApiError;
+use crate::market::Store;
+use crate::market::sessions::NewSession;
+use crate::model::{Micros, now_micros};
 
 /// The session cookie's name over plain http...
 pub(crate) const COOKIE: &str = "cg_session";
@@ -43,47 +46,19 @@ pub(crate) const MAX_SESSIONS: usize = 100_000;
 /// Sessions one key holds at once; a new one ends its oldest.
 pub(crate) const PER_KEY: usize = 10;
 
-/// The open sessions.
-#[derive(Default)]
+/// The open sessions, in the marketplace database (every node sharing it knows them).
+#[derive(Debug, Clone)]
 pub struct Sessions {
-    open: Mutex<Open>,
+    store: Store,
 }
 
-#[derive(Default)]
-struct Open {
-    /// By the SHA-256 of the cookie value.
-    by_token: HashMap<[u8; 32], Session>,
-    /// Each key's sessions, oldest first.
-    by_key: HashMap<String, Vec<[u8; 32]>>,
-}
-
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.open.lock().map_or(0, |m| m.by_token.len());
-        f.debug_struct("Sessions").field("open", &n).finish()
-    }
-}
-
+/// A live session, as a request uses it.
 #[derive(Clone)]
 struct Session {
-    /// The key the browser signed in with (kept here, never sent back), and its id.
+    /// The key the browser signed in with (unsealed with the cookie, never sent back).
     secret: String,
-    key: String,
-    csrf: String,
-    expires: Instant,
-}
-
-impl Open {
-    fn remove(&mut self, id: &[u8; 32]) -> Option<Session> {
-        let session = self.by_token.remove(id)?;
-        if let Some(ids) = self.by_key.get_mut(&session.key) {
-            ids.retain(|i| i != id);
-            if ids.is_empty() {
-                self.by_key.remove(&session.key);
-            }
-        }
-        Some(session)
-    }
+    /// The SHA-256 of the session's CSRF token.
+    csrf_hash: [u8; 32],
 }
 
 /// A request [`resolve`] let in on a session cookie.
@@ -94,80 +69,117 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn random_token() -> String {
-    let bytes: [u8; 32] = rand::random();
+fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    b64(&bytes)
+}
+
+/// Seals (or unseals: the same) `data` under the cookie `token`: XOR with SHA-256 blocks of
+/// the token in counter mode. Each token is random and seals one secret, so what the
+/// database holds tells nothing without the cookie, which only the browser has.
+fn seal(token: &str, data: &[u8]) -> Vec<u8> {
+    data.chunks(32)
+        .enumerate()
+        .flat_map(|(i, chunk)| {
+            let block = Sha256::new()
+                .chain_update(b"citygate browser session seal\0")
+                .chain_update(token.as_bytes())
+                .chain_update((i as u32).to_be_bytes())
+                .finalize();
+            chunk
+                .iter()
+                .zip(block)
+                .map(|(a, b)| a ^ b)
+                .collect::<Vec<u8>>()
+        })
+        .collect()
+}
+
 /// Equal, in time that does not depend on where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a database error means to a browser: try again.
+fn unavailable(e: crate::market::Error) -> ApiError {
+    tracing::error!(error = %e, "browser sessions: the database failed");
+    ApiError::Unavailable {
+        message: "sessions cannot be read right now; try again".into(),
+        retry_after: 5,
+    }
 }
 
 impl Sessions {
+    pub fn new(store: Store) -> Sessions {
+        Sessions { store }
+    }
+
     /// A new session for key `key` (presented as `secret`): (cookie value, CSRF token).
     /// The key's oldest session ends past [`PER_KEY`].
-    fn open(&self, key: &str, secret: String) -> Result<(String, String), ApiError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        while open.by_key.get(key).is_some_and(|ids| ids.len() >= PER_KEY) {
-            let oldest = open.by_key[key][0];
-            open.remove(&oldest);
-        }
-        if open.by_token.len() >= MAX_SESSIONS {
-            let expired: Vec<[u8; 32]> = open
-                .by_token
-                .iter()
-                .filter(|(_, s)| s.expires <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                open.remove(&id);
-            }
-        }
-        if open.by_token.len() >= MAX_SESSIONS {
+    async fn open(&self, key: &str, secret: &str) -> Result<(String, String), ApiError> {
+        let (token, csrf) = (random_token(), random_token());
+        let now = now_micros();
+        let opened = self
+            .store
+            .open_session(
+                &b64(&digest(&token)),
+                NewSession {
+                    key_id: key,
+                    sealed: &b64(&seal(&token, secret.as_bytes())),
+                    csrf_hash: &b64(&digest(&csrf)),
+                    now,
+                    expires_at: now + TTL.as_micros() as Micros,
+                    per_key: PER_KEY,
+                    max: MAX_SESSIONS,
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        if !opened {
             return Err(ApiError::Unavailable {
                 message: "too many browser sessions are open; try again later".into(),
                 retry_after: 60,
             });
         }
-        let (token, csrf) = (random_token(), random_token());
-        let id = digest(&token);
-        open.by_token.insert(
-            id,
-            Session {
-                secret,
-                key: key.to_string(),
-                csrf: csrf.clone(),
-                expires: now + TTL,
-            },
-        );
-        open.by_key.entry(key.to_string()).or_default().push(id);
         Ok((token, csrf))
     }
 
-    /// The live session of a cookie value (an expired one is forgotten).
-    fn find(&self, token: &str) -> Option<Session> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let id = digest(token);
-        match open.by_token.get(&id) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
-            Some(_) => {
-                open.remove(&id);
-                None
+    /// The live session of a cookie value (`None` also when the database cannot say: the
+    /// request then goes on without it, and the key's own check answers).
+    async fn find(&self, token: &str) -> Option<Session> {
+        let stored = match self
+            .store
+            .find_session(&b64(&digest(token)), now_micros())
+            .await
+        {
+            Ok(stored) => stored?,
+            Err(e) => {
+                tracing::error!(error = %e, "browser sessions: the database failed");
+                return None;
             }
-            None => None,
-        }
+        };
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&stored.sealed)
+            .ok()?;
+        let csrf_hash = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&stored.csrf_hash)
+            .ok()?
+            .try_into()
+            .ok()?;
+        let secret = String::from_utf8(seal(token, &sealed)).ok()?;
+        Some(Session { secret, csrf_hash })
     }
 
     /// Ends a session; `false` if there was none.
-    fn close(&self, token: &str) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.remove(&digest(token)).is_some()
+    async fn close(&self, token: &str) -> Result<bool, ApiError> {
+        self.store
+            .close_session(&b64(&digest(token)))
+            .await
+            .map_err(unavailable)
     }
 }
 
@@ -224,8 +236,11 @@ pub(crate) async fn resolve(
         return next.run(request).await;
     }
     let name = cookie_name(&state, request.headers());
-    let Some(session) = cookie(request.headers(), name).and_then(|t| state.sessions.find(&t))
-    else {
+    let session = match cookie(request.headers(), name) {
+        Some(token) => state.sessions.find(&token).await,
+        None => None,
+    };
+    let Some(session) = session else {
         return next.run(request).await;
     };
     if !request.method().is_safe() {
@@ -233,7 +248,7 @@ pub(crate) async fn resolve(
             .headers()
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok());
-        if !token.is_some_and(|t| same(t, &session.csrf)) {
+        if !token.is_some_and(|t| same(&digest(t), &session.csrf_hash)) {
             return ApiError::Forbidden(
                 "a signed-in browser sends its session's X-CSRF-Token with every change".into(),
             )
@@ -313,9 +328,9 @@ pub(crate) async fn open(
     }
     // Signing in again ends this browser's earlier session.
     if let Some(earlier) = cookie(headers, cookie_name(&state, headers)) {
-        state.sessions.close(&earlier);
+        state.sessions.close(&earlier).await?;
     }
-    let (token, csrf) = state.sessions.open(&key.id, secret)?;
+    let (token, csrf) = state.sessions.open(&key.id, &secret).await?;
     let body = Opened {
         csrf_token: csrf,
         expires_in: TTL.as_secs(),
@@ -342,7 +357,7 @@ pub(crate) async fn close(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = cookie(&headers, cookie_name(&state, &headers)).ok_or(ApiError::Unauthorized)?;
-    if !state.sessions.close(&token) {
+    if !state.sessions.close(&token).await? {
         return Err(ApiError::Unauthorized);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -357,22 +372,47 @@ pub(crate) async fn close(
 mod tests {
     use super::*;
 
-    #[test]
-    fn sessions_open_find_and_close_by_their_cookie() {
-        let sessions = Sessions::default();
-        let (token, csrf) = sessions.open("key_1", "cg_secret".into()).unwrap();
+    #[tokio::test]
+    async fn sessions_open_find_and_close_by_their_cookie_on_any_node() {
+        let (store, _dir) = crate::market::store::tests::fresh_store().await;
+        let sessions = Sessions::new(store.clone());
+        // Another node on the same database.
+        let other = Sessions::new(store.clone());
+        let (token, csrf) = sessions.open("key_1", "cg_secret").await.unwrap();
         assert_ne!(token, csrf);
-        assert_eq!(sessions.find(&token).unwrap().secret, "cg_secret");
-        assert!(sessions.find("forged").is_none());
-        assert!(sessions.close(&token));
-        assert!(sessions.find(&token).is_none());
-        assert!(!sessions.close(&token));
-        // One key holds at most PER_KEY: the oldest ends.
-        let tokens: Vec<String> = (0..PER_KEY + 2)
-            .map(|_| sessions.open("key_2", "cg_other".into()).unwrap().0)
-            .collect();
-        assert!(sessions.find(&tokens[0]).is_none() && sessions.find(&tokens[1]).is_none());
-        assert!(tokens[2..].iter().all(|t| sessions.find(t).is_some()));
+        let found = other.find(&token).await.unwrap();
+        assert_eq!(found.secret, "cg_secret");
+        assert_eq!(found.csrf_hash, digest(&csrf));
+        assert!(sessions.find("forged").await.is_none());
+        // The database holds neither the secret nor the cookie.
+        let row = store
+            .find_session(&b64(&digest(&token)), now_micros())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!row.sealed.contains("cg_secret") && !row.sealed.contains(&token));
+        assert!(other.close(&token).await.unwrap());
+        assert!(sessions.find(&token).await.is_none());
+        assert!(!sessions.close(&token).await.unwrap());
+        // One key holds at most PER_KEY: the oldest end.
+        let mut tokens = Vec::new();
+        for _ in 0..PER_KEY + 2 {
+            tokens.push(sessions.open("key_2", "cg_other").await.unwrap().0);
+        }
+        assert!(sessions.find(&tokens[0]).await.is_none());
+        assert!(sessions.find(&tokens[1]).await.is_none());
+        for t in &tokens[2..] {
+            assert!(sessions.find(t).await.is_some());
+        }
+    }
+
+    #[test]
+    fn sealing_twice_gives_back_the_secret_and_another_cookie_does_not() {
+        let secret = b"cg_0123456789abcdefghijklmnopqrstuvwxyz0123456789";
+        let sealed = seal("cookie-a", secret);
+        assert_ne!(&sealed[..], &secret[..]);
+        assert_eq!(seal("cookie-a", &sealed), secret);
+        assert_ne!(seal("cookie-b", &sealed), secret);
     }
 
     #[test]
@@ -388,7 +428,7 @@ mod tests {
             HeaderValue::from_static("cg_session=planted"),
         );
         assert_eq!(cookie(&h, COOKIE), None, "two session cookies: neither");
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
     }
 
     #[test]

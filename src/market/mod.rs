@@ -20,6 +20,7 @@ pub mod payments;
 pub mod plans;
 pub(crate) mod schema;
 pub(crate) mod service;
+pub(crate) mod sessions;
 pub(crate) mod store;
 pub mod subscriptions;
 #[cfg(test)]

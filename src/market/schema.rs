@@ -209,4 +209,20 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         ALTER TABLE usage_hours ADD COLUMN query_rows BIGINT NOT NULL DEFAULT 0;
         ALTER TABLE usage_hours ADD COLUMN query_bytes BIGINT NOT NULL DEFAULT 0;",
     ),
+    (
+        8,
+        // The web console's browser sessions, shared by every node on the database: by the
+        // SHA-256 of the cookie, with the key's secret sealed under the cookie (which only
+        // the browser has) and the SHA-256 of the CSRF token.
+        "CREATE TABLE browser_sessions (
+            id         TEXT PRIMARY KEY,
+            key_id     TEXT NOT NULL,
+            sealed     TEXT NOT NULL,
+            csrf_hash  TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
+        CREATE INDEX browser_sessions_key ON browser_sessions (key_id, created_at);
+        CREATE INDEX browser_sessions_expiry ON browser_sessions (expires_at);",
+    ),
 ];

@@ -460,6 +460,46 @@ async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A browser signed in on node A is signed in on node B (behind one load balancer), and
+    // signing out on node B ends it on node A.
+    let (_, browser) = a.account("subscriber", "Harbour Co", "logistics").await;
+    let resp = a
+        .client
+        .post(a.url("/v1/sessions"))
+        .bearer_auth(&browser)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = resp.json::<serde_json::Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let me = |gw: &Gateway| {
+        gw.client
+            .get(gw.url("/v1/me"))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(me(&b).await.unwrap().status(), 200);
+    let out = b
+        .client
+        .delete(b.url("/v1/sessions/current"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(me(&a).await.unwrap().status(), 401);
+
     // A subscription cancelled on node A ends node B's cached entitlement.
     let (_, subscriber) = a.account("subscriber", "Mobility Lab", "research").await;
     crate::live::plan(&a, &provider, crate::live::open_plan()).await;

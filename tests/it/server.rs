@@ -168,6 +168,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
     let pipeline = Arc::new(pipeline);
     let catalog = citygate::market::catalog::Catalog::new(store.clone(), Box::new(|_| Ok(())));
     let keyring = Arc::new(Keyring::new(store.clone()));
+    let sessions = Arc::new(citygate::api::session::Sessions::new(store.clone()));
     let market = Arc::new(citygate::market::Market::new(store, &config).unwrap());
     let app = router(AppState {
         pipeline,
@@ -193,7 +194,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         http: Arc::new(config.http.clone()),
         websockets: Arc::new(tokio::sync::Semaphore::new(8)),
         max_datasets_per_provider: 8,
-        sessions: Arc::default(),
+        sessions,
         console: Arc::default(),
     });
     closing.cancel();
