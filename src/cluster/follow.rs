@@ -113,19 +113,27 @@ impl Follower {
     /// One record of another node: unless seen already, into the hub and the hot store.
     fn take(&mut self, publish: &Publish) {
         let metrics = &self.cluster.metrics;
-        let prefix = &self.cluster.config.topic_prefix;
-        let node = std::str::from_utf8(&publish.topic)
-            .ok()
-            .and_then(|t| t.strip_prefix(prefix.as_str())?.strip_prefix('/'));
+        let config = &self.cluster.config;
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            metrics.received("malformed", 0);
+            return;
+        };
+        let node = topic
+            .strip_prefix(config.topic_prefix.as_str())
+            .and_then(|t| t.strip_prefix('/'))
+            .filter(|n| crate::config::ClusterConfig::valid_node_id(n));
         let Some(node) = node else {
             metrics.received("malformed", 0);
             return;
         };
-        if node == self.cluster.config.node_id {
+        if node == config.node_id {
             return;
         }
-        let Some((epoch, payload)) = super::read_message(&publish.payload) else {
-            metrics.received("malformed", 0);
+        // Only a node of the cluster (which has its secret) speaks for a node.
+        let Some((epoch, payload)) = super::read_message(&config.secret.0, topic, &publish.payload)
+        else {
+            tracing::warn!(node = %node, "a message for the cluster without the cluster's MAC; dropped");
+            metrics.received("forged", 0);
             return;
         };
         let Ok(header) = record::header(payload) else {
@@ -133,22 +141,21 @@ impl Follower {
             return;
         };
         let lsn = header.lsn;
-        match self.seen.get(node) {
-            Some(&(seen_epoch, last)) if seen_epoch == epoch && lsn <= last => {
-                metrics.received("duplicate", 0);
-                return;
-            }
-            _ => {}
+        if let Some(&(seen_epoch, last)) = self.seen.get(node)
+            && seen_epoch == epoch
+            && lsn <= last
+        {
+            metrics.received("duplicate", 0);
+            return;
         }
         let Some(entry) = self.registry.get(header.dataset) else {
-            tracing::warn!(node = %crate::telemetry::log_text(node), dataset = %crate::telemetry::log_text(header.dataset), "a record of another node for a dataset this node does not have");
+            tracing::warn!(node = %node, dataset = %crate::telemetry::log_text(header.dataset), "a record of another node for a dataset this node does not have");
             metrics.received("unknown_dataset", 0);
-            self.seen.insert(node.to_string(), (epoch, lsn));
             return;
         };
         let mut readings = Vec::new();
         if let Err(e) = record::decode_into(payload, &entry.dataset, &mut readings) {
-            tracing::warn!(node = %crate::telemetry::log_text(node), error = %e, "an undecodable record of another node");
+            tracing::warn!(node = %node, error = %e, "an undecodable record of another node");
             metrics.received("malformed", 0);
             return;
         }

@@ -5,7 +5,11 @@
 //!
 //! **On the wire.** Node `a` publishes each record of its log, as the log holds it (its
 //! LSN, its dataset, its fields by name; [`crate::wal::record`]), to `{topic_prefix}/a` at
-//! QoS 1, after this node's epoch ([`epoch`]): a message is `epoch:u64le payload`.
+//! QoS 1, after this node's epoch ([`epoch`]) and a MAC: a message is
+//! `epoch:u64le mac:[u8; 32] payload`, the MAC an HMAC-SHA256 under the cluster's shared
+//! `secret` of the topic, the epoch and the payload. A follower takes only messages whose MAC
+//! holds: whoever else may publish on the broker cannot put readings into the nodes' feeds
+//! nor silence a node with a forged LSN.
 //!
 //! **Once each, in order per node.** [`publish`] is a log consumer: it moves its durable
 //! checkpoint only past records the broker acknowledged, and after a restart or a lost
@@ -92,7 +96,7 @@ pub fn start(
         metrics: metrics.clone(),
     });
     let publisher = publish::Publisher::new(cluster.clone(), wal.clone())?;
-    sinks.spawn(publisher.run(sinks_stop.clone()));
+    sinks.spawn(publisher.run_supervised(sinks_stop.clone()));
     let follower = follow::Follower::new(cluster, registry.clone(), hub.clone(), hot.clone());
     Ok(tokio::spawn(follower.run(closing.clone())))
 }
@@ -116,18 +120,46 @@ fn next_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(Duration::from_secs(30))
 }
 
-/// A message: this node's epoch, then the record's payload as the log holds it.
-fn message(epoch: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + payload.len());
+/// Bytes of a message before the record's payload: the epoch and the MAC.
+const HEADER: usize = 8 + 32;
+
+/// The MAC of a message on `topic`: HMAC-SHA256 under `secret` of the topic's length and
+/// bytes, the epoch and the payload.
+fn mac(secret: &str, topic: &str, epoch: u64, payload: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(&(topic.len() as u32).to_le_bytes());
+    mac.update(topic.as_bytes());
+    mac.update(&epoch.to_le_bytes());
+    mac.update(payload);
+    mac.finalize().into_bytes().into()
+}
+
+/// A message on `topic`: this node's epoch, the MAC, then the record's payload as the log
+/// holds it.
+fn message(secret: &str, topic: &str, epoch: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&mac(secret, topic, epoch, payload));
     out.extend_from_slice(payload);
     out
 }
 
-/// `(epoch, payload)` of a message.
-fn read_message(message: &[u8]) -> Option<(u64, &[u8])> {
-    let (epoch, payload) = message.split_at_checked(8)?;
-    Some((u64::from_le_bytes(epoch.try_into().ok()?), payload))
+/// `(epoch, payload)` of a message on `topic` whose MAC holds under `secret`.
+fn read_message<'m>(secret: &str, topic: &str, message: &'m [u8]) -> Option<(u64, &'m [u8])> {
+    use hmac::{Hmac, Mac};
+    let (head, payload) = message.split_at_checked(HEADER)?;
+    let epoch = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let mut check = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    check.update(&(topic.len() as u32).to_le_bytes());
+    check.update(topic.as_bytes());
+    check.update(&epoch.to_le_bytes());
+    check.update(payload);
+    // Compared in constant time.
+    check.verify_slice(&head[8..]).ok()?;
+    Some((epoch, payload))
 }
 
 #[cfg(test)]
@@ -135,10 +167,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_message_reads_back_and_a_short_one_does_not() {
-        let m = message(42, b"payload");
-        assert_eq!(read_message(&m), Some((42, &b"payload"[..])));
-        assert_eq!(read_message(b"short"), None);
+    fn a_message_reads_back_only_under_its_secret_and_topic() {
+        let m = message("s3cret", "citygate/readings/a", 42, b"payload");
+        assert_eq!(
+            read_message("s3cret", "citygate/readings/a", &m),
+            Some((42, &b"payload"[..]))
+        );
+        assert_eq!(read_message("other", "citygate/readings/a", &m), None);
+        assert_eq!(
+            read_message("s3cret", "citygate/readings/b", &m),
+            None,
+            "replayed as another node"
+        );
+        let mut forged = m.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(read_message("s3cret", "citygate/readings/a", &forged), None);
+        assert_eq!(
+            read_message("s3cret", "citygate/readings/a", b"short"),
+            None
+        );
     }
 
     #[test]

@@ -1,16 +1,23 @@
 //! This node's records to the broker: a log consumer that publishes each record at QoS 1
-//! and moves its checkpoint past the records the broker acknowledged, in order. A lost
+//! and moves its checkpoint past the records the broker acknowledged, in log order. A lost
 //! connection or a restart publishes again from the checkpoint (the followers drop what
-//! they have seen). The connection starts clean each time: what was in flight on the last
-//! one is published again from the log, not resent by the client library.
+//! they have seen).
+//!
+//! Each connection is a fresh rumqttc client and event loop, polled by a task of its own
+//! (a poll is never cancelled half-way: a dropped poll can lose a publish it had started, or
+//! never finish a reconnect), starting clean: what was in flight on the last one is
+//! published again from the log, never resent by the client library. Acknowledgements are
+//! matched to records by packet id.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rumqttc::Outgoing as Sent;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
@@ -19,9 +26,12 @@ use crate::wal::{Checkpoint, Consumer, Record, Wal, record};
 
 /// The log consumer's name (its checkpoint).
 pub const CONSUMER: &str = "cluster";
-/// The largest message published: a record larger than this (a huge HTTP body) is not
-/// sent to the other nodes (counted `too_large`; this node's lake has it).
+/// The largest message published (a broker may allow less, and says so when it accepts
+/// the connection): a record larger than that (a huge HTTP body) is not sent to the other
+/// nodes (counted `too_large`; this node's lake has it).
 pub const MAX_MESSAGE: usize = 8 << 20;
+/// Room in a PUBLISH packet besides the message: fixed header, topic, packet id, properties.
+const PACKET_OVERHEAD: usize = 64;
 /// How often the checkpoint is stored and old records let go.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a stopping node goes on publishing what its log still holds.
@@ -35,31 +45,106 @@ struct Outgoing {
     message: Option<bytes::Bytes>,
 }
 
-/// Records handed to the broker on this connection, in order, and whether each awaits its
-/// acknowledgement (a record not published settles with those before it).
+/// A record handed to the client on this connection.
+struct Handed {
+    lsn: u64,
+    /// Whether the broker must acknowledge it (a record not published settles with those
+    /// before it).
+    awaits: bool,
+    /// The packet id the client gave it, once it was sent.
+    pkid: Option<u16>,
+    acked: bool,
+}
+
+/// Records handed to the client on this connection, in log order.
 #[derive(Default)]
 struct InFlight {
-    records: VecDeque<(u64, bool)>,
+    records: VecDeque<Handed>,
+    /// Of them, published and not yet acknowledged.
     awaiting: usize,
 }
 
 impl InFlight {
+    fn publish(&mut self, lsn: u64) {
+        self.records.push_back(Handed {
+            lsn,
+            awaits: true,
+            pkid: None,
+            acked: false,
+        });
+        self.awaiting += 1;
+    }
+
+    fn skip(&mut self, lsn: u64) {
+        self.records.push_back(Handed {
+            lsn,
+            awaits: false,
+            pkid: None,
+            acked: true,
+        });
+    }
+
+    /// The client sent a publish with `pkid`: the oldest published record without one
+    /// (the client sends in the order it was handed them).
+    fn sent(&mut self, pkid: u16) {
+        if let Some(h) = self
+            .records
+            .iter_mut()
+            .find(|h| h.awaits && h.pkid.is_none())
+        {
+            h.pkid = Some(pkid);
+        }
+    }
+
+    /// The broker acknowledged `pkid`; `false` if no record here has it.
+    fn acked(&mut self, pkid: u16) -> bool {
+        match self
+            .records
+            .iter_mut()
+            .find(|h| h.awaits && !h.acked && h.pkid == Some(pkid))
+        {
+            Some(h) => {
+                h.acked = true;
+                self.awaiting -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The LSN the broker now has everything up to, if it moved.
     fn settle(&mut self) -> Option<u64> {
         let mut through = None;
-        while let Some(&(lsn, false)) = self.records.front() {
-            through = Some(lsn);
-            self.records.pop_front();
+        while self.records.front().is_some_and(|h| h.acked) {
+            through = self.records.pop_front().map(|h| h.lsn);
         }
         through
     }
+}
 
-    /// The broker acknowledged the oldest published record (MQTT acknowledges QoS 1 in the
-    /// order published).
-    fn acked(&mut self) -> Option<u64> {
-        let (lsn, _) = self.records.pop_front()?;
-        self.awaiting -= 1;
-        Some(self.settle().unwrap_or(lsn))
+/// What woke the publisher.
+enum Wake {
+    Stop,
+    /// Look again: something may be ready.
+    Look,
+    Tick,
+    Reconnect,
+    Event(Box<Option<Result<Event, ConnectionError>>>),
+}
+
+/// One connection: its client, and its events from the task that polls it.
+struct Connection {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
+    poller: tokio::task::JoinHandle<()>,
+    connected: bool,
+    /// The largest message the broker takes.
+    max_message: usize,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.poller.abort();
     }
 }
 
@@ -85,19 +170,52 @@ impl Publisher {
         })
     }
 
-    /// Publishes until `stop`, then for [`STOP_GRACE`] more what the log still holds.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let config = &self.cluster.config;
-        let metrics = self.cluster.metrics.clone();
+    /// Runs [`Self::run`]; should it fail (a bug), says so and stops holding the log, so that
+    /// intake goes on (the other nodes then miss this node's readings until a restart).
+    pub async fn run_supervised(self, stop: CancellationToken) {
+        let wal = self.wal.clone();
+        if let Err(e) = tokio::spawn(self.run(stop)).await {
+            tracing::error!(error = %e, "the cluster publisher failed: the other nodes get no more of this node's readings until a restart");
+            wal.release(CONSUMER);
+        }
+    }
+
+    /// A new connection: a fresh client (clean start) whose event loop a task polls.
+    fn connect(&self) -> Connection {
         let mut options = self.cluster.options("out");
         options.set_clean_start(true);
-        let capacity = config.max_in_flight + 16;
-        let (client, mut events) = AsyncClient::new(options, capacity);
+        let max = self.cluster.config.max_in_flight;
+        options.set_outgoing_inflight_upper_limit(u16::try_from(max).unwrap_or(u16::MAX));
+        let (client, mut eventloop) = AsyncClient::new(options, max + 16);
+        let (tx, events) = mpsc::unbounded_channel();
+        let poller = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let failed = event.is_err();
+                if tx.send(event).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Connection {
+            client,
+            events,
+            poller,
+            connected: false,
+            max_message: MAX_MESSAGE,
+        }
+    }
+
+    /// Publishes until `stop`, then for [`STOP_GRACE`] more what the log still holds.
+    async fn run(mut self, stop: CancellationToken) {
+        let config = self.cluster.config.clone();
+        let metrics = self.cluster.metrics.clone();
+        let mut conn = Some(self.connect());
+        let mut reconnect_at = tokio::time::Instant::now();
         let mut consumer = self.wal.consumer(self.acked);
         let mut stored = self.acked;
         let mut ready: VecDeque<Outgoing> = VecDeque::new();
         let mut in_flight = InFlight::default();
-        let mut connected = false;
         let mut committed = self.wal.committed();
         let mut tick = tokio::time::interval(TICK);
         let mut backoff = Duration::from_millis(250);
@@ -106,40 +224,38 @@ impl Publisher {
         loop {
             // Records acknowledged too long ago are let go, connected or not.
             let oldest = now_micros() - max_backlog;
+            let max_message = conn.as_ref().map_or(MAX_MESSAGE, |c| c.max_message);
             for o in ready.iter_mut() {
-                if o.message.is_some() && o.appended_at < oldest {
+                let Some(m) = &o.message else { continue };
+                if o.appended_at < oldest {
                     o.message = None;
                     metrics.published("too_old", 1);
+                } else if m.len() > max_message {
+                    o.message = None;
+                    metrics.published("too_large", 1);
                 }
             }
+            let live = conn.as_ref().filter(|c| c.connected);
             while let Some(o) = ready.front() {
-                let sendable = o.message.is_some();
-                if sendable && (!connected || in_flight.awaiting >= config.max_in_flight) {
+                let Some(message) = &o.message else {
+                    in_flight.skip(o.lsn);
+                    ready.pop_front();
+                    continue;
+                };
+                let Some(c) = live.filter(|_| in_flight.awaiting < config.max_in_flight) else {
+                    break;
+                };
+                if let Err(e) =
+                    c.client
+                        .try_publish(&self.topic, QoS::AtLeastOnce, false, message.clone())
+                {
+                    // The request queue has room for every record in flight; full, it
+                    // drains as the connection takes them.
+                    tracing::debug!(error = %e, "cannot queue a record for the broker yet");
                     break;
                 }
-                let o = ready.pop_front().expect("front");
-                match o.message {
-                    Some(message) => {
-                        if let Err(e) = client.try_publish(
-                            &self.topic,
-                            QoS::AtLeastOnce,
-                            false,
-                            message.clone(),
-                        ) {
-                            // The request queue is full until the connection takes some:
-                            // the record waits its turn.
-                            tracing::debug!(error = %e, "cannot queue a record for the broker yet");
-                            ready.push_front(Outgoing {
-                                message: Some(message),
-                                ..o
-                            });
-                            break;
-                        }
-                        in_flight.records.push_back((o.lsn, true));
-                        in_flight.awaiting += 1;
-                    }
-                    None => in_flight.records.push_back((o.lsn, false)),
-                }
+                in_flight.publish(o.lsn);
+                ready.pop_front();
             }
             if let Some(lsn) = in_flight.settle() {
                 self.acked = lsn;
@@ -156,72 +272,112 @@ impl Publisher {
                 consumer = self.read(consumer, upto, &mut ready).await;
                 continue;
             }
-            tokio::select! {
-                _ = stop.cancelled(), if stop_by.is_none() => {
-                    stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
+            let no_conn = conn.is_none();
+            let event = async {
+                match conn.as_mut() {
+                    Some(c) => c.events.recv().await,
+                    None => std::future::pending().await,
                 }
-                _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)), if stop_by.is_some() => {}
-                _ = committed.changed() => {}
-                _ = tick.tick() => {
+            };
+            let wake = tokio::select! {
+                _ = stop.cancelled(), if stop_by.is_none() => Wake::Stop,
+                _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)), if stop_by.is_some() => Wake::Look,
+                _ = committed.changed() => Wake::Look,
+                _ = tick.tick() => Wake::Tick,
+                _ = tokio::time::sleep_until(reconnect_at), if no_conn => Wake::Reconnect,
+                event = event => Wake::Event(Box::new(event)),
+            };
+            let event = match wake {
+                Wake::Stop => {
+                    stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
+                    continue;
+                }
+                Wake::Look => continue,
+                Wake::Tick => {
                     if self.acked > stored {
                         self.store(self.acked);
                         stored = self.acked;
                     }
+                    continue;
                 }
-                event = events.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        tracing::info!(topic = %self.topic, "publishing to the cluster's broker");
-                        connected = true;
-                        backoff = Duration::from_millis(250);
-                        metrics.connected("out", true);
+                Wake::Reconnect => {
+                    conn = Some(self.connect());
+                    continue;
+                }
+                Wake::Event(event) => *event,
+            };
+            let c = conn.as_mut().expect("events come only with a connection");
+            let mut lost = false;
+            match event {
+                Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                    tracing::info!(topic = %self.topic, "publishing to the cluster's broker");
+                    c.connected = true;
+                    if let Some(max) = ack.properties.and_then(|p| p.max_packet_size) {
+                        c.max_message = MAX_MESSAGE
+                            .min((max as usize).saturating_sub(PACKET_OVERHEAD + self.topic.len()));
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(lsn) = in_flight.acked() {
-                            self.acked = lsn;
-                            use rumqttc::v5::mqttbytes::v5::PubAckReason;
-                            if matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers) {
-                                metrics.published("published", 1);
-                            } else {
-                                // Not taken (the broker's access rules, say): the other
-                                // nodes never see it; sending it again would not change that.
-                                tracing::error!(reason = ?ack.reason, topic = %self.topic, "the cluster's broker refused a record");
-                                metrics.published("refused", 1);
-                            }
+                    backoff = Duration::from_millis(250);
+                    metrics.connected("out", true);
+                }
+                Some(Ok(Event::Outgoing(Sent::Publish(pkid)))) => in_flight.sent(pkid),
+                Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                    if matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) {
+                        if in_flight.acked(ack.pkid) {
+                            metrics.published("published", 1);
                         }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if connected {
-                            tracing::warn!(error = %e, "lost the cluster's broker; publishing again from the last acknowledged record");
-                        } else {
-                            tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the cluster's broker");
+                    } else if refused_for_good(ack.reason) {
+                        // Not taken (the broker's access rules, say): the other nodes never
+                        // see it; sending it again would not change that.
+                        tracing::error!(reason = ?ack.reason, topic = %self.topic, "the cluster's broker refused a record");
+                        if in_flight.acked(ack.pkid) {
+                            metrics.published("refused", 1);
                         }
-                        connected = false;
-                        metrics.connected("out", false);
-                        metrics.reconnect("out");
-                        // What was in flight is published again, from the log.
-                        in_flight = InFlight::default();
-                        ready.clear();
-                        consumer = self.wal.consumer(self.acked);
-                        if stop_by.is_some() {
-                            break;
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => {}
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = super::next_backoff(backoff);
+                    } else {
+                        // For now (a quota, say): from that record again, later.
+                        tracing::warn!(reason = ?ack.reason, retry_in = ?backoff, "the cluster's broker did not take a record; publishing again from it");
+                        lost = true;
                     }
                 }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    if c.connected {
+                        tracing::warn!(error = %e, "lost the cluster's broker; publishing again from the last acknowledged record");
+                    } else {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the cluster's broker");
+                    }
+                    lost = true;
+                }
+                None => lost = true,
+            }
+            if lost {
+                // What was in flight is published again, from the log, on a new connection
+                // after a pause.
+                conn = None;
+                metrics.connected("out", false);
+                metrics.reconnect("out");
+                in_flight = InFlight::default();
+                ready.clear();
+                consumer = self.wal.consumer(self.acked);
+                if stop_by.is_some() {
+                    break;
+                }
+                reconnect_at = tokio::time::Instant::now() + backoff;
+                backoff = super::next_backoff(backoff);
             }
         }
         if self.acked > stored {
             self.store(self.acked);
         }
         metrics.connected("out", false);
-        let _ = client.try_disconnect();
-        // The DISCONNECT goes out on the next poll.
-        let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+        if let Some(c) = conn {
+            let _ = c.client.try_disconnect();
+            // The poller sends the DISCONNECT, then the connection ends.
+            let mut c = c;
+            let _ = tokio::time::timeout(Duration::from_millis(200), c.events.recv()).await;
+        }
     }
 
     fn store(&self, lsn: u64) {
@@ -240,20 +396,20 @@ impl Publisher {
         ready: &mut VecDeque<Outgoing>,
     ) -> Consumer {
         let max = self.cluster.config.max_in_flight;
-        let epoch = self.cluster.epoch;
-        let metrics = &self.cluster.metrics;
+        let (cluster, topic) = (self.cluster.clone(), self.topic.clone());
         let mut taken = Vec::new();
         let in_memory = consumer.read_memory(upto, |r| {
-            taken.push(outgoing(epoch, r));
+            taken.push(outgoing(&cluster, &topic, r));
             ready.len() + taken.len() < max
         });
         if !in_memory {
             let at = consumer.position();
+            let room = max.saturating_sub(ready.len() + taken.len()).max(1);
             let read = tokio::task::spawn_blocking(move || {
                 let mut taken = Vec::new();
                 let result = consumer.read(upto, |r| {
-                    taken.push(outgoing(epoch, r));
-                    taken.len() < max
+                    taken.push(outgoing(&cluster, &topic, r));
+                    taken.len() < room
                 });
                 (consumer, taken, result)
             })
@@ -275,34 +431,40 @@ impl Publisher {
                 }
             }
         }
-        for mut o in taken {
-            if o.message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE) {
-                o.message = None;
-                metrics.published("too_large", 1);
-            }
-            ready.push_back(o);
-        }
+        ready.extend(taken);
         consumer
     }
 }
 
+/// Whether a broker's refusal stands however often the record is sent.
+fn refused_for_good(reason: PubAckReason) -> bool {
+    matches!(
+        reason,
+        PubAckReason::NotAuthorized
+            | PubAckReason::TopicNameInvalid
+            | PubAckReason::PayloadFormatInvalid
+    )
+}
+
 /// A record as the message to publish: the payload from the disk as it is, one from memory
 /// encoded as the log did.
-fn outgoing(epoch: u64, r: Record<'_>) -> Outgoing {
+fn outgoing(cluster: &Cluster, topic: &str, r: Record<'_>) -> Outgoing {
+    let (secret, epoch) = (&cluster.config.secret.0, cluster.epoch);
     match r {
         Record::Memory(c) => {
             let mut frame = record::encode(&c.dataset, &c.readings, c.appended_at);
             record::seal(&mut frame, c.lsn);
+            let payload = &frame[record::FRAME_HEADER..];
             Outgoing {
                 lsn: c.lsn,
                 appended_at: c.appended_at,
-                message: Some(super::message(epoch, &frame[record::FRAME_HEADER..]).into()),
+                message: Some(super::message(secret, topic, epoch, payload).into()),
             }
         }
         Record::Disk { lsn, payload } => Outgoing {
             lsn,
             appended_at: record::header(payload).map_or(0, |h| h.appended_at),
-            message: Some(super::message(epoch, payload).into()),
+            message: Some(super::message(secret, topic, epoch, payload).into()),
         },
     }
 }
@@ -312,17 +474,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_checkpoint_moves_only_past_acknowledged_records_in_order() {
+    fn the_checkpoint_moves_only_past_acknowledged_records_in_log_order() {
         let mut f = InFlight::default();
-        f.records.push_back((1, true));
-        f.records.push_back((2, false));
-        f.records.push_back((3, true));
-        f.awaiting = 2;
+        f.publish(1);
+        f.skip(2);
+        f.publish(3);
+        f.publish(4);
+        f.sent(7);
+        f.sent(8);
+        f.sent(9);
         assert_eq!(f.settle(), None, "record 1 is not acknowledged yet");
-        assert_eq!(f.acked(), Some(2), "1 acknowledged, 2 was never to be sent");
-        assert_eq!(f.acked(), Some(3));
-        assert_eq!(f.awaiting, 0);
-        f.records.push_back((4, false));
+        // The broker acknowledges 4 and 3 before 1: nothing moves until 1 is in.
+        assert!(f.acked(9) && f.acked(8));
+        assert_eq!(f.settle(), None);
+        assert!(!f.acked(9), "once");
+        assert!(!f.acked(42), "no such packet");
+        assert!(f.acked(7));
         assert_eq!(f.settle(), Some(4));
+        assert_eq!(f.awaiting, 0);
+        f.skip(5);
+        assert_eq!(f.settle(), Some(5));
+    }
+
+    #[test]
+    fn only_standing_refusals_let_a_record_go() {
+        assert!(refused_for_good(PubAckReason::NotAuthorized));
+        assert!(!refused_for_good(PubAckReason::QuotaExceeded));
+        assert!(!refused_for_good(PubAckReason::UnspecifiedError));
     }
 }

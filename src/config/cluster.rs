@@ -20,6 +20,9 @@ pub struct ClusterConfig {
     pub topic_prefix: String,
     pub username: String,
     pub password: Secret,
+    /// The secret every node of the cluster shares (at least 16 characters): each message
+    /// carries an HMAC under it, and a node takes only messages whose HMAC holds.
+    pub secret: Secret,
     /// The keep-alive asked of the broker.
     #[serde(with = "units::duration")]
     pub keep_alive: Duration,
@@ -30,7 +33,7 @@ pub struct ClusterConfig {
     /// Readings acknowledged longer ago than this are not published any more (while the
     /// broker is away, say): the log is not held for them, and the other nodes' subscribers
     /// would have little use for them live. They are counted
-    /// (`citygate_cluster_published_readings_total{outcome="too_old"}`); the lake has them.
+    /// (`citygate_cluster_records_published_total{outcome="too_old"}`); the lake has them.
     #[serde(with = "units::duration")]
     pub max_backlog: Duration,
     /// Log records published and not yet acknowledged by the broker, at most.
@@ -45,6 +48,7 @@ impl Default for ClusterConfig {
             topic_prefix: "citygate/readings".into(),
             username: String::new(),
             password: Secret::default(),
+            secret: Secret::default(),
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(3600),
             max_backlog: Duration::from_secs(600),
@@ -56,6 +60,14 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     pub fn enabled(&self) -> bool {
         !self.broker.is_empty()
+    }
+
+    /// Whether `name` may name a node: 1-32 of `a-z 0-9 -`.
+    pub fn valid_node_id(name: &str) -> bool {
+        (1..=32).contains(&name.len())
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
     }
 
     pub fn host_port(&self) -> Option<(String, u16)> {
@@ -89,6 +101,13 @@ pub(super) fn check(p: &mut Vec<String>, c: &ClusterConfig) {
              across restarts)",
             c.node_id
         ));
+    }
+    if c.secret.0.chars().count() < 16 {
+        p.push(
+            "cluster.secret: every node needs the cluster's shared secret, at least 16 \
+             characters (best from the environment: CITYGATE__CLUSTER__SECRET)"
+                .into(),
+        );
     }
     let prefix_ok = !c.topic_prefix.is_empty()
         && !c.topic_prefix.starts_with('$')

@@ -339,6 +339,7 @@ fn a_cluster_is_named_by_its_broker_and_each_node_by_its_id() {
         &env(&[
             ("CITYGATE__CLUSTER__BROKER", "mqtt://broker.internal:1883"),
             ("CITYGATE__CLUSTER__NODE_ID", "node-2"),
+            ("CITYGATE__CLUSTER__SECRET", "sixteen-chars-ok"),
         ]),
     )
     .unwrap();
@@ -373,6 +374,7 @@ fn a_cluster_is_named_by_its_broker_and_each_node_by_its_id() {
         "cluster.topic_prefix: `city/#`",
         "cluster.max_in_flight",
         "cluster.max_backlog",
+        "cluster.secret: every node needs",
     ] {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }

@@ -20,7 +20,13 @@ struct DirectionLabels {
 /// How a record of this node's log ended at the broker.
 const PUBLISHED: [&str; 4] = ["published", "refused", "too_old", "too_large"];
 /// How a record from another node ended here.
-const RECEIVED: [&str; 4] = ["taken", "duplicate", "unknown_dataset", "malformed"];
+const RECEIVED: [&str; 5] = [
+    "taken",
+    "duplicate",
+    "unknown_dataset",
+    "malformed",
+    "forged",
+];
 /// The two connections: this node's records out, the others' in.
 const DIRECTIONS: [&str; 2] = ["out", "in"];
 
@@ -49,7 +55,8 @@ impl ClusterMetrics {
         c.register(
             "records_received",
             "Records of other nodes' logs received, by outcome: taken (into live feeds and \
-             recent history), duplicate (sent again), unknown_dataset, malformed",
+             recent history), duplicate (sent again), unknown_dataset, malformed, forged (no valid \
+             MAC under the cluster's secret)",
             self.received.clone(),
         );
         c.register(

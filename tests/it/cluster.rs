@@ -18,10 +18,12 @@ const LATEST: &str = "/v1/datasets/traffic-counts/latest";
 const IN: &str = "citygate_cluster_connected{direction=\"in\"}";
 const OUT: &str = "citygate_cluster_connected{direction=\"out\"}";
 const RECEIVED: &str = "citygate_cluster_readings_received_total";
+/// The cluster's shared secret in these tests.
+const SECRET: &str = "the-nodes-shared-secret";
 
 fn cluster(broker: &Broker, node: &str) -> citygate::config::ClusterConfig {
     toml::from_str(&format!(
-        "broker = \"mqtt://127.0.0.1:{}\"\nnode_id = \"{node}\"\n",
+        "broker = \"mqtt://127.0.0.1:{}\"\nnode_id = \"{node}\"\nsecret = \"{SECRET}\"\n",
         broker.port
     ))
     .unwrap()
@@ -134,6 +136,22 @@ async fn a_subscriber_and_a_planner_on_one_node_see_what_another_node_acknowledg
     assert_eq!(metric(&b, RECEIVED).await, 200);
     assert_eq!(metric(&a, RECEIVED).await, 10);
 
+    // Whoever else may publish on the broker cannot speak for a node: a record copied from
+    // the wire onto another node's topic, or made up, is dropped.
+    let forged = |bytes: &[u8]| ("citygate/readings/c".to_string(), bytes.to_vec());
+    crate::broker::publish(
+        broker.port,
+        vec![forged(&[0u8; 100]), forged(b"{\"vehicle_count\": 1}")],
+    )
+    .await;
+    until(
+        &b,
+        "citygate_cluster_records_received_total{outcome=\"forged\"}",
+        2,
+    )
+    .await;
+    assert!(on_b.next(Duration::from_millis(300)).await.is_none());
+
     // Each node's lake holds what it acknowledged itself, and nothing of the other's.
     let dir_b = b.stop().await;
     let dir_a = a.stop().await;
@@ -217,6 +235,7 @@ async fn a_node_killed_under_load_is_followed_once_each_after_its_restart() {
     let env = [
         ("CITYGATE__CLUSTER__BROKER", url.as_str()),
         ("CITYGATE__CLUSTER__NODE_ID", "a"),
+        ("CITYGATE__CLUSTER__SECRET", SECRET),
     ];
     let connected = async |http: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -303,4 +322,33 @@ async fn a_node_killed_under_load_is_followed_once_each_after_its_restart() {
         seen.len()
     );
     server.stop_cleanly();
+}
+
+#[tokio::test]
+async fn a_record_larger_than_the_broker_takes_is_left_out_and_the_rest_flows() {
+    let broker = Broker::start_with("persistence false\nmax_packet_size 8192\n");
+    let a = node(&broker, "a").await;
+    let b = node(&broker, "b").await;
+    let (_, on_b) = Sse::open(&b, LIVE, &b.admin_key, None).await;
+    let mut on_b = on_b.unwrap();
+    let device = a.device_key(&[TRAFFIC]).await;
+    // 500 readings in one request make one record of some 30 KB.
+    let resp = a.post_json(TRAFFIC, &device, counts(0, 500)).await;
+    assert_eq!(resp.status(), 204);
+    let resp = a.post_json(TRAFFIC, &device, counts(500, 5)).await;
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        counts_of(&on_b.readings(5, Duration::from_secs(10)).await),
+        (500..505).collect::<Vec<_>>(),
+        "{}",
+        cluster_metrics(&a).await
+    );
+    assert_eq!(
+        metric(
+            &a,
+            "citygate_cluster_records_published_total{outcome=\"too_large\"}"
+        )
+        .await,
+        1
+    );
 }

@@ -89,14 +89,17 @@ impl HotStore {
     pub(crate) fn snapshot(&self, dataset: &str) -> Snapshot {
         let entry = self.entry(dataset);
         let mut snapshot = part_of(&entry);
-        snapshot.remote = self
+        // By node, so that pages of one query read them in one order.
+        let mut remote: Vec<(String, Part)> = self
             .remote
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|((_, id), _)| id == dataset)
-            .map(|(_, d)| part_of(d))
+            .map(|((node, _), d)| (node.clone(), d.clone()))
             .collect();
+        remote.sort_by(|a, b| a.0.cmp(&b.0));
+        snapshot.remote = remote.iter().map(|(_, d)| part_of(d)).collect();
         snapshot
     }
 
