@@ -18,12 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/peers-venv
-if ! "$venv/bin/python" -c 'import pyarrow, pandas, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis, selenium' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import pyarrow, pandas, duckdb, influxdb_client, paho.mqtt, rdflib, localstripe, sseclient, requests, schemathesis, selenium, moto.server' 2>/dev/null; then
   echo "==> installing Python test peers into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     pyarrow pandas duckdb influxdb-client paho-mqtt rdflib localstripe==1.15.10 sseclient-py requests \
-    schemathesis==4.32.5 selenium
+    schemathesis==4.32.5 selenium 'moto[server]==5.2.5'
 fi
 export CITYGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 

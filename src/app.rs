@@ -24,6 +24,7 @@ use crate::mqtt;
 use crate::pipeline::Pipeline;
 use crate::registry::{Registry, RegistryError};
 use crate::sink::influx::InfluxSink;
+use crate::sink::lake::Lake;
 use crate::sink::parquet::{EncodeError, ParquetSink, remove_stale_temp_files};
 use crate::telemetry::Metrics;
 use crate::wal::{Wal, WalError};
@@ -52,6 +53,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error(transparent)]
+    Lake(#[from] crate::sink::lake::LakeError),
     #[error("cannot set up the cluster's publisher: {0}")]
     Cluster(std::io::Error),
     #[error("cannot set up the InfluxDB sink for {url}: {source}")]
@@ -77,7 +80,7 @@ pub enum DatasetError {
 struct DatasetStarter {
     registry: Arc<Registry>,
     wal: Wal,
-    parquet_dir: PathBuf,
+    lake: Lake,
     parquet: ParquetConfig,
     sinks: TaskTracker,
     sinks_stop: CancellationToken,
@@ -98,7 +101,7 @@ impl DatasetStarter {
         let dataset = Arc::new(spec.build());
         let sink = ParquetSink::new(
             dataset,
-            self.parquet_dir.clone(),
+            self.lake.clone(),
             self.parquet.clone(),
             self.registry.metrics_of(&spec.id),
             self.wal.clone(),
@@ -250,10 +253,16 @@ impl App {
             source,
         })?;
         let data_dir_lock = lock_data_dir(&data_dir)?;
-        let parquet_dir = config.parquet_dir();
+        let lake = Lake::open(&config)?;
+        let parquet_dir = lake.write_root().to_path_buf();
         let stale = remove_stale_temp_files(&parquet_dir);
         if stale > 0 {
             tracing::warn!(files = stale, dir = %parquet_dir.display(), "removed temporary Parquet files left by a crash");
+        }
+        if let Lake::Object(o) = &lake {
+            // Staged files are uploaded already, or written again by their sink's redo.
+            let _ = std::fs::remove_dir_all(&parquet_dir);
+            tracing::info!(lake = %o.url(), "the lake is in object storage");
         }
 
         warn_if_files_short(&config);
@@ -300,7 +309,7 @@ impl App {
         let start_dataset = Arc::new(DatasetStarter {
             registry: registry.clone(),
             wal: wal.clone(),
-            parquet_dir: config.parquet_dir(),
+            lake: lake.clone(),
             parquet: config.parquet.clone(),
             sinks: sinks.clone(),
             sinks_stop: sinks_stop.clone(),
@@ -333,11 +342,10 @@ impl App {
             },
             metrics.query().clone(),
         );
-        sinks.spawn(hot.clone().run_supervised(
-            registry.clone(),
-            config.parquet_dir(),
-            sinks_stop.clone(),
-        ));
+        sinks.spawn(
+            hot.clone()
+                .run_supervised(registry.clone(), lake.clone(), sinks_stop.clone()),
+        );
         let cluster_task = if config.cluster.enabled() {
             let task = crate::cluster::start(
                 &config.cluster,
@@ -357,7 +365,7 @@ impl App {
         };
         let query = Arc::new(crate::query::QueryService::new(
             hot,
-            config.parquet_dir(),
+            lake.clone(),
             config.query.clone(),
         ));
         // Datasets created later join the tracker all the same.

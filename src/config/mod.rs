@@ -13,6 +13,7 @@
 //! `#[serde(deny_unknown_fields)]`, because the latter stops at the first unknown key.
 
 mod cluster;
+mod lake;
 mod load;
 mod market;
 mod query;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::ClusterConfig;
+pub use lake::LakeConfig;
 pub use market::{FeedConfig, MarketConfig, PaymentProviderKind, PaymentsConfig, StripeConfig};
 pub use query::QueryConfig;
 pub use storage::{
@@ -78,6 +80,8 @@ pub struct Config {
     pub upstream: Vec<UpstreamConfig>,
     /// `[cluster]`: the nodes this one shares its readings with.
     pub cluster: ClusterConfig,
+    /// `[lake]`: where the Parquet files are kept.
+    pub lake: LakeConfig,
     pub datasets: Vec<DatasetConfig>,
 }
 

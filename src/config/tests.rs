@@ -379,3 +379,46 @@ fn a_cluster_is_named_by_its_broker_and_each_node_by_its_id() {
         assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
     }
 }
+
+#[test]
+fn a_lake_in_object_storage_names_its_bucket_and_each_node() {
+    let config = Config::from_toml(
+        DEFAULT_CONFIG,
+        "t",
+        &env(&[
+            ("CITYGATE__LAKE__URL", "s3://city-lake/citygate/v1"),
+            ("CITYGATE__CLUSTER__NODE_ID", "node-1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.lake.bucket_prefix(),
+        Some(("city-lake".into(), "citygate/v1".into()))
+    );
+    assert!(
+        !Config::from_toml(DEFAULT_CONFIG, "t", &[])
+            .unwrap()
+            .lake
+            .is_object_store()
+    );
+
+    let err = Config::from_toml(
+        DEFAULT_CONFIG,
+        "t",
+        &env(&[
+            ("CITYGATE__LAKE__URL", "s3://Bad_Bucket"),
+            ("CITYGATE__LAKE__ENDPOINT", "http://minio:9000"),
+            ("CITYGATE__LAKE__ACCESS_KEY_ID", "only-the-id"),
+        ]),
+    )
+    .unwrap_err();
+    let all = err.problems.join("\n");
+    for needle in [
+        "lake.url: `s3://Bad_Bucket`",
+        "lake.endpoint: an http:// endpoint",
+        "lake.access_key_id and lake.secret_access_key",
+        "cluster.node_id: a lake in object storage",
+    ] {
+        assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+    }
+}

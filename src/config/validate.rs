@@ -41,6 +41,7 @@ pub(super) fn validate(config: &Config, positions: &[usize]) -> Vec<String> {
     let ids: Vec<String> = config.datasets.iter().map(|d| d.id.clone()).collect();
     super::upstream::check(&mut p, &config.upstream, &ids);
     super::cluster::check(&mut p, &config.cluster);
+    super::lake::check(&mut p, &config.lake, &config.cluster.node_id);
     check_shutdown_and_log(&mut p, config);
     check_datasets(&mut p, config, positions);
     p

@@ -7,11 +7,14 @@
 //! The files are citygate's own; a reader that panics on one anyway fails the query with the
 //! file's name rather than the process.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
 
 use arrow_array::types::Int32Type;
 use arrow_array::{
@@ -24,11 +27,13 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
+use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
 
 use super::Row;
 use crate::calendar::days_from_civil;
 use crate::model::{Dataset, FieldType, Micros, Value, Values};
+pub(crate) use crate::sink::lake::{Lake, LakeFile};
 use crate::telemetry::Scanned;
 
 const HOUR: Micros = 3_600_000_000;
@@ -36,12 +41,14 @@ const HOUR: Micros = 3_600_000_000;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LakeError {
     #[error("lake file {path}: {message}")]
-    File { path: PathBuf, message: String },
+    File { path: String, message: String },
+    #[error("the lake: {0}")]
+    Store(#[from] crate::sink::lake::LakeError),
 }
 
-fn file_error(path: &Path, message: impl ToString) -> LakeError {
+fn file_error(file: &LakeFile, message: impl ToString) -> LakeError {
     LakeError::File {
-        path: path.to_path_buf(),
+        path: file.name(),
         message: message.to_string(),
     }
 }
@@ -50,11 +57,32 @@ fn file_error(path: &Path, message: impl ToString) -> LakeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hour {
     pub(crate) start: Micros,
-    pub(crate) files: Vec<PathBuf>,
+    pub(crate) files: Vec<LakeFile>,
+}
+
+/// The hour partitions of `dataset` in `lake` that overlap `[from, to)`, oldest first, each
+/// with its files: this node's whose log range ends at or below `lake_through`, in object
+/// storage also another node's up to its mark in `marks` (`None`: every file). Blocking.
+pub(crate) fn hours_in(
+    lake: &Lake,
+    dataset: &str,
+    span: (Micros, Micros),
+    lake_through: u64,
+    marks: Option<&HashMap<String, u64>>,
+) -> Result<Vec<Hour>, LakeError> {
+    match lake {
+        Lake::Local(root) => Ok(hours(root, dataset, span.0, span.1, lake_through)),
+        Lake::Object(o) => Ok(o
+            .runtime()
+            .block_on(o.files(dataset, span, lake_through, marks))?
+            .into_iter()
+            .map(|(start, files)| Hour { start, files })
+            .collect()),
+    }
 }
 
 /// `part-{first}-{last}-{n}.parquet` → `(first, last)`.
-fn log_range(name: &str) -> Option<(u64, u64)> {
+pub(crate) fn log_range(name: &str) -> Option<(u64, u64)> {
     let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
     let mut parts = rest.split('-');
     let first = parts.next()?.parse().ok()?;
@@ -120,7 +148,7 @@ pub(crate) fn hours(
             let Ok(files) = std::fs::read_dir(hour.path()) else {
                 continue;
             };
-            let mut files: Vec<PathBuf> = files
+            let mut files: Vec<std::path::PathBuf> = files
                 .flatten()
                 .filter(|f| {
                     f.file_name()
@@ -134,6 +162,7 @@ pub(crate) fn hours(
                 continue;
             }
             files.sort();
+            let files = files.into_iter().map(LakeFile::Local).collect();
             out.push(Hour { start, files });
         }
     }
@@ -141,16 +170,72 @@ pub(crate) fn hours(
     out
 }
 
-/// The rows of `path` in `[from, to)` that `keep` accepts, in `target`'s schema. Blocking.
+/// A lake file's bytes, as the Parquet reader asks for them: from the disk, or by ranges
+/// from the object store.
+enum Source {
+    File(File),
+    Object(crate::sink::lake::RangeReader),
+}
+
+impl Source {
+    fn open(lake: &Lake, file: &LakeFile) -> Result<Source, LakeError> {
+        match (lake, file) {
+            (_, LakeFile::Local(path)) => File::open(path)
+                .map(Source::File)
+                .map_err(|e| file_error(file, e)),
+            (Lake::Object(o), LakeFile::Object { key, size }) => {
+                Ok(Source::Object(o.reader(key, *size)))
+            }
+            (Lake::Local(_), LakeFile::Object { .. }) => {
+                Err(file_error(file, "an object of a lake on local disk"))
+            }
+        }
+    }
+}
+
+impl Length for Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::File(f) => f.len(),
+            Source::Object(r) => r.size(),
+        }
+    }
+}
+
+impl ChunkReader for Source {
+    type T = Box<dyn Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        match self {
+            Source::File(f) => Ok(Box::new(f.get_read(start)?)),
+            Source::Object(r) => {
+                let rest = r.size().saturating_sub(start) as usize;
+                Ok(Box::new(self.get_bytes(start, rest)?.reader()))
+            }
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Source::File(f) => f.get_bytes(start, length),
+            Source::Object(r) => r
+                .get(start..start + length as u64)
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e))),
+        }
+    }
+}
+
+/// The rows of `file` in `[from, to)` that `keep` accepts, in `target`'s schema. Blocking.
 pub(crate) fn read_file(
-    path: &Path,
+    lake: &Lake,
+    file: &LakeFile,
     target: &Dataset,
     from: Micros,
     to: Micros,
     keep: &mut dyn FnMut(Micros, &str) -> bool,
     out: &mut dyn FnMut(Row),
 ) -> Result<(), LakeError> {
-    batches(path, target, None, None, (from, to), &mut |batch| {
+    batches(lake, file, target, None, None, (from, to), &mut |batch| {
         rows_of(batch, target, from, to, keep, out)
     })
     .map(|_| ())
@@ -159,7 +244,8 @@ pub(crate) fn read_file(
 /// [`read_file`] into a fold, which takes whole record batches from their columns when it
 /// can (see [`super::Fold::add_batch`]). Returns what was read and pruned.
 pub(crate) fn read_file_fold(
-    path: &Path,
+    lake: &Lake,
+    file: &LakeFile,
     sel: &super::Selection,
     (from, to): (Micros, Micros),
     keep: &mut dyn FnMut(Micros, &str) -> bool,
@@ -167,7 +253,8 @@ pub(crate) fn read_file_fold(
 ) -> Result<Scanned, LakeError> {
     let target = &sel.dataset;
     batches(
-        path,
+        lake,
+        file,
         target,
         sel.fields.as_deref(),
         sel.filter.sensors.as_ref(),
@@ -187,19 +274,21 @@ pub(crate) fn read_file_fold(
 /// span, or whose `sensor_id` ones hold none of `sensors`, are not read. Blocking; a reader
 /// that panics is an error naming the file.
 fn batches(
-    path: &Path,
+    lake: &Lake,
+    file: &LakeFile,
     target: &Dataset,
     fields: Option<&[usize]>,
     sensors: Option<&HashSet<String>>,
     span: (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<Scanned, LakeError> {
+    let source = Source::open(lake, file)?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        batches_inner(path, target, fields, sensors, span, each)
+        batches_inner(source, file, target, fields, sensors, span, each)
     }));
     match result {
         Ok(r) => r,
-        Err(_) => Err(file_error(path, "the Parquet reader failed on it")),
+        Err(_) => Err(file_error(file, "the Parquet reader failed on it")),
     }
 }
 
@@ -229,20 +318,20 @@ fn dictionary_hint(schema: &Schema) -> Schema {
 const BATCH_ROWS: usize = 8192;
 
 fn batches_inner(
-    path: &Path,
+    source: Source,
+    path: &LakeFile,
     target: &Dataset,
     fields: Option<&[usize]>,
     sensors: Option<&HashSet<String>>,
     (from, to): (Micros, Micros),
     each: &mut dyn FnMut(&RecordBatch) -> Result<(), String>,
 ) -> Result<Scanned, LakeError> {
-    let file = File::open(path).map_err(|e| file_error(path, e))?;
-    let loaded = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+    let loaded = ArrowReaderMetadata::load(&source, ArrowReaderOptions::new())
         .map_err(|e| file_error(path, e))?;
     let options = ArrowReaderOptions::new().with_schema(Arc::new(dictionary_hint(loaded.schema())));
     let metadata = ArrowReaderMetadata::try_new(loaded.metadata().clone(), options)
         .map_err(|e| file_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata);
     let parquet_schema = builder.parquet_schema();
     let column = |name: &str| {
         parquet_schema
@@ -477,7 +566,11 @@ mod tests {
             let wanted: HashSet<String> = sensors.iter().map(|s| s.to_string()).collect();
             let wanted = (!sensors.is_empty()).then_some(&wanted);
             let mut rows = 0;
-            let scanned = batches(&path, &ds, Some(&[0]), wanted, span, &mut |b| {
+            let (lake, file) = (
+                Lake::Local(dir.path().into()),
+                LakeFile::Local(path.clone()),
+            );
+            let scanned = batches(&lake, &file, &ds, Some(&[0]), wanted, span, &mut |b| {
                 rows += b.num_rows();
                 Ok(())
             })
@@ -511,6 +604,6 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].start, day + 11 * HOUR);
         assert_eq!(found[0].files.len(), 1);
-        assert!(found[0].files[0].ends_with("part-6-9-0.parquet"));
+        assert!(found[0].files[0].name().ends_with("part-6-9-0.parquet"));
     }
 }

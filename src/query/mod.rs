@@ -24,7 +24,6 @@ pub(crate) mod zone;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -188,7 +187,7 @@ pub(crate) struct Page {
 #[derive(Debug)]
 pub struct QueryService {
     pub(crate) hot: Arc<HotStore>,
-    lake_root: PathBuf,
+    lake: lake::Lake,
     pub(crate) config: QueryConfig,
     /// The low-priority threads queries read on.
     pool: pool::Pool,
@@ -199,10 +198,10 @@ pub struct QueryService {
 }
 
 impl QueryService {
-    pub fn new(hot: Arc<HotStore>, lake_root: PathBuf, config: QueryConfig) -> Self {
+    pub fn new(hot: Arc<HotStore>, lake: crate::sink::lake::Lake, config: QueryConfig) -> Self {
         QueryService {
             hot,
-            lake_root,
+            lake,
             permits: tokio::sync::Semaphore::new(config.max_concurrent.max(1)),
             pool: pool::Pool::new(config.max_concurrent.max(1) * HOURS_AT_ONCE),
             limiter: Limiter::new(config.rate_limit),
@@ -222,7 +221,7 @@ impl QueryService {
         mut fold: F,
     ) -> Result<F, QueryError> {
         let (sel, snapshot) = (sel.clone(), snapshot.clone());
-        let root = self.lake_root.clone();
+        let lake = self.lake.clone();
         let metrics = self.hot.metrics.clone();
         self.pool
             .run(move || {
@@ -231,14 +230,28 @@ impl QueryService {
                     sel: &sel,
                     fold: &mut fold,
                 };
-                let mut lake = Scanned::default();
-                for hour in lake::hours(&root, &sel.dataset.id, lo, hi, snapshot.lake_through) {
+                let mut scanned = Scanned::default();
+                let marks = snapshot.marks.as_deref();
+                for hour in lake::hours_in(
+                    &lake,
+                    &sel.dataset.id,
+                    (lo, hi),
+                    snapshot.lake_through,
+                    marks,
+                )? {
                     for file in &hour.files {
-                        lake += lake::read_file_fold(file, &sel, (lo, hi), &mut keep, &mut placed)?;
+                        scanned += lake::read_file_fold(
+                            &lake,
+                            file,
+                            &sel,
+                            (lo, hi),
+                            &mut keep,
+                            &mut placed,
+                        )?;
                     }
                 }
                 let hot = snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
-                metrics.scanned(lake, hot);
+                metrics.scanned(scanned, hot);
                 Ok(fold)
             })
             .await?
@@ -252,23 +265,42 @@ impl QueryService {
         self.pool.run(f).await
     }
 
+    /// What a query of `dataset` reads in the hot store, with, for a lake in object storage,
+    /// every node's mark there.
+    async fn snapshot(&self, dataset: &str) -> Result<Arc<Snapshot>, QueryError> {
+        let mut snapshot = self.hot.snapshot(dataset);
+        if let lake::Lake::Object(o) = &self.lake {
+            snapshot.mark_others(o.marks(dataset).await.map_err(LakeError::from)?);
+        }
+        Ok(Arc::new(snapshot))
+    }
+
     /// The hours of `[from, to)` that hold readings of `sel`'s dataset, as hour starts:
     /// the lake's partitions and the hot store's times.
-    fn hours_with_data(&self, sel: &Selection, snapshot: &Snapshot) -> Vec<Micros> {
-        let mut hours: Vec<Micros> = lake::hours(
-            &self.lake_root,
-            &sel.dataset.id,
-            sel.from,
-            sel.to,
-            snapshot.lake_through,
-        )
-        .into_iter()
-        .map(|h| h.start)
-        .collect();
+    async fn hours_with_data(
+        &self,
+        sel: &Selection,
+        snapshot: &Arc<Snapshot>,
+    ) -> Result<Vec<Micros>, QueryError> {
+        let (lake, snapshot2) = (self.lake.clone(), snapshot.clone());
+        let (id, span) = (sel.dataset.id.clone(), (sel.from, sel.to));
+        let listed = self
+            .pool
+            .run(move || {
+                lake::hours_in(
+                    &lake,
+                    &id,
+                    span,
+                    snapshot2.lake_through,
+                    snapshot2.marks.as_deref(),
+                )
+            })
+            .await??;
+        let mut hours: Vec<Micros> = listed.into_iter().map(|h| h.start).collect();
         hours.extend(snapshot.hours(sel.from, sel.to));
         hours.sort_unstable();
         hours.dedup();
-        hours
+        Ok(hours)
     }
 
     /// A page of at most `limit` raw readings of `sel` in `order` by (time, sensor), after
@@ -281,8 +313,8 @@ impl QueryService {
         limit: usize,
         cursor: Option<&Cursor>,
     ) -> Result<Page, QueryError> {
-        let snapshot = Arc::new(self.hot.snapshot(&sel.dataset.id));
-        let mut hours = self.hours_with_data(sel, &snapshot);
+        let snapshot = self.snapshot(&sel.dataset.id).await?;
+        let mut hours = self.hours_with_data(sel, &snapshot).await?;
         // Hours wholly passed by the cursor need no reading.
         if let Some(c) = cursor {
             let hour = c.ts - c.ts.rem_euclid(HOUR);
@@ -361,8 +393,8 @@ impl QueryService {
         if let Some(rows) = self.hot.latest(sel) {
             return Ok(rows);
         }
-        let snapshot = Arc::new(self.hot.snapshot(&sel.dataset.id));
-        let mut hours = self.hours_with_data(sel, &snapshot);
+        let snapshot = self.snapshot(&sel.dataset.id).await?;
+        let mut hours = self.hours_with_data(sel, &snapshot).await?;
         hours.reverse();
         let mut best = Latest::default();
         for hour in hours {
@@ -380,8 +412,8 @@ impl QueryService {
         sel: &Selection,
         spec: &aggregate::Spec,
     ) -> Result<Result<Vec<aggregate::Bucket>, aggregate::TooMany>, QueryError> {
-        let snapshot = Arc::new(self.hot.snapshot(&sel.dataset.id));
-        let hours = self.hours_with_data(sel, &snapshot);
+        let snapshot = self.snapshot(&sel.dataset.id).await?;
+        let hours = self.hours_with_data(sel, &snapshot).await?;
         let max = self.config.max_rows;
         // Each hour into buckets of its own, `HOURS_AT_ONCE` hours at a time; hours are
         // merged in time order.

@@ -105,9 +105,14 @@ impl Gateway {
 
     /// Stops and starts again on the same data dir and database.
     pub(crate) async fn restart(self) -> Gateway {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`Gateway::restart`] with `adjust` made to the config again.
+    pub(crate) async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> Gateway {
         let admin_key = self.admin_key.clone();
         let dir = self.stop().await;
-        Gateway::start_on(dir, admin_key, |_| {}).await
+        Gateway::start_on(dir, admin_key, adjust).await
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -10,6 +10,7 @@ mod crash;
 mod harness;
 mod influx;
 mod intake;
+mod lake;
 mod live;
 mod market;
 mod mqtt;

@@ -150,3 +150,45 @@ fn the_readme_runs_as_written() {
     );
     assert!(stdout.contains("temperature_mean"), "{stdout}");
 }
+
+/// Every `toml` block of the README is config citygate reads: no unknown key, no value of the
+/// wrong type (a secret left for the environment may leave other problems).
+#[test]
+fn the_readmes_config_examples_are_config() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut open: Option<String> = None;
+    for line in readme.lines() {
+        match open.take() {
+            None => {
+                if line.trim() == "```toml" {
+                    open = Some(String::new());
+                }
+            }
+            Some(text) if line.trim() == "```" => blocks.push(text),
+            Some(mut text) => {
+                text.push_str(line);
+                text.push('\n');
+                open = Some(text);
+            }
+        }
+    }
+    assert!(
+        blocks.len() >= 4,
+        "the README's config examples were not found"
+    );
+    for block in &blocks {
+        if let Err(e) = citygate::Config::from_toml(block, "README", &[]) {
+            for problem in &e.problems {
+                assert!(
+                    !problem.contains("unknown key")
+                        && !problem.contains("unknown field")
+                        && !problem.contains("invalid type")
+                        && !problem.contains("TOML parse error"),
+                    "{problem} in:\n{block}"
+                );
+            }
+        }
+    }
+}

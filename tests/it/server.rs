@@ -185,7 +185,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
         }),
         query: Arc::new(citygate::query::QueryService::new(
             hot,
-            config.parquet_dir(),
+            citygate::sink::lake::Lake::Local(config.parquet_dir()),
             config.query.clone(),
         )),
         keyring,

@@ -203,11 +203,26 @@ pub(crate) struct Snapshot {
     pub(crate) lake_through: u64,
     chunks: Vec<Arc<Chunk>>,
     open: Vec<Open>,
-    /// Other nodes' parts of the dataset (`[cluster]`), each with no boundary.
+    /// Other nodes' parts of the dataset (`[cluster]`), by node: each with no boundary, or,
+    /// with a lake in object storage, its node's mark there.
     remote: Vec<Snapshot>,
+    /// The node of a remote part.
+    node: String,
+    /// With a lake in object storage: every node's mark (the other nodes' files are read up
+    /// to it, their readings after it from here).
+    pub(crate) marks: Option<Arc<HashMap<String, u64>>>,
 }
 
 impl Snapshot {
+    /// Takes the other nodes' marks in the shared lake: their readings up to a mark are read
+    /// from their files, so masked here.
+    pub(crate) fn mark_others(&mut self, marks: Arc<HashMap<String, u64>>) {
+        for part in &mut self.remote {
+            part.lake_through = marks.get(&part.node).copied().unwrap_or(0);
+        }
+        self.marks = Some(marks);
+    }
+
     /// This node's part, then the other nodes'.
     fn parts(&self) -> impl Iterator<Item = &Snapshot> {
         std::iter::once(self).chain(self.remote.iter())
@@ -240,9 +255,8 @@ impl Snapshot {
         let mut scanned = crate::telemetry::Scanned::default();
         let mut rest = Snapshot {
             lake_through: self.lake_through,
-            chunks: Vec::new(),
             open: self.open.clone(),
-            remote: Vec::new(),
+            ..Snapshot::default()
         };
         for chunk in &self.chunks {
             let overlaps = chunk.max_ts >= from && chunk.min_ts < to;

@@ -99,7 +99,13 @@ impl HotStore {
             .map(|((node, _), d)| (node.clone(), d.clone()))
             .collect();
         remote.sort_by(|a, b| a.0.cmp(&b.0));
-        snapshot.remote = remote.iter().map(|(_, d)| part_of(d)).collect();
+        snapshot.remote = remote
+            .iter()
+            .map(|(node, d)| Snapshot {
+                node: node.clone(),
+                ..part_of(d)
+            })
+            .collect();
         snapshot
     }
 
@@ -195,13 +201,18 @@ impl HotStore {
 
     /// Puts the lake's last readings of the recent past into each dataset's index (older
     /// than what the log brought since, or else left out). Blocking.
-    fn seed(&self, root: &std::path::Path, registry: &Registry) {
+    fn seed(&self, lake: &crate::query::lake::Lake, registry: &Registry) {
         let now = now_micros();
         let from = now - self.limits.latest_lookback.as_micros() as Micros;
         for entry in registry.all() {
             let ds = entry.dataset.clone();
             let mut best: HashMap<CompactString, Row> = HashMap::new();
-            for hour in crate::query::lake::hours(root, &ds.id, from, Micros::MAX, u64::MAX) {
+            let hours = crate::query::lake::hours_in(lake, &ds.id, (from, Micros::MAX), u64::MAX, None)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, dataset = %ds.id, "the latest readings index cannot list the lake");
+                    Vec::new()
+                });
+            for hour in hours {
                 for file in &hour.files {
                     let mut keep = |_: Micros, _: &str| true;
                     let mut add = |row: Row| match best.get(&row.sensor_id) {
@@ -211,6 +222,7 @@ impl HotStore {
                         }
                     };
                     if let Err(e) = crate::query::lake::read_file(
+                        lake,
                         file,
                         &ds,
                         from,
@@ -349,10 +361,10 @@ impl HotStore {
     pub(crate) async fn run_supervised(
         self: Arc<Self>,
         registry: Arc<Registry>,
-        lake_root: std::path::PathBuf,
+        lake: crate::query::lake::Lake,
         stop: CancellationToken,
     ) {
-        let run = tokio::spawn(self.clone().run(registry, lake_root, stop));
+        let run = tokio::spawn(self.clone().run(registry, lake, stop));
         if let Err(e) = run.await {
             tracing::error!(error = %e, "the hot store failed: history queries stop until a restart");
             self.wal.release(CONSUMER);
@@ -363,13 +375,13 @@ impl HotStore {
     pub(crate) async fn run(
         self: Arc<Self>,
         registry: Arc<Registry>,
-        lake_root: std::path::PathBuf,
+        lake: crate::query::lake::Lake,
         stop: CancellationToken,
     ) {
         // Each sensor's last reading from the lake, beside the log's replay.
         tokio::task::spawn_blocking({
             let (store, registry) = (self.clone(), registry.clone());
-            move || store.seed(&lake_root, &registry)
+            move || store.seed(&lake, &registry)
         });
         // Start where the lake ends: the lowest checkpoint of any dataset's sink.
         let start = registry
@@ -479,7 +491,7 @@ fn part_of(entry: &Mutex<DatasetHot>) -> Snapshot {
         lake_through: d.lake_through,
         chunks: d.chunks.iter().cloned().collect(),
         open: d.open.clone(),
-        remote: Vec::new(),
+        ..Snapshot::default()
     }
 }
 

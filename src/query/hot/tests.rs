@@ -52,7 +52,7 @@ fn snapshot(d: &DatasetHot) -> Snapshot {
         lake_through: d.lake_through,
         chunks: d.chunks.iter().cloned().collect(),
         open: d.open.clone(),
-        remote: Vec::new(),
+        ..Snapshot::default()
     }
 }
 

@@ -40,6 +40,8 @@ pub enum EncodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Lake(#[from] crate::sink::lake::LakeError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EncodeError + '_ {

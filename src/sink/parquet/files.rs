@@ -20,11 +20,13 @@ pub fn partition_dir(root: &Path, dataset: &str, hour_index: i64) -> PathBuf {
 }
 
 /// What one flush wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FlushStats {
     pub files: u64,
     pub rows: u64,
     pub bytes: u64,
+    /// The files, as written.
+    pub written: Vec<PathBuf>,
 }
 
 /// Writes the readings of log records `range.0..=range.1` as one file per hour partition,
@@ -78,6 +80,7 @@ fn write_readings(
             partition_dir(root, dataset, hour).join(format!("part-{a:020}-{b:020}-{part}.parquet"));
         let batch = layout.record_batch(run.iter().copied())?;
         stats.bytes += layout.write_file(&batch, &path)?;
+        stats.written.push(path);
         stats.files += 1;
         stats.rows += run.len() as u64;
     }

@@ -20,7 +20,6 @@ pub(crate) mod encode;
 mod files;
 mod read;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ParquetConfig;
 use crate::model::{Dataset, Reading, now_micros};
+use crate::sink::lake::Lake;
 use crate::telemetry::DatasetMetrics;
 use crate::wal::{Checkpoint, Consumer, Wal};
 pub use encode::{EncodeError, ParquetLayout};
@@ -49,7 +49,9 @@ type Flush = JoinHandle<(Result<FlushStats, EncodeError>, Chunks)>;
 pub struct ParquetSink {
     ds: Arc<Dataset>,
     layout: Arc<ParquetLayout>,
-    root: PathBuf,
+    /// Where the files go: the lake, or (object storage) the staging directory they are
+    /// uploaded from.
+    lake: Lake,
     cfg: ParquetConfig,
     metrics: DatasetMetrics,
     wal: Wal,
@@ -67,7 +69,7 @@ impl ParquetSink {
     /// Registers the sink with the log (from its stored checkpoint).
     pub fn new(
         ds: Arc<Dataset>,
-        root: PathBuf,
+        lake: Lake,
         cfg: ParquetConfig,
         metrics: DatasetMetrics,
         wal: Wal,
@@ -81,7 +83,7 @@ impl ParquetSink {
         Ok(ParquetSink {
             ds,
             layout,
-            root,
+            lake,
             cfg,
             metrics,
             wal,
@@ -121,9 +123,14 @@ impl ParquetSink {
         if !self.store_checkpoint(intent) {
             return None;
         }
-        let (layout, root, id) = (self.layout.clone(), self.root.clone(), self.ds.id.clone());
+        let (layout, lake, id) = (self.layout.clone(), self.lake.clone(), self.ds.id.clone());
         Some(tokio::task::spawn_blocking(move || {
-            let result = write_chunks(&layout, &root, &id, range, &readings);
+            // In object storage: uploaded before the checkpoint moves.
+            let result =
+                write_chunks(&layout, lake.write_root(), &id, range, &readings).and_then(|stats| {
+                    lake.publish(&id, &stats.written, range.1)?;
+                    Ok(stats)
+                });
             (result, readings)
         }))
     }

@@ -1,5 +1,5 @@
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
@@ -198,7 +198,7 @@ impl Rig {
         let metrics = Metrics::new().dataset("traffic-counts");
         let sink = ParquetSink::new(
             Arc::new(traffic()),
-            dir.path().join("parquet"),
+            Lake::Local(dir.path().join("parquet")),
             cfg,
             metrics.clone(),
             wal.clone(),
