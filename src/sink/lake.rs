@@ -213,18 +213,18 @@ impl ObjectLake {
                 key,
                 PART_SIZE,
             );
-            let copied = async {
-                tokio::io::copy(&mut local, &mut upload).await?;
-                tokio::io::AsyncWriteExt::shutdown(&mut upload).await
-            }
-            .await;
-            if let Err(e) = copied {
+            let failed = |source| LakeError::Staging {
+                path: file.clone(),
+                source,
+            };
+            if let Err(e) = tokio::io::copy(&mut local, &mut upload).await {
+                // Parts already uploaded go (a writer that shut down has none left).
                 let _ = upload.abort().await;
-                return Err(LakeError::Staging {
-                    path: file.clone(),
-                    source: e,
-                });
+                return Err(failed(e));
             }
+            tokio::io::AsyncWriteExt::shutdown(&mut upload)
+                .await
+                .map_err(failed)?;
         }
         // The mark names the last record; the older marks go (the newest one counts).
         let marks = self.key(&format!("_marks/dataset={dataset}/node={}", self.node));

@@ -83,8 +83,12 @@ impl S3 {
 import json, pyarrow.fs as fs, pyarrow.dataset as ds
 s3 = fs.S3FileSystem(endpoint_override="127.0.0.1:{port}", scheme="http",
                      access_key="testing", secret_key="testing", region="us-east-1")
-data = ds.dataset("{BUCKET}/{prefix}/dataset={dataset}", filesystem=s3, format="parquet",
-                  partitioning="hive").to_table()
+try:
+    data = ds.dataset("{BUCKET}/{prefix}/dataset={dataset}", filesystem=s3, format="parquet",
+                      partitioning="hive").to_table()
+except FileNotFoundError:
+    print(json.dumps({{"nodes": {{}}, "counts": []}}))
+    raise SystemExit(0)
 nodes = {{}}
 for n in data.column("node").to_pylist():
     nodes[n] = nodes.get(n, 0) + 1
