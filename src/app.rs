@@ -55,6 +55,8 @@ pub enum AppError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Lake(#[from] crate::sink::lake::LakeError),
+    #[error("{0}")]
+    Upstream(String),
     #[error("cannot set up the cluster's publisher: {0}")]
     Cluster(std::io::Error),
     #[error("cannot set up the InfluxDB sink for {url}: {source}")]
@@ -285,6 +287,13 @@ impl App {
             metrics.wal().clone(),
             options.skip_corrupt_wal,
         )?;
+        let ids: Vec<String> = datasets.iter().map(|d| d.id.clone()).collect();
+        // A store out of reach is no reason not to take readings (they wait in the log).
+        match lake.check_node(&ids, wal.committed_lsn()).await {
+            Err(e @ crate::sink::lake::LakeError::NodeReused { .. }) => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "cannot check this node's name in the lake yet"),
+            Ok(()) => {}
+        }
         let registry = Arc::new(Registry::new(metrics.clone(), config.pipeline.rejects_kept));
         let hub = Arc::new(crate::feed::Hub::new(config.feed.clone()));
         let pipeline = Arc::new(Pipeline::new(
@@ -341,6 +350,7 @@ impl App {
                 latest_lookback: config.query.latest_lookback,
             },
             metrics.query().clone(),
+            matches!(lake, Lake::Object(_)),
         );
         sinks.spawn(
             hot.clone()
@@ -422,7 +432,8 @@ impl App {
             &query,
             metrics.upstream(),
             &closing,
-        );
+        )
+        .map_err(AppError::Upstream)?;
         let state = AppState {
             pipeline: pipeline.clone(),
             registry: registry.clone(),

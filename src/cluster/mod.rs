@@ -50,6 +50,8 @@ pub struct Cluster {
     config: ClusterConfig,
     epoch: u64,
     metrics: ClusterMetrics,
+    /// TCP, or TLS as configured (read once, at start).
+    transport: crate::upstream::tls::BrokerTransport,
 }
 
 /// This log's epoch: a random number made with the log and kept beside it, so that the other
@@ -90,10 +92,14 @@ pub fn start(
     sinks: &tokio_util::task::TaskTracker,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     metrics.preset();
+    let address = config.address().expect("checked by the config");
+    let transport = crate::upstream::tls::BrokerTransport::of(&address, config.tls_files())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let cluster = Arc::new(Cluster {
         config: config.clone(),
         epoch: epoch(wal.dir())?,
         metrics: metrics.clone(),
+        transport,
     });
     let publisher = publish::Publisher::new(cluster.clone(), wal.clone())?;
     sinks.spawn(publisher.run_supervised(sinks_stop.clone()));
@@ -104,9 +110,10 @@ pub fn start(
 impl Cluster {
     /// The options of one of this node's two connections (`role`: `out` or `in`).
     fn options(&self, role: &str) -> MqttOptions {
-        let (host, port) = self.config.host_port().expect("checked by the config");
+        let address = self.config.address().expect("checked by the config");
         let id = format!("citygate-{}-{role}", self.config.node_id);
-        let mut options = MqttOptions::new(id, host, port);
+        let mut options = MqttOptions::new(id, address.host, address.port);
+        options.set_transport(self.transport.0.clone());
         options.set_keep_alive(self.config.keep_alive);
         if !self.config.username.is_empty() {
             options.set_credentials(&self.config.username, &self.config.password.0);

@@ -11,7 +11,8 @@ use super::units;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The broker the nodes share, `mqtt://host:port`. Empty: this node is on its own.
+    /// The broker the nodes share, `mqtt://host:port` or `mqtts://host:port` (TLS). Empty:
+    /// this node is on its own.
     pub broker: String,
     /// This node's name among the others, 1-32 of `a-z 0-9 -`, the same across restarts:
     /// its readings are published under it, and it skips its own.
@@ -20,6 +21,12 @@ pub struct ClusterConfig {
     pub topic_prefix: String,
     pub username: String,
     pub password: Secret,
+    /// With `mqtts://`: PEM certificates to check the broker's against (empty: the system's
+    /// roots).
+    pub ca_file: String,
+    /// With `mqtts://`: this node's certificate chain and key (PEM), when the broker asks.
+    pub client_cert_file: String,
+    pub client_key_file: String,
     /// The secret every node of the cluster shares (at least 16 characters): each message
     /// carries an HMAC under it, and a node takes only messages whose HMAC holds.
     pub secret: Secret,
@@ -48,6 +55,9 @@ impl Default for ClusterConfig {
             topic_prefix: "citygate/readings".into(),
             username: String::new(),
             password: Secret::default(),
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
             secret: Secret::default(),
             keep_alive: Duration::from_secs(30),
             session_expiry: Duration::from_secs(3600),
@@ -70,8 +80,17 @@ impl ClusterConfig {
                 .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
     }
 
-    pub fn host_port(&self) -> Option<(String, u16)> {
-        super::upstream::mqtt_host_port(&self.broker)
+    pub fn address(&self) -> Option<super::upstream::BrokerAddress> {
+        super::upstream::broker_address(&self.broker)
+    }
+
+    /// The TLS files of the connections to the broker.
+    pub fn tls_files(&self) -> crate::upstream::tls::TlsFiles<'_> {
+        crate::upstream::tls::TlsFiles {
+            ca: &self.ca_file,
+            cert: &self.client_cert_file,
+            key: &self.client_key_file,
+        }
     }
 
     /// The topic this node publishes to.
@@ -85,11 +104,12 @@ pub(super) fn check(p: &mut Vec<String>, c: &ClusterConfig) {
     if !c.enabled() {
         return;
     }
-    if c.host_port().is_none() {
-        p.push(format!(
-            "cluster.broker: `{}` must be mqtt://host or mqtt://host:port",
+    match c.address() {
+        None => p.push(format!(
+            "cluster.broker: `{}` must be mqtt://host[:port] or mqtts://host[:port] (TLS)",
             c.broker
-        ));
+        )),
+        Some(a) => super::upstream::check_tls(p, "cluster", a.tls, c.tls_files()),
     }
     let id_ok = (1..=32).contains(&c.node_id.len())
         && c.node_id

@@ -16,6 +16,7 @@ pub struct LakeConfig {
     pub url: String,
     /// An S3-compatible server's address (`https://minio.internal:9000`); empty: AWS.
     pub endpoint: String,
+    /// Empty: `AWS_REGION`, else us-east-1.
     pub region: String,
     /// Empty: from the environment (`AWS_ACCESS_KEY_ID`, …) or the instance's role.
     pub access_key_id: String,
@@ -32,7 +33,7 @@ impl Default for LakeConfig {
         LakeConfig {
             url: String::new(),
             endpoint: String::new(),
-            region: "us-east-1".into(),
+            region: String::new(),
             access_key_id: String::new(),
             secret_access_key: Secret::default(),
             allow_http: false,
@@ -51,12 +52,15 @@ impl LakeConfig {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
         let prefix = prefix.trim_matches('/');
+        // Plain levels: no `.`/`..`, no `=` (a reader would take a level for a partition).
         let prefix_ok = prefix.split('/').all(|level| {
             prefix.is_empty()
                 || (!level.is_empty()
+                    && level != "."
+                    && level != ".."
                     && level
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.=".contains(c)))
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
         });
         (bucket_ok && prefix_ok).then(|| (bucket.to_string(), prefix.to_string()))
     }
@@ -75,15 +79,20 @@ pub(super) fn check(p: &mut Vec<String>, lake: &LakeConfig, node_id: &str) {
     if lake.bucket_prefix().is_none() {
         p.push(format!(
             "lake.url: `{}` must be s3://bucket or s3://bucket/prefix (a bucket of 3-63 of a-z \
-             0-9 - ., a prefix of A-Z a-z 0-9 - _ . = levels)",
+             0-9 - ., a prefix of levels of A-Z a-z 0-9 - _ .)",
             lake.url
         ));
     }
     if !lake.endpoint.is_empty() {
-        match lake.endpoint.split_once("://") {
-            Some(("https", host)) if !host.is_empty() => {}
-            Some(("http", host)) if !host.is_empty() => {
-                if !lake.allow_http {
+        match reqwest::Url::parse(&lake.endpoint) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.path() == "/"
+                    && url.query().is_none()
+                    && url.username().is_empty() =>
+            {
+                if url.scheme() == "http" && !lake.allow_http {
                     p.push(
                         "lake.endpoint: an http:// endpoint sends keys and data in the clear; \
                          set lake.allow_http = true to mean it"
@@ -97,9 +106,6 @@ pub(super) fn check(p: &mut Vec<String>, lake: &LakeConfig, node_id: &str) {
             )),
         }
     }
-    if lake.region.is_empty() {
-        p.push("lake.region: must be set (us-east-1 for most S3-compatible servers)".into());
-    }
     if lake.access_key_id.is_empty() != lake.secret_access_key.0.is_empty() {
         p.push(
             "lake.access_key_id and lake.secret_access_key: both, or neither (then from the \
@@ -107,8 +113,10 @@ pub(super) fn check(p: &mut Vec<String>, lake: &LakeConfig, node_id: &str) {
                 .into(),
         );
     }
-    if lake.request_timeout < Duration::from_secs(1) {
-        p.push("lake.request_timeout: must be at least 1s".into());
+    if lake.request_timeout < Duration::from_secs(1)
+        || lake.request_timeout > Duration::from_secs(600)
+    {
+        p.push("lake.request_timeout: must be 1s to 10m".into());
     }
     if !super::ClusterConfig::valid_node_id(node_id) {
         p.push(

@@ -293,7 +293,22 @@ client_id = "citygate-node-1"
         "{:?}",
         err.problems
     );
-    assert_eq!(up.host_port(), Some(("broker.example".into(), 1883)));
+    assert_eq!(
+        up.address(),
+        Some(crate::config::BrokerAddress {
+            host: "broker.example".into(),
+            port: 1883,
+            tls: false
+        })
+    );
+    assert_eq!(
+        crate::config::upstream::broker_address("mqtts://eu1.cloud.thethings.network"),
+        Some(crate::config::BrokerAddress {
+            host: "eu1.cloud.thethings.network".into(),
+            port: 8883,
+            tls: true
+        })
+    );
     assert_eq!(up.client_id(), "citygate-node-1");
 
     let bad = r#"
@@ -318,7 +333,7 @@ share_group = "a/b"
     let all = err.problems.join("\n");
     for needle in [
         "upstream[0].name: `City Broker`",
-        "upstream[0].url: `tcp://broker`",
+        "upstream[0].url: `tcp://broker` must be mqtt://host[:port] or mqtts://",
         "upstream[0].topic: `city/{dataset}/{dataset}` names {dataset} twice",
         "upstream[1].dataset: `no-such-dataset` is not a dataset",
         "upstream[2].name: `ttn` is used twice",

@@ -32,7 +32,8 @@ pub enum UpstreamFormat {
 pub struct UpstreamConfig {
     /// Names it in metrics, logs and rejects: 1-32 of `a-z 0-9 -`.
     pub name: String,
-    /// `mqtt://host:port` (1883 when no port is given).
+    /// `mqtt://host:port` (1883 when no port is given), or `mqtts://host:port` over TLS
+    /// (8883).
     pub url: String,
     /// Which topics, and what they name, level by level: `{dataset}`, `{sensor_id}`, `+`
     /// (any one level) or a literal, with an optional `#` last, e.g.
@@ -61,6 +62,15 @@ pub struct UpstreamConfig {
     pub username: String,
     #[serde(default)]
     pub password: Secret,
+    /// With `mqtts://`: PEM certificates to check the broker's against (empty: the
+    /// system's roots).
+    #[serde(default)]
+    pub ca_file: String,
+    /// With `mqtts://`: this client's certificate chain and key (PEM), when the broker asks.
+    #[serde(default)]
+    pub client_cert_file: String,
+    #[serde(default)]
+    pub client_key_file: String,
     /// The keep-alive citygate asks the broker for.
     #[serde(default = "keep_alive", with = "units::duration")]
     pub keep_alive: Duration,
@@ -95,15 +105,37 @@ impl UpstreamConfig {
         }
     }
 
-    /// `(host, port)` of `url`, if it is an `mqtt://` URL.
-    pub fn host_port(&self) -> Option<(String, u16)> {
-        mqtt_host_port(&self.url)
+    /// Where the broker is, if `url` is an `mqtt://` or `mqtts://` URL.
+    pub fn address(&self) -> Option<BrokerAddress> {
+        broker_address(&self.url)
+    }
+
+    /// The TLS files of this upstream.
+    pub fn tls_files(&self) -> crate::upstream::tls::TlsFiles<'_> {
+        crate::upstream::tls::TlsFiles {
+            ca: &self.ca_file,
+            cert: &self.client_cert_file,
+            key: &self.client_key_file,
+        }
     }
 }
 
-/// `(host, port)` of an `mqtt://host[:port]` URL (1883 when no port is given).
-pub(crate) fn mqtt_host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://")?;
+/// A broker's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+}
+
+/// The address of an `mqtt://host[:port]` (1883 by default) or `mqtts://host[:port]` (TLS,
+/// 8883 by default) URL.
+pub(crate) fn broker_address(url: &str) -> Option<BrokerAddress> {
+    let (rest, tls, default_port) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (rest, true, 8883),
+        None => (url.strip_prefix("mqtt://")?, false, 1883),
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains(['/', '@', '?', '#']) {
         return None;
@@ -113,10 +145,35 @@ pub(crate) fn mqtt_host_port(url: &str) -> Option<(String, u16)> {
         Some((host, port)) if !host.ends_with(':') && !port.contains(']') => {
             (host, port.parse().ok()?)
         }
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty() && port != 0).then(|| (host.to_string(), port))
+    (!host.is_empty() && port != 0).then(|| BrokerAddress {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+/// The problems of TLS files at `at`: a client certificate and key both or neither, and
+/// files only for an `mqtts://` broker.
+pub(super) fn check_tls(
+    p: &mut Vec<String>,
+    at: &str,
+    tls: bool,
+    files: crate::upstream::tls::TlsFiles<'_>,
+) {
+    if files.cert.is_empty() != files.key.is_empty() {
+        p.push(format!(
+            "{at}.client_cert_file and client_key_file: both, or neither"
+        ));
+    }
+    let any = !files.ca.is_empty() || !files.cert.is_empty() || !files.key.is_empty();
+    if any && !tls {
+        p.push(format!(
+            "{at}: TLS files are for an mqtts:// broker; the url is plain mqtt://"
+        ));
+    }
 }
 
 /// The problems of `[[upstream]]`, each naming its entry.
@@ -137,11 +194,12 @@ pub(super) fn check(p: &mut Vec<String>, upstreams: &[UpstreamConfig], datasets:
         } else if !names.insert(up.name.as_str()) {
             p.push(format!("{at}.name: `{}` is used twice", up.name));
         }
-        if up.host_port().is_none() {
-            p.push(format!(
-                "{at}.url: `{}` must be mqtt://host or mqtt://host:port",
+        match up.address() {
+            None => p.push(format!(
+                "{at}.url: `{}` must be mqtt://host[:port] or mqtts://host[:port] (TLS)",
                 up.url
-            ));
+            )),
+            Some(a) => check_tls(p, &at, a.tls, up.tls_files()),
         }
         match super::topic::Template::parse(&up.topic) {
             Err(why) => p.push(format!("{at}.topic: {why}")),

@@ -170,12 +170,20 @@ pub(crate) fn hours(
     out
 }
 
-/// A lake file's bytes, as the Parquet reader asks for them: from the disk, or by ranges
-/// from the object store.
+/// A lake file's bytes, as the Parquet reader asks for them: from the disk, or from the
+/// object store by byte ranges: the column chunks a read needs fetched at once
+/// ([`Source::prefetch`]), anything else (the footer, say) when asked.
 enum Source {
     File(File),
-    Object(crate::sink::lake::RangeReader),
+    Object {
+        reader: crate::sink::lake::RangeReader,
+        /// Byte ranges fetched ahead: `(start, bytes)`.
+        fetched: Vec<(u64, Bytes)>,
+    },
 }
+
+/// How much a read of an unfetched place (a page header) takes at a time.
+const READ_WINDOW: u64 = 64 << 10;
 
 impl Source {
     fn open(lake: &Lake, file: &LakeFile) -> Result<Source, LakeError> {
@@ -183,13 +191,38 @@ impl Source {
             (_, LakeFile::Local(path)) => File::open(path)
                 .map(Source::File)
                 .map_err(|e| file_error(file, e)),
-            (Lake::Object(o), LakeFile::Object { key, size }) => {
-                Ok(Source::Object(o.reader(key, *size)))
-            }
+            (Lake::Object(o), LakeFile::Object { key, size }) => Ok(Source::Object {
+                reader: o.reader(key, *size),
+                fetched: Vec::new(),
+            }),
             (Lake::Local(_), LakeFile::Object { .. }) => {
                 Err(file_error(file, "an object of a lake on local disk"))
             }
         }
+    }
+
+    /// Fetches `ranges` (an object store merges near ones into one request).
+    fn prefetch(&mut self, ranges: Vec<std::ops::Range<u64>>) -> Result<(), String> {
+        let Source::Object { reader, fetched } = self else {
+            return Ok(());
+        };
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let bytes = reader.get_ranges(&ranges).map_err(|e| e.to_string())?;
+        fetched.extend(ranges.iter().map(|r| r.start).zip(bytes));
+        Ok(())
+    }
+
+    /// The fetched bytes from `start` on, if a fetched range holds `start..start + len`.
+    fn fetched(&self, start: u64, len: u64) -> Option<Bytes> {
+        let Source::Object { fetched, .. } = self else {
+            return None;
+        };
+        fetched.iter().find_map(|(at, bytes)| {
+            let end = at + bytes.len() as u64;
+            (*at <= start && start + len <= end).then(|| bytes.slice((start - at) as usize..))
+        })
     }
 }
 
@@ -197,7 +230,7 @@ impl Length for Source {
     fn len(&self) -> u64 {
         match self {
             Source::File(f) => f.len(),
-            Source::Object(r) => r.size(),
+            Source::Object { reader, .. } => reader.size(),
         }
     }
 }
@@ -208,9 +241,12 @@ impl ChunkReader for Source {
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
         match self {
             Source::File(f) => Ok(Box::new(f.get_read(start)?)),
-            Source::Object(r) => {
-                let rest = r.size().saturating_sub(start) as usize;
-                Ok(Box::new(self.get_bytes(start, rest)?.reader()))
+            Source::Object { reader, .. } => {
+                if let Some(bytes) = self.fetched(start, 1) {
+                    return Ok(Box::new(bytes.reader()));
+                }
+                let len = READ_WINDOW.min(reader.size().saturating_sub(start));
+                Ok(Box::new(self.get_bytes(start, len as usize)?.reader()))
             }
         }
     }
@@ -218,9 +254,14 @@ impl ChunkReader for Source {
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         match self {
             Source::File(f) => f.get_bytes(start, length),
-            Source::Object(r) => r
-                .get(start..start + length as u64)
-                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e))),
+            Source::Object { reader, .. } => {
+                if let Some(bytes) = self.fetched(start, length as u64) {
+                    return Ok(bytes.slice(..length));
+                }
+                reader
+                    .get(start..start + length as u64)
+                    .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+            }
         }
     }
 }
@@ -331,8 +372,9 @@ fn batches_inner(
     let options = ArrowReaderOptions::new().with_schema(Arc::new(dictionary_hint(loaded.schema())));
     let metadata = ArrowReaderMetadata::try_new(loaded.metadata().clone(), options)
         .map_err(|e| file_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata);
-    let parquet_schema = builder.parquet_schema();
+    let mut source = source;
+    let file_metadata = metadata.metadata().clone();
+    let parquet_schema = file_metadata.file_metadata().schema_descr();
     let column = |name: &str| {
         parquet_schema
             .columns()
@@ -343,8 +385,7 @@ fn batches_inner(
         return Err(file_error(path, "no `ts` column"));
     };
     let sensor_column = column("sensor_id");
-    let row_groups: Vec<usize> = builder
-        .metadata()
+    let row_groups: Vec<usize> = file_metadata
         .row_groups()
         .iter()
         .enumerate()
@@ -376,7 +417,7 @@ fn batches_inner(
     let mut scanned = Scanned {
         files: 1,
         row_groups_read: row_groups.len() as u64,
-        row_groups_pruned: (builder.metadata().num_row_groups() - row_groups.len()) as u64,
+        row_groups_pruned: (file_metadata.num_row_groups() - row_groups.len()) as u64,
         rows: 0,
     };
     if row_groups.is_empty() {
@@ -394,8 +435,17 @@ fn batches_inner(
             .filter(|(i, _)| fields.is_none_or(|f| f.contains(i)))
             .filter_map(|(_, f)| column(&f.name)),
     );
+    // In object storage: the column chunks to read, fetched at once.
+    let mut ranges = Vec::new();
+    for &rg in &row_groups {
+        for &c in &wanted {
+            let (start, len) = file_metadata.row_group(rg).column(c).byte_range();
+            ranges.push(start..start + len);
+        }
+    }
+    source.prefetch(ranges).map_err(|e| file_error(path, e))?;
     let mask = ProjectionMask::leaves(parquet_schema, wanted);
-    let reader = builder
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata)
         .with_row_groups(row_groups)
         .with_projection(mask)
         .with_batch_size(BATCH_ROWS)

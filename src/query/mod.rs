@@ -218,6 +218,7 @@ impl QueryService {
         sel: &Selection,
         snapshot: &Arc<Snapshot>,
         (lo, hi): (Micros, Micros),
+        files: Arc<Vec<lake::LakeFile>>,
         mut fold: F,
     ) -> Result<F, QueryError> {
         let (sel, snapshot) = (sel.clone(), snapshot.clone());
@@ -231,24 +232,10 @@ impl QueryService {
                     fold: &mut fold,
                 };
                 let mut scanned = Scanned::default();
-                let marks = snapshot.marks.as_deref();
-                for hour in lake::hours_in(
-                    &lake,
-                    &sel.dataset.id,
-                    (lo, hi),
-                    snapshot.lake_through,
-                    marks,
-                )? {
-                    for file in &hour.files {
-                        scanned += lake::read_file_fold(
-                            &lake,
-                            file,
-                            &sel,
-                            (lo, hi),
-                            &mut keep,
-                            &mut placed,
-                        )?;
-                    }
+                // The hour's files, in log order (their names sort by log range).
+                for file in files.iter() {
+                    scanned +=
+                        lake::read_file_fold(&lake, file, &sel, (lo, hi), &mut keep, &mut placed)?;
                 }
                 let hot = snapshot.scan_fold(&sel, (lo, hi), &mut keep, &mut placed);
                 metrics.scanned(scanned, hot);
@@ -270,18 +257,21 @@ impl QueryService {
     async fn snapshot(&self, dataset: &str) -> Result<Arc<Snapshot>, QueryError> {
         let mut snapshot = self.hot.snapshot(dataset);
         if let lake::Lake::Object(o) = &self.lake {
-            snapshot.mark_others(o.marks(dataset).await.map_err(LakeError::from)?);
+            let marks = o.marks(dataset).await.map_err(LakeError::from)?;
+            self.hot.note_marks(dataset, &marks);
+            snapshot.mark_others(&marks);
         }
         Ok(Arc::new(snapshot))
     }
 
-    /// The hours of `[from, to)` that hold readings of `sel`'s dataset, as hour starts:
-    /// the lake's partitions and the hot store's times.
+    /// The hours of `[from, to)` that hold readings of `sel`'s dataset, as hour starts, each
+    /// with the lake's files of that hour (listed once per query): the lake's partitions and
+    /// the hot store's times.
     async fn hours_with_data(
         &self,
         sel: &Selection,
         snapshot: &Arc<Snapshot>,
-    ) -> Result<Vec<Micros>, QueryError> {
+    ) -> Result<Vec<(Micros, Arc<Vec<lake::LakeFile>>)>, QueryError> {
         let (lake, snapshot2) = (self.lake.clone(), snapshot.clone());
         let (id, span) = (sel.dataset.id.clone(), (sel.from, sel.to));
         let listed = self
@@ -296,10 +286,15 @@ impl QueryService {
                 )
             })
             .await??;
-        let mut hours: Vec<Micros> = listed.into_iter().map(|h| h.start).collect();
-        hours.extend(snapshot.hours(sel.from, sel.to));
-        hours.sort_unstable();
-        hours.dedup();
+        let mut hours: HashMap<Micros, Arc<Vec<lake::LakeFile>>> = listed
+            .into_iter()
+            .map(|h| (h.start, Arc::new(h.files)))
+            .collect();
+        for hour in snapshot.hours(sel.from, sel.to) {
+            hours.entry(hour).or_default();
+        }
+        let mut hours: Vec<(Micros, Arc<Vec<lake::LakeFile>>)> = hours.into_iter().collect();
+        hours.sort_unstable_by_key(|(h, _)| *h);
         Ok(hours)
     }
 
@@ -319,8 +314,8 @@ impl QueryService {
         if let Some(c) = cursor {
             let hour = c.ts - c.ts.rem_euclid(HOUR);
             match order {
-                Order::Asc => hours.retain(|&h| h >= hour),
-                Order::Desc => hours.retain(|&h| h <= hour),
+                Order::Asc => hours.retain(|(h, _)| *h >= hour),
+                Order::Desc => hours.retain(|(h, _)| *h <= hour),
             }
         }
         if order == Order::Desc {
@@ -335,9 +330,9 @@ impl QueryService {
         let mut run = 0u64;
         // The next hour is read while this one is taken (at most one hour read in vain).
         let mut each = futures_util::stream::iter(hours)
-            .map(|hour| {
+            .map(|(hour, files)| {
                 let span = (hour.max(sel.from), (hour + HOUR).min(sel.to));
-                self.window(sel, &snapshot, span, TopK::new(order, cursor, keep))
+                self.window(sel, &snapshot, span, files, TopK::new(order, cursor, keep))
             })
             .buffered(HOURS_AT_ONCE);
         while let Some(top) = each.next().await {
@@ -397,9 +392,9 @@ impl QueryService {
         let mut hours = self.hours_with_data(sel, &snapshot).await?;
         hours.reverse();
         let mut best = Latest::default();
-        for hour in hours {
+        for (hour, files) in hours {
             let span = (hour.max(sel.from), (hour + HOUR).min(sel.to));
-            best = self.window(sel, &snapshot, span, best).await?;
+            best = self.window(sel, &snapshot, span, files, best).await?;
         }
         let mut rows: Vec<Row> = best.0.into_values().collect();
         rows.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
@@ -418,10 +413,10 @@ impl QueryService {
         // Each hour into buckets of its own, `HOURS_AT_ONCE` hours at a time; hours are
         // merged in time order.
         let mut each = futures_util::stream::iter(hours)
-            .map(|hour| {
+            .map(|(hour, files)| {
                 let span = (hour.max(sel.from), (hour + HOUR).min(sel.to));
                 let acc = aggregate::Accumulator::new(spec.clone(), max);
-                self.window(sel, &snapshot, span, acc)
+                self.window(sel, &snapshot, span, files, acc)
             })
             .buffered(HOURS_AT_ONCE);
         let mut acc = aggregate::Accumulator::new(spec.clone(), max);

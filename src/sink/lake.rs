@@ -41,6 +41,18 @@ pub enum LakeError {
     Setup { url: String, message: String },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error(
+        "node `{node}` uploaded {dataset}'s records up to {mark} to the lake, but this data \
+         directory's log ends at {lsn}: a node started on a fresh data directory, or two nodes \
+         with one node_id, would overwrite each other's files. Give this node a node_id of its \
+         own ([cluster] node_id)"
+    )]
+    NodeReused {
+        node: String,
+        dataset: String,
+        mark: u64,
+        lsn: u64,
+    },
     #[error("staging file {path}: {source}")]
     Staging {
         path: PathBuf,
@@ -122,6 +134,28 @@ impl Lake {
         })))
     }
 
+    /// In object storage: refuses a node whose name uploaded more of `datasets` than this
+    /// log holds (a rebuilt node, or two nodes with one name, would overwrite files).
+    pub async fn check_node(&self, datasets: &[String], last_lsn: u64) -> Result<(), LakeError> {
+        let Lake::Object(o) = self else {
+            return Ok(());
+        };
+        for dataset in datasets {
+            let marks = o.marks(dataset).await?;
+            if let Some(&mark) = marks.get(&o.node)
+                && mark > last_lsn
+            {
+                return Err(LakeError::NodeReused {
+                    node: o.node.clone(),
+                    dataset: dataset.clone(),
+                    mark,
+                    lsn: last_lsn,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The directory the Parquet sink writes its files in: the lake itself, or the staging
     /// directory of an object store.
     pub fn write_root(&self) -> &Path {
@@ -146,16 +180,27 @@ impl Lake {
 fn s3(lake: &LakeConfig, bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
     // The TLS library's cryptography: ring, once per process (a second install is a no-op).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // AWS_* variables count as object_store reads them (credentials, a role, a region);
+    // what [lake] sets wins.
     let mut builder = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_region(&lake.region)
         .with_allow_http(lake.allow_http)
         .with_client_options(
             object_store::ClientOptions::new()
                 .with_allow_http(lake.allow_http)
                 .with_timeout(lake.request_timeout)
                 .with_connect_timeout(Duration::from_secs(5)),
-        );
+        )
+        // A few quick retries: a query or a flush that cannot reach the store fails within
+        // about a request timeout and a half, and is tried again by its caller.
+        .with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: lake.request_timeout + lake.request_timeout / 2,
+        });
+    if !lake.region.is_empty() {
+        builder = builder.with_region(&lake.region);
+    }
     if !lake.endpoint.is_empty() {
         builder = builder.with_endpoint(&lake.endpoint);
     }
@@ -165,6 +210,18 @@ fn s3(lake: &LakeConfig, bucket: &str) -> object_store::Result<object_store::aws
             .with_secret_access_key(&lake.secret_access_key.0);
     }
     builder.build()
+}
+
+/// `date=YYYY-MM-DD` → days since the epoch.
+fn date_days(level: &str) -> Option<i64> {
+    let v = level.strip_prefix("date=")?;
+    let mut it = v.split('-');
+    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+    Some(crate::calendar::days_from_civil(
+        y.parse().ok()?,
+        m.parse().ok()?,
+        d.parse().ok()?,
+    ))
 }
 
 /// `(hour, node, file name)` of a key's last levels: `…/hour=HH/node=N/part-….parquet`.
@@ -201,7 +258,10 @@ impl ObjectLake {
     ) -> Result<(), LakeError> {
         for file in files {
             let Some(key) = self.key_of(file) else {
-                continue;
+                return Err(LakeError::Staging {
+                    path: file.clone(),
+                    source: std::io::Error::other("not a staged partition file"),
+                });
             };
             let staging = |source| LakeError::Staging {
                 path: file.clone(),
@@ -294,7 +354,19 @@ impl ObjectLake {
     ) -> Result<Vec<(i64, Vec<LakeFile>)>, LakeError> {
         const HOUR: i64 = 3_600_000_000;
         const DAY: i64 = 24 * HOUR;
-        let days: Vec<i64> = (from.div_euclid(DAY)..=(to - 1).div_euclid(DAY)).collect();
+        let (first_day, last_day) = (from.div_euclid(DAY), (to - 1).div_euclid(DAY));
+        // The days the lake has (one listing of the dataset's date partitions), then the
+        // files of those in the range: the cost follows the data, not the range asked.
+        let dates = self
+            .store
+            .list_with_delimiter(Some(&self.key(&format!("dataset={dataset}"))))
+            .await?;
+        let days: Vec<i64> = dates
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(date_days))
+            .filter(|d| (first_day..=last_day).contains(d))
+            .collect();
         let listings = futures_util::stream::iter(days.into_iter().map(|day| {
             let (y, m, d) = crate::calendar::civil_from_days(day);
             let dir = self.key(&format!("dataset={dataset}/date={y:04}-{m:02}-{d:02}"));
@@ -379,6 +451,12 @@ impl RangeReader {
     pub fn get(&self, range: Range<u64>) -> Result<Bytes, object_store::Error> {
         self.runtime
             .block_on(self.store.get_range(&self.key, range))
+    }
+
+    /// The bytes of `ranges` (near ones fetched in one request). Blocking.
+    pub fn get_ranges(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, object_store::Error> {
+        self.runtime
+            .block_on(self.store.get_ranges(&self.key, ranges))
     }
 
     pub fn size(&self) -> u64 {

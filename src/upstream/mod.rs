@@ -15,6 +15,7 @@
 //! again (DUP) whose readings are in the history already is acknowledged, not stored twice.
 
 pub mod lorawan;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,11 @@ use lorawan::Network;
 /// while it is away: a week.
 const SESSION_EXPIRY_SECS: u32 = 7 * 86_400;
 
+/// The widest span of device times a message sent again is looked up over...
+const DEDUP_SPAN: crate::model::Micros = 86_400_000_000;
+/// ...and for how long at most.
+const DEDUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One upstream broker, as configured, with what it needs to take messages in.
 #[derive(Debug)]
 pub struct Upstream {
@@ -54,6 +60,8 @@ pub struct Upstream {
     /// Where a message the broker sends again is looked for (it may be stored already).
     query: Arc<QueryService>,
     metrics: UpstreamMetrics,
+    /// TCP, or TLS as configured (read once, at start).
+    transport: tls::BrokerTransport,
 }
 
 /// A message and the connection it came on.
@@ -69,7 +77,8 @@ enum Settled {
     Leave,
 }
 
-/// Starts every upstream; each runs until `closing`.
+/// Starts every upstream; each runs until `closing`. `Err`: an upstream's TLS files could
+/// not be read (named, with the upstream).
 pub fn start(
     configs: &[UpstreamConfig],
     pipeline: &Arc<Pipeline>,
@@ -77,28 +86,36 @@ pub fn start(
     query: &Arc<QueryService>,
     metrics: &UpstreamMetrics,
     closing: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    configs
-        .iter()
-        .map(|config| {
-            metrics.preset(&config.name);
-            let up = Arc::new(Upstream {
-                template: Template::parse(&config.topic).expect("checked by the config"),
-                config: config.clone(),
-                pipeline: pipeline.clone(),
-                registry: registry.clone(),
-                query: query.clone(),
-                metrics: metrics.clone(),
-            });
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let mut ups = Vec::new();
+    for config in configs {
+        let address = config.address().expect("checked by the config");
+        let transport = tls::BrokerTransport::of(&address, config.tls_files())
+            .map_err(|e| format!("upstream {}: {e}", config.name))?;
+        ups.push(Arc::new(Upstream {
+            template: Template::parse(&config.topic).expect("checked by the config"),
+            config: config.clone(),
+            pipeline: pipeline.clone(),
+            registry: registry.clone(),
+            query: query.clone(),
+            metrics: metrics.clone(),
+            transport,
+        }));
+    }
+    Ok(ups
+        .into_iter()
+        .map(|up| {
+            metrics.preset(&up.config.name);
             tokio::spawn(up.run(closing.clone()))
         })
-        .collect()
+        .collect())
 }
 
 impl Upstream {
     fn options(&self) -> MqttOptions {
-        let (host, port) = self.config.host_port().expect("checked by the config");
-        let mut options = MqttOptions::new(self.config.client_id(), host, port);
+        let address = self.config.address().expect("checked by the config");
+        let mut options = MqttOptions::new(self.config.client_id(), address.host, address.port);
+        options.set_transport(self.transport.0.clone());
         // MQTT 5: the broker keeps the session, and what was not acknowledged, across
         // reconnects (for a week), and sends at most `max_in_flight` unacknowledged messages
         // at once (Receive Maximum), which bounds what waits here.
@@ -495,8 +512,18 @@ impl Upstream {
             },
             fields: None,
         };
+        // A look bounded in time and span: a message sent again is a recent one; one that
+        // spans days, or a lake slow to answer, is stored rather than held up.
+        if to - from > DEDUP_SPAN {
+            return;
+        }
         let limit = (timed.len() * 4).clamp(16, 100_000);
-        let Ok(page) = self.query.history(&sel, Order::Asc, limit, None).await else {
+        let looked = tokio::time::timeout(
+            DEDUP_TIMEOUT,
+            self.query.history(&sel, Order::Asc, limit, None),
+        )
+        .await;
+        let Ok(Ok(page)) = looked else {
             return;
         };
         readings.retain(|r| {

@@ -352,3 +352,33 @@ async fn a_record_larger_than_the_broker_takes_is_left_out_and_the_rest_flows() 
         1
     );
 }
+
+#[tokio::test]
+async fn nodes_reach_their_broker_over_tls_with_client_certificates() {
+    let (broker, tls) = Broker::start_tls();
+    let node_over_tls = |id: &str| -> citygate::config::ClusterConfig {
+        toml::from_str(&format!(
+            "broker = \"mqtts://127.0.0.1:{}\"\nnode_id = \"{id}\"\nsecret = \"{SECRET}\"\n\
+             ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            tls.port, tls.ca, tls.client_cert, tls.client_key
+        ))
+        .unwrap()
+    };
+    let (ca, cb) = (node_over_tls("a"), node_over_tls("b"));
+    let a = Gateway::start_with(|c| c.cluster = ca).await;
+    let b = Gateway::start_with(|c| c.cluster = cb).await;
+    for gw in [&a, &b] {
+        until(gw, IN, 1).await;
+        until(gw, OUT, 1).await;
+    }
+    let (_, on_b) = Sse::open(&b, LIVE, &b.admin_key, None).await;
+    let mut on_b = on_b.unwrap();
+    let device = a.device_key(&[TRAFFIC]).await;
+    let resp = a.post_json(TRAFFIC, &device, counts(0, 10)).await;
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        counts_of(&on_b.readings(10, Duration::from_secs(10)).await),
+        (0..10).collect::<Vec<_>>()
+    );
+    drop(broker);
+}

@@ -193,6 +193,14 @@ async fn readings_land_in_object_storage_once_and_history_reads_them_back() {
         (0..310).collect::<Vec<_>>(),
         "the lake's and the hot store's, once each"
     );
+
+    // A second node under the same name, on a fresh data directory, would overwrite
+    // node-1's files: it does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    on_lake(&s3, "city", "node-1")(&mut config);
+    let err = citygate::App::start(config).await.expect_err("refused");
+    assert!(err.to_string().contains("node_id of its own"), "{err}");
 }
 
 #[tokio::test]

@@ -150,6 +150,7 @@ async fn intake_answers_503_once_shutdown_has_begun() {
             latest_lookback: config.query.latest_lookback,
         },
         metrics.query().clone(),
+        false,
     );
     let pipeline = Pipeline::new(
         &config.pipeline,

@@ -668,3 +668,94 @@ async fn a_chirpstack_uplink_lands_as_a_reading_of_its_device() {
         "{rejects}"
     );
 }
+
+#[tokio::test]
+async fn over_tls_the_broker_is_checked_and_shown_a_client_certificate() {
+    let (broker, tls) = crate::broker::Broker::start_tls();
+    let over_tls = |name: &str, ca: &str, with_cert: bool| -> citygate::config::UpstreamConfig {
+        let cert = if with_cert {
+            format!(
+                "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                tls.client_cert, tls.client_key
+            )
+        } else {
+            String::new()
+        };
+        toml::from_str(&format!(
+            "name = \"{name}\"\nurl = \"mqtts://127.0.0.1:{}\"\ntopic = \"city/{{dataset}}/{{sensor_id}}\"\n\
+             allow_datasets = [\"weather\"]\nca_file = \"{ca}\"\n{cert}",
+            tls.port
+        ))
+        .unwrap()
+    };
+    let gw = Gateway::start_with(|c| {
+        c.upstream = vec![
+            over_tls("trusted", &tls.ca, true),
+            over_tls("wrong-ca", &tls.other_ca, true),
+            over_tls("no-cert", &tls.ca, false),
+        ]
+    })
+    .await;
+    until(&gw, "citygate_upstream_connected{upstream=\"trusted\"}", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Devices publish on the plain listener; the gateway takes them over TLS.
+    let now = now_ms();
+    broker
+        .publish(
+            (0..20)
+                .map(|i| {
+                    (
+                        format!("city/weather/tls-{i}"),
+                        json!({"ts": now + i, "temperature": 3.5, "humidity": 90.0})
+                            .to_string()
+                            .into_bytes(),
+                    )
+                })
+                .collect(),
+        )
+        .await;
+    until(
+        &gw,
+        "citygate_upstream_acks_total{upstream=\"trusted\"}",
+        20,
+    )
+    .await;
+    // A broker whose certificate the CA file does not vouch for, and a broker that wants a
+    // certificate this upstream does not have: never connected, trying again.
+    until(
+        &gw,
+        "citygate_upstream_reconnects_total{upstream=\"wrong-ca\"}",
+        2,
+    )
+    .await;
+    until(
+        &gw,
+        "citygate_upstream_reconnects_total{upstream=\"no-cert\"}",
+        2,
+    )
+    .await;
+    for name in ["wrong-ca", "no-cert"] {
+        let connected = format!("citygate_upstream_connected{{upstream=\"{name}\"}}");
+        assert_eq!(metric(&gw, &connected).await, 0, "{name}");
+    }
+    let dir = gw.stop().await;
+    assert_eq!(sensor_ids(dir.path(), "weather").len(), 20);
+}
+
+#[tokio::test]
+async fn an_upstreams_unreadable_tls_file_stops_the_start_and_is_named() {
+    let up: citygate::config::UpstreamConfig = toml::from_str(
+        "name = \"city\"\nurl = \"mqtts://127.0.0.1:8883\"\ntopic = \"city/weather/{sensor_id}\"\n\
+         dataset = \"weather\"\nca_file = \"/no/such/ca.pem\"\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.upstream = vec![up];
+    let err = citygate::App::start(config).await.expect_err("refused");
+    let said = err.to_string();
+    assert!(
+        said.contains("upstream city") && said.contains("/no/such/ca.pem"),
+        "{said}"
+    );
+}

@@ -216,11 +216,16 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Takes the other nodes' marks in the shared lake: their readings up to a mark are read
     /// from their files, so masked here.
-    pub(crate) fn mark_others(&mut self, marks: Arc<HashMap<String, u64>>) {
+    pub(crate) fn mark_others(&mut self, marks: &HashMap<String, u64>) {
+        let mut marks = marks.clone();
         for part in &mut self.remote {
-            part.lake_through = marks.get(&part.node).copied().unwrap_or(0);
+            // A part may have moved past the mark fetched (its chunks left on a newer one):
+            // files and memory split at the later of the two.
+            let mark = marks.entry(part.node.clone()).or_default();
+            *mark = (*mark).max(part.lake_through);
+            part.lake_through = *mark;
         }
-        self.marks = Some(marks);
+        self.marks = Some(Arc::new(marks));
     }
 
     /// This node's part, then the other nodes'.

@@ -30,6 +30,11 @@ pub struct HotStore {
     datasets: RwLock<HashMap<String, Part>>,
     /// Other nodes' readings (`[cluster]`), by node and dataset, in each node's log order.
     remote: RwLock<HashMap<(String, String), Part>>,
+    /// With a lake in object storage (shared by the nodes): each other node's last known
+    /// mark per dataset. Its part then keeps a boundary as this node's does, and lets a
+    /// chunk go only once the node's files hold it; without one (each node's lake its own)
+    /// the other nodes' chunks go by the window and the budget alone.
+    shared_marks: Option<Mutex<HashMap<(String, String), u64>>>,
     /// The last LSN taken in.
     applied: watch::Sender<u64>,
     wal: Wal,
@@ -40,10 +45,17 @@ pub struct HotStore {
 }
 
 impl HotStore {
-    pub fn new(wal: Wal, limits: HotLimits, metrics: QueryMetrics) -> Arc<HotStore> {
+    /// A store; `shared_lake`: the lake is in object storage, shared by the nodes.
+    pub fn new(
+        wal: Wal,
+        limits: HotLimits,
+        metrics: QueryMetrics,
+        shared_lake: bool,
+    ) -> Arc<HotStore> {
         Arc::new(HotStore {
             datasets: RwLock::new(HashMap::new()),
             remote: RwLock::new(HashMap::new()),
+            shared_marks: shared_lake.then(|| Mutex::new(HashMap::new())),
             applied: watch::Sender::new(0),
             wal,
             limits,
@@ -109,6 +121,34 @@ impl HotStore {
         snapshot
     }
 
+    /// Notes the other nodes' marks of `dataset` in the shared lake (marks only move on).
+    pub(crate) fn note_marks(&self, dataset: &str, marks: &HashMap<String, u64>) {
+        let Some(known) = &self.shared_marks else {
+            return;
+        };
+        let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+        for (node, &mark) in marks {
+            let m = known
+                .entry((node.clone(), dataset.to_string()))
+                .or_default();
+            *m = (*m).max(mark);
+        }
+    }
+
+    /// The datasets other nodes' readings are held of.
+    pub(crate) fn remote_datasets(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|(_, id)| id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Takes in a record another node acknowledged (`[cluster]`): its rows beside this
     /// node's, its readings in the dataset's last-reading index.
     pub(crate) fn take_remote(
@@ -142,7 +182,7 @@ impl HotStore {
                 .entry(key)
                 .or_insert_with(|| {
                     Arc::new(Mutex::new(DatasetHot {
-                        remote: true,
+                        remote: self.shared_marks.is_none(),
                         ..DatasetHot::default()
                     }))
                 })
@@ -207,9 +247,13 @@ impl HotStore {
         for entry in registry.all() {
             let ds = entry.dataset.clone();
             let mut best: HashMap<CompactString, Row> = HashMap::new();
+            // An index that missed part of the lake is not used (`latest` reads the range
+            // instead) until the next start.
+            let mut complete = true;
             let hours = crate::query::lake::hours_in(lake, &ds.id, (from, Micros::MAX), u64::MAX, None)
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, dataset = %ds.id, "the latest readings index cannot list the lake");
+                    complete = false;
                     Vec::new()
                 });
             for hour in hours {
@@ -231,6 +275,7 @@ impl HotStore {
                         &mut add,
                     ) {
                         tracing::warn!(error = %e, "the latest readings index skips a lake file");
+                        complete = false;
                     }
                 }
             }
@@ -257,7 +302,7 @@ impl HotStore {
                 };
                 d.last.insert(sensor, (ds.clone(), reading));
             }
-            d.seeded = true;
+            d.seeded = complete;
         }
         self.seeded
             .store(true, std::sync::atomic::Ordering::Release);
@@ -339,10 +384,16 @@ impl HotStore {
             .map(|(_, _, d)| d.lock().unwrap_or_else(|e| e.into_inner()).bytes)
             .sum();
         for (id, node, d) in entries {
-            // Another node's part has no boundary here to move.
-            let checkpoint = match node {
-                None => self.lake_checkpoint(&id),
-                Some(_) => 0,
+            // Another node's part: its node's mark in a shared lake; else no boundary.
+            let checkpoint = match (node, &self.shared_marks) {
+                (None, _) => self.lake_checkpoint(&id),
+                (Some(node), Some(marks)) => marks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(node, id))
+                    .copied()
+                    .unwrap_or(0),
+                (Some(_), None) => 0,
             };
             let over = total.saturating_sub(self.limits.max_bytes);
             let freed = d
@@ -364,10 +415,37 @@ impl HotStore {
         lake: crate::query::lake::Lake,
         stop: CancellationToken,
     ) {
+        if let crate::query::lake::Lake::Object(o) = &lake {
+            tokio::spawn(self.clone().follow_marks(o.clone(), stop.clone()));
+        }
         let run = tokio::spawn(self.clone().run(registry, lake, stop));
         if let Err(e) = run.await {
             tracing::error!(error = %e, "the hot store failed: history queries stop until a restart");
             self.wal.release(CONSUMER);
+        }
+    }
+
+    /// With a shared lake: notes the other nodes' marks of the datasets it holds readings
+    /// of, every second, so that their chunks leave once their files hold them.
+    async fn follow_marks(
+        self: Arc<Self>,
+        lake: Arc<crate::sink::lake::ObjectLake>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for id in self.remote_datasets() {
+                match lake.marks(&id).await {
+                    Ok(marks) => self.note_marks(&id, &marks),
+                    Err(e) => {
+                        tracing::warn!(dataset = %id, error = %e, "cannot list the other nodes' marks in the lake")
+                    }
+                }
+            }
         }
     }
 
