@@ -382,3 +382,124 @@ async fn nodes_reach_their_broker_over_tls_with_client_certificates() {
     );
     drop(broker);
 }
+
+/// `scripts/cluster.sh` with this build's binary in `dir`, ports from `base`.
+fn cluster_sh(action: &str, dir: &std::path::Path, base: u16) -> std::process::Output {
+    Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh"))
+        .arg(action)
+        .env("CITYGATE_BIN", env!("CARGO_BIN_EXE_citygate"))
+        .env("CLUSTER_DIR", dir)
+        .env("CLUSTER_PORT_BASE", base.to_string())
+        .env_remove("CITYGATE_ADMIN_KEY")
+        .output()
+        .unwrap()
+}
+
+/// Stops the script's cluster however the test ends.
+struct ScriptCluster(std::path::PathBuf, u16);
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        let _ = cluster_sh("down", &self.0, self.1);
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_started_by_one_script_behave_as_one_citygate() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ports base+32 … base+1886, clear of the ones the OS hands out.
+    let base = 20_000 + 10 * (rand::random::<u16>() % 1000);
+    let up = cluster_sh("up", dir.path(), base);
+    let _down = ScriptCluster(dir.path().to_path_buf(), base);
+    let said = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(
+        up.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(said.contains(node), "it says where {node} listens:\n{said}");
+    }
+    let secrets = std::fs::read_to_string(dir.path().join("secrets.env")).unwrap();
+    let admin = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("ADMIN_KEY="))
+        .unwrap()
+        .to_string();
+    let http = |n: u16| format!("http://127.0.0.1:{}", base + 80 + n * 100);
+    let db = format!("postgres://citygate@127.0.0.1:{}/postgres", base + 32);
+    let made = bin()
+        .args([
+            "keys",
+            "create-device",
+            "--provider",
+            "copenhagen",
+            "--datasets",
+            TRAFFIC,
+        ])
+        .env("CITYGATE__DATABASE__URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let device = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+
+    // A subscriber on node 2 gets what a device posts to node 1; a planner on node 3 finds
+    // it in history.
+    let live = client
+        .get(format!("{}{LIVE}", http(2)))
+        .bearer_auth(&admin)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let posted = client
+        .post(format!("{}/v1/datasets/{TRAFFIC}/readings", http(1)))
+        .bearer_auth(&device)
+        .json(&counts(0, 50))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 204);
+    let mut live = live;
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen < 50 {
+        let chunk = tokio::time::timeout_at(deadline.into(), live.chunk())
+            .await
+            .expect("node 2 delivers node 1's readings")
+            .unwrap()
+            .unwrap();
+        seen += String::from_utf8_lossy(&chunk)
+            .matches("event: reading")
+            .count();
+    }
+    assert_eq!(seen, 50);
+    let since = citygate::calendar::format_rfc3339_micros((now_ms() - 60_000) * 1000);
+    let history: Value = client
+        .get(format!(
+            "{}/v1/datasets/{TRAFFIC}/history?from={since}&limit=1000",
+            http(3)
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        history["readings"].as_array().unwrap().len(),
+        50,
+        "{history}"
+    );
+
+    let down = cluster_sh("down", dir.path(), base);
+    assert!(down.status.success());
+}
