@@ -112,8 +112,8 @@ impl Follower {
 
     /// One record of another node: unless seen already, into the hub and the hot store.
     fn take(&mut self, publish: &Publish) {
-        let metrics = &self.cluster.metrics;
-        let config = &self.cluster.config;
+        let cluster = self.cluster.clone();
+        let (metrics, config) = (&cluster.metrics, &cluster.config);
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             metrics.received("malformed", 0);
             return;
@@ -130,12 +130,24 @@ impl Follower {
             return;
         }
         // Only a node of the cluster (which has its secret) speaks for a node.
-        let Some((epoch, payload)) = super::read_message(&config.secret.0, topic, &publish.payload)
+        let Some((epoch, body)) = super::read_message(&config.secret.0, topic, &publish.payload)
         else {
             tracing::warn!(node = %node, "a message for the cluster without the cluster's MAC; dropped");
             metrics.received("forged", 0);
             return;
         };
+        for record in super::unbundle(body) {
+            let Some(payload) = record else {
+                self.cluster.metrics.received("malformed", 0);
+                return;
+            };
+            self.take_record(node, epoch, payload);
+        }
+    }
+
+    /// One record of node `node`: unless seen already, into the hub and the hot store.
+    fn take_record(&mut self, node: &str, epoch: u64, payload: &[u8]) {
+        let metrics = &self.cluster.metrics;
         let Ok(header) = record::header(payload) else {
             metrics.received("malformed", 0);
             return;

@@ -3,11 +3,12 @@
 //! store, so that live feeds and recent history on every node see every node's readings.
 //! Intake stays each node's own (its log, its lake); only acknowledged readings travel.
 //!
-//! **On the wire.** Node `a` publishes each record of its log, as the log holds it (its
-//! LSN, its dataset, its fields by name; [`crate::wal::record`]), to `{topic_prefix}/a` at
-//! QoS 1, after this node's epoch ([`epoch`]) and a MAC: a message is
-//! `epoch:u64le mac:[u8; 32] payload`, the MAC an HMAC-SHA256 under the cluster's shared
-//! `secret` of the topic, the epoch and the payload. A follower takes only messages whose MAC
+//! **On the wire.** Node `a` publishes the records of its log, as the log holds them (each
+//! with its LSN, its dataset, its fields by name; [`crate::wal::record`]), to
+//! `{topic_prefix}/a` at QoS 1: consecutive records travel together, up to [`BUNDLE_BYTES`]
+//! a message, after this node's epoch ([`epoch`]) and a MAC. A message is
+//! `epoch:u64le mac:[u8; 32] (len:u32le payload)*`, the MAC an HMAC-SHA256 under the
+//! cluster's shared `secret` of the topic, the epoch and the records. A follower takes only messages whose MAC
 //! holds: whoever else may publish on the broker cannot put readings into the nodes' feeds
 //! nor silence a node with a forged LSN.
 //!
@@ -127,8 +128,40 @@ fn next_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(Duration::from_secs(30))
 }
 
-/// Bytes of a message before the record's payload: the epoch and the MAC.
+/// Bytes of a message before its records: the epoch and the MAC.
 const HEADER: usize = 8 + 32;
+/// Records travel together up to this many bytes a message (one larger record alone).
+pub const BUNDLE_BYTES: usize = 256 << 10;
+
+/// Consecutive records' payloads as one message body: `(len:u32le payload)*`.
+fn bundle<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in payloads {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// The records of a message body, in order; `None` where it stops making sense.
+fn unbundle(mut body: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    std::iter::from_fn(move || {
+        if body.is_empty() {
+            return None;
+        }
+        let Some((len, rest)) = body.split_at_checked(4) else {
+            body = &[];
+            return Some(None);
+        };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some((record, rest)) = rest.split_at_checked(len) else {
+            body = &[];
+            return Some(None);
+        };
+        body = rest;
+        Some(Some(record))
+    })
+}
 
 /// The MAC of a message on `topic`: HMAC-SHA256 under `secret` of the topic's length and
 /// bytes, the epoch and the payload.
@@ -172,6 +205,15 @@ fn read_message<'m>(secret: &str, topic: &str, message: &'m [u8]) -> Option<(u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_travel_together_and_a_cut_bundle_says_so() {
+        let body = bundle([&b"one"[..], b"", b"three"].into_iter());
+        let got: Vec<Option<&[u8]>> = unbundle(&body).collect();
+        assert_eq!(got, [Some(&b"one"[..]), Some(b""), Some(b"three")]);
+        let cut: Vec<Option<&[u8]>> = unbundle(&body[..body.len() - 1]).collect();
+        assert_eq!(cut, [Some(&b"one"[..]), Some(b""), None]);
+    }
 
     #[test]
     fn a_message_reads_back_only_under_its_secret_and_topic() {

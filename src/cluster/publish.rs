@@ -32,6 +32,8 @@ pub const CONSUMER: &str = "cluster";
 pub const MAX_MESSAGE: usize = 8 << 20;
 /// Room in a PUBLISH packet besides the message: fixed header, topic, packet id, properties.
 const PACKET_OVERHEAD: usize = 64;
+/// Records read ahead of the broker at most (what travels together comes from these).
+const READY_RECORDS: usize = 4096;
 /// How often the checkpoint is stored and old records let go.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a stopping node goes on publishing what its log still holds.
@@ -41,13 +43,16 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 struct Outgoing {
     lsn: u64,
     appended_at: Micros,
-    /// The message, or `None` when it is not to be published.
-    message: Option<bytes::Bytes>,
+    /// The record's payload as the log holds it, or `None` when it is not to be published.
+    payload: Option<Vec<u8>>,
 }
 
-/// A record handed to the client on this connection.
+/// A message (or a record left out) handed to the client on this connection.
 struct Handed {
+    /// The last record it holds.
     lsn: u64,
+    /// How many records it holds.
+    records: u64,
     /// Whether the broker must acknowledge it (a record not published settles with those
     /// before it).
     awaits: bool,
@@ -65,9 +70,10 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn publish(&mut self, lsn: u64) {
+    fn publish(&mut self, lsn: u64, records: u64) {
         self.records.push_back(Handed {
             lsn,
+            records,
             awaits: true,
             pkid: None,
             acked: false,
@@ -78,6 +84,7 @@ impl InFlight {
     fn skip(&mut self, lsn: u64) {
         self.records.push_back(Handed {
             lsn,
+            records: 1,
             awaits: false,
             pkid: None,
             acked: true,
@@ -96,20 +103,16 @@ impl InFlight {
         }
     }
 
-    /// The broker acknowledged `pkid`; `false` if no record here has it.
-    fn acked(&mut self, pkid: u16) -> bool {
-        match self
+    /// The broker acknowledged `pkid`: the records of that message (`None`: no message
+    /// here has it).
+    fn acked(&mut self, pkid: u16) -> Option<u64> {
+        let h = self
             .records
             .iter_mut()
-            .find(|h| h.awaits && !h.acked && h.pkid == Some(pkid))
-        {
-            Some(h) => {
-                h.acked = true;
-                self.awaiting -= 1;
-                true
-            }
-            None => false,
-        }
+            .find(|h| h.awaits && !h.acked && h.pkid == Some(pkid))?;
+        h.acked = true;
+        self.awaiting -= 1;
+        Some(h.records)
     }
 
     /// The LSN the broker now has everything up to, if it moved.
@@ -225,37 +228,55 @@ impl Publisher {
             // Records acknowledged too long ago are let go, connected or not.
             let oldest = now_micros() - max_backlog;
             let max_message = conn.as_ref().map_or(MAX_MESSAGE, |c| c.max_message);
+            // Room in a message for records (past its epoch and MAC, and each record's length).
+            let room = max_message.saturating_sub(super::HEADER + 4);
             for o in ready.iter_mut() {
-                let Some(m) = &o.message else { continue };
+                let Some(p) = &o.payload else { continue };
                 if o.appended_at < oldest {
-                    o.message = None;
+                    o.payload = None;
                     metrics.published("too_old", 1);
-                } else if m.len() > max_message {
-                    o.message = None;
+                } else if p.len() > room {
+                    o.payload = None;
                     metrics.published("too_large", 1);
                 }
             }
             let live = conn.as_ref().filter(|c| c.connected);
             while let Some(o) = ready.front() {
-                let Some(message) = &o.message else {
+                if o.payload.is_none() {
                     in_flight.skip(o.lsn);
                     ready.pop_front();
                     continue;
-                };
+                }
                 let Some(c) = live.filter(|_| in_flight.awaiting < config.max_in_flight) else {
                     break;
                 };
-                if let Err(e) =
-                    c.client
-                        .try_publish(&self.topic, QoS::AtLeastOnce, false, message.clone())
+                // The records ready to go together: consecutive, up to a bundle's size.
+                let limit = super::BUNDLE_BYTES.min(room);
+                let mut size = 0;
+                let run = ready
+                    .iter()
+                    .take_while(|o| {
+                        let Some(p) = &o.payload else { return false };
+                        size += p.len() + 4;
+                        size == p.len() + 4 || size <= limit
+                    })
+                    .count();
+                let body =
+                    super::bundle(ready.iter().take(run).filter_map(|o| o.payload.as_deref()));
+                let last = ready[run - 1].lsn;
+                let message =
+                    super::message(&config.secret.0, &self.topic, self.cluster.epoch, &body);
+                if let Err(e) = c
+                    .client
+                    .try_publish(&self.topic, QoS::AtLeastOnce, false, message)
                 {
-                    // The request queue has room for every record in flight; full, it
+                    // The request queue has room for every message in flight; full, it
                     // drains as the connection takes them.
-                    tracing::debug!(error = %e, "cannot queue a record for the broker yet");
+                    tracing::debug!(error = %e, "cannot queue a message for the broker yet");
                     break;
                 }
-                in_flight.publish(o.lsn);
-                ready.pop_front();
+                in_flight.publish(last, run as u64);
+                ready.drain(..run);
             }
             if let Some(lsn) = in_flight.settle() {
                 self.acked = lsn;
@@ -268,7 +289,7 @@ impl Publisher {
             {
                 break;
             }
-            if ready.len() < config.max_in_flight && consumer.position() < upto {
+            if ready.len() < READY_RECORDS && consumer.position() < upto {
                 consumer = self.read(consumer, upto, &mut ready).await;
                 continue;
             }
@@ -325,15 +346,15 @@ impl Publisher {
                         ack.reason,
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                     ) {
-                        if in_flight.acked(ack.pkid) {
-                            metrics.published("published", 1);
+                        if let Some(records) = in_flight.acked(ack.pkid) {
+                            metrics.published("published", records);
                         }
                     } else if refused_for_good(ack.reason) {
                         // Not taken (the broker's access rules, say): the other nodes never
                         // see it; sending it again would not change that.
                         tracing::error!(reason = ?ack.reason, topic = %self.topic, "the cluster's broker refused a record");
-                        if in_flight.acked(ack.pkid) {
-                            metrics.published("refused", 1);
+                        if let Some(records) = in_flight.acked(ack.pkid) {
+                            metrics.published("refused", records);
                         }
                     } else {
                         // For now (a quota, say): from that record again, later.
@@ -395,11 +416,10 @@ impl Publisher {
         upto: u64,
         ready: &mut VecDeque<Outgoing>,
     ) -> Consumer {
-        let max = self.cluster.config.max_in_flight;
-        let (cluster, topic) = (self.cluster.clone(), self.topic.clone());
+        let max = READY_RECORDS;
         let mut taken = Vec::new();
         let in_memory = consumer.read_memory(upto, |r| {
-            taken.push(outgoing(&cluster, &topic, r));
+            taken.push(outgoing(r));
             ready.len() + taken.len() < max
         });
         if !in_memory {
@@ -408,7 +428,7 @@ impl Publisher {
             let read = tokio::task::spawn_blocking(move || {
                 let mut taken = Vec::new();
                 let result = consumer.read(upto, |r| {
-                    taken.push(outgoing(&cluster, &topic, r));
+                    taken.push(outgoing(r));
                     taken.len() < room
                 });
                 (consumer, taken, result)
@@ -446,25 +466,24 @@ fn refused_for_good(reason: PubAckReason) -> bool {
     )
 }
 
-/// A record as the message to publish: the payload from the disk as it is, one from memory
-/// encoded as the log did.
-fn outgoing(cluster: &Cluster, topic: &str, r: Record<'_>) -> Outgoing {
-    let (secret, epoch) = (&cluster.config.secret.0, cluster.epoch);
+/// A record on its way: the payload from the disk as it is, one from memory encoded as the
+/// log did.
+fn outgoing(r: Record<'_>) -> Outgoing {
     match r {
         Record::Memory(c) => {
             let mut frame = record::encode(&c.dataset, &c.readings, c.appended_at);
             record::seal(&mut frame, c.lsn);
-            let payload = &frame[record::FRAME_HEADER..];
+            frame.drain(..record::FRAME_HEADER);
             Outgoing {
                 lsn: c.lsn,
                 appended_at: c.appended_at,
-                message: Some(super::message(secret, topic, epoch, payload).into()),
+                payload: Some(frame),
             }
         }
         Record::Disk { lsn, payload } => Outgoing {
             lsn,
             appended_at: record::header(payload).map_or(0, |h| h.appended_at),
-            message: Some(super::message(secret, topic, epoch, payload).into()),
+            payload: Some(payload.to_vec()),
         },
     }
 }
@@ -476,20 +495,20 @@ mod tests {
     #[test]
     fn the_checkpoint_moves_only_past_acknowledged_records_in_log_order() {
         let mut f = InFlight::default();
-        f.publish(1);
+        f.publish(1, 1);
         f.skip(2);
-        f.publish(3);
-        f.publish(4);
+        f.publish(3, 1);
+        f.publish(4, 1);
         f.sent(7);
         f.sent(8);
         f.sent(9);
         assert_eq!(f.settle(), None, "record 1 is not acknowledged yet");
         // The broker acknowledges 4 and 3 before 1: nothing moves until 1 is in.
-        assert!(f.acked(9) && f.acked(8));
+        assert!(f.acked(9).is_some() && f.acked(8).is_some());
         assert_eq!(f.settle(), None);
-        assert!(!f.acked(9), "once");
-        assert!(!f.acked(42), "no such packet");
-        assert!(f.acked(7));
+        assert_eq!(f.acked(9), None, "once");
+        assert_eq!(f.acked(42), None, "no such packet");
+        assert_eq!(f.acked(7), Some(1));
         assert_eq!(f.settle(), Some(4));
         assert_eq!(f.awaiting, 0);
         f.skip(5);
