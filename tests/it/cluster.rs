@@ -211,26 +211,9 @@ async fn a_node_killed_under_load_is_followed_once_each_after_its_restart() {
     let b = node(&broker, "b").await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let made = bin_on(&data)
-        .args([
-            "keys",
-            "create-device",
-            "--provider",
-            "copenhagen",
-            "--datasets",
-            "traffic-counts",
-            "--create-database",
-            "--config",
-        ])
-        .arg(shipped_config())
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let device = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let mut cli = bin_on(&data);
+    cli.arg("--config").arg(shipped_config());
+    let device = cli_device_key(cli);
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let env = [
         ("CITYGATE__CLUSTER__BROKER", url.as_str()),
@@ -429,24 +412,9 @@ async fn three_nodes_started_by_one_script_behave_as_one_citygate() {
         .to_string();
     let http = |n: u16| format!("http://127.0.0.1:{}", base + 80 + n * 100);
     let db = format!("postgres://citygate@127.0.0.1:{}/postgres", base + 32);
-    let made = bin()
-        .args([
-            "keys",
-            "create-device",
-            "--provider",
-            "copenhagen",
-            "--datasets",
-            TRAFFIC,
-        ])
-        .env("CITYGATE__DATABASE__URL", &db)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let device = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let mut cli = bin();
+    cli.env("CITYGATE__DATABASE__URL", &db);
+    let device = cli_device_key(cli);
     let client = reqwest::Client::new();
 
     // A subscriber on node 2 gets what a device posts to node 1; a planner on node 3 finds

@@ -422,3 +422,26 @@ pub(crate) fn python() -> std::process::Command {
     });
     std::process::Command::new(exe)
 }
+
+/// Makes a device key of provider `copenhagen` for `traffic-counts` with the command line
+/// (`cmd` names the database: [`bin_on`], or an environment); its secret.
+pub(crate) fn cli_device_key(mut cmd: std::process::Command) -> String {
+    let made = cmd
+        .args([
+            "keys",
+            "create-device",
+            "--provider",
+            "copenhagen",
+            "--datasets",
+            TRAFFIC,
+            "--create-database",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    String::from_utf8(made.stdout).unwrap().trim().to_string()
+}

@@ -406,19 +406,26 @@ async fn providers_publish_datasets_that_take_readings_at_once_and_after_a_resta
 }
 
 /// Two nodes on one PostgreSQL database (the suite's PostgreSQL pass; on SQLite there is one
-/// node per database and nothing to share): what one node changes, the other sees within a
-/// second, told by LISTEN/NOTIFY.
-#[tokio::test]
-async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
-    let Some(_) = crate::harness::test_postgres() else {
+/// node per database and nothing to share: `None`).
+async fn two_nodes_on_one_database() -> Option<(Gateway, Gateway)> {
+    if crate::harness::test_postgres().is_none() {
         eprintln!(
             "two nodes share a database only on PostgreSQL: CITYGATE_TEST_POSTGRES is not set"
         );
-        return;
-    };
+        return None;
+    }
     let a = Gateway::start().await;
     let shared = crate::harness::database_url_for(a.dir.path()).unwrap();
     let b = Gateway::start_with(|c| c.database.url.0 = shared).await;
+    Some((a, b))
+}
+
+/// What one node changes, the other sees within a second, told by LISTEN/NOTIFY.
+#[tokio::test]
+async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
+    let Some((a, b)) = two_nodes_on_one_database().await else {
+        return;
+    };
     let provider = a.provider_key("copenhagen").await;
 
     // A dataset published on node A takes readings on node B.
@@ -560,15 +567,9 @@ async fn two_nodes_on_one_database_see_each_others_changes_at_once() {
 
 #[tokio::test]
 async fn two_nodes_meter_once_each_and_invoice_one_set() {
-    let Some(_) = crate::harness::test_postgres() else {
-        eprintln!(
-            "two nodes share a database only on PostgreSQL: CITYGATE_TEST_POSTGRES is not set"
-        );
+    let Some((a, b)) = two_nodes_on_one_database().await else {
         return;
     };
-    let a = Gateway::start().await;
-    let shared = crate::harness::database_url_for(a.dir.path()).unwrap();
-    let b = Gateway::start_with(|c| c.database.url.0 = shared).await;
     let provider = a.provider_key("copenhagen").await;
     let (status, body) = a
         .post_as(
