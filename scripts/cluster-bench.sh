@@ -37,11 +37,23 @@ start_node() { # name, http port, mqtt port, [cluster on: 1]
           CITYGATE__CLUSTER__SECRET=$secret CITYGATE__CLUSTER__MAX_IN_FLIGHT=1000)
   fi
   key=$(env "${env[@]}" target/release/citygate --config config/loadtest.toml keys create-device \
-        --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
+        --provider copenhagen --datasets traffic-counts --create-database 2>"$work/$1.keys.log") \
+    || { cat "$work/$1.keys.log" >&2; exit 1; }
   env "${env[@]}" target/release/citygate --config config/loadtest.toml serve >"$work/$1.log" 2>&1 &
   pid=$!
-  until curl -sf "127.0.0.1:$2/healthz" >/dev/null; do sleep 0.1; done
+  until_true "node $1" up "$2"
 }
+
+until_true() { # what, command...: waits up to 120 s for the command to succeed
+  local what=$1; shift
+  for _ in $(seq 1200); do "$@" && return 0; sleep 0.1; done
+  echo "cluster-bench.sh: gave up waiting for $what" >&2
+  exit 1
+}
+up() { curl -sf "127.0.0.1:$1/healthz" >/dev/null; }
+following() { [ "$(metric 18090 'citygate_cluster_connected{direction="in"}')" = 1 ]; }
+received_all() { [ "$(metric 18090 "$received")" -ge "$1" ]; }
+broker_up() { (exec 3<>/dev/tcp/127.0.0.1/18884) 2>/dev/null; }
 
 per_reading() { # cpu ticks, readings
   awk -v c="$1" -v n="$2" -v k="$tick" 'BEGIN { printf "%.1f", c / k * 1e6 / n }'
@@ -65,18 +77,18 @@ shared() {
     >"$work/mosquitto.conf"
   /usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
   local broker=$!
-  sleep 0.5
+  until_true mosquitto broker_up
   start_node b 18090 18893 1
   local b=$pid
   start_node a 18080 18883 1
   local a=$pid
-  until [ "$(metric 18090 'citygate_cluster_connected{direction="in"}')" = 1 ]; do sleep 0.1; done
+  until_true "node B following" following
   local ca cb cm t0 t1 n
   ca=$(cpu $a); cb=$(cpu $b); cm=$(cpu $broker); t0=$(date +%s.%N)
   $load --port 18883 --key "$key" --connections "$conns" --duration "$secs" >/dev/null 2>&1
   t1=$(date +%s.%N)
   n=$(metric 18080 "$accepted")
-  until [ "$(metric 18090 "$received")" -ge "$n" ]; do sleep 0.05; done
+  until_true "node B to take every reading" received_all "$n"
   printf '%-26s %9d readings, %8.0f readings/s; node A %s, node B %s, mosquitto %s us/reading\n' \
     "two nodes through mosquitto" "$n" \
     "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { print n / (b - a) }')" \

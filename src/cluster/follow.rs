@@ -27,8 +27,8 @@ pub struct Follower {
     registry: Arc<Registry>,
     hub: Arc<Hub>,
     hot: Arc<HotStore>,
-    /// Per node: its epoch and the last LSN taken from it.
-    seen: HashMap<String, (u64, u64)>,
+    /// Per node: what was taken of it.
+    seen: HashMap<String, super::Seen>,
 }
 
 impl Follower {
@@ -136,11 +136,14 @@ impl Follower {
             metrics.received("forged", 0);
             return;
         };
-        for record in super::unbundle(body) {
-            let Some(payload) = record else {
-                self.cluster.metrics.received("malformed", 0);
-                return;
-            };
+        // Whole or not at all: a bundle that stops making sense part-way is dropped.
+        let records: Option<Vec<&[u8]>> = super::unbundle(body).collect();
+        let Some(records) = records else {
+            tracing::warn!(node = %node, "a cut or garbled message of another node; dropped");
+            self.cluster.metrics.received("malformed", 0);
+            return;
+        };
+        for payload in records {
             self.take_record(node, epoch, payload);
         }
     }
@@ -153,9 +156,11 @@ impl Follower {
             return;
         };
         let lsn = header.lsn;
-        if let Some(&(seen_epoch, last)) = self.seen.get(node)
-            && seen_epoch == epoch
-            && lsn <= last
+        // Noted only once taken: a record this node cannot take may come again.
+        if self
+            .seen
+            .get(node)
+            .is_some_and(|seen| !seen.is_new(epoch, lsn))
         {
             metrics.received("duplicate", 0);
             return;
@@ -171,7 +176,10 @@ impl Follower {
             metrics.received("malformed", 0);
             return;
         }
-        self.seen.insert(node.to_string(), (epoch, lsn));
+        self.seen
+            .entry(node.to_string())
+            .or_default()
+            .note(epoch, lsn);
         metrics.received("taken", readings.len());
         let readings = Arc::new(readings);
         self.hub.publish(&entry.dataset, readings.clone());

@@ -6,9 +6,10 @@
 //! **On the wire.** Node `a` publishes the records of its log, as the log holds them (each
 //! with its LSN, its dataset, its fields by name; [`crate::wal::record`]), to
 //! `{topic_prefix}/a` at QoS 1: consecutive records travel together, up to [`BUNDLE_BYTES`]
-//! a message, after this node's epoch ([`epoch`]) and a MAC. A message is
-//! `epoch:u64le mac:[u8; 32] (len:u32le payload)*`, the MAC an HMAC-SHA256 under the
-//! cluster's shared `secret` of the topic, the epoch and the records. A follower takes only messages whose MAC
+//! a message, after the format's version, this node's epoch ([`epoch`]) and a MAC. A message
+//! is `version:u8 epoch:u64le mac:[u8; 32] (len:u32le payload)*`, the MAC an HMAC-SHA256
+//! under the cluster's shared `secret` of the topic, the version, the epoch and the records.
+//! A node takes only messages of its own version: the nodes of a cluster upgrade together. A follower takes only messages whose MAC
 //! holds: whoever else may publish on the broker cannot put readings into the nodes' feeds
 //! nor silence a node with a forged LSN.
 //!
@@ -17,7 +18,9 @@
 //! connection it publishes again from there. MQTT keeps one publisher's messages in order,
 //! so a follower sees each node's records in LSN order, and [`follow`] drops a record whose
 //! LSN it has seen from that node (a record published again) unless the node's epoch
-//! changed (a node started on a fresh log numbers from 1 again).
+//! changed (a node started on a fresh log numbers from 1 again); a record below the highest
+//! seen that fills a gap (one message taken by the broker only on a second try, after the
+//! next) is taken.
 //!
 //! **When something goes away.** A follower keeps its broker session (MQTT 5, clean start
 //! off, `session_expiry`): the broker holds the other nodes' records for it while it
@@ -128,8 +131,10 @@ fn next_backoff(backoff: Duration) -> Duration {
     (backoff * 2).min(Duration::from_secs(30))
 }
 
-/// Bytes of a message before its records: the epoch and the MAC.
-const HEADER: usize = 8 + 32;
+/// The wire format's version.
+const VERSION: u8 = 1;
+/// Bytes of a message before its records: the version, the epoch and the MAC.
+const HEADER: usize = 1 + 8 + 32;
 /// Records travel together up to this many bytes a message (one larger record alone).
 pub const BUNDLE_BYTES: usize = 256 << 10;
 
@@ -164,47 +169,131 @@ fn unbundle(mut body: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
 }
 
 /// The MAC of a message on `topic`: HMAC-SHA256 under `secret` of the topic's length and
-/// bytes, the epoch and the payload.
-fn mac(secret: &str, topic: &str, epoch: u64, payload: &[u8]) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+/// bytes, the version, the epoch and the body.
+fn mac(secret: &str, topic: &str, epoch: u64, body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
         .expect("HMAC takes keys of any length");
     mac.update(&(topic.len() as u32).to_le_bytes());
     mac.update(topic.as_bytes());
+    mac.update(&[VERSION]);
     mac.update(&epoch.to_le_bytes());
-    mac.update(payload);
-    mac.finalize().into_bytes().into()
+    mac.update(body);
+    mac
 }
 
-/// A message on `topic`: this node's epoch, the MAC, then the record's payload as the log
-/// holds it.
-fn message(secret: &str, topic: &str, epoch: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len());
+/// A message on `topic`: the version, this node's epoch, the MAC, then the body.
+fn message(secret: &str, topic: &str, epoch: u64, body: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut out = Vec::with_capacity(HEADER + body.len());
+    out.push(VERSION);
     out.extend_from_slice(&epoch.to_le_bytes());
-    out.extend_from_slice(&mac(secret, topic, epoch, payload));
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&mac(secret, topic, epoch, body).finalize().into_bytes());
+    out.extend_from_slice(body);
     out
 }
 
-/// `(epoch, payload)` of a message on `topic` whose MAC holds under `secret`.
+/// `(epoch, body)` of a message on `topic` of this version whose MAC holds under `secret`.
 fn read_message<'m>(secret: &str, topic: &str, message: &'m [u8]) -> Option<(u64, &'m [u8])> {
-    use hmac::{Hmac, Mac};
-    let (head, payload) = message.split_at_checked(HEADER)?;
-    let epoch = u64::from_le_bytes(head[..8].try_into().ok()?);
-    let mut check = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes keys of any length");
-    check.update(&(topic.len() as u32).to_le_bytes());
-    check.update(topic.as_bytes());
-    check.update(&epoch.to_le_bytes());
-    check.update(payload);
+    use hmac::Mac;
+    let (head, body) = message.split_at_checked(HEADER)?;
+    if head[0] != VERSION {
+        return None;
+    }
+    let epoch = u64::from_le_bytes(head[1..9].try_into().ok()?);
     // Compared in constant time.
-    check.verify_slice(&head[8..]).ok()?;
-    Some((epoch, payload))
+    mac(secret, topic, epoch, body)
+        .verify_slice(&head[9..])
+        .ok()?;
+    Some((epoch, body))
+}
+
+/// What a follower has taken of one node: its epoch, the highest LSN, and the gaps below it
+/// (LSNs not seen, oldest first, at most [`MAX_GAPS`]).
+#[derive(Debug, Default)]
+struct Seen {
+    epoch: u64,
+    last: u64,
+    gaps: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// Gaps a follower remembers per node (a record the node left out leaves one for good).
+const MAX_GAPS: usize = 256;
+
+impl Seen {
+    /// Whether record `lsn` of `epoch` was not taken yet.
+    fn is_new(&self, epoch: u64, lsn: u64) -> bool {
+        epoch != self.epoch
+            || lsn > self.last
+            || self.gaps.iter().any(|&(lo, hi)| lo <= lsn && lsn <= hi)
+    }
+
+    /// Notes record `lsn` of `epoch` taken.
+    fn note(&mut self, epoch: u64, lsn: u64) {
+        if epoch != self.epoch {
+            *self = Seen {
+                epoch,
+                ..Seen::default()
+            };
+        }
+        if lsn > self.last {
+            if lsn > self.last + 1 && self.last > 0 {
+                self.gaps.push_back((self.last + 1, lsn - 1));
+                if self.gaps.len() > MAX_GAPS {
+                    self.gaps.pop_front();
+                }
+            }
+            self.last = lsn;
+            return;
+        }
+        let Some(at) = self
+            .gaps
+            .iter()
+            .position(|&(lo, hi)| lo <= lsn && lsn <= hi)
+        else {
+            return;
+        };
+        let (lo, hi) = self.gaps[at];
+        match (lsn == lo, lsn == hi) {
+            (true, true) => {
+                self.gaps.remove(at);
+            }
+            (true, false) => self.gaps[at].0 = lsn + 1,
+            (false, true) => self.gaps[at].1 = lsn - 1,
+            (false, false) => {
+                self.gaps[at].1 = lsn - 1;
+                self.gaps.insert(at + 1, (lsn + 1, hi));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn first_time(&mut self, epoch: u64, lsn: u64) -> bool {
+        let new = self.is_new(epoch, lsn);
+        if new {
+            self.note(epoch, lsn);
+        }
+        new
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_taken_once_and_a_late_one_fills_its_gap() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time(7, 1) && seen.first_time(7, 2));
+        assert!(!seen.first_time(7, 2), "sent again");
+        // Records 3-5 come on the broker's second try, after 6.
+        assert!(seen.first_time(7, 6));
+        assert!(seen.first_time(7, 4) && seen.first_time(7, 3) && seen.first_time(7, 5));
+        assert!(!seen.first_time(7, 4) && !seen.first_time(7, 6));
+        assert!(seen.gaps.is_empty());
+        // A fresh log of the node numbers from 1 again.
+        assert!(seen.first_time(8, 1));
+    }
 
     #[test]
     fn records_travel_together_and_a_cut_bundle_says_so() {

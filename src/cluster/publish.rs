@@ -32,8 +32,50 @@ pub const CONSUMER: &str = "cluster";
 pub const MAX_MESSAGE: usize = 8 << 20;
 /// Room in a PUBLISH packet besides the message: fixed header, topic, packet id, properties.
 const PACKET_OVERHEAD: usize = 64;
-/// Records read ahead of the broker at most (what travels together comes from these).
+/// Records read ahead of the broker at most (what travels together comes from these), and
+/// their bytes at most (one record always).
 const READY_RECORDS: usize = 4096;
+const READY_BYTES: usize = 16 << 20;
+/// Messages acknowledged in a row before a bundle size halved after a lost connection
+/// doubles again.
+const GROW_AFTER: u32 = 64;
+
+/// Records read from the log, not yet handed to the client, and their bytes.
+#[derive(Default)]
+struct Ready {
+    records: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+impl Ready {
+    fn has_room(&self) -> bool {
+        self.records.len() < READY_RECORDS && self.bytes < READY_BYTES
+    }
+
+    fn push(&mut self, o: Outgoing) {
+        self.bytes += o.payload.as_ref().map_or(0, Vec::len);
+        self.records.push_back(o);
+    }
+
+    /// Lets record `i`'s payload go (it is not to be published).
+    fn leave_out(&mut self, i: usize) {
+        if let Some(p) = self.records[i].payload.take() {
+            self.bytes -= p.len();
+        }
+    }
+
+    /// The first `n` records go.
+    fn consume(&mut self, n: usize) {
+        for o in self.records.drain(..n) {
+            self.bytes -= o.payload.as_ref().map_or(0, Vec::len);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+}
 /// How often the checkpoint is stored and old records let go.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a stopping node goes on publishing what its log still holds.
@@ -217,8 +259,13 @@ impl Publisher {
         let mut reconnect_at = tokio::time::Instant::now();
         let mut consumer = self.wal.consumer(self.acked);
         let mut stored = self.acked;
-        let mut ready: VecDeque<Outgoing> = VecDeque::new();
+        let mut ready = Ready::default();
         let mut in_flight = InFlight::default();
+        // Halved when a connection goes while a message of several records is in flight (a
+        // broker may refuse large messages without saying so at connect), grown again after
+        // [`GROW_AFTER`] acknowledgements in a row.
+        let mut bundle_limit = super::BUNDLE_BYTES;
+        let mut acked_in_a_row = 0;
         let mut committed = self.wal.committed();
         let mut tick = tokio::time::interval(TICK);
         let mut backoff = Duration::from_millis(250);
@@ -230,40 +277,49 @@ impl Publisher {
             let max_message = conn.as_ref().map_or(MAX_MESSAGE, |c| c.max_message);
             // Room in a message for records (past its epoch and MAC, and each record's length).
             let room = max_message.saturating_sub(super::HEADER + 4);
-            for o in ready.iter_mut() {
+            for i in 0..ready.records.len() {
+                let o = &ready.records[i];
                 let Some(p) = &o.payload else { continue };
                 if o.appended_at < oldest {
-                    o.payload = None;
+                    ready.leave_out(i);
                     metrics.published("too_old", 1);
                 } else if p.len() > room {
-                    o.payload = None;
+                    ready.leave_out(i);
                     metrics.published("too_large", 1);
                 }
             }
             let live = conn.as_ref().filter(|c| c.connected);
-            while let Some(o) = ready.front() {
+            while let Some(o) = ready.records.front() {
                 if o.payload.is_none() {
                     in_flight.skip(o.lsn);
-                    ready.pop_front();
+                    ready.consume(1);
                     continue;
                 }
                 let Some(c) = live.filter(|_| in_flight.awaiting < config.max_in_flight) else {
                     break;
                 };
-                // The records ready to go together: consecutive, up to a bundle's size.
-                let limit = super::BUNDLE_BYTES.min(room);
+                // The records ready to go together: consecutive, up to a bundle's size (the
+                // first one whatever its size).
+                let limit = bundle_limit.min(room);
                 let mut size = 0;
                 let run = ready
+                    .records
                     .iter()
                     .take_while(|o| {
                         let Some(p) = &o.payload else { return false };
+                        let first = size == 0;
                         size += p.len() + 4;
-                        size == p.len() + 4 || size <= limit
+                        first || size <= limit
                     })
                     .count();
-                let body =
-                    super::bundle(ready.iter().take(run).filter_map(|o| o.payload.as_deref()));
-                let last = ready[run - 1].lsn;
+                let body = super::bundle(
+                    ready
+                        .records
+                        .iter()
+                        .take(run)
+                        .filter_map(|o| o.payload.as_deref()),
+                );
+                let last = ready.records[run - 1].lsn;
                 let message =
                     super::message(&config.secret.0, &self.topic, self.cluster.epoch, &body);
                 if let Err(e) = c
@@ -276,7 +332,7 @@ impl Publisher {
                     break;
                 }
                 in_flight.publish(last, run as u64);
-                ready.drain(..run);
+                ready.consume(run);
             }
             if let Some(lsn) = in_flight.settle() {
                 self.acked = lsn;
@@ -289,7 +345,7 @@ impl Publisher {
             {
                 break;
             }
-            if ready.len() < READY_RECORDS && consumer.position() < upto {
+            if ready.has_room() && consumer.position() < upto {
                 consumer = self.read(consumer, upto, &mut ready).await;
                 continue;
             }
@@ -348,6 +404,11 @@ impl Publisher {
                     ) {
                         if let Some(records) = in_flight.acked(ack.pkid) {
                             metrics.published("published", records);
+                            acked_in_a_row += 1;
+                            if acked_in_a_row >= GROW_AFTER {
+                                bundle_limit = (bundle_limit * 2).min(super::BUNDLE_BYTES);
+                                acked_in_a_row = 0;
+                            }
                         }
                     } else if refused_for_good(ack.reason) {
                         // Not taken (the broker's access rules, say): the other nodes never
@@ -375,7 +436,11 @@ impl Publisher {
             }
             if lost {
                 // What was in flight is published again, from the log, on a new connection
-                // after a pause.
+                // after a pause; in smaller messages if large ones were in flight.
+                if in_flight.records.iter().any(|h| h.awaits && h.records > 1) {
+                    bundle_limit = (bundle_limit / 2).max(1);
+                }
+                acked_in_a_row = 0;
                 conn = None;
                 metrics.connected("out", false);
                 metrics.reconnect("out");
@@ -408,30 +473,32 @@ impl Publisher {
         }
     }
 
-    /// Reads records after the consumer's place into `ready`: from memory when it can, else
-    /// from the disk on a blocking thread.
-    async fn read(
-        &self,
-        mut consumer: Consumer,
-        upto: u64,
-        ready: &mut VecDeque<Outgoing>,
-    ) -> Consumer {
-        let max = READY_RECORDS;
+    /// Reads records after the consumer's place into `ready` while it has room: from memory
+    /// when it can, else from the disk on a blocking thread.
+    async fn read(&self, mut consumer: Consumer, upto: u64, ready: &mut Ready) -> Consumer {
+        let (records, bytes) = (ready.records.len(), ready.bytes);
         let mut taken = Vec::new();
+        let mut taken_bytes = 0;
         let in_memory = consumer.read_memory(upto, |r| {
-            taken.push(outgoing(r));
-            ready.len() + taken.len() < max
+            let o = outgoing(r);
+            taken_bytes += o.payload.as_ref().map_or(0, Vec::len);
+            taken.push(o);
+            records + taken.len() < READY_RECORDS && bytes + taken_bytes < READY_BYTES
         });
-        if !in_memory {
+        let room = records + taken.len() < READY_RECORDS && bytes + taken_bytes < READY_BYTES;
+        if !in_memory && room {
             let at = consumer.position();
-            let room = max.saturating_sub(ready.len() + taken.len()).max(1);
+            let (records, bytes) = (records + taken.len(), bytes + taken_bytes);
             let read = tokio::task::spawn_blocking(move || {
-                let mut taken = Vec::new();
+                let mut more: Vec<Outgoing> = Vec::new();
+                let mut more_bytes = 0;
                 let result = consumer.read(upto, |r| {
-                    taken.push(outgoing(r));
-                    taken.len() < room
+                    let o = outgoing(r);
+                    more_bytes += o.payload.as_ref().map_or(0, Vec::len);
+                    more.push(o);
+                    records + more.len() < READY_RECORDS && bytes + more_bytes < READY_BYTES
                 });
-                (consumer, taken, result)
+                (consumer, more, result)
             })
             .await;
             match read {
@@ -451,7 +518,9 @@ impl Publisher {
                 }
             }
         }
-        ready.extend(taken);
+        for o in taken {
+            ready.push(o);
+        }
         consumer
     }
 }
