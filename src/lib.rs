@@ -44,7 +44,8 @@
 //!    behind or replaying after a restart, from the segments on disk.
 //! 4. **Sinks** ([`sink`]) are log consumers: the Parquet sink writes Hive-partitioned zstd
 //!    files per dataset, named by the log range they hold so a replay rewrites rather than
-//!    duplicates; the influx sink batches line protocol to an InfluxDB v2 API with retries,
+//!    duplicates, on disk or uploaded to object storage before its checkpoint moves; the
+//!    influx sink batches line protocol to an InfluxDB v2 API with retries,
 //!    and splits out poison points. Each moves its checkpoint once its store has the data.
 //! 5. **Live feeds** ([`feed`]): acknowledged readings go to a hub that numbers them per
 //!    dataset, keeps recent history for resume, and fans out to subscriber sessions; each
@@ -80,7 +81,9 @@
 //!                writer thread, tail (committed records in memory), consumer (the one way
 //!                sinks read: memory while caught up, disk while behind), checkpoints
 //! sink/          parquet/ (log consumer per dataset; encode: layout, crash-safe file write),
-//!                influx/ (log consumer: line protocol, parallel writes, retries, poison)
+//!                influx/ (log consumer: line protocol, parallel writes, retries, poison),
+//!                lake (where the files are: the data directory, or S3-compatible object
+//!                storage shared by the nodes: upload, marks, listing, ranged reads)
 //! market/        store + schema (SQLite or PostgreSQL via sqlx, migrations), accounts, keys
 //!                (every role, auth cache), catalog, plans, subscriptions, payments/ (manual,
 //!                stripe), entitlement (the one access check, cached), usage (metering),
@@ -96,7 +99,8 @@
 //! query/         hot/ (the hot store: chunks, the store and its log consumer, the latest
 //!                index), lake (Parquet scan with pruning), aggregate (time buckets, from
 //!                rows or hot chunks' columns), output (JSON, NDJSON, CSV, Arrow, Parquet)
-//! upstream/      intake from brokers citygate does not run (rumqttc; lorawan: uplinks)
+//! upstream/      intake from brokers citygate does not run (rumqttc; lorawan: uplinks; tls:
+//!                mqtts:// for upstreams and the cluster)
 //! cluster/       nodes serving one city: publish (this node's log records to the broker, a
 //!                log consumer), follow (the other nodes' records into the hub and hot store)
 //! telemetry/     tracing init, every metric (one file per group)

@@ -18,7 +18,14 @@
 //!
 //! After a restart the store starts empty at the sinks' checkpoints and fills from the log's
 //! replay; older readings come from the lake. It holds no segment of the log longer than the
-//! sinks do: its place in the log is kept in memory only ([`Wal::hold`]).
+//! sinks do: its place in the log is kept in memory only ([`crate::wal::Wal::hold`]).
+//!
+//! **Other nodes' readings** (`[cluster]`) are kept beside this node's, a part per node and
+//! dataset in that node's log order. With each node's lake its own they leave by the window
+//! and the budget alone (this node's lake never holds them); with a lake in object storage
+//! each part keeps a boundary as this node's does, at its node's mark there (the last record
+//! whose files are all uploaded), and a query reads that node's files up to it and its rows
+//! after it from here.
 
 mod chunk;
 mod store;
