@@ -85,8 +85,8 @@ impl ClusterConfig {
     }
 
     /// The TLS files of the connections to the broker.
-    pub fn tls_files(&self) -> crate::upstream::tls::TlsFiles<'_> {
-        crate::upstream::tls::TlsFiles {
+    pub fn tls_files(&self) -> super::TlsFiles<'_> {
+        super::TlsFiles {
             ca: &self.ca_file,
             cert: &self.client_cert_file,
             key: &self.client_key_file,

@@ -39,7 +39,7 @@ pub use storage::{
 };
 pub use topic::Template as TopicTemplate;
 pub use units::ByteSize;
-pub use upstream::{BrokerAddress, UpstreamConfig, UpstreamFormat};
+pub use upstream::{BrokerAddress, TlsFiles, UpstreamConfig, UpstreamFormat};
 
 use crate::model::{Dataset, FieldSpec, RateLimit};
 

@@ -111,13 +111,23 @@ impl UpstreamConfig {
     }
 
     /// The TLS files of this upstream.
-    pub fn tls_files(&self) -> crate::upstream::tls::TlsFiles<'_> {
-        crate::upstream::tls::TlsFiles {
+    pub fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
             ca: &self.ca_file,
             cert: &self.client_cert_file,
             key: &self.client_key_file,
         }
     }
+}
+
+/// The files a TLS connection to a broker uses (empty: none).
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    /// PEM certificates to check the broker's against; empty: the system's roots.
+    pub ca: &'a str,
+    /// This client's certificate chain and key (PEM), both or neither.
+    pub cert: &'a str,
+    pub key: &'a str,
 }
 
 /// A broker's address.
@@ -157,12 +167,7 @@ pub(crate) fn broker_address(url: &str) -> Option<BrokerAddress> {
 
 /// The problems of TLS files at `at`: a client certificate and key both or neither, and
 /// files only for an `mqtts://` broker.
-pub(super) fn check_tls(
-    p: &mut Vec<String>,
-    at: &str,
-    tls: bool,
-    files: crate::upstream::tls::TlsFiles<'_>,
-) {
+pub(super) fn check_tls(p: &mut Vec<String>, at: &str, tls: bool, files: TlsFiles<'_>) {
     if files.cert.is_empty() != files.key.is_empty() {
         p.push(format!(
             "{at}.client_cert_file and client_key_file: both, or neither"

@@ -34,6 +34,7 @@ use super::Row;
 use crate::calendar::days_from_civil;
 use crate::model::{Dataset, FieldType, Micros, Value, Values};
 pub(crate) use crate::sink::lake::{Lake, LakeFile};
+use crate::sink::parquet::log_range;
 use crate::telemetry::Scanned;
 
 const HOUR: Micros = 3_600_000_000;
@@ -79,15 +80,6 @@ pub(crate) fn hours_in(
             .map(|(start, files)| Hour { start, files })
             .collect()),
     }
-}
-
-/// `part-{first}-{last}-{n}.parquet` → `(first, last)`.
-pub(crate) fn log_range(name: &str) -> Option<(u64, u64)> {
-    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
-    let mut parts = rest.split('-');
-    let first = parts.next()?.parse().ok()?;
-    let last = parts.next()?.parse().ok()?;
-    Some((first, last))
 }
 
 fn partition_value<'a>(name: &'a str, key: &str) -> Option<&'a str> {

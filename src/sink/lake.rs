@@ -390,7 +390,7 @@ impl ObjectLake {
                 if start + HOUR <= from || start >= to {
                     continue;
                 }
-                let Some((_, last)) = crate::query::lake::log_range(name) else {
+                let Some((_, last)) = crate::sink::parquet::log_range(name) else {
                     continue;
                 };
                 let through = if node == self.node {

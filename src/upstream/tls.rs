@@ -8,15 +8,7 @@ use rumqttc::{TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The files a TLS connection uses (empty: none).
-#[derive(Debug, Clone, Copy)]
-pub struct TlsFiles<'a> {
-    /// PEM certificates to check the broker's against; empty: the system's roots.
-    pub ca: &'a str,
-    /// This client's certificate chain and key (PEM), both or neither.
-    pub cert: &'a str,
-    pub key: &'a str,
-}
+pub use crate::config::TlsFiles;
 
 /// How to reach a broker: TCP, or TLS as configured (certificates read once, at start).
 #[derive(Clone)]

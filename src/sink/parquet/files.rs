@@ -19,6 +19,15 @@ pub fn partition_dir(root: &Path, dataset: &str, hour_index: i64) -> PathBuf {
         .join(format!("hour={hour:02}"))
 }
 
+/// `part-{first}-{last}-{n}.parquet` → `(first, last)`: the log range a file holds.
+pub fn log_range(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let mut parts = rest.split('-');
+    let first = parts.next()?.parse().ok()?;
+    let last = parts.next()?.parse().ok()?;
+    Some((first, last))
+}
+
 /// What one flush wrote.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FlushStats {

@@ -34,7 +34,7 @@ use crate::telemetry::DatasetMetrics;
 use crate::wal::{Checkpoint, Consumer, Wal};
 pub use encode::{EncodeError, ParquetLayout};
 pub use files::{
-    FlushStats, parquet_files, partition_dir, remove_stale_temp_files, write_chunks,
+    FlushStats, log_range, parquet_files, partition_dir, remove_stale_temp_files, write_chunks,
     write_partitions,
 };
 use read::{Chunk, Pending, read_chunk};
