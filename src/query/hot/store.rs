@@ -426,13 +426,14 @@ impl HotStore {
     }
 
     /// With a shared lake: notes the other nodes' marks of the datasets it holds readings
-    /// of, every second, so that their chunks leave once their files hold them.
+    /// of, every five seconds (one listing per dataset), so that their chunks leave once
+    /// their files hold them.
     async fn follow_marks(
         self: Arc<Self>,
         lake: Arc<crate::sink::lake::ObjectLake>,
         stop: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
