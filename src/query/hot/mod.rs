@@ -24,8 +24,8 @@
 //! dataset in that node's log order. With each node's lake its own they leave by the window
 //! and the budget alone (this node's lake never holds them); with a lake in object storage
 //! each part keeps a boundary as this node's does, at its node's mark there (the last record
-//! whose files are all uploaded, looked up every five seconds), and a query reads that node's files up to it and its rows
-//! after it from here.
+//! whose files are all uploaded, looked up every five seconds), and a query reads that
+//! node's files up to it and its rows after it from here.
 
 mod chunk;
 mod store;
