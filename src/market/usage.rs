@@ -9,7 +9,7 @@
 //! an error whose outcome was unknown (a lost commit reply) adds nothing twice. A batch that
 //! could not be written stays queued, under its id, for the next flush.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -31,7 +31,9 @@ pub struct Counts {
     pub query_bytes: i64,
 }
 
-type Pending = HashMap<(String, Micros), Counts>;
+/// A batch to write, in key order: nodes sharing a database lock the rows they add to in one
+/// order, so two flushing at once wait for each other instead of deadlocking.
+type Pending = BTreeMap<(String, Micros), Counts>;
 /// What is being counted: by subscription, then by hour (looked up without allocating).
 type Counting = HashMap<String, HashMap<Micros, Counts>>;
 
@@ -141,7 +143,7 @@ impl Store {
     pub async fn write_usage(
         &self,
         id: &str,
-        batch: &HashMap<(String, Micros), Counts>,
+        batch: &BTreeMap<(String, Micros), Counts>,
     ) -> Result<(), Error> {
         let mut tx = self.pool().begin().await?;
         let first = sqlx::query(

@@ -1,5 +1,3 @@
-use std::collections::HashMap;
-
 use super::*;
 use crate::config::DEFAULT_CONFIG;
 use crate::market::accounts::{NewAccount, Role};
@@ -279,7 +277,7 @@ async fn a_usage_batch_is_counted_once_however_often_it_is_written() {
     let alice = subscriber(&m, "Alice").await;
     let (sub, _) = m.subscribe(&alice, "metered", "", 0).await.unwrap();
     let hour = 3_600_000_000 * 500_000;
-    let mut batch = HashMap::new();
+    let mut batch = std::collections::BTreeMap::new();
     batch.insert(
         (sub.id.clone(), hour),
         Counts {
