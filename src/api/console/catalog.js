@@ -35,7 +35,10 @@ export async function everyDataset() {
 }
 
 export async function catalog() {
+  const hash = location.hash;
   const datasets = await everyDataset();
+  // Gone elsewhere meanwhile (signed out, then straight to sign in): that page is shown.
+  if (location.hash !== hash) return;
   show(
     el('h1', {}, 'Datasets'),
     el('ul', { class: 'cards', id: 'catalog' }, datasets.map((d) => el('li', { class: 'card', 'data-dataset': d.id },
