@@ -379,25 +379,9 @@ async fn a_node_killed_mid_stream_loses_and_doubles_nothing_the_broker_handed_it
     )
     .unwrap();
     // The database, made once (on PostgreSQL, the test's own).
-    let made = bin_on(&data)
-        .args([
-            "keys",
-            "create-device",
-            "--provider",
-            "copenhagen",
-            "--datasets",
-            "traffic-counts",
-            "--create-database",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let mut cli = bin_on(&data);
+    cli.arg("--config").arg(&config);
+    cli_device_key(cli);
     let env = [("CITYGATE__PARQUET__MAX_AGE", "150ms")];
 
     let server = spawn_gateway(&config, &data, &env);
