@@ -7,6 +7,11 @@
 //! Setup is done through the HTTP API with the admin key: a subscriber account, a free plan
 //! on `traffic-counts` and a subscription, a device key.
 //!
+//! With `--protocol broker` the same device and the same MQTT subscribers run against a
+//! plain MQTT broker (mosquitto) on `--mqtt-port` instead, with no setup: the peer a city
+//! would otherwise relay its readings through. The readings' publish time is then read from
+//! the device's own payload.
+//!
 //! ```text
 //! CITYGATE_ADMIN_KEY=cg_... citygate --config config/loadtest.toml serve &
 //! cargo run --release --example feed_bench -- --admin-key cg_... --protocol sse \
@@ -56,11 +61,11 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if args.admin_key.is_empty() {
+    if args.admin_key.is_empty() && args.protocol != "broker" {
         return Err("--admin-key (or CITYGATE_ADMIN_KEY) is required".into());
     }
-    if !["sse", "ws", "mqtt"].contains(&args.protocol.as_str()) {
-        return Err("--protocol is sse, ws or mqtt".into());
+    if !["sse", "ws", "mqtt", "broker"].contains(&args.protocol.as_str()) {
+        return Err("--protocol is sse, ws, mqtt or broker".into());
     }
     Ok(args)
 }
@@ -96,14 +101,43 @@ impl Tally {
     }
 }
 
-/// The integer after `"time":` in a reading's JSON.
+/// The publish time in µs: the integer after `"time":` in a reading's JSON as citygate
+/// delivers it, or the device's `"ts":` (ms with a fraction) as a plain broker relays it.
 fn time_field(json: &[u8]) -> Option<i64> {
-    let at = json.windows(7).position(|w| w == b"\"time\":")? + 7;
-    let digits = json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&json[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+    let number = |after: &[u8]| -> Option<&str> {
+        let at = json.windows(after.len()).position(|w| w == after)? + after.len();
+        let len = json[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b'.')
+            .count();
+        std::str::from_utf8(&json[at..at + len]).ok()
+    };
+    match number(b"\"time\":") {
+        Some(us) => us.parse().ok(),
+        None => number(b"\"ts\":")?
+            .parse::<f64>()
+            .ok()
+            .map(|ms| (ms * 1000.0).round() as i64),
+    }
+}
+
+/// This process's CPU time so far (user + system), from `/proc/self/stat` (Linux).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime (fields 14 and 15 of the line) in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 async fn call(
@@ -346,7 +380,11 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let (subscriber, device) = setup(&args).await;
+    let (subscriber, device) = if args.protocol == "broker" {
+        (String::new(), String::new())
+    } else {
+        setup(&args).await
+    };
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicU64::new(0));
@@ -389,12 +427,13 @@ async fn main() {
         let _ = t.await;
     }
     let received = tally.received.load(Ordering::Relaxed);
+    let generator_cpu = own_cpu_seconds();
     let expected = acked * args.subscribers as u64;
     let mut lat = std::mem::take(&mut *tally.latencies.lock().unwrap());
     lat.sort_unstable();
     println!(
         "{} x{}: published {acked} ({:.0}/s), delivered {received} of {expected} ({:.0}/s), lost {}, \
-         latency ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+         latency ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}, generator cpu {generator_cpu:.2} s",
         args.protocol,
         args.subscribers,
         acked as f64 / elapsed,

@@ -183,28 +183,35 @@ impl Pipeline {
 
     /// Decode and validate. Large bodies are decoded on a blocking thread.
     pub async fn prepare(&self, ds: &DatasetEntry, batch: Batch) -> Result<Checked, IngestError> {
+        if batch.body.len() < BLOCKING_DECODE_BYTES {
+            return self.prepare_now(ds, batch);
+        }
         if self.is_closing() {
             return Err(IngestError::ShuttingDown);
         }
         let received_at = batch.received_at;
-        // More than the burst can never be admitted, so decoding stops there.
-        let max = self.max_readings.min(ds.dataset.rate_limit.burst as usize);
-        let (accepted, rejected) = if batch.body.len() >= BLOCKING_DECODE_BYTES {
-            let dataset = ds.dataset.clone();
+        let max = self.max_readings(ds);
+        let dataset = ds.dataset.clone();
+        let (accepted, rejected) =
             tokio::task::spawn_blocking(move || check(&dataset, &batch, max))
                 .await
-                .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??
-        } else {
-            check(&ds.dataset, &batch, max)?
-        };
-        if accepted.is_empty() && rejected.is_empty() {
-            return Err(IngestError::NoReadings);
+                .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??;
+        checked(accepted, rejected, received_at)
+    }
+
+    /// [`prepare`](Self::prepare) in the caller's task, whatever the body's size: for
+    /// bodies below [`BLOCKING_DECODE_BYTES`] (an MQTT publish, mostly).
+    pub fn prepare_now(&self, ds: &DatasetEntry, batch: Batch) -> Result<Checked, IngestError> {
+        if self.is_closing() {
+            return Err(IngestError::ShuttingDown);
         }
-        Ok(Checked {
-            accepted,
-            rejected,
-            received_at,
-        })
+        let (accepted, rejected) = check(&ds.dataset, &batch, self.max_readings(ds))?;
+        checked(accepted, rejected, batch.received_at)
+    }
+
+    /// More than the burst can never be admitted, so decoding stops there.
+    fn max_readings(&self, ds: &DatasetEntry) -> usize {
+        self.max_readings.min(ds.dataset.rate_limit.burst as usize)
     }
 
     /// Takes the request's readings, accepted and rejected alike, from the key's allowance,
@@ -236,51 +243,95 @@ impl Pipeline {
         key: &LimitKey,
         checked: &mut Checked,
     ) -> Result<Outcome, IngestError> {
-        let count = checked.accepted.len();
-        if count > 0 {
+        let mut outcomes = self
+            .deliver_all(ds, key, std::slice::from_mut(checked))
+            .await?;
+        Ok(outcomes.pop().unwrap_or_default())
+    }
+
+    /// [`deliver`](Self::deliver) for batches that arrived together (an MQTT connection's
+    /// publishes read in one turn): their accepted readings go to the log as one record and
+    /// to the live feeds as one batch, so the cost of a record is paid once for all of them.
+    /// Each batch gets its own outcome, in order. After a refusal every batch is intact.
+    pub async fn deliver_all(
+        &self,
+        ds: &DatasetEntry,
+        key: &LimitKey,
+        parts: &mut [Checked],
+    ) -> Result<Vec<Outcome>, IngestError> {
+        let counts: Vec<usize> = parts.iter().map(|c| c.accepted.len()).collect();
+        let total: usize = counts.iter().sum();
+        if total > 0 {
             if self.is_closing() {
                 return Err(IngestError::ShuttingDown);
             }
-            let appended_at = now_micros();
-            let frame = wal::record::encode(&ds.dataset, &checked.accepted, appended_at);
-            // Shared from here on: the log's consumers that keep up and the live feeds take
-            // these readings as they are.
-            let readings = Arc::new(std::mem::take(&mut checked.accepted));
-            let decoded = wal::Decoded {
-                appended_at,
-                accepted: ds.metrics.accepted.clone(),
-                dataset: ds.dataset.clone(),
-                bytes: readings.iter().map(Reading::approx_size).sum(),
-                readings: readings.clone(),
+            let readings = if let [only] = parts {
+                std::mem::take(&mut only.accepted)
+            } else {
+                let mut all = Vec::with_capacity(total);
+                for part in parts.iter_mut() {
+                    all.append(&mut part.accepted);
+                }
+                all
             };
-            // The log's writer counts the readings accepted when it commits the record, so a
-            // caller who goes away meanwhile (a client closing its connection) cannot leave a
-            // record in the log that the counter missed.
-            let refused = match self.wal.append_decoded(frame, decoded).await {
-                Ok(_lsn) => None,
-                Err(e) => Some(match e {
-                    WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
-                    WalError::QueueFull(wait) => IngestError::QueueFull(wait),
-                    WalError::Closed => IngestError::ShuttingDown,
-                    WalError::Io(_) | WalError::Corrupt { .. } => {
-                        IngestError::Storage(e.to_string())
-                    }
-                }),
-            };
-            if let Some(e) = refused {
-                // Nothing kept: the caller may try again with the same readings.
-                checked.accepted = Arc::unwrap_or_clone(readings);
+            let received_at = parts.first().map_or(0, |c| c.received_at);
+            if let Err((e, mut readings)) = self.append(ds, readings, received_at).await {
+                // Nothing kept: each batch takes its readings back, for another try.
+                for (part, n) in parts.iter_mut().zip(&counts).rev() {
+                    part.accepted = readings.split_off(readings.len() - n);
+                }
                 return Err(e);
             }
-            ds.quality.accepted(&readings, checked.received_at);
-            // Acknowledged: the live feeds take the readings.
-            self.hub.publish(&ds.dataset, readings);
         }
-        self.record_rejects(ds, key, checked.received_at, &checked.rejected);
-        Ok(Outcome {
-            accepted: count,
-            rejected: std::mem::take(&mut checked.rejected),
-        })
+        Ok(parts
+            .iter_mut()
+            .zip(counts)
+            .map(|(part, accepted)| {
+                self.record_rejects(ds, key, part.received_at, &part.rejected);
+                Outcome {
+                    accepted,
+                    rejected: std::mem::take(&mut part.rejected),
+                }
+            })
+            .collect())
+    }
+
+    /// Appends readings to the log as one record and, once it is durable, hands them to the
+    /// live feeds. A refusal gives the readings back.
+    async fn append(
+        &self,
+        ds: &DatasetEntry,
+        readings: Vec<Reading>,
+        received_at: Micros,
+    ) -> Result<(), (IngestError, Vec<Reading>)> {
+        let appended_at = now_micros();
+        let frame = wal::record::encode(&ds.dataset, &readings, appended_at);
+        // Shared from here on: the log's consumers that keep up and the live feeds take
+        // these readings as they are.
+        let readings = Arc::new(readings);
+        let decoded = wal::Decoded {
+            appended_at,
+            accepted: ds.metrics.accepted.clone(),
+            dataset: ds.dataset.clone(),
+            bytes: readings.iter().map(Reading::approx_size).sum(),
+            readings: readings.clone(),
+        };
+        // The log's writer counts the readings accepted when it commits the record, so a
+        // caller who goes away meanwhile (a client closing its connection) cannot leave a
+        // record in the log that the counter missed.
+        if let Err(e) = self.wal.append_decoded(frame, decoded).await {
+            let e = match e {
+                WalError::Full { .. } => IngestError::StorageFull(e.to_string()),
+                WalError::QueueFull(wait) => IngestError::QueueFull(wait),
+                WalError::Closed => IngestError::ShuttingDown,
+                WalError::Io(_) | WalError::Corrupt { .. } => IngestError::Storage(e.to_string()),
+            };
+            return Err((e, Arc::unwrap_or_clone(readings)));
+        }
+        ds.quality.accepted(&readings, received_at);
+        // Acknowledged: the live feeds take the readings.
+        self.hub.publish(&ds.dataset, readings);
+        Ok(())
     }
 
     /// Counts rejects and keeps them in the dataset's log for its provider.
@@ -309,6 +360,22 @@ impl Pipeline {
                 }));
         }
     }
+}
+
+/// A decoded body as the pipeline's later stages take it; one without readings is refused.
+fn checked(
+    accepted: Vec<Reading>,
+    rejected: Vec<Rejected>,
+    received_at: Micros,
+) -> Result<Checked, IngestError> {
+    if accepted.is_empty() && rejected.is_empty() {
+        return Err(IngestError::NoReadings);
+    }
+    Ok(Checked {
+        accepted,
+        rejected,
+        received_at,
+    })
 }
 
 /// Decode and validate: the pure part of the pipeline, in one pass over the body. Returns

@@ -245,6 +245,16 @@ impl Gateway {
         )
     }
 
+    /// A counter of the gateway's metrics, by its full name with labels (0 when absent).
+    pub(crate) async fn counter(&self, name: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub(crate) async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))

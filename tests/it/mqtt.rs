@@ -776,6 +776,114 @@ async fn pubacks_come_in_order_with_many_in_flight() {
     assert_eq!(row_count(dir.path(), TRAFFIC), 7 * 400 + 43);
 }
 
+/// An MQTT 5 PUBLISH at QoS 1 with no properties.
+fn raw_publish5(topic: &str, payload: &str, pkid: u16) -> Vec<u8> {
+    let mut body = mqtt_string(topic.as_bytes());
+    body.extend(pkid.to_be_bytes());
+    body.push(0); // no properties
+    body.extend_from_slice(payload.as_bytes());
+    packet(0x32, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_that_arrive_together_go_to_the_log_together_and_keep_their_own_answers() {
+    let gw = Gateway::start().await;
+    let key = gw.device_key(&[TRAFFIC, "weather"]).await;
+    let mut s = TcpStream::connect(("127.0.0.1", mqtt_port(&gw)))
+        .await
+        .unwrap();
+    s.write_all(&raw_connect(b"MQTT", 5, "together", &key, 0))
+        .await
+        .unwrap();
+    let (connack, body) = read_packet(&mut s).await;
+    assert_eq!((connack, body[1]), (0x20, 0x00), "CONNACK accepted");
+    let records_before = gw.counter("citygate_wal_records_appended_total").await;
+
+    // 40 publishes in one write: mostly good readings, with refusals and a partial one
+    // among them, to two datasets.
+    let mut burst = Vec::new();
+    let mut want = Vec::new();
+    let mut traffic_rows = 0;
+    for pkid in 1..=40u16 {
+        let (topic, payload, reason, text) = match pkid {
+            5 => (
+                "citygate/traffic-counts/b-5",
+                r#"{"vehicle_count":-1}"#.to_string(),
+                0x99,
+                "below_min",
+            ),
+            10 | 30 => (
+                "citygate/weather/wx-1",
+                r#"{"temperature":4.5}"#.to_string(),
+                0x00,
+                "",
+            ),
+            15 => (
+                "citygate/traffic-counts/b-15",
+                r#"{"vehicle_count":"#.to_string(),
+                0x99,
+                "invalid JSON",
+            ),
+            20 => (
+                "citygate/air-quality/aq-1",
+                r#"{"pm25":3}"#.to_string(),
+                0x87,
+                "may not write",
+            ),
+            25 => {
+                traffic_rows += 1;
+                (
+                    "citygate/traffic-counts",
+                    r#"[{"sensor_id":"p-25","vehicle_count":1},{"sensor_id":"bad","vehicle_count":-1}]"#.to_string(),
+                    0x00,
+                    "1 of 2 readings rejected",
+                )
+            }
+            _ => {
+                traffic_rows += 1;
+                (
+                    "citygate/traffic-counts/t",
+                    format!(r#"{{"vehicle_count":{pkid}}}"#),
+                    0x00,
+                    "",
+                )
+            }
+        };
+        burst.extend(raw_publish5(topic, &payload, pkid));
+        want.push((pkid, reason, text));
+    }
+    s.write_all(&burst).await.unwrap();
+    for (pkid, reason, text) in want {
+        let (first, body) = read_packet(&mut s).await;
+        assert_eq!(first, 0x40, "a PUBACK for {pkid}");
+        assert_eq!(
+            u16::from_be_bytes([body[0], body[1]]),
+            pkid,
+            "PUBACKs in order"
+        );
+        assert_eq!(
+            body.get(2).copied().unwrap_or(0),
+            reason,
+            "reason code of {pkid}"
+        );
+        assert!(
+            String::from_utf8_lossy(&body).contains(text),
+            "publish {pkid}: wants `{text}` in its reason string"
+        );
+    }
+    // The 36 readings stored went to the log in a few records (one per dataset per read
+    // turn), not one each.
+    let records = gw.counter("citygate_wal_records_appended_total").await - records_before;
+    assert!(
+        (2..=6).contains(&records),
+        "{records} log records for 36 stored publishes"
+    );
+    s.write_all(&[0xe0, 0x00]).await.unwrap();
+    let dir = gw.stop().await;
+    assert_eq!(row_count(dir.path(), TRAFFIC), traffic_rows);
+    assert_eq!(row_count(dir.path(), "weather"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_publish_at_once() {
     let gw = Gateway::start().await;

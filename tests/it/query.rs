@@ -74,16 +74,6 @@ async fn in_parquet(gw: &Gateway, n: usize) {
     }
 }
 
-/// A counter of the gateway's metrics, by its full name with labels (0 when absent).
-async fn counter(gw: &Gateway, name: &str) -> u64 {
-    gw.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until the hot store holds fewer than `n` readings (its gauge is set every half
 /// second: two settings are waited out before it is believed).
 async fn held_fewer_than(gw: &Gateway, n: i64) {
@@ -356,13 +346,17 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
     assert_eq!(ours.len(), 8 * 3);
     same_buckets(ours, &theirs);
     // The metrics say where the readings came from and what was read for them.
-    let lake = counter(&gw, "citygate_query_rows_scanned_total{source=\"lake\"}").await;
-    let hot = counter(&gw, "citygate_query_rows_scanned_total{source=\"hot\"}").await;
+    let lake = gw
+        .counter("citygate_query_rows_scanned_total{source=\"lake\"}")
+        .await;
+    let hot = gw
+        .counter("citygate_query_rows_scanned_total{source=\"hot\"}")
+        .await;
     assert!(lake >= 360 && hot >= 360, "lake {lake}, hot {hot}");
     // The first hour came in three posts, each its own file: a quarter hour opens them
     // all and reads only the row group whose times reach into it.
     let pruned = "citygate_query_lake_row_groups_total{outcome=\"pruned\"}";
-    let before = counter(&gw, pruned).await;
+    let before = gw.counter(pruned).await;
     let (status, body) = gw
         .get_as(
             &format!(
@@ -376,7 +370,7 @@ async fn aggregates_equal_duckdb_over_the_same_readings() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["buckets"].as_array().unwrap().len(), 3, "{body}");
     assert!(
-        counter(&gw, pruned).await >= before + 2,
+        gw.counter(pruned).await >= before + 2,
         "{}",
         gw.metrics().await
     );

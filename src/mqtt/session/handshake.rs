@@ -80,6 +80,8 @@ pub(super) async fn handshake(
         takeover,
         keep_alive,
         inflight: FuturesOrdered::new(),
+        run: Vec::new(),
+        awaiting: 0,
         qos2: HashMap::new(),
         feeds,
     })

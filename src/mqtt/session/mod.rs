@@ -32,10 +32,9 @@ mod publish;
 mod settle;
 
 use handshake::handshake;
-use publish::Pending;
+use publish::{Pending, Staged};
 // The verdict types `settle` decides with.
 use publish::{Refusal, Verdict};
-use settle::settle;
 
 use super::Shared;
 use super::wire::{self, PublishHeader, Version};
@@ -50,7 +49,7 @@ pub(super) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             let reason = session.serve().await;
             session.feeds.stop_all();
             shared.unregister(&session.key.account, &session.client_id, session.number);
-            metrics.inflight().dec_by(session.inflight.len() as i64);
+            metrics.inflight().dec_by(session.awaiting as i64);
             reason
         }
         Err(reason) => reason,
@@ -106,6 +105,10 @@ struct Session {
     takeover: CancellationToken,
     keep_alive: Option<Duration>,
     inflight: FuturesOrdered<Pending>,
+    /// Publishes of this read turn admitted and not yet sent to the log.
+    run: Vec<Staged>,
+    /// Publishes not yet acknowledged (in `run` or `inflight`): the window's fill.
+    awaiting: usize,
     /// QoS 2 packet ids received and not yet released: `None` while the pipeline works,
     /// then the PUBREC reason sent (so a duplicate gets the same answer, and is not stored
     /// twice).
@@ -148,7 +151,7 @@ impl Session {
     }
 
     fn window_open(&self) -> bool {
-        self.inflight.len() < usize::from(self.shared.config.max_inflight)
+        self.awaiting < usize::from(self.shared.config.max_inflight)
     }
 
     /// The connection's life after CONNACK. Returns why it ended.
@@ -166,7 +169,10 @@ impl Session {
                     Ok(None) => break,
                     Ok(Some((packet, header))) => match self.handle(packet, header) {
                         Ok(Flow::Continue) => {}
-                        Ok(Flow::Subscribe(subscribe)) => self.on_subscribe(subscribe).await,
+                        Ok(Flow::Subscribe(subscribe)) => {
+                            self.send_run();
+                            self.on_subscribe(subscribe).await
+                        }
                         Ok(Flow::Close(reason)) => {
                             self.drain().await;
                             return reason;
@@ -176,6 +182,8 @@ impl Session {
                     Err(v) => return self.disconnect(v).await,
                 }
             }
+            // What this turn admitted goes to the log together.
+            self.send_run();
             if self.flush().await.is_err() {
                 return "io_error";
             }
@@ -195,7 +203,7 @@ impl Session {
             let window_open = self.window_open();
             // While publishes await the pipeline the client may be waiting on us: its
             // keep-alive only counts while nothing of it is in flight.
-            let idle = self.inflight.is_empty();
+            let idle = self.awaiting == 0;
             let may_deliver = self.feeds.may_deliver();
             let retransmit = self.feeds.retransmit_due(self.version);
             tokio::select! {
@@ -211,13 +219,12 @@ impl Session {
                         .disconnect(violation(DisconnectReasonCode::ServerShuttingDown, "server_shutdown"))
                         .await;
                 }
-                Some(ack) = self.inflight.next(), if !self.inflight.is_empty() => {
+                Some(acks) = self.inflight.next(), if !self.inflight.is_empty() => {
                     // Take every acknowledgement that is ready now, so they leave in one write.
                     last_seen = Instant::now();
-                    let mut next = Some(ack);
-                    while let Some(ack) = next {
-                        self.shared.metrics.inflight().dec();
-                        if let Err(reason) = self.write_ack(ack) {
+                    let mut next = Some(acks);
+                    while let Some(acks) = next {
+                        if let Err(reason) = self.write_acks(acks) {
                             let _ = self.flush().await;
                             return reason;
                         }
@@ -343,9 +350,9 @@ impl Session {
 
     /// Writes every pending acknowledgement as its publish completes.
     async fn drain(&mut self) {
-        while let Some(ack) = self.inflight.next().await {
-            self.shared.metrics.inflight().dec();
-            if self.write_ack(ack).is_err() {
+        self.send_run();
+        while let Some(acks) = self.inflight.next().await {
+            if self.write_acks(acks).is_err() {
                 break;
             }
         }

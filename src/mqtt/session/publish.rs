@@ -12,11 +12,14 @@ use rumqttd::protocol::{
     PubRecReason, Publish, PublishProperties,
 };
 
-use super::{Session, Violation, settle, violation};
+use super::settle::{deliver, settle, settle_checked, unadmitted, unprepared};
+use super::{Session, Violation, violation};
 use crate::model::now_micros;
+use crate::mqtt::Shared;
 use crate::mqtt::topic;
 use crate::mqtt::wire::{PublishHeader, Version};
-use crate::pipeline::Batch;
+use crate::pipeline::limit::LimitKey;
+use crate::pipeline::{BLOCKING_DECODE_BYTES, Batch, Checked};
 use crate::registry::DatasetEntry;
 
 /// Why a publish is refused (MQTT 5 reason codes).
@@ -87,7 +90,17 @@ pub(super) enum Ack {
     Repeat { pkid: u16 },
 }
 
-pub(super) type Pending = Pin<Box<dyn Future<Output = Ack> + Send>>;
+/// The acknowledgements of one publish, or of publishes that travel together, in order.
+pub(super) type Pending = Pin<Box<dyn Future<Output = Vec<Ack>> + Send>>;
+
+/// A publish decoded, validated and admitted in the read turn it arrived in, waiting for
+/// the others of its turn: they go to the log together.
+pub(super) struct Staged {
+    pkid: u16,
+    qos: u8,
+    ds: Arc<DatasetEntry>,
+    checked: Checked,
+}
 
 impl Session {
     pub(super) fn on_publish(
@@ -116,7 +129,7 @@ impl Session {
         }
         let PublishHeader { qos, pkid, .. } = header;
         if qos == 2 && self.qos2.contains_key(&pkid) {
-            self.push(Box::pin(std::future::ready(Ack::Repeat { pkid })));
+            self.push_now(Ack::Repeat { pkid });
             return Ok(());
         }
         let verdict = match self.target(&publish) {
@@ -133,31 +146,103 @@ impl Session {
                 if qos == 2 {
                     self.qos2.insert(pkid, None);
                 }
-                let settle = settle(
-                    self.shared.clone(),
-                    ds,
-                    self.key.id.clone(),
-                    batch,
-                    self.version,
-                    qos,
-                );
-                self.push(Box::pin(async move {
-                    Ack::Settled {
-                        pkid,
-                        qos,
-                        verdict: settle.await,
-                    }
-                }));
-                return Ok(());
+                match self.stage(ds, batch, pkid, qos) {
+                    Some(verdict) => verdict,
+                    None => return Ok(()),
+                }
             }
             Err(verdict) => verdict,
         };
-        self.push(Box::pin(std::future::ready(Ack::Settled {
-            pkid,
-            qos,
-            verdict,
-        })));
+        self.push_now(Ack::Settled { pkid, qos, verdict });
         Ok(())
+    }
+
+    /// Takes a publish as far as the pipeline goes without waiting: a small body is decoded,
+    /// validated and admitted here and joins the turn's run ([`Session::send_run`]); a large
+    /// one, or one whose acknowledgement must wait for the rate limit, settles on its own.
+    /// Returns the verdict when it is already decided.
+    fn stage(
+        &mut self,
+        ds: Arc<DatasetEntry>,
+        batch: Batch,
+        pkid: u16,
+        qos: u8,
+    ) -> Option<Verdict> {
+        let (shared, key, version) = (&self.shared, &self.key.id, self.version);
+        if batch.body.len() >= BLOCKING_DECODE_BYTES {
+            let settle = settle(shared.clone(), ds, key.clone(), batch, version, qos);
+            self.push_one(pkid, qos, settle);
+            return None;
+        }
+        let received_at = batch.received_at;
+        let checked = match shared.pipeline.prepare_now(&ds, batch) {
+            Ok(checked) => checked,
+            Err(e) => return Some(unprepared(shared, &ds, key, received_at, e, version, qos)),
+        };
+        match shared.pipeline.admit(&ds, key, &checked) {
+            Ok(()) => {
+                self.run.push(Staged {
+                    pkid,
+                    qos,
+                    ds,
+                    checked,
+                });
+                self.awaiting += 1;
+                self.shared.metrics.inflight().inc();
+                None
+            }
+            Err(e) => match unadmitted(e, version, qos) {
+                Some(verdict) => Some(verdict),
+                None => {
+                    let settle =
+                        settle_checked(shared.clone(), ds, key.clone(), checked, version, qos);
+                    self.push_one(pkid, qos, settle);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Sends the turn's run to the log, one record per dataset, as one pending group.
+    pub(super) fn send_run(&mut self) {
+        if self.run.is_empty() {
+            return;
+        }
+        let run = std::mem::take(&mut self.run);
+        let shared = self.shared.clone();
+        let key = self.key.id.clone();
+        let version = self.version;
+        self.inflight.push_back(Box::pin(async move {
+            settle_run(shared, key, version, run).await
+        }));
+    }
+
+    /// Queues one publish's settling, after the run before it.
+    fn push_one(
+        &mut self,
+        pkid: u16,
+        qos: u8,
+        settle: impl Future<Output = Verdict> + Send + 'static,
+    ) {
+        self.send_run();
+        self.awaiting += 1;
+        self.shared.metrics.inflight().inc();
+        self.inflight.push_back(Box::pin(async move {
+            vec![Ack::Settled {
+                pkid,
+                qos,
+                verdict: settle.await,
+            }]
+        }));
+    }
+
+    /// Queues an acknowledgement already decided, after everything before it.
+    fn push_now(&mut self, ack: Ack) {
+        self.send_run();
+        self.awaiting += 1;
+        self.shared.metrics.inflight().inc();
+        self.inflight
+            .push_back(Box::pin(std::future::ready(vec![ack])));
     }
 
     /// The dataset a publish may go to (and the sensor its topic names), or the verdict
@@ -199,13 +284,19 @@ impl Session {
         Ok((ds.clone(), route.sensor.map(CompactString::new)))
     }
 
-    fn push(&mut self, pending: Pending) {
-        self.shared.metrics.inflight().inc();
-        self.inflight.push_back(pending);
+    /// Writes the acknowledgements of settled publishes, in order; `Err` closes the
+    /// connection.
+    pub(super) fn write_acks(&mut self, acks: Vec<Ack>) -> Result<(), &'static str> {
+        for ack in acks {
+            self.awaiting -= 1;
+            self.shared.metrics.inflight().dec();
+            self.write_ack(ack)?;
+        }
+        Ok(())
     }
 
     /// Writes the acknowledgement of a settled publish; `Err` closes the connection.
-    pub(super) fn write_ack(&mut self, ack: Ack) -> Result<(), &'static str> {
+    fn write_ack(&mut self, ack: Ack) -> Result<(), &'static str> {
         let (pkid, qos, verdict) = match ack {
             Ack::Repeat { pkid } => {
                 let reason = self
@@ -274,6 +365,63 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// One dataset's publishes of a run, and where each stands in the run.
+struct Group {
+    ds: Arc<DatasetEntry>,
+    parts: Vec<Checked>,
+    qos: Vec<u8>,
+    at: Vec<usize>,
+}
+
+/// Settles a run: each dataset's publishes go to the log as one record (the datasets'
+/// records concurrently), then every publish's acknowledgement, in the order they came.
+async fn settle_run(
+    shared: Arc<Shared>,
+    key: LimitKey,
+    version: Version,
+    run: Vec<Staged>,
+) -> Vec<Ack> {
+    let acks: Vec<(u16, u8)> = run.iter().map(|s| (s.pkid, s.qos)).collect();
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, staged) in run.into_iter().enumerate() {
+        let group = match groups.iter().position(|g| Arc::ptr_eq(&g.ds, &staged.ds)) {
+            Some(at) => &mut groups[at],
+            None => {
+                groups.push(Group {
+                    ds: staged.ds.clone(),
+                    parts: Vec::new(),
+                    qos: Vec::new(),
+                    at: Vec::new(),
+                });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        group.parts.push(staged.checked);
+        group.qos.push(staged.qos);
+        group.at.push(i);
+    }
+    let verdicts = futures_util::future::join_all(
+        groups
+            .iter_mut()
+            .map(|g| deliver(&shared, &g.ds, &key, &mut g.parts, &g.qos, version)),
+    )
+    .await;
+    let mut ordered: Vec<Option<Verdict>> = acks.iter().map(|_| None).collect();
+    for (group, verdicts) in groups.iter().zip(verdicts) {
+        for (&i, verdict) in group.at.iter().zip(verdicts) {
+            ordered[i] = Some(verdict);
+        }
+    }
+    acks.into_iter()
+        .zip(ordered)
+        .map(|((pkid, qos), verdict)| Ack::Settled {
+            pkid,
+            qos,
+            verdict: verdict.unwrap_or(Verdict::Abandon("error")),
+        })
+        .collect()
 }
 
 /// Reason strings stay short: they travel in every acknowledgement.

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Refusal, Verdict};
+use crate::model::Micros;
 use crate::mqtt::Shared;
 use crate::mqtt::wire::Version;
 use crate::pipeline::limit::{LimitError, LimitKey, retry_after_secs};
 use crate::pipeline::reject::{Reason, Rejected};
-use crate::pipeline::{Batch, IngestError};
+use crate::pipeline::{Batch, Checked, IngestError, Outcome};
 use crate::registry::DatasetEntry;
 
 /// "2 of 5 readings rejected: #1 above_max (field `x` is 999…); #3 …" (the first few).
@@ -31,11 +32,25 @@ pub(super) async fn settle(
     version: Version,
     qos: u8,
 ) -> Verdict {
-    let pipeline = &shared.pipeline;
     let received_at = batch.received_at;
-    let mut checked = match pipeline.prepare(&ds, batch).await {
-        Ok(checked) => checked,
-        Err(e @ (IngestError::Malformed(_) | IngestError::NoReadings)) => {
+    match shared.pipeline.prepare(&ds, batch).await {
+        Ok(checked) => settle_checked(shared, ds, key, checked, version, qos).await,
+        Err(e) => unprepared(&shared, &ds, &key, received_at, e, version, qos),
+    }
+}
+
+/// The verdict on a publish the pipeline could not decode (or take at all).
+pub(super) fn unprepared(
+    shared: &Shared,
+    ds: &DatasetEntry,
+    key: &LimitKey,
+    received_at: Micros,
+    e: IngestError,
+    version: Version,
+    qos: u8,
+) -> Verdict {
+    match e {
+        e @ (IngestError::Malformed(_) | IngestError::NoReadings) => {
             if version == Version::V5 {
                 return Verdict::Refused(Refusal::PayloadInvalid, e.to_string());
             }
@@ -46,102 +61,160 @@ pub(super) async fn settle(
                 message: e.to_string(),
                 sensor_id: None,
             };
-            pipeline.record_rejects(&ds, &key, received_at, &[reject]);
-            return Verdict::Accepted;
+            shared
+                .pipeline
+                .record_rejects(ds, key, received_at, &[reject]);
+            Verdict::Accepted
         }
-        Err(IngestError::ShuttingDown) => return Verdict::Abandon("server_shutdown"),
+        IngestError::ShuttingDown => Verdict::Abandon("server_shutdown"),
         // Nothing kept; the device must send less per publish.
-        Err(e @ IngestError::TooManyReadings { .. }) => {
-            return match (version, qos) {
-                (_, 0) => Verdict::Dropped("dropped_too_many_readings"),
-                (Version::V5, _) => Verdict::Refused(Refusal::QuotaExceeded, e.to_string()),
-                (Version::V4, _) => Verdict::Abandon("too_many_readings"),
-            };
-        }
-        Err(e) => {
+        e @ IngestError::TooManyReadings { .. } => match (version, qos) {
+            (_, 0) => Verdict::Dropped("dropped_too_many_readings"),
+            (Version::V5, _) => Verdict::Refused(Refusal::QuotaExceeded, e.to_string()),
+            (Version::V4, _) => Verdict::Abandon("too_many_readings"),
+        },
+        e => {
             tracing::error!(error = %e, "mqtt publish failed in the pipeline");
-            return match version {
+            match version {
                 Version::V5 => Verdict::Refused(Refusal::Unspecified, "internal error".into()),
                 Version::V4 => Verdict::Abandon("error"),
-            };
-        }
-    };
-    loop {
-        match pipeline.admit(&ds, &key, &checked) {
-            Ok(()) => break,
-            Err(IngestError::RateLimited(LimitError::Exceeded { retry_after })) => {
-                match (version, qos) {
-                    (_, 0) => return Verdict::Dropped("dropped_rate_limited"),
-                    (Version::V5, _) => {
-                        return Verdict::Refused(
-                            Refusal::QuotaExceeded,
-                            format!(
-                                "rate limit exceeded; retry in {} s",
-                                retry_after_secs(retry_after)
-                            ),
-                        );
-                    }
-                    // 3.1.1: the acknowledgement waits until the limit allows.
-                    (Version::V4, _) => tokio::select! {
-                        _ = tokio::time::sleep(retry_after) => {}
-                        _ = shared.closing.cancelled() => return Verdict::Abandon("server_shutdown"),
-                    },
-                }
-            }
-            Err(e) => {
-                return match version {
-                    Version::V5 if qos > 0 => {
-                        Verdict::Refused(Refusal::QuotaExceeded, e.to_string())
-                    }
-                    _ if qos == 0 => Verdict::Dropped("dropped_batch_too_large"),
-                    _ => Verdict::Abandon("batch_exceeds_burst"),
-                };
             }
         }
     }
-    let total = checked.accepted.len() + checked.rejected.len();
+}
+
+/// The verdict on a publish the rate limit did not admit, or `None` when its
+/// acknowledgement waits for the limit (MQTT 3.1.1, which cannot say no).
+pub(super) fn unadmitted(e: IngestError, version: Version, qos: u8) -> Option<Verdict> {
+    Some(match e {
+        IngestError::RateLimited(LimitError::Exceeded { retry_after }) => match (version, qos) {
+            (_, 0) => Verdict::Dropped("dropped_rate_limited"),
+            (Version::V5, _) => Verdict::Refused(
+                Refusal::QuotaExceeded,
+                format!(
+                    "rate limit exceeded; retry in {} s",
+                    retry_after_secs(retry_after)
+                ),
+            ),
+            (Version::V4, _) => return None,
+        },
+        e => match version {
+            Version::V5 if qos > 0 => Verdict::Refused(Refusal::QuotaExceeded, e.to_string()),
+            _ if qos == 0 => Verdict::Dropped("dropped_batch_too_large"),
+            _ => Verdict::Abandon("batch_exceeds_burst"),
+        },
+    })
+}
+
+/// Admits a decoded publish (waiting for the limit on MQTT 3.1.1) and delivers it.
+pub(super) async fn settle_checked(
+    shared: Arc<Shared>,
+    ds: Arc<DatasetEntry>,
+    key: LimitKey,
+    checked: Checked,
+    version: Version,
+    qos: u8,
+) -> Verdict {
+    let pipeline = &shared.pipeline;
     loop {
-        let refused = match pipeline.deliver(&ds, &key, &mut checked).await {
-            Ok(outcome) if outcome.rejected.is_empty() => return Verdict::Accepted,
-            // The rejects are on record; 3.1.1 has no way to say more.
-            Ok(_) if version == Version::V4 => return Verdict::Accepted,
-            Ok(outcome) if outcome.accepted == 0 => {
-                return Verdict::Refused(
-                    Refusal::PayloadInvalid,
-                    summarize(&outcome.rejected, total),
-                );
+        let e = match pipeline.admit(&ds, &key, &checked) {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        let wait = match &e {
+            IngestError::RateLimited(LimitError::Exceeded { retry_after }) => *retry_after,
+            _ => Duration::ZERO,
+        };
+        if let Some(verdict) = unadmitted(e, version, qos) {
+            return verdict;
+        }
+        // 3.1.1: the acknowledgement waits until the limit allows.
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.closing.cancelled() => return Verdict::Abandon("server_shutdown"),
+        }
+    }
+    let mut parts = vec![checked];
+    deliver(&shared, &ds, &key, &mut parts, &[qos], version)
+        .await
+        .pop()
+        .unwrap_or(Verdict::Abandon("error"))
+}
+
+/// Delivers admitted publishes of one dataset together (one log record), and returns each
+/// one's verdict in order. `qos` holds each publish's QoS.
+pub(super) async fn deliver(
+    shared: &Shared,
+    ds: &DatasetEntry,
+    key: &LimitKey,
+    parts: &mut [Checked],
+    qos: &[u8],
+    version: Version,
+) -> Vec<Verdict> {
+    let totals: Vec<usize> = parts
+        .iter()
+        .map(|c| c.accepted.len() + c.rejected.len())
+        .collect();
+    loop {
+        let refused = match shared.pipeline.deliver_all(ds, key, parts).await {
+            Ok(outcomes) => {
+                return outcomes
+                    .into_iter()
+                    .zip(totals)
+                    .map(|(outcome, total)| delivered(outcome, total, version))
+                    .collect();
             }
-            Ok(outcome) => return Verdict::Partial(summarize(&outcome.rejected, total)),
-            Err(IngestError::ShuttingDown) => return Verdict::Abandon("server_shutdown"),
+            Err(IngestError::ShuttingDown) => {
+                return qos
+                    .iter()
+                    .map(|_| Verdict::Abandon("server_shutdown"))
+                    .collect();
+            }
             Err(e) => e,
         };
         // Full storage or queue: the readings were not stored.
-        let (retryable, label) = match &refused {
-            IngestError::StorageFull(_) => (true, "storage_full"),
-            IngestError::QueueFull(_) => (true, "queue_full"),
-            _ => (false, "storage_error"),
-        };
-        match (version, qos) {
-            (_, 0) => {
-                return Verdict::Dropped(if retryable {
-                    "dropped_busy"
-                } else {
-                    "dropped_error"
-                });
+        let retryable = matches!(
+            refused,
+            IngestError::StorageFull(_) | IngestError::QueueFull(_)
+        );
+        if version == Version::V4 && retryable && qos.iter().any(|&q| q > 0) {
+            // 3.1.1: the acknowledgements wait until there is room.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = shared.closing.cancelled() => {
+                    return qos.iter().map(|_| Verdict::Abandon("server_shutdown")).collect();
+                }
             }
-            (Version::V5, _) if retryable => {
-                return Verdict::Refused(
-                    Refusal::QuotaExceeded,
-                    format!("{refused}; retry shortly"),
-                );
-            }
-            (Version::V5, _) => return Verdict::Refused(Refusal::Unspecified, refused.to_string()),
-            // 3.1.1: the acknowledgement waits until there is room.
-            (Version::V4, _) if retryable => tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shared.closing.cancelled() => return Verdict::Abandon("server_shutdown"),
-            },
-            (Version::V4, _) => return Verdict::Abandon(label),
         }
+        return qos
+            .iter()
+            .map(|&q| undelivered(&refused, retryable, version, q))
+            .collect();
+    }
+}
+
+/// The verdict on a delivered publish: its rejects, if any, said as the version can.
+fn delivered(outcome: Outcome, total: usize, version: Version) -> Verdict {
+    if outcome.rejected.is_empty() || version == Version::V4 {
+        // On 3.1.1 the rejects are on record; it has no way to say more.
+        Verdict::Accepted
+    } else if outcome.accepted == 0 {
+        Verdict::Refused(Refusal::PayloadInvalid, summarize(&outcome.rejected, total))
+    } else {
+        Verdict::Partial(summarize(&outcome.rejected, total))
+    }
+}
+
+/// The verdict on a publish the log refused. (On 3.1.1 a retryable refusal of a QoS > 0
+/// publish is not one: its acknowledgement waits.)
+fn undelivered(refused: &IngestError, retryable: bool, version: Version, qos: u8) -> Verdict {
+    match (version, qos) {
+        (_, 0) if retryable => Verdict::Dropped("dropped_busy"),
+        (_, 0) => Verdict::Dropped("dropped_error"),
+        (Version::V5, _) if retryable => {
+            Verdict::Refused(Refusal::QuotaExceeded, format!("{refused}; retry shortly"))
+        }
+        (Version::V5, _) => Verdict::Refused(Refusal::Unspecified, refused.to_string()),
+        (Version::V4, _) => Verdict::Abandon("storage_error"),
     }
 }
