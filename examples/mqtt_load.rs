@@ -7,7 +7,12 @@
 //! cargo run --release --example mqtt_load -- --port 1883 --key cg_... --connections 16 --duration 20
 //! cargo run --release --example mqtt_load -- --port 1884 --subscribe --connections 16 --duration 20
 //! cargo run --release --example mqtt_load -- --port 1883 --key cg_... --rate 10000 --duration 20
+//! cargo run --release --example mqtt_load -- --port 1883 --key cg_... --idle 10000 --duration 30
 //! ```
+//!
+//! With `--idle N` it opens N MQTT 3.1.1 connections (user `device`, the key as password,
+//! keep-alive off), waits for each CONNACK, says `idle N connected` and holds them, sending
+//! nothing, for the duration: what a city's quiet devices cost a server.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,7 @@ struct Args {
     rate: f64,
     inflight: u16,
     subscribe: bool,
+    idle: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         rate: 0.0,
         inflight: 100,
         subscribe: false,
+        idle: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
                 args.inflight = value()?.parse().map_err(|e| format!("--inflight: {e}"))?
             }
             "--subscribe" => args.subscribe = true,
+            "--idle" => args.idle = value()?.parse().map_err(|e| format!("--idle: {e}"))?,
             // `cargo test --all-targets` builds examples but does not run them; be explicit.
             other => return Err(format!("unknown flag {other}")),
         }
@@ -95,6 +103,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if args.idle > 0 {
+        hold_idle(&args).await;
+        return;
+    }
     let stats = Arc::new(Stats::default());
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(true));
 
@@ -228,4 +240,66 @@ async fn main() {
     for h in handles {
         h.abort();
     }
+}
+
+/// An MQTT 3.1.1 CONNECT: clean session, keep-alive off, user `device` with `password`.
+fn connect_packet(client_id: &str, password: &str) -> Vec<u8> {
+    let string = |s: &str| {
+        let mut out = (s.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(s.as_bytes());
+        out
+    };
+    let mut body = string("MQTT");
+    body.extend([4, 0xC2, 0, 0]);
+    body.extend(string(client_id));
+    body.extend(string("device"));
+    body.extend(string(password));
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+/// Opens `--idle` connections, each waiting for its CONNACK, then holds them silent.
+async fn hold_idle(args: &Args) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let password = args.key.clone().unwrap_or_default();
+    let mut held = Vec::with_capacity(args.idle);
+    // A few hundred handshakes at a time, so the listener's backlog is not the test.
+    for chunk in (0..args.idle).collect::<Vec<_>>().chunks(200) {
+        let opened = futures_util::future::join_all(chunk.iter().map(|&i| {
+            let (host, port, password) = (args.host.clone(), args.port, password.clone());
+            async move {
+                let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                s.write_all(&connect_packet(&format!("idle-{i}"), &password))
+                    .await?;
+                let mut connack = [0u8; 4];
+                s.read_exact(&mut connack).await?;
+                if connack != [0x20, 0x02, 0x00, 0x00] {
+                    return Err(std::io::Error::other(format!("refused: {connack:?}")));
+                }
+                Ok::<_, std::io::Error>(s)
+            }
+        }))
+        .await;
+        for s in opened {
+            match s {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    eprintln!("connection {}: {e}", held.len());
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    println!("idle {} connected", held.len());
+    tokio::time::sleep(args.duration).await;
 }

@@ -61,8 +61,11 @@ pub(super) struct Feeds {
     asked: usize,
     /// Each followed filter's forwarder and its place among the key's live sessions.
     by_filter: HashMap<String, (JoinHandle<()>, Slot)>,
-    tx: mpsc::Sender<Message>,
-    rx: mpsc::Receiver<Message>,
+    /// Where the forwarders send, made at the first SUBSCRIBE: a device that only
+    /// publishes does not hold a channel (most connections are such devices).
+    channel: Option<(mpsc::Sender<Message>, mpsc::Receiver<Message>)>,
+    /// The channel's bound, in messages.
+    queue: usize,
     unacked: BTreeMap<u16, Unacked>,
     next_pkid: u16,
     receive_max: usize,
@@ -72,13 +75,12 @@ pub(super) struct Feeds {
 
 impl Feeds {
     pub(super) fn new(secret: String, receive_max: u16, queue: usize) -> Feeds {
-        let (tx, rx) = mpsc::channel(queue.max(1));
         Feeds {
             secret,
             asked: 0,
             by_filter: HashMap::new(),
-            tx,
-            rx,
+            channel: None,
+            queue: queue.max(1),
             unacked: BTreeMap::new(),
             next_pkid: 1,
             receive_max: usize::from(receive_max.max(1)),
@@ -96,14 +98,26 @@ impl Feeds {
         if !self.pending.is_empty() {
             return Some(Message::Deliver(self.pending.drain(..).collect()));
         }
-        self.rx.recv().await
+        match &mut self.channel {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Where a new forwarder sends.
+    fn sender(&mut self) -> mpsc::Sender<Message> {
+        let queue = self.queue;
+        self.channel
+            .get_or_insert_with(|| mpsc::channel(queue))
+            .0
+            .clone()
     }
 
     pub(super) fn try_next(&mut self) -> Option<Message> {
         if !self.pending.is_empty() {
             return Some(Message::Deliver(self.pending.drain(..).collect()));
         }
-        self.rx.try_recv().ok()
+        self.channel.as_mut()?.1.try_recv().ok()
     }
 
     /// When the oldest unacknowledged delivery is due again (3.1.1 only: MQTT 5 forbids
@@ -260,7 +274,7 @@ impl Session {
             grant,
         };
         let sub = feed::start_retained(&ctx, &follow);
-        let forwarder = spawn_feed(ctx, follow, sub, qos, self.feeds.tx.clone());
+        let forwarder = spawn_feed(ctx, follow, sub, qos, self.feeds.sender());
         self.feeds
             .by_filter
             .insert(path.to_string(), (forwarder, slot));

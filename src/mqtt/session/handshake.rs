@@ -27,7 +27,9 @@ pub(super) async fn handshake(
 ) -> Result<Session, &'static str> {
     let max = shared.config.max_packet_size.as_usize();
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(4096);
+    // A CONNECT is a few hundred bytes; a longer one grows the buffer. The session lets go
+    // of it once the connection is quiet, and of everything bigger it made meanwhile.
+    let mut buf = BytesMut::with_capacity(256);
     let header = read_connect(&mut rd, &mut buf, max, shared).await?;
     let frame = &buf[..header.frame_length()];
     let version = protocol_version(frame, &header, &mut wr, shared).await?;
@@ -243,7 +245,7 @@ async fn accept(
     properties: Option<ConnAckProperties>,
     shared: &Shared,
 ) -> Result<BytesMut, ()> {
-    let mut out = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(64);
     if codec
         .write(
             connack(version, ConnectReturnCode::Success, properties),

@@ -20,7 +20,7 @@ use rumqttd::protocol::{
     Disconnect, DisconnectProperties, DisconnectReasonCode, Error, Packet, PingResp, Protocol,
     PubComp, PubCompReason, PubRecReason, UnsubAck, UnsubAckReason,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -80,6 +80,10 @@ impl Codec {
         }
     }
 }
+
+/// What a read takes from the socket at most (and the buffer it makes for it): publishes
+/// read together travel together, so a busy connection reads many at once.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A protocol violation: disconnect (MQTT 5 with `code`), counted as `reason`.
 struct Violation {
@@ -187,6 +191,9 @@ impl Session {
             if self.flush().await.is_err() {
                 return "io_error";
             }
+            if self.awaiting == 0 {
+                self.release_buffers();
+            }
             if eof {
                 // The client is gone; finish what it sent (QoS 0 readings sent just before
                 // closing are still kept), then stop.
@@ -231,11 +238,21 @@ impl Session {
                         next = self.inflight.next().now_or_never().flatten();
                     }
                 }
-                read = self.rd.read_buf(&mut self.buf), if window_open => match read {
-                    Ok(0) => eof = true,
-                    Ok(_) => last_seen = Instant::now(),
-                    Err(_) => return "io_error",
-                },
+                ready = self.rd.readable(), if window_open => {
+                    if ready.is_err() {
+                        return "io_error";
+                    }
+                    // Room for what is waiting: a quiet connection holds no buffer.
+                    if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                        self.buf.reserve(READ_CHUNK);
+                    }
+                    match self.rd.try_read_buf(&mut self.buf) {
+                        Ok(0) => eof = true,
+                        Ok(_) => last_seen = Instant::now(),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return "io_error",
+                    }
+                }
                 _ = keep_alive, if idle => {
                     return self
                         .disconnect(violation(DisconnectReasonCode::KeepAliveTimeout, "keep_alive_timeout"))
@@ -328,6 +345,18 @@ impl Session {
                 DisconnectReasonCode::MalformedPacket,
                 "malformed_packet",
             )),
+        }
+    }
+
+    /// Lets go of the read and write buffers while they are empty: a connection that
+    /// waits for its next publish (a sensor reports every few minutes) holds only its
+    /// socket and its task. The next read or write makes them again.
+    fn release_buffers(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
         }
     }
 
