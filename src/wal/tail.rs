@@ -10,8 +10,18 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::model::{Dataset, Micros, Reading};
 
-/// The most reading bytes the tail holds (by [`Reading::approx_size`], which intake sums).
-pub(crate) const TAIL_BYTES: usize = 64 << 20;
+/// The most bytes the tail holds (its readings by [`Reading::approx_size`], which intake
+/// sums, and [`RECORD_OVERHEAD`] per record). Consumers that keep up are milliseconds
+/// behind, which a few MiB cover even at a million readings a second; a larger tail only
+/// holds memory (64 MiB here cost about 90 MB of RSS under MQTT load, 8 MiB lost no intake
+/// throughput: BENCHMARKS.md).
+pub(crate) const TAIL_BYTES: usize = 8 << 20;
+
+/// What a record costs the tail beyond its readings: the record and its readings' vector,
+/// their two reference counts, and the allocator's share of the three allocations. Counted,
+/// the bound holds for records of one reading (an MQTT publish each) as for large batches.
+pub(crate) const RECORD_OVERHEAD: usize =
+    std::mem::size_of::<Committed>() + std::mem::size_of::<Vec<Reading>>() + 2 * 16 + 3 * 16;
 
 /// A committed record as intake made it.
 #[derive(Debug)]
@@ -72,7 +82,7 @@ impl Tail {
             self.clear(evicted);
             return;
         };
-        let bytes = d.bytes + 64;
+        let bytes = d.bytes + RECORD_OVERHEAD;
         self.records.push_back(Arc::new(Committed {
             lsn,
             appended_at: d.appended_at,
@@ -138,7 +148,7 @@ mod tests {
 
     #[test]
     fn holds_consecutive_records_within_its_bytes() {
-        let per = std::mem::size_of::<Reading>() * 10 + 64;
+        let per = std::mem::size_of::<Reading>() * 10 + RECORD_OVERHEAD;
         let mut tail = Tail::new(per * 3);
         let mut gone = Vec::new();
         for lsn in 1..=5 {
