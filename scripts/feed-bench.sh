@@ -20,19 +20,9 @@ rounds=${4:-1}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-if [ -z "${CITYGATE_BIN:-}" ]; then
-  cargo build --release --quiet --bin citygate --example feed_bench
-else
-  cargo build --release --quiet --example feed_bench
-fi
-bin=${CITYGATE_BIN:-target/release/citygate}
+. scripts/bench-lib.sh
+bench_build feed_bench
 admin=cg_$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 43)
-server_cpu=() load_cpu=()
-if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  server_cpu=(taskset -c 1) load_cpu=(taskset -c 0)
-fi
-tick=$(getconf CLK_TCK)
-cpu_of() { awk -v t="$tick" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
 # Runs the generator against the server with pid $1; prints its line with the server's CPU
 # per delivery.

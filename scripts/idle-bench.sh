@@ -20,22 +20,16 @@ if [ "$(ulimit -n)" -lt $((conns + 1000)) ]; then
   exit 1
 fi
 
-if [ -z "${CITYGATE_BIN:-}" ]; then
-  cargo build --release --quiet --bin citygate --example mqtt_load
-else
-  cargo build --release --quiet --example mqtt_load
-fi
-bin=${CITYGATE_BIN:-target/release/citygate}
+. scripts/bench-lib.sh
+bench_build mqtt_load
 load=target/release/examples/mqtt_load
-
-rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 # Holds the idle connections against the server with pid $1 on port $2 (password $3) and
 # prints the server's memory before and with them.
 measure() {
   local pid=$1 port=$2 key=$3 before after
   sleep 1
-  before=$(rss_kb "$pid")
+  before=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
   $load --port "$port" --key "$key" --idle "$conns" --duration 600 >"$work/idle.out" 2>&1 &
   local load_pid=$!
   for _ in $(seq 1200); do
@@ -44,7 +38,7 @@ measure() {
     sleep 0.1
   done
   sleep 3
-  after=$(rss_kb "$pid")
+  after=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
   kill $load_pid && wait $load_pid 2>/dev/null || true
   awk -v b="$before" -v a="$after" -v n="$conns" 'BEGIN {
     printf "RSS %.1f MB idle, %.1f MB with %d connections: +%.1f MB, %.2f KB per connection\n",
@@ -52,18 +46,7 @@ measure() {
 }
 
 run_citygate() {
-  rm -rf "$work/data"
-  export CITYGATE__STORAGE__DATA_DIR="$work/data" CITYGATE__HTTP__LISTEN=127.0.0.1:18080 \
-         CITYGATE__MQTT__LISTEN=127.0.0.1:18883 \
-         CITYGATE__MQTT__MAX_CONNECTIONS=$((conns + 100))
-  key=$($bin --config config/loadtest.toml keys create-device \
-        --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
-  $bin --config config/loadtest.toml serve >"$work/citygate.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 100); do
-    curl -fs http://127.0.0.1:18080/readyz >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  CITYGATE__MQTT__MAX_CONNECTIONS=$((conns + 100)) start_citygate
   echo -n "citygate   "
   measure $pid 18883 "$key"
   kill -TERM $pid && wait $pid

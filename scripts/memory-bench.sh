@@ -20,37 +20,18 @@ mode=${1:-peak}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-if [ -z "${CITYGATE_BIN:-}" ]; then
-  cargo build --release --quiet --bin citygate --example lp_load --example mqtt_load
-else
-  cargo build --release --quiet --example lp_load --example mqtt_load
-fi
-bin=${CITYGATE_BIN:-target/release/citygate}
-status_mb() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+. scripts/bench-lib.sh
+bench_build lp_load mqtt_load
 metric() { curl -s "$1/metrics" | awk -v m="$2" '$1 ~ m { s += $2 } END { printf "%d\n", s }'; }
-
-start_citygate() {
-  rm -rf "$work/data"
-  export CITYGATE__STORAGE__DATA_DIR="$work/data" CITYGATE__HTTP__LISTEN=127.0.0.1:18080 \
-         CITYGATE__MQTT__LISTEN=127.0.0.1:18883
-  key=$($bin --config config/loadtest.toml keys create-device \
-        --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
-  $bin --config config/loadtest.toml serve >"$work/citygate.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do
-    curl -fs http://127.0.0.1:18080/readyz >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-}
 
 peak_citygate() {
   local secs=$1 accepted
   start_citygate
-  echo -n "citygate         idle $(status_mb $pid VmRSS) MB; "
+  echo -n "citygate         idle $(mem_of $pid VmRSS) MB; "
   KEY=$key BATCH=100 wrk -t1 -c32 -d"${secs}s" -s benches/load/post_readings.lua \
     http://127.0.0.1:18080 >"$work/wrk.out" 2>&1
   accepted=$(metric http://127.0.0.1:18080 '^citygate_readings_accepted_total')
-  echo "$((accepted / secs)) readings/s, peak RSS $(status_mb $pid VmHWM) MB"
+  echo "$((accepted / secs)) readings/s, peak RSS $(mem_of $pid VmHWM) MB"
   kill -TERM $pid && wait $pid
 }
 
@@ -61,12 +42,12 @@ peak_victoria() {
     -retentionPeriod=100y -loggerLevel=ERROR >"$work/vm.log" 2>&1 &
   local vm=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18428/health >/dev/null && break; sleep 0.05; done
-  echo -n "victoria-metrics idle $(status_mb $vm VmRSS) MB; "
+  echo -n "victoria-metrics idle $(mem_of $vm VmRSS) MB; "
   target/release/examples/lp_load --url http://127.0.0.1:18428 --connections 8 \
     --duration "$secs" >/dev/null
   # Five samples (fields) per reading.
   points=$(( $(metric http://127.0.0.1:18428 '^vm_rows_inserted_total\\{type="influx"\\}') / 5 ))
-  echo "$((points / secs)) readings/s, peak RSS $(status_mb $vm VmHWM) MB"
+  echo "$((points / secs)) readings/s, peak RSS $(mem_of $vm VmHWM) MB"
   kill $vm && wait $vm 2>/dev/null || true
 }
 
@@ -90,11 +71,11 @@ case $mode in
     echo "seconds  rss_mb  readings_accepted"
     start=$(date +%s)
     while kill -0 $load 2>/dev/null; do
-      echo "$(( $(date +%s) - start ))  $(status_mb $pid VmRSS)  $(metric http://127.0.0.1:18080 '^citygate_readings_accepted_total')"
+      echo "$(( $(date +%s) - start ))  $(mem_of $pid VmRSS)  $(metric http://127.0.0.1:18080 '^citygate_readings_accepted_total')"
       sleep 10
     done
     cat "$work/load.out"
-    echo "peak RSS $(status_mb $pid VmHWM) MB"
+    echo "peak RSS $(mem_of $pid VmHWM) MB"
     kill -TERM $pid && wait $pid
     ;;
   *)

@@ -20,21 +20,9 @@ rounds=${3:-1}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-if [ -z "${CITYGATE_BIN:-}" ]; then
-  cargo build --release --quiet --bin citygate --example mqtt_load
-else
-  cargo build --release --quiet --example mqtt_load
-fi
-bin=${CITYGATE_BIN:-target/release/citygate}
+. scripts/bench-lib.sh
+bench_build mqtt_load
 load=target/release/examples/mqtt_load
-server_cpu=() load_cpu=()
-if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  server_cpu=(taskset -c 1) load_cpu=(taskset -c 0)
-fi
-tick=$(getconf CLK_TCK)
-
-# CPU seconds (user + system) a process has used so far.
-cpu_of() { awk -v t="$tick" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
 
 # Runs the generator against a server with pid $1 on port $2; prints its line with the
 # server's CPU per message, counted by field $3 (acked or received).
@@ -51,14 +39,7 @@ measure() {
 }
 
 run_citygate() {
-  rm -rf "$work/data"
-  export CITYGATE__STORAGE__DATA_DIR="$work/data" CITYGATE__HTTP__LISTEN=127.0.0.1:18080 \
-         CITYGATE__MQTT__LISTEN=127.0.0.1:18883
-  key=$($bin --config config/loadtest.toml keys create-device \
-        --provider copenhagen --datasets traffic-counts --create-database 2>/dev/null)
-  "${server_cpu[@]}" $bin --config config/loadtest.toml serve >"$work/citygate.log" 2>&1 &
-  local pid=$!
-  sleep 1
+  start_citygate "${server_cpu[@]}"
   echo -n "citygate   $*: "
   measure $pid 18883 acked --key "$key" "$@"
   kill -TERM $pid && wait $pid
