@@ -191,11 +191,18 @@ impl Session {
                 self.shared.metrics.inflight().inc();
                 None
             }
-            Err(e) => match unadmitted(e, version, qos) {
+            Err(e) => match unadmitted(&e, version, qos) {
                 Some(verdict) => Some(verdict),
                 None => {
-                    let settle =
-                        settle_checked(shared.clone(), ds, key.clone(), checked, version, qos);
+                    let settle = settle_checked(
+                        shared.clone(),
+                        ds,
+                        key.clone(),
+                        checked,
+                        Some(e),
+                        version,
+                        qos,
+                    );
                     self.push_one(pkid, qos, settle);
                     None
                 }

@@ -34,7 +34,7 @@ pub(super) async fn settle(
 ) -> Verdict {
     let received_at = batch.received_at;
     match shared.pipeline.prepare(&ds, batch).await {
-        Ok(checked) => settle_checked(shared, ds, key, checked, version, qos).await,
+        Ok(checked) => settle_checked(shared, ds, key, checked, None, version, qos).await,
         Err(e) => unprepared(&shared, &ds, &key, received_at, e, version, qos),
     }
 }
@@ -85,7 +85,7 @@ pub(super) fn unprepared(
 
 /// The verdict on a publish the rate limit did not admit, or `None` when its
 /// acknowledgement waits for the limit (MQTT 3.1.1, which cannot say no).
-pub(super) fn unadmitted(e: IngestError, version: Version, qos: u8) -> Option<Verdict> {
+pub(super) fn unadmitted(e: &IngestError, version: Version, qos: u8) -> Option<Verdict> {
     Some(match e {
         IngestError::RateLimited(LimitError::Exceeded { retry_after }) => match (version, qos) {
             (_, 0) => Verdict::Dropped("dropped_rate_limited"),
@@ -93,7 +93,7 @@ pub(super) fn unadmitted(e: IngestError, version: Version, qos: u8) -> Option<Ve
                 Refusal::QuotaExceeded,
                 format!(
                     "rate limit exceeded; retry in {} s",
-                    retry_after_secs(retry_after)
+                    retry_after_secs(*retry_after)
                 ),
             ),
             (Version::V4, _) => return None,
@@ -107,27 +107,33 @@ pub(super) fn unadmitted(e: IngestError, version: Version, qos: u8) -> Option<Ve
 }
 
 /// Admits a decoded publish (waiting for the limit on MQTT 3.1.1) and delivers it.
+/// `refused`: the limit's answer already had, which is not asked for again (each refusal
+/// counts in the dataset's metrics).
 pub(super) async fn settle_checked(
     shared: Arc<Shared>,
     ds: Arc<DatasetEntry>,
     key: LimitKey,
     checked: Checked,
+    mut refused: Option<IngestError>,
     version: Version,
     qos: u8,
 ) -> Verdict {
     let pipeline = &shared.pipeline;
     loop {
-        let e = match pipeline.admit(&ds, &key, &checked) {
-            Ok(()) => break,
-            Err(e) => e,
+        let e = match refused.take() {
+            Some(e) => e,
+            None => match pipeline.admit(&ds, &key, &checked) {
+                Ok(()) => break,
+                Err(e) => e,
+            },
         };
-        let wait = match &e {
-            IngestError::RateLimited(LimitError::Exceeded { retry_after }) => *retry_after,
-            _ => Duration::ZERO,
-        };
-        if let Some(verdict) = unadmitted(e, version, qos) {
+        if let Some(verdict) = unadmitted(&e, version, qos) {
             return verdict;
         }
+        let wait = match e {
+            IngestError::RateLimited(LimitError::Exceeded { retry_after }) => retry_after,
+            _ => Duration::ZERO,
+        };
         // 3.1.1: the acknowledgement waits until the limit allows.
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
